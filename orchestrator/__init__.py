@@ -1,0 +1,1 @@
+"""hjepa-night orchestrator: CLI, daemon, plan/state, night runner, supervisor, policy, views."""

@@ -1,0 +1,82 @@
+"""``hjepa-night`` command line.
+
+    hjepa-night start --plan sequential [--state-dir var] [--now] [--foreground] [--no-tui]
+    hjepa-night stop [--state-dir var]
+    hjepa-night status [--state-dir var] [--once] [--json]
+    hjepa-night report [--state-dir var] [--night N] [--out FILE]
+    hjepa-night run --config FILE [--window 8h] [--state-dir var] [--set key=value ...]
+    hjepa-night preflight --config FILE [--runbook FILE] [--probe-steps N]
+
+Each verb lives in its own module (``cmd_<verb>(args) -> int``); this file only parses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+VERBS = {
+    "start": "orchestrator.daemon",
+    "stop": "orchestrator.daemon",
+    "status": "orchestrator.status_cmd",
+    "report": "orchestrator.report",
+    "run": "orchestrator.night",
+    "preflight": "orchestrator.preflight",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hjepa-night", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    def state_dir(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--state-dir", default="var", help="state, runs and reports (var)")
+
+    sp = sub.add_parser("start", help="start the daemon for a plan")
+    sp.add_argument("--plan", required=True, help="plan name or file")
+    state_dir(sp)
+    sp.add_argument("--now", action="store_true", help="start night 1 now, not at its time")
+    sp.add_argument("--foreground", action="store_true", help="stay attached")
+    sp.add_argument("--no-tui", action="store_true", help="with --foreground: log lines only")
+
+    sp = sub.add_parser("stop", help="graceful stop: checkpoint, save state, exit")
+    state_dir(sp)
+    sp.add_argument("--timeout", type=float, default=120.0, help="seconds to wait (120)")
+
+    sp = sub.add_parser("status", help="live status screen (or --once / --json)")
+    state_dir(sp)
+    sp.add_argument("--once", action="store_true", help="print one frame and exit")
+    sp.add_argument("--json", action="store_true", help="print the state snapshot as JSON")
+
+    sp = sub.add_parser("report", help="(re)write the morning report")
+    state_dir(sp)
+    sp.add_argument("--night", type=int, default=None, help="only night N (1-based)")
+    sp.add_argument("--out", default=None, help="report file (default var/reports/...)")
+
+    sp = sub.add_parser("run", help="run one night in the foreground, with fallbacks")
+    sp.add_argument("--config", required=True)
+    sp.add_argument("--runbook", default=None, help="runbook file (default: from the config)")
+    sp.add_argument("--window", default="8h", help="time window, e.g. 8h, 90m, 300s")
+    state_dir(sp)
+    sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    sp.add_argument("--no-tui", action="store_true", help="log lines instead of the live display")
+
+    sp = sub.add_parser("preflight", help="pre-flight checklist for a config")
+    sp.add_argument("--config", required=True)
+    sp.add_argument("--runbook", default=None)
+    sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    sp.add_argument("--probe-steps", type=int, default=5, help="timed steps after warm-up (5)")
+    sp.add_argument("--window", default="8h")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module = importlib.import_module(VERBS[args.verb])
+    handler = getattr(module, f"cmd_{args.verb}")
+    return int(handler(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""The state file ``STATE_DIR/state.json``: the plan's source of truth.
+
+Written atomically (temp file, fsync, rename, fsync dir) on every change, schema-versioned,
+read by the daemon, the night runner, ``status`` (screen and ``--json``) and ``report``.
+A file with a newer ``schema_version`` or one that does not parse is a clear error
+(:class:`StateError`) and is moved aside to ``state.json.corrupt-<time>``; nothing is guessed.
+
+Keys (documented contract; ``hjepa-night status --json`` prints this object):
+
+- ``schema_version`` — int, currently 1.
+- ``plan`` — ``{name, file, kind, started_at, report_time}`` or null (``hjepa-night run``).
+- ``current_night`` — index into ``nights`` of the night running now, or null.
+- ``next_start`` — ISO time of the next scheduled night start, or null.
+- ``daemon`` — ``{pid, create_time, started_at, log}`` of the owning daemon, or null.
+- ``nights`` — list of nights, each:
+  ``name``, ``index``, ``config`` (path), ``runbook`` (path), ``status``
+  (``pending|running|succeeded|partial|failed|skipped``), ``reason`` (why it ended so),
+  ``window_start``/``deadline`` (ISO), ``started_at``/``ended_at`` (ISO), ``overrides`` (the
+  overrides in force now: base plan overrides + fallbacks), ``attempts`` (list, below),
+  ``fallbacks`` (list with ``trigger``, ``action``, ``at``, ``evidence``, ``effect``),
+  ``decisions`` (every policy decision, same shape plus ``kind``), ``forecasts`` (list with
+  ``at``, ``epoch``, ``projected_finish``, ``deadline``), ``forecast_error_s`` (first forecast
+  minus actual finish, seconds; ``forecast_errors_s`` has one per forecast), ``baseline_metrics``
+  (epoch-0 eval of the random encoder), ``final_metrics`` (``epoch``, ``knn`` like the eval
+  event, ``linear_probe``, ``feature_std``, ``effective_rank``), ``best_checkpoint`` (path),
+  ``success`` (``level``: must|should|stretch|none, ``checks``: list of {name, level, passed,
+  value, threshold}), ``device``, ``epochs_planned``, ``epochs_done``.
+- each attempt: ``index``, ``run_dir``, ``overrides`` (dict key.path → value, all in force for
+  this attempt), ``resume_from`` (checkpoint path or null), ``started_at``, ``ended_at``,
+  ``pid``, ``pid_create_time``, ``exit_code``, ``exit_kind`` (``finished|stopped|oom|nonfinite|
+  feature|data|crash|config|resume|hang|memory|killed`` or null while running), ``message``,
+  ``last_epoch``, ``last_step``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from trainer.events import atomic_write_text
+
+SCHEMA_VERSION = 1
+STATE_FILE = "state.json"
+
+NightStatus = Literal["pending", "running", "succeeded", "partial", "failed", "skipped"]
+ExitKind = Literal[
+    "finished",
+    "stopped",
+    "oom",
+    "nonfinite",
+    "feature",
+    "data",
+    "crash",
+    "config",
+    "resume",
+    "hang",
+    "memory",
+    "killed",
+]
+
+
+class StateError(RuntimeError):
+    """The state file cannot be used (corrupt, or from a newer version)."""
+
+
+class _M(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Metrics(_M):
+    epoch: int | None = None
+    knn: dict[str, float] = Field(default_factory=dict)
+    linear_probe: float | None = None
+    feature_std: float | None = None
+    effective_rank: float | None = None
+    val_loss: float | None = None
+
+
+class Fallback(_M):
+    trigger: str
+    action: str
+    at: str
+    evidence: dict[str, Any] = Field(default_factory=dict)
+    effect: str = ""
+    attempt: int | None = None
+
+
+class Decision(_M):
+    kind: str
+    trigger: str
+    action: str
+    at: str
+    evidence: dict[str, Any] = Field(default_factory=dict)
+
+
+class Forecast(_M):
+    at: str
+    epoch: int
+    projected_finish: str
+    deadline: str | None = None
+
+
+class Attempt(_M):
+    index: int
+    run_dir: str
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    resume_from: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    pid: int | None = None
+    pid_create_time: float | None = None
+    exit_code: int | None = None
+    exit_kind: ExitKind | None = None
+    message: str | None = None
+    last_epoch: int | None = None
+    last_step: int | None = None
+
+
+class SuccessCheck(_M):
+    name: str
+    level: Literal["must", "should", "stretch"]
+    passed: bool | None
+    value: Any = None
+    threshold: Any = None
+
+
+class Success(_M):
+    level: Literal["must", "should", "stretch", "none"] = "none"
+    checks: list[SuccessCheck] = Field(default_factory=list)
+
+
+class Night(_M):
+    name: str
+    index: int
+    config: str
+    runbook: str
+    status: NightStatus = "pending"
+    reason: str | None = None
+    window_start: str | None = None
+    deadline: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    attempts: list[Attempt] = Field(default_factory=list)
+    fallbacks: list[Fallback] = Field(default_factory=list)
+    decisions: list[Decision] = Field(default_factory=list)
+    forecasts: list[Forecast] = Field(default_factory=list)
+    forecast_error_s: float | None = None
+    forecast_errors_s: list[float] = Field(default_factory=list)
+    baseline_metrics: Metrics | None = None
+    final_metrics: Metrics | None = None
+    best_checkpoint: str | None = None
+    success: Success | None = None
+    device: str | None = None
+    epochs_planned: int | None = None
+    epochs_done: int | None = None
+
+
+class PlanRecord(_M):
+    name: str
+    file: str | None = None
+    kind: str = "sequential"
+    started_at: str | None = None
+    report_time: str | None = None
+
+
+class DaemonRecord(_M):
+    pid: int
+    create_time: float | None = None
+    started_at: str | None = None
+    log: str | None = None
+
+
+class State(_M):
+    schema_version: int = SCHEMA_VERSION
+    plan: PlanRecord | None = None
+    current_night: int | None = None
+    next_start: str | None = None
+    daemon: DaemonRecord | None = None
+    nights: list[Night] = Field(default_factory=list)
+    updated_at: str | None = None
+
+
+def now_iso(ts: float | None = None) -> str:
+    """Local wall-clock time with offset, second precision (for display and schedules)."""
+    return datetime.fromtimestamp(time.time() if ts is None else ts).astimezone().isoformat(
+        timespec="seconds"
+    )
+
+
+def parse_iso(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+class StateStore:
+    """Load/save ``state.json`` in a state dir. ``save`` is atomic; ``load`` is strict."""
+
+    def __init__(self, state_dir: str | Path) -> None:
+        self.dir = Path(state_dir)
+        self.path = self.dir / STATE_FILE
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def load(self) -> State:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return State()
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            aside = self._set_aside()
+            raise StateError(
+                f"{self.path}: state file is corrupt ({exc.msg} at line {exc.lineno}); "
+                f"kept aside as {aside}. Inspect it, or start the plan afresh."
+            ) from None
+        version = raw.get("schema_version") if isinstance(raw, dict) else None
+        if not isinstance(version, int):
+            aside = self._set_aside()
+            raise StateError(f"{self.path}: no schema_version; kept aside as {aside}")
+        if version > SCHEMA_VERSION:
+            raise StateError(
+                f"{self.path}: written by a newer hjepa-night (schema {version}, this one "
+                f"reads {SCHEMA_VERSION}); upgrade, or move the file away to start afresh"
+            )
+        try:
+            return State.model_validate(raw)
+        except ValidationError as exc:
+            aside = self._set_aside()
+            first = exc.errors()[0]
+            loc = ".".join(str(p) for p in first["loc"])
+            raise StateError(
+                f"{self.path}: state file does not match the schema ({loc}: {first['msg']}); "
+                f"kept aside as {aside}"
+            ) from None
+
+    def save(self, state: State) -> None:
+        state.updated_at = now_iso()
+        atomic_write_text(self.path, state.model_dump_json(indent=2))
+
+    def _set_aside(self) -> Path:
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+        self.path.replace(aside)
+        return aside
+
+
+def read_snapshot(state_dir: str | Path) -> State | None:
+    """Best-effort read for viewers (status screen, report): never raises, never moves files."""
+    path = Path(state_dir) / STATE_FILE
+    for _ in range(3):
+        try:
+            return State.model_validate_json(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (ValueError, OSError):
+            time.sleep(0.05)  # replaced mid-read: try again
+    return None

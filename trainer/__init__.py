@@ -1,0 +1,1 @@
+"""hjepa-night training worker: ``python -m trainer --config FILE --run-dir DIR``."""

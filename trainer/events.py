@@ -1,0 +1,329 @@
+"""The seam between worker and orchestrator: event schema, exit codes, control file, run layout.
+
+Nothing else crosses between ``trainer`` and ``orchestrator``. Both import this module; it
+imports only the standard library and pydantic.
+
+Run directory (``--run-dir DIR``)::
+
+    DIR/events.jsonl           one JSON object per line, append-only, flushed per line
+    DIR/config.resolved.yaml   the validated config actually used
+    DIR/control.json           written (atomically) by the supervisor, polled by the worker
+    DIR/checkpoints/           ckpt-eEEEE-sSSSSSSS.pt + .json sidecar, best.pt(.json)
+    DIR/faults.fired.json      one-shot faults already fired (carried across resumes)
+    DIR/worker.log             stdout+stderr of the worker (written by whoever launched it)
+
+Every event has ``v`` (schema version), ``type`` and ``ts`` (unix wall-clock seconds).
+
+| type        | fields                                                                       |
+|-------------|------------------------------------------------------------------------------|
+| started     | pid, config_hash, device, precision, params_total, params_trainable,         |
+|             | features {name: "on"/"off"/...}, micro_batch, accum_steps, epochs,           |
+|             | steps_per_epoch, epoch_size, datasets {name: samples}, start_epoch,          |
+|             | start_step, resumed_from                                                     |
+| heartbeat   | phase (startup|data|train|eval|checkpoint), epoch, step, device_mem          |
+| step        | epoch, step, loss, loss_levels [..], loss_parts {..}, grad_norm, lr,          |
+|             | img_per_s, micro_batch, accum_steps, device_mem, grad_norms? (per module)    |
+| epoch_end   | epoch, seconds, steps, mean_loss, total_epochs                               |
+| eval        | epoch, knn {"1","5","20"} in [0,1], linear_probe, feature_std,                |
+|             | effective_rank, val_loss, seconds, num_samples                               |
+| checkpoint  | path, epoch, step, verified, seconds, reason (epoch|steps|stop|final)        |
+| checkpoint_rejected | path, reason  (a corrupt or unreadable checkpoint skipped on resume) |
+| resumed     | path, epoch, step, samples_in_epoch                                          |
+| control     | seq, epochs (new total or null), stop, applied (text)                        |
+| fatal       | kind (see FATAL_KINDS), message, feature, epoch, step                        |
+| finished    | reason (completed|stopped), epoch, step, seconds                             |
+
+``device_mem`` is {"allocated": bytes, "reserved": bytes, "driver": bytes} with the readings
+the device offers (CUDA: allocated/reserved; MPS: allocated/driver; CPU: process RSS as
+"allocated").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+EVENTS_FILE = "events.jsonl"
+RESOLVED_CONFIG_FILE = "config.resolved.yaml"
+CONTROL_FILE = "control.json"
+CHECKPOINT_DIR = "checkpoints"
+FAULTS_FIRED_FILE = "faults.fired.json"
+WORKER_LOG_FILE = "worker.log"
+
+# ---------------------------------------------------------------------------------------------
+# exit codes: one per outcome, so a supervisor can classify an ending without parsing text.
+EXIT_OK = 0  # training completed (final checkpoint + final eval written)
+EXIT_USAGE = 2  # bad command line or config (ConfigError); no training happened
+EXIT_STOPPED = 3  # stop requested (control file, SIGTERM, SIGINT): checkpointed, then exited
+EXIT_OOM = 10
+EXIT_NONFINITE = 11
+EXIT_FEATURE = 12
+EXIT_DATA = 13
+EXIT_CRASH = 14
+EXIT_RESUME = 15  # --resume asked for a checkpoint and none usable exists (never restarts at 0)
+
+FatalKind = Literal["oom", "nonfinite", "feature", "data", "crash", "config", "resume"]
+FATAL_KINDS: tuple[str, ...] = ("oom", "nonfinite", "feature", "data", "crash", "config", "resume")
+EXIT_CODE_OF_KIND: dict[str, int] = {
+    "oom": EXIT_OOM,
+    "nonfinite": EXIT_NONFINITE,
+    "feature": EXIT_FEATURE,
+    "data": EXIT_DATA,
+    "crash": EXIT_CRASH,
+    "config": EXIT_USAGE,
+    "resume": EXIT_RESUME,
+}
+KIND_OF_EXIT_CODE: dict[int, str] = {v: k for k, v in EXIT_CODE_OF_KIND.items()}
+
+Phase = Literal["startup", "data", "train", "eval", "checkpoint"]
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    v: int = SCHEMA_VERSION
+    type: str
+    ts: float = Field(default_factory=time.time)
+
+
+class Started(_Event):
+    type: Literal["started"] = "started"
+    pid: int
+    config_hash: str
+    device: str
+    precision: str
+    params_total: int
+    params_trainable: int
+    features: dict[str, str]
+    micro_batch: int
+    accum_steps: int
+    epochs: int
+    steps_per_epoch: int
+    epoch_size: int
+    datasets: dict[str, int] = Field(default_factory=dict)
+    start_epoch: int = 1
+    start_step: int = 0
+    resumed_from: str | None = None
+
+
+class Heartbeat(_Event):
+    type: Literal["heartbeat"] = "heartbeat"
+    phase: Phase
+    epoch: int = 0
+    step: int = 0
+    device_mem: dict[str, int] = Field(default_factory=dict)
+
+
+class Step(_Event):
+    type: Literal["step"] = "step"
+    epoch: int
+    step: int
+    loss: float
+    loss_levels: list[float]
+    loss_parts: dict[str, float] = Field(default_factory=dict)
+    grad_norm: float
+    lr: float
+    img_per_s: float
+    micro_batch: int
+    accum_steps: int
+    device_mem: dict[str, int] = Field(default_factory=dict)
+
+
+class EpochEnd(_Event):
+    type: Literal["epoch_end"] = "epoch_end"
+    epoch: int
+    seconds: float
+    steps: int
+    mean_loss: float | None = None
+    total_epochs: int
+
+
+class Eval(_Event):
+    type: Literal["eval"] = "eval"
+    epoch: int
+    knn: dict[str, float]
+    linear_probe: float | None
+    feature_std: float
+    effective_rank: float
+    val_loss: float | None = None
+    seconds: float = 0.0
+    num_samples: int = 0
+
+
+class Checkpoint(_Event):
+    type: Literal["checkpoint"] = "checkpoint"
+    path: str
+    epoch: int
+    step: int
+    verified: bool = True
+    seconds: float = 0.0
+    reason: str = "epoch"
+
+
+class CheckpointRejected(_Event):
+    type: Literal["checkpoint_rejected"] = "checkpoint_rejected"
+    path: str
+    reason: str
+
+
+class Resumed(_Event):
+    type: Literal["resumed"] = "resumed"
+    path: str
+    epoch: int
+    step: int
+    samples_in_epoch: int = 0
+
+
+class ControlApplied(_Event):
+    type: Literal["control"] = "control"
+    seq: int
+    epochs: int | None = None
+    stop: bool = False
+    applied: str = ""
+
+
+class Fatal(_Event):
+    type: Literal["fatal"] = "fatal"
+    kind: FatalKind
+    message: str
+    feature: str | None = None
+    epoch: int | None = None
+    step: int | None = None
+
+
+class Finished(_Event):
+    type: Literal["finished"] = "finished"
+    reason: Literal["completed", "stopped"] = "completed"
+    epoch: int
+    step: int
+    seconds: float = 0.0
+
+
+EVENT_TYPES: dict[str, type[_Event]] = {
+    cls.model_fields["type"].default: cls
+    for cls in (
+        Started,
+        Heartbeat,
+        Step,
+        EpochEnd,
+        Eval,
+        Checkpoint,
+        CheckpointRejected,
+        Resumed,
+        ControlApplied,
+        Fatal,
+        Finished,
+    )
+}
+
+
+def parse_event(line: str) -> dict[str, Any] | None:
+    """One events.jsonl line → dict, or None for a blank/truncated/foreign line (never raises)."""
+    line = line.strip()
+    if not line:
+        return None
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(obj, dict) or "type" not in obj or "ts" not in obj:
+        return None
+    return obj
+
+
+def read_events(path: str | Path) -> list[dict[str, Any]]:
+    """All complete events of a file (a half-written last line is skipped)."""
+    p = Path(path)
+    if not p.exists():
+        return []
+    out = []
+    with p.open("r", encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            if not line.endswith("\n"):
+                break
+            ev = parse_event(line)
+            if ev is not None:
+                out.append(ev)
+    return out
+
+
+class EventTail:
+    """Incremental reader of a growing events.jsonl: ``poll()`` returns the new complete events."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._offset = 0
+        self._partial = b""
+
+    def poll(self) -> list[dict[str, Any]]:
+        try:
+            with self.path.open("rb") as fh:
+                fh.seek(self._offset)
+                chunk = fh.read()
+        except FileNotFoundError:
+            return []
+        self._offset += len(chunk)
+        data = self._partial + chunk
+        lines = data.split(b"\n")
+        self._partial = lines.pop()
+        out = []
+        for raw in lines:
+            ev = parse_event(raw.decode("utf-8", errors="replace"))
+            if ev is not None:
+                out.append(ev)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# control file
+class Control(BaseModel):
+    """Supervisor → live worker. ``seq`` increases with every write; the worker acts once per seq.
+
+    ``epochs``: new total epochs (LR/EMA schedules are rescaled to end there; never below the
+    epoch in progress). ``stop``: checkpoint at the next step boundary, then exit EXIT_STOPPED.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    seq: int
+    epochs: int | None = Field(None, ge=1)
+    stop: bool = False
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write via temp file + fsync + rename + fsync(dir): readers see old or new, never half."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(p.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_control(run_dir: str | Path, control: Control) -> None:
+    atomic_write_text(Path(run_dir) / CONTROL_FILE, control.model_dump_json())
+
+
+def read_control(run_dir: str | Path) -> Control | None:
+    p = Path(run_dir) / CONTROL_FILE
+    try:
+        return Control.model_validate_json(p.read_text())
+    except (FileNotFoundError, ValueError):
+        return None

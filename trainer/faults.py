@@ -1,0 +1,53 @@
+"""Fault attribution and injection.
+
+``feature_scope(name)`` wraps the code of an optional feature (``fpn``, ``contrastive``,
+``gradient_checkpointing``, ``flash_attention``, ``layerscale``, ``vicreg``): any exception
+raised inside it is re-raised as :class:`FeatureError` naming the feature, so the worker exits
+with ``fatal kind=feature`` and the supervisor knows which feature to switch off. When
+``faults.raise_in_feature`` names the feature, the scope raises on entry (a test aid).
+
+Other faults (``nonfinite_at_step``, ``oom_above_micro_batch``, ``hang_at_step``,
+``step_delay_s``) are applied by the training loop; one-shot faults are remembered in
+``faults.fired.json`` so a restart from an earlier checkpoint passes them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+_INJECT: dict[str, str | None] = {"feature": None}
+
+
+class FeatureError(RuntimeError):
+    """An exception attributed to an optional feature."""
+
+    def __init__(self, feature: str, message: str) -> None:
+        super().__init__(f"[{feature}] {message}")
+        self.feature = feature
+
+
+def set_injected_feature(name: str | None) -> None:
+    """Arm ``faults.raise_in_feature`` for this process (None disarms)."""
+    _INJECT["feature"] = name
+
+
+@contextlib.contextmanager
+def feature_scope(name: str) -> Iterator[None]:
+    if _INJECT["feature"] == name:
+        raise FeatureError(name, f"injected fault in feature {name!r} (faults.raise_in_feature)")
+    try:
+        yield
+    except FeatureError:
+        raise
+    except Exception as exc:
+        if _is_oom(exc):  # memory exhaustion is not the feature's fault
+            raise
+        raise FeatureError(name, f"{type(exc).__name__}: {exc}") from exc
+
+
+def _is_oom(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or (
+        "out of memory" in text
+    )
