@@ -333,7 +333,9 @@ class CheckpointConfig(Strict):
 
 class LoggingConfig(Strict):
     use_wandb: Literal[False] = Field(False, description="Not supported: only false.")
-    use_tensorboard: bool = Field(False, description="Also write TensorBoard scalars.")
+    use_tensorboard: Literal[False] = Field(
+        False, description="Not supported (events.jsonl and the report replace it): only false."
+    )
     log_frequency: int = Field(50, ge=1, description="Emit a `step` event every N steps.")
     log_images: bool = Field(False, description="Save a mask-overlay PNG at each evaluation.")
     log_attention: Literal[False] = Field(False, description="Not supported: only false.")

@@ -288,12 +288,15 @@ class Control(BaseModel):
 
     ``epochs``: new total epochs (LR/EMA schedules are rescaled to end there; never below the
     epoch in progress). ``stop``: checkpoint at the next step boundary, then exit EXIT_STOPPED.
+    ``final_eval`` (with ``stop``): run the final evaluation (an ``eval`` event) after that
+    checkpoint and before exiting, so a night stopped at its deadline still ends evaluated.
     """
 
     model_config = ConfigDict(extra="forbid")
     seq: int
     epochs: int | None = Field(None, ge=1)
     stop: bool = False
+    final_eval: bool = False
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

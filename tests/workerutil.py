@@ -1,0 +1,76 @@
+"""Helpers to run the real worker (``python -m trainer``) in tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from trainer.events import read_events
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "configs" / "demo_conservative.yaml"
+DEMO_AGGRESSIVE = ROOT / "configs" / "demo_aggressive.yaml"
+
+# A very small variant of the demo config: a few seconds per epoch on one core.
+TINY = [
+    "data.synthetic.num_train=256",
+    "data.synthetic.num_eval_train=128",
+    "data.synthetic.num_eval_test=128",
+    "data.batch_size=16",
+    "model.embed_dim=48",
+    "model.depth=2",
+    "model.predictor.depth=1",
+    "model.predictor.embed_dim=48",
+    "training.epochs=2",
+    "evaluation.eval_frequency=1",
+    "evaluation.max_train_samples=128",
+    "evaluation.max_test_samples=128",
+    "evaluation.rank_samples=128",
+    "evaluation.linear_probe.epochs=5",
+    "logging.log_frequency=1",
+    "logging.heartbeat_s=0.5",
+]
+
+
+def worker_cmd(config: Path, run_dir: Path, sets: list[str], *extra: str) -> list[str]:
+    cmd = [sys.executable, "-m", "trainer", "--config", str(config), "--run-dir", str(run_dir)]
+    for s in sets:
+        cmd += ["--set", s]
+    return cmd + list(extra)
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
+    e.setdefault("OMP_NUM_THREADS", "1")
+    return e
+
+
+def run_worker(run_dir: Path, sets: list[str] | None = None, *extra: str,
+               config: Path = DEMO, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(worker_cmd(config, run_dir, TINY + list(sets or []), *extra),
+                          capture_output=True, text=True, timeout=timeout, env=env(), cwd=ROOT)
+
+
+def start_worker(run_dir: Path, sets: list[str] | None = None, *extra: str,
+                 config: Path = DEMO) -> subprocess.Popen:
+    return subprocess.Popen(worker_cmd(config, run_dir, TINY + list(sets or []), *extra),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
+                            cwd=ROOT)
+
+
+def events(run_dir: Path, kind: str | None = None) -> list[dict]:
+    evs = read_events(run_dir / "events.jsonl")
+    return [e for e in evs if kind is None or e["type"] == kind]
+
+
+def wait_for(predicate, timeout: float = 120, interval: float = 0.1) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False

@@ -1,0 +1,114 @@
+"""The training worker.
+
+    python -m trainer --config configs/demo_conservative.yaml --run-dir var/runs/x
+        [--resume auto|PATH] [--set key.path=value ...] [--eval-only] [--probe N]
+
+Writes events to ``RUN_DIR/events.jsonl`` and the resolved config to
+``RUN_DIR/config.resolved.yaml``; exits with a code per outcome (``trainer/events.py``):
+0 completed, 2 config/usage error, 3 stopped on request (checkpoint written), 10 oom,
+11 non-finite loss, 12 feature failure, 13 dataset missing, 14 crash, 15 no usable checkpoint.
+
+``--eval-only`` evaluates the ``--resume`` checkpoint (an ``eval`` event) and exits.
+``--probe N`` times N optimizer steps after warm-up and prints one JSON line
+({ms_per_step, steps_per_epoch, epoch_seconds, img_per_s, ...}); nothing is saved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import traceback
+from pathlib import Path
+
+from trainer.config import ConfigError, load_config, write_resolved
+from trainer.emitter import Emitter
+from trainer.events import (
+    EVENTS_FILE,
+    EXIT_CODE_OF_KIND,
+    EXIT_USAGE,
+    RESOLVED_CONFIG_FILE,
+    Fatal,
+)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m trainer", description="H-JEPA training worker")
+    p.add_argument("--config", required=True, help="YAML config file")
+    p.add_argument("--run-dir", required=True, help="where events, checkpoints and logs go")
+    p.add_argument("--resume", default=None, help="auto (newest good checkpoint) or a path")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (YAML value), e.g. training.lr=1e-4")
+    p.add_argument("--eval-only", action="store_true", help="evaluate the --resume checkpoint")
+    p.add_argument("--probe", type=int, default=0, metavar="N", help="time N steps and exit")
+    return p.parse_args(argv)
+
+
+def classify(exc: BaseException) -> tuple[str, str | None]:
+    """Exception → (fatal kind, feature name or None)."""
+    from trainer.checkpoints import NoCheckpointError
+    from trainer.data import DataMissingError
+    from trainer.device import is_oom
+    from trainer.faults import FeatureError
+    from trainer.step import NonFiniteLossError
+
+    if isinstance(exc, FeatureError):
+        return "feature", exc.feature
+    if is_oom(exc):
+        return "oom", None
+    if isinstance(exc, NonFiniteLossError):
+        return "nonfinite", None
+    if isinstance(exc, DataMissingError):
+        return "data", None
+    if isinstance(exc, NoCheckpointError):
+        return "resume", None
+    if isinstance(exc, ConfigError):
+        return "config", None
+    return "crash", None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    run_dir = Path(args.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        em = Emitter(run_dir / EVENTS_FILE)
+        em.emit(Fatal(kind="config", message=str(exc)))
+        em.close()
+        return EXIT_USAGE
+    write_resolved(cfg, run_dir / RESOLVED_CONFIG_FILE)
+
+    from trainer.loop import Worker  # heavy imports (torch) after the config is known good
+
+    emitter = Emitter(run_dir / EVENTS_FILE, period=cfg.logging.heartbeat_s)
+    worker = Worker(cfg, run_dir, args.resume, emitter)
+    emitter._memory = lambda: worker.mem() if hasattr(worker, "device") else {}
+    signal.signal(signal.SIGTERM, worker.on_signal)
+    signal.signal(signal.SIGINT, worker.on_signal)
+    emitter.start()
+    try:
+        if args.probe:
+            print(json.dumps(worker.probe(args.probe)), flush=True)
+            return 0
+        return worker.eval_only() if args.eval_only else worker.run()
+    except BaseException as exc:
+        if isinstance(exc, SystemExit):
+            raise
+        kind, feature = classify(exc)
+        message = f"{type(exc).__name__}: {exc}"
+        emitter.emit(Fatal(kind=kind, message=message, feature=feature,  # type: ignore[arg-type]
+                           epoch=getattr(worker, "epoch", None),
+                           step=getattr(worker, "step", None)))
+        traceback.print_exc(file=sys.stderr)
+        print(f"fatal ({kind}): {message}", file=sys.stderr)
+        return EXIT_CODE_OF_KIND[kind]
+    finally:
+        emitter.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

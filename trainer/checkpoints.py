@@ -1,0 +1,182 @@
+"""Checkpoints: atomic, verified, pruned, never a silent restart.
+
+Layout in ``RUN_DIR/checkpoints/``::
+
+    ckpt-e0003-s00000120.pt        torch.save of the complete training state
+    ckpt-e0003-s00000120.pt.json   sidecar: epoch, step, samples_in_epoch, loss, sha256, bytes,
+                                   created, config_hash, reason
+    best.pt / best.pt.json         copy of the best checkpoint by checkpoint.metric
+
+A checkpoint is written to a temp file, fsynced and renamed; the sidecar is written (also
+atomically) after the data, so a checkpoint without a sidecar is incomplete and is never used.
+Loading verifies size and sha256 and uses ``torch.load(weights_only=True)``. ``resolve`` picks the
+newest good checkpoint (``auto``) or the requested one; a corrupt one is reported through
+``on_reject`` and the previous good one in the same folder is used instead. If none is usable
+:class:`NoCheckpointError` is raised — the caller stops with an error, it never starts over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer.events import atomic_write_text
+
+_NAME = re.compile(r"^ckpt-e(\d+)-s(\d+)\.pt$")
+
+
+class NoCheckpointError(RuntimeError):
+    """A resume was requested and no usable checkpoint exists."""
+
+
+class CorruptCheckpointError(RuntimeError):
+    pass
+
+
+def checkpoint_name(epoch: int, step: int) -> str:
+    return f"ckpt-e{epoch:04d}-s{step:08d}.pt"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_sidecar(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(Path(str(path) + ".json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def list_checkpoints(directory: str | Path) -> list[Path]:
+    """Checkpoint files with a sidecar, newest (highest step) first."""
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    found = []
+    for p in d.iterdir():
+        m = _NAME.match(p.name)
+        if m and Path(str(p) + ".json").exists():
+            found.append((int(m.group(2)), int(m.group(1)), p))
+    found.sort(reverse=True)
+    return [p for _, _, p in found]
+
+
+def verify(path: Path) -> dict[str, Any]:
+    """Sidecar present and matching (size + sha256); returns the sidecar."""
+    meta = read_sidecar(path)
+    if meta is None:
+        raise CorruptCheckpointError(f"{path}: no sidecar (incomplete write)")
+    if not path.exists():
+        raise CorruptCheckpointError(f"{path}: file missing")
+    size = path.stat().st_size
+    if size != meta.get("bytes"):
+        raise CorruptCheckpointError(f"{path}: size {size} != recorded {meta.get('bytes')}")
+    digest = _sha256(path)
+    if digest != meta.get("sha256"):
+        raise CorruptCheckpointError(f"{path}: sha256 mismatch (file damaged)")
+    return meta
+
+
+def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    verify(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # unpickling error, truncated zip, ...
+        raise CorruptCheckpointError(f"{path}: cannot be loaded ({exc})") from exc
+
+
+def resolve(
+    request: str,
+    checkpoint_dir: Path,
+    on_reject: Callable[[Path, str], None],
+) -> tuple[Path, dict[str, Any]]:
+    """``request`` is ``auto`` (newest good in ``checkpoint_dir``) or a path to a checkpoint.
+
+    Returns (path, loaded state). Corrupt candidates are reported and skipped, falling back to
+    older checkpoints in the same folder.
+    """
+    if request == "auto":
+        candidates = list_checkpoints(checkpoint_dir)
+        if not candidates:
+            raise NoCheckpointError(f"--resume auto: no checkpoint in {checkpoint_dir}")
+    else:
+        wanted = Path(request)
+        if wanted.is_dir():  # a run dir or a checkpoints dir
+            folder = wanted / "checkpoints" if (wanted / "checkpoints").is_dir() else wanted
+            candidates = list_checkpoints(folder)
+        else:
+            older = [p for p in list_checkpoints(wanted.parent) if _older_or_same(p, wanted)]
+            candidates = [wanted] + [p for p in older if p != wanted]
+        if not candidates:
+            raise NoCheckpointError(f"--resume {request}: no checkpoint there")
+    for path in candidates:
+        try:
+            return path, load(path)
+        except CorruptCheckpointError as exc:
+            on_reject(path, str(exc))
+    raise NoCheckpointError(
+        f"--resume {request}: every candidate checkpoint is corrupt "
+        f"({', '.join(p.name for p in candidates)})"
+    )
+
+
+def _older_or_same(candidate: Path, wanted: Path) -> bool:
+    a, b = _NAME.match(candidate.name), _NAME.match(wanted.name)
+    if not a or not b:
+        return False
+    return int(a.group(2)) <= int(b.group(2))
+
+
+class CheckpointWriter:
+    """Saves checkpoints atomically and prunes to ``keep_last_k`` (best.pt is kept apart)."""
+
+    def __init__(self, directory: str | Path, keep_last_k: int) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.keep_last_k = max(2, keep_last_k)
+
+    def save(self, state: dict[str, Any], meta: dict[str, Any]) -> Path:
+        path = self.dir / checkpoint_name(meta["epoch"], meta["step"])
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=self.dir)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                torch.save(state, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        sidecar = dict(meta, bytes=path.stat().st_size, sha256=_sha256(path), created=time.time())
+        atomic_write_text(str(path) + ".json", json.dumps(sidecar, indent=1))
+        self._prune()
+        return path
+
+    def mark_best(self, path: Path, metric: str, value: float) -> Path:
+        best = self.dir / "best.pt"
+        tmp = self.dir / ".best.pt.tmp"
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, best)
+        meta = dict(read_sidecar(path) or {}, source=path.name, metric=metric, value=value)
+        atomic_write_text(str(best) + ".json", json.dumps(meta, indent=1))
+        return best
+
+    def _prune(self) -> None:
+        for old in list_checkpoints(self.dir)[self.keep_last_k :]:
+            old.unlink(missing_ok=True)
+            Path(str(old) + ".json").unlink(missing_ok=True)
