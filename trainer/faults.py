@@ -41,13 +41,8 @@ def feature_scope(name: str) -> Iterator[None]:
     except FeatureError:
         raise
     except Exception as exc:
-        if _is_oom(exc):  # memory exhaustion is not the feature's fault
+        from trainer.device import is_oom
+
+        if is_oom(exc):  # memory exhaustion is not the feature's fault
             raise
         raise FeatureError(name, f"{type(exc).__name__}: {exc}") from exc
-
-
-def _is_oom(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or (
-        "out of memory" in text
-    )

@@ -1,0 +1,126 @@
+"""Morning reports generated from recorded state dirs: content a person acts on, valid PNGs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from orchestrator.report import ReportError, cmd_report, write_report
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "states"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def copy(name: str, tmp_path: Path) -> Path:
+    dst = tmp_path / name
+    shutil.copytree(FIXTURES / name, dst)
+    return dst
+
+
+def linked_pngs(report: Path) -> list[Path]:
+    names = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report.read_text())
+    return [report.parent / n for n in names]
+
+
+def assert_valid_pngs(report: Path, expected: int) -> None:
+    pngs = linked_pngs(report)
+    assert len(pngs) == expected
+    for png in pngs:
+        assert png.read_bytes()[:8] == PNG_MAGIC, png
+        with Image.open(png) as im:
+            im.verify()
+        with Image.open(png) as im:
+            assert im.size[0] > 400 and im.size[1] > 200
+
+
+def test_successful_two_night_plan(tmp_path: Path) -> None:
+    var = copy("plan-success", tmp_path)
+    path = write_report(var)
+    assert path == var / "reports" / "morning-2025-03-16.md"
+    text = path.read_text()
+    first_screen = text.split("## Night 1")[0]
+    assert "✅ **Night 1 — conservative: SUCCEEDED**, success level **should**" in first_screen
+    assert "✅ **Night 2 — aggressive: SUCCEEDED**" in first_screen
+    assert "✓ linear probe > 55.0%: 63.1%" in first_screen  # the check with its numbers
+    assert "✗ linear probe > 73.0%: 69.4%" in first_screen
+    # decision matrix on the last night: 69.4% → resume for 50-100 more epochs
+    assert "65-70%, good" in first_screen and "training.epochs=90" in text
+    assert "## Conservative vs aggressive" in text
+    assert "**+6.3 pts** (meets the +5 points" in text
+    assert "No fallbacks were needed." in text
+    assert "| linear probe | 24.0% | 63.1% | +39.1 pts |" in text  # gain over random init
+    assert "--eval-only" in text and "--resume" in text
+    assert "runs/conservative/attempt-01/checkpoints/ckpt-e0050-s00005000.pt" in text
+    assert_valid_pngs(path, 8)
+
+
+def test_night_with_fallbacks(tmp_path: Path) -> None:
+    var = copy("night-fallbacks", tmp_path)
+    text = write_report(var).read_text()
+    assert "⚠️ **Night 1 — aggressive: PARTIAL**" in text
+    assert "✗ linear probe > 60.0%: 57.7%" in text
+    assert "< 60%, poor" in text  # decision matrix
+    for trigger, evidence in (("oom", "tree_rss_gb=29.5"), ("nonfinite", "step=520"),
+                              ("slow", "epoch_s=740")):
+        assert re.search(rf"\| {trigger} \|.*{re.escape(evidence)}", text), trigger
+    assert "LR scaled linearly x1.125" in text  # the effect, as recorded
+    assert "worker fatal **oom**" in text and "worker fatal **nonfinite**" in text
+    assert "attempt 3 started, resumed from `ckpt-e0004-s00000400.pt`" in text
+    assert "forecast error (first forecast − actual end): **-20m00s**" in text
+    assert "--set data.batch_size=12 --set training.accumulation_steps=6" in text
+    assert "peak memory: worker tree 29.3 GB" in text and "ceiling 28 GB" in text
+    assert_valid_pngs(var / "reports" / "morning-2025-03-15.md", 4)
+
+
+def test_failed_night_says_what_broke_what_was_tried_and_what_to_do(tmp_path: Path) -> None:
+    var = copy("night-failed", tmp_path)
+    text = write_report(var).read_text()
+    first_screen = text.split("## Night 1")[0]
+    assert "❌ **Night 1 — conservative: FAILED**" in first_screen
+    assert "No evaluated model. Broke with crash" in first_screen
+    assert "Tried 1 fallback" in first_screen and "worker.log" in first_screen
+    assert "--set model.use_flash_attention=false" in first_screen
+    assert "| feature | disable flash_attention |" in text
+    assert "ckpt-e0001-s00000100.pt --eval-only" in text
+    # loss, kNN (epoch 0), memory and epoch times were all recorded before it broke
+    assert_valid_pngs(var / "reports" / "morning-2025-03-14.md", 4)
+
+
+def test_night_in_progress_and_single_night_out_file(tmp_path: Path) -> None:
+    var = copy("night-running", tmp_path)
+    out = tmp_path / "elsewhere" / "night1.md"
+    path = write_report(var, night=1, out=out)
+    assert path == out
+    text = out.read_text()
+    assert "⏳ **Night 1 — conservative: RUNNING** — not judged yet" in text
+    assert "Still running" in text
+    assert all(p.parent == out.parent for p in linked_pngs(out))  # plots beside the report
+    assert_valid_pngs(out, 4)
+    with pytest.raises(ReportError, match="no night 3"):
+        write_report(var, night=3)
+
+
+def test_demo_plan_next_step_is_relative_to_the_random_encoder(tmp_path: Path) -> None:
+    var = copy("plan-success", tmp_path)
+    state = json.loads((var / "state.json").read_text())
+    state["plan"]["name"] = "demo"
+    (var / "state.json").write_text(json.dumps(state))
+    text = write_report(var, night=1).read_text()
+    assert "Demo: the encoder learned features the random one lacks" in text
+    assert "+39.1 pts" in text and "hjepa-night start --plan sequential" in text
+
+
+def test_cmd_report_exit_codes(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    var = copy("night-failed", tmp_path)
+    args = argparse.Namespace(state_dir=str(var), night=None, out=None)
+    assert cmd_report(args) == 0
+    out = capsys.readouterr().out
+    assert "report written:" in out and "FAILED" in out
+    assert cmd_report(argparse.Namespace(state_dir=str(tmp_path / "none"), night=None,
+                                         out=None)) == 1

@@ -1,0 +1,92 @@
+"""Frames of the status screen rendered from recorded state dirs."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from rich.console import Console
+
+from orchestrator.snapshot import SnapshotSource
+from orchestrator.tui import render, run_status, sparkline
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "states"
+
+
+def frame(state_dir: Path, width: int = 110, styles: bool = False) -> str:
+    now_file = state_dir / "NOW"
+    now = float(now_file.read_text()) if now_file.exists() else None
+    console = Console(record=True, width=width, force_terminal=styles, color_system="standard")
+    console.print(render(SnapshotSource(state_dir).take(now=now)))
+    return console.export_text(styles=styles)
+
+
+def test_running_night_frame_answers_is_it_ok_and_will_it_finish() -> None:
+    text = frame(FIXTURES / "night-running")
+    for expected in (
+        "plan sequential",
+        "conservative  running",
+        "aggressive    pending",
+        "attempt    2 of 2 (from ckpt-e0001-s00000100.pt)",
+        "data.batch_size=24",  # overrides in force
+        "epoch 13/50 (12 done)",
+        "LATE by 55m00s",  # forecast vs deadline
+        "pace needed",
+        "img/s",
+        "kNN 1/5/20",
+        "linear probe N/A",  # the eval at epoch 10 had no probe
+        "ceiling   28 GB",
+        "fallbacks, newest first (1)",
+        "tree_rss_gb=26.9",
+    ):
+        assert expected in text, expected
+    assert "level 2" in text and "▁" in text and "█" in text  # per-level sparklines
+
+
+def test_memory_and_epoch_time_are_coloured_by_the_runbook_thresholds() -> None:
+    text = frame(FIXTURES / "night-running", styles=True)
+    assert "\x1b[33m20.8 GB" in text  # worker tree RSS: between good 20 and warning 25 GB
+    assert "\x1b[32m10m00s" in text  # 10-minute epochs: under the 12-minute "good"
+    assert "\x1b[1;31mLATE" in text
+
+
+def test_fallbacks_are_listed_newest_first_with_their_reason() -> None:
+    text = frame(FIXTURES / "night-fallbacks", width=140)
+    slow, nan, oom = (text.index(k) for k in ("slow ", "nonfinite ", "oom "))
+    assert slow < nan < oom
+    assert "exit_code=11" in text and "schedules rescaled" in text
+    assert "aggressive · partial" in text and "ended finished" in text
+
+
+def test_failed_night_shows_the_failure_and_the_success_level() -> None:
+    text = frame(FIXTURES / "night-failed")
+    assert "failed" in text and "last failure crash: RuntimeError" in text
+    assert "3 attempts without progress" in text
+
+
+def test_two_night_plan_shows_each_night() -> None:
+    text = frame(FIXTURES / "plan-success", width=120)
+    assert text.count("succeeded") >= 2 and "should" in text
+    assert "night 2 · aggressive · succeeded" in text
+
+
+def test_partial_data_renders_na_not_a_crash(tmp_path: Path) -> None:
+    var = tmp_path / "var"
+    shutil.copytree(FIXTURES / "night-running", var)
+    shutil.rmtree(var / "runs")
+    text = frame(var, width=80)
+    assert "N/A" in text and "no evaluation yet" in text and "no step events yet" in text
+    assert "no state file" in frame(tmp_path / "empty")
+
+
+def test_once_prints_one_frame_and_exits(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert run_status(FIXTURES / "plan-success", once=True) == 0
+    assert "hjepa-night" in capsys.readouterr().out
+    assert run_status(tmp_path, once=True) == 1
+
+
+def test_sparkline_scales_and_resamples() -> None:
+    assert sparkline([]) == "N/A"
+    assert sparkline([1.0, 2.0, 3.0]) == "▁▅█"
+    assert len(sparkline([float(i) for i in range(1000)], width=20)) == 20
+    assert sparkline([2.0, 2.0]) == "▄▄"
