@@ -1,0 +1,631 @@
+"""The plan daemon: ``hjepa-night start`` / ``hjepa-night stop``.
+
+    hjepa-night start --plan sequential [--state-dir var] [--now] [--foreground] [--no-tui]
+    hjepa-night stop [--state-dir var] [--timeout 120]
+
+``start`` validates the plan and the state file, then (unless ``--foreground``) re-runs itself
+detached (``start_new_session``) with ``--foreground --no-tui``, logging to
+``STATE_DIR/daemon.log``, and prints the pid, the log and how to watch and stop it.
+
+The daemon (:class:`Daemon`) holds ``fcntl.flock`` on ``STATE_DIR/daemon.lock`` for its whole
+life (the lock file names its pid; the kernel drops the lock when the process dies, so a stale
+lock is simply taken over) and records itself in ``State.daemon``. The state file is the source
+of truth: on every start the daemon reconciles it (windows that passed while nothing ran →
+``skipped``/``partial``, pending night-2 decisions made), then rebuilds its APScheduler jobs:
+
+- ``start-i`` at the night's window start, ``misfire_grace_time`` = the window, so a daemon
+  (re)started inside the window runs the night with the time left and one started after it
+  gets a *missed* event (→ reconcile); a night already ``running`` resumes at once;
+- ``deadline-i`` at deadline + grace: a night runner still busy then is asked to stop;
+- ``report-i`` at the plan's morning report time after the night's deadline.
+
+Jobs only post messages; the main loop (:meth:`Daemon.tick`, time as a parameter) acts on
+them, one night at a time, each night in a thread running ``night_fn(store, i, stop=event)``.
+While a night runs only the night runner writes the state; the daemon writes before and after.
+SIGTERM/SIGINT only set a flag; the loop then asks the night to stop (the worker checkpoints;
+the night stays ``running``), saves the state, releases the lock and exits 0 — ``start``
+resumes. After ``kill -9`` the same ``start`` resumes too: the night runner stops or adopts the
+orphaned worker; workers of nights whose window passed are stopped here (pid + create time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psutil
+from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from orchestrator.plan import (
+    ENDED,
+    PROJECT_ROOT,
+    Plan,
+    PlanError,
+    at_or_after,
+    build_state,
+    close_night,
+    decide_night,
+    load_plan,
+    local_now,
+    next_start,
+    reconcile,
+    resolve_plan_path,
+)
+from orchestrator.state import DaemonRecord, Night, State, StateError, StateStore, now_iso
+from orchestrator.state import parse_iso as _iso
+
+LOCK_FILE = "daemon.lock"
+LOG_FILE = "daemon.log"
+DETACHED_ENV = "HJEPA_NIGHT_DETACHED"
+log = logging.getLogger("hjepa-night.daemon")
+NightFn = Callable[..., Any]
+
+
+# ------------------------------------------------------------------------------------------
+# one daemon per state dir
+class DaemonLock:
+    """``flock`` on ``STATE_DIR/daemon.lock``, held for the daemon's life; the file names it."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = Path(state_dir) / LOCK_FILE
+        self._fh: Any = None
+
+    def acquire(self, wait_s: float = 2.0) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = self.path.open("a+")
+        end = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > end:  # a prober's shared lock lasts microseconds
+                    fh.close()
+                    return False
+                time.sleep(0.05)
+        me = psutil.Process()
+        fh.seek(0)
+        fh.truncate()
+        fh.write(json.dumps({"pid": me.pid, "create_time": me.create_time(), "since": now_iso()}))
+        fh.flush()
+        self._fh = fh
+        return True
+
+    def release(self) -> None:
+        if self._fh is not None:
+            self._fh.truncate(0)
+            self._fh.close()  # closing drops the flock
+            self._fh = None
+
+
+def lock_owner(state_dir: Path) -> dict[str, Any] | None:
+    """``{pid, create_time, since}`` of the live daemon owning ``state_dir``, or None."""
+    path = Path(state_dir) / LOCK_FILE
+    try:
+        fh = path.open("r")
+    except FileNotFoundError:
+        return None
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                return dict(json.loads(fh.read() or "{}")) or {"pid": None}
+            except json.JSONDecodeError:
+                return {"pid": None}
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return None
+
+
+def _live_process(pid: int | None, create_time: float | None) -> psutil.Process | None:
+    if not pid:
+        return None
+    try:
+        proc = psutil.Process(pid)
+        if create_time is not None and abs(proc.create_time() - create_time) > 1.0:
+            return None  # the pid was reused by another process
+        return None if proc.status() == psutil.STATUS_ZOMBIE else proc
+    except psutil.Error:
+        return None
+
+
+def stop_orphan_workers(night: Night, grace_s: float = 60.0) -> list[int]:
+    """SIGTERM (the worker checkpoints), then SIGKILL, every live worker of ``night``'s attempts."""
+    stopped = []
+    for attempt in night.attempts:
+        proc = _live_process(attempt.pid, attempt.pid_create_time)
+        if proc is None:
+            continue
+        log.warning("stopping orphaned worker pid %d of %s", proc.pid, night.name)
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+            try:
+                proc.wait(grace_s)
+            except psutil.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        stopped.append(proc.pid)
+    return stopped
+
+
+# ------------------------------------------------------------------------------------------
+class Daemon:
+    """Runs a plan's nights from the state file; see the module docstring."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        plan: Plan,
+        *,
+        night_fn: NightFn,
+        report_fn: Callable[[Path], Any] | None = None,
+        deadline_grace_s: float | None = None,
+    ) -> None:
+        self.store, self.plan = store, plan
+        self.night_fn, self.report_fn = night_fn, report_fn
+        self.deadline_grace_s = deadline_grace_s
+        self.stop_requested = False  # set by the signal handler, nothing else there
+        self.messages: queue.Queue[tuple[str, int]] = queue.Queue()
+        self.scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1})
+        self.scheduler.add_listener(self._on_missed, EVENT_JOB_MISSED)
+        self._night_stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._running: int | None = None
+        self._error: str | None = None
+        self._deadline_hit = False
+        self._stopping = False
+
+    # -- scheduler side: post messages only -------------------------------------------------
+    def _post(self, kind: str, index: int) -> None:
+        self.messages.put((kind, index))
+
+    def _on_missed(self, event: JobExecutionEvent) -> None:
+        kind, _, index = event.job_id.partition("-")
+        if kind == "start":
+            self.messages.put(("missed", int(index)))
+
+    def _grace(self, night: Night) -> float:
+        if self.deadline_grace_s is not None:
+            return self.deadline_grace_s
+        span = (_iso(night.deadline or "") - _iso(night.window_start or "")).total_seconds()
+        return max(60.0, 0.05 * span)
+
+    def schedule(self, state: State, now: datetime) -> None:
+        """Rebuild every job from the state (the state is the source of truth)."""
+        self.scheduler.remove_all_jobs()
+        upcoming = next((n for n in state.nights if n.status not in ENDED), None)
+        if upcoming is not None and upcoming.window_start and upcoming.deadline:
+            i, start, deadline = (
+                upcoming.index,
+                _iso(upcoming.window_start),
+                _iso(upcoming.deadline),
+            )
+            if upcoming.status == "running":
+                self._post("start", i)  # resume at once: its window is still open
+            else:
+                grace = max(1, int((deadline - start).total_seconds()))
+                self.scheduler.add_job(
+                    self._post,
+                    "date",
+                    run_date=start,
+                    args=("start", i),
+                    id=f"start-{i}",
+                    misfire_grace_time=grace,
+                )
+            self.scheduler.add_job(
+                self._post,
+                "date",
+                run_date=deadline + timedelta(seconds=self._grace(upcoming)),
+                args=("deadline", i),
+                id=f"deadline-{i}",
+                misfire_grace_time=None,
+            )
+        if self.plan.report_at:
+            for night in state.nights:
+                if not night.deadline or night.status == "skipped":
+                    continue
+                at = at_or_after(self.plan.report_at, _iso(night.deadline))
+                if at > now:
+                    self.scheduler.add_job(
+                        self._post,
+                        "date",
+                        run_date=at,
+                        args=("report", night.index),
+                        id=f"report-{night.index}",
+                        misfire_grace_time=3600,
+                    )
+
+    # -- the loop -------------------------------------------------------------------------
+    def advance(self, state: State, now: datetime) -> None:
+        """Reconcile passed windows and make every due night-N decision, until stable."""
+        for night in state.nights:
+            if night.status == "running" and night.deadline and _iso(night.deadline) <= now:
+                stop_orphan_workers(night)
+        while True:
+            changed = reconcile(state, now)
+            for line in changed:
+                log.warning("window passed: %s", line)
+            decided = False
+            for night in state.nights[1:]:
+                prev = state.nights[night.index - 1]
+                undecided = not any(d.kind == "plan" for d in night.decisions)
+                if night.status == "pending" and prev.status in ENDED and undecided:
+                    d = decide_night(state, self.plan, night.index, now)
+                    log.info(
+                        "plan decision for night %d: %s → %s", night.index + 1, d.trigger, d.action
+                    )
+                    decided = True
+            if not changed and not decided:
+                return
+
+    def prepare(self, now: datetime, daemon: DaemonRecord) -> State:
+        state = self.store.load()
+        self.advance(state, now)
+        state.daemon, state.current_night = daemon, None
+        state.next_start = next_start(state)
+        self.store.save(state)
+        self.schedule(state, now)
+        return state
+
+    def tick(self, now: datetime) -> bool:
+        """One loop iteration; False when the daemon should exit (plan done or stop asked)."""
+        if self._thread is not None and not self._thread.is_alive():
+            self._night_ended(now)
+        if self.stop_requested:
+            if self._thread is None:
+                return False
+            if not self._stopping:
+                log.info("stop requested: asking the night to checkpoint and stop")
+                self._stopping = True
+                self._night_stop.set()
+            return True
+        while True:
+            try:
+                kind, index = self.messages.get_nowait()
+            except queue.Empty:
+                break
+            self._handle(kind, index, now)
+        if self._thread is None and not self.scheduler.get_jobs() and self.messages.empty():
+            state = self.store.load()
+            return not all(n.status in ENDED for n in state.nights)
+        return True
+
+    def _handle(self, kind: str, index: int, now: datetime) -> None:
+        if kind == "report":
+            self._report(f"morning report time after night {index + 1}")
+        elif kind == "deadline":
+            if self._running == index and self._thread is not None:
+                log.warning("night %d still running past its deadline: stopping it", index + 1)
+                self._deadline_hit = True
+                self._night_stop.set()
+        elif self._thread is not None:
+            log.info(
+                "%s for night %d ignored: night %d is running",
+                kind,
+                index + 1,
+                (self._running or 0) + 1,
+            )
+        elif kind in ("start", "missed"):
+            state = self.store.load()
+            self.advance(state, now)
+            night = state.nights[index]
+            if kind == "start" and night.status in ("pending", "running"):
+                state.current_night = index
+                state.next_start = next_start(state)
+                self.store.save(state)
+                self._launch(index)
+            else:
+                self.store.save(state)
+                self.schedule(state, now)
+
+    def _launch(self, index: int) -> None:
+        log.info("night %d starts", index + 1)
+        self._night_stop.clear()
+        self._running, self._error, self._deadline_hit = index, None, False
+
+        def target() -> None:
+            try:
+                self.night_fn(self.store, index, stop=self._night_stop)
+            except BaseException:
+                self._error = traceback.format_exc()
+
+        self._thread = threading.Thread(target=target, name=f"night-{index + 1}", daemon=True)
+        self._thread.start()
+
+    def _night_ended(self, now: datetime) -> None:
+        index = self._running if self._running is not None else 0
+        self._thread, self._running = None, None
+        state = self.store.load()
+        night = state.nights[index]
+        if self._error is not None:
+            log.error("night runner failed:\n%s", self._error)
+            stop_orphan_workers(night)
+            reason = self._error.strip().splitlines()[-1]
+            if night.status not in ENDED:
+                close_night(night, f"the night runner crashed: {reason}")
+        elif night.status not in ENDED:
+            if self._deadline_hit:
+                stop_orphan_workers(night)
+                close_night(night, "still running past its deadline; stopped by the daemon")
+            elif not self.stop_requested:
+                close_night(night, "the night runner returned without ending the night")
+        state.current_night = None
+        if not self.stop_requested:
+            self.advance(state, now)
+        state.next_start = next_start(state)
+        self.store.save(state)
+        log.info("night %d: %s (%s)", index + 1, night.status, night.reason or "")
+        if night.status in ENDED:
+            self._report(f"night {index + 1} ended")
+        if not self.stop_requested:
+            self.schedule(state, now)
+
+    def _report(self, why: str) -> None:
+        if self.report_fn is None:
+            return
+        try:
+            path = self.report_fn(self.store.dir)
+            log.info("report written (%s): %s", why, path)
+        except Exception:
+            log.error("writing the report failed (%s):\n%s", why, traceback.format_exc())
+
+    def request_stop(self, *_: Any) -> None:
+        """Signal handler: only sets the flag; the loop acts on it."""
+        self.stop_requested = True
+
+    def run(self, record: DaemonRecord, poll_s: float = 0.5) -> int:
+        """The main loop (call from the main thread: it installs SIGTERM/SIGINT handlers)."""
+        old = {s: signal.signal(s, self.request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        self.scheduler.start()
+        prepared = False
+        try:
+            self.prepare(local_now(), record)
+            prepared = True
+            while self.tick(local_now()):
+                time.sleep(poll_s)
+        finally:
+            self.scheduler.shutdown(wait=False)
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+            if prepared and self._thread is None:
+                state = self.store.load()
+                state.daemon, state.current_night = None, None
+                self.store.save(state)
+        done = not self.stop_requested
+        log.info("plan finished" if done else "stopped; `hjepa-night start` resumes the plan")
+        return 0
+
+
+# ------------------------------------------------------------------------------------------
+# commands
+def _owner_text(state_dir: Path, owner: dict[str, Any]) -> str:
+    pid = owner.get("pid") or "unknown"
+    return (
+        f"a daemon already owns {state_dir}: pid {pid}, since {owner.get('since', '?')}. "
+        f"Watch it: hjepa-night status --state-dir {state_dir}; "
+        f"stop it: hjepa-night stop --state-dir {state_dir}"
+    )
+
+
+def _check_state(store: StateStore, plan: Plan) -> str | None:
+    """An error text if the state dir holds another or a finished plan; else None."""
+    state = store.load()  # StateError on a corrupt or newer file (kept aside by the store)
+    if state.plan is None:
+        return None if not state.nights else f"{store.path} holds a `hjepa-night run` night"
+    if state.plan.name != plan.name:
+        return (
+            f"{store.dir} holds plan {state.plan.name!r}, not {plan.name!r}; "
+            "use another --state-dir, or move its state.json away"
+        )
+    if all(n.status in ENDED for n in state.nights):
+        return (
+            f"plan {plan.name!r} already finished in {store.dir} (report: hjepa-night report "
+            f"--state-dir {store.dir}); use another --state-dir to run it again"
+        )
+    return None
+
+
+def _setup_logging(state_dir: Path, detached: bool, to_terminal: bool) -> Path:
+    path = state_dir / LOG_FILE
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handlers: list[logging.Handler] = (
+        [logging.StreamHandler(sys.stdout)] if detached else [logging.FileHandler(path)]
+    )
+    if to_terminal and not detached:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for h in handlers:
+        h.setFormatter(fmt)
+        root.addHandler(h)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    return path
+
+
+def run_foreground(
+    args: argparse.Namespace, plan: Plan, plan_path: Path, night_fn: NightFn | None = None
+) -> int:
+    state_dir = Path(args.state_dir).resolve()
+    lock = DaemonLock(state_dir)
+    if not lock.acquire():
+        print(
+            f"hjepa-night: {_owner_text(state_dir, lock_owner(state_dir) or {})}", file=sys.stderr
+        )
+        return 1
+    try:
+        detached = os.environ.get(DETACHED_ENV) == "1"
+        tui = not args.no_tui and not detached and sys.stdout.isatty()
+        log_path = _setup_logging(state_dir, detached, to_terminal=not tui)
+        store = StateStore(state_dir)
+        error = _check_state(store, plan)
+        if error:
+            log.error(error)
+            return 1
+        if not store.exists() or store.load().plan is None:
+            store.save(build_state(plan, plan_path, local_now(), args.now))
+            log.info("plan %s started in %s", plan.name, state_dir)
+        else:
+            log.info("plan %s resumed from %s", plan.name, store.path)
+        night_fn = night_fn or _run_night
+        me = psutil.Process()
+        record = DaemonRecord(
+            pid=me.pid, create_time=me.create_time(), started_at=now_iso(), log=str(log_path)
+        )
+        daemon = Daemon(store, plan, night_fn=night_fn, report_fn=_report_fn())
+        if tui:
+            threading.Thread(target=_run_tui, args=(state_dir,), daemon=True).start()
+        return daemon.run(record)
+    except StateError as exc:
+        log.error("%s", exc)
+        return 1
+    finally:
+        lock.release()
+
+
+def _run_night(store: StateStore, index: int, **kw: Any) -> Any:
+    from orchestrator.night import run_night  # imported when a night starts (pulls in torch)
+
+    return run_night(store, index, **kw)
+
+
+def _report_fn() -> Callable[[Path], Any]:
+    def write(state_dir: Path) -> Any:
+        from orchestrator.report import write_report
+
+        return write_report(state_dir)
+
+    return write
+
+
+def _run_tui(state_dir: Path) -> None:
+    try:
+        from orchestrator.tui import run_status
+
+        run_status(state_dir, False)
+    except Exception:
+        log.error("status screen failed (the daemon goes on):\n%s", traceback.format_exc())
+
+
+def _spawn(args: argparse.Namespace, plan_path: Path) -> int:
+    state_dir = Path(args.state_dir).resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    log_path = state_dir / LOG_FILE
+    cmd = [
+        sys.executable,
+        "-m",
+        "orchestrator.cli",
+        "start",
+        "--plan",
+        str(plan_path),
+        "--state-dir",
+        str(state_dir),
+        "--foreground",
+        "--no-tui",
+    ]
+    if args.now:
+        cmd.append("--now")
+    env = dict(os.environ)
+    env[DETACHED_ENV] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
+    offset = log_path.stat().st_size if log_path.exists() else 0
+    with log_path.open("ab") as out:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+        )
+    end = time.monotonic() + 60
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            with log_path.open("rb") as fh:
+                fh.seek(offset)
+                print(fh.read().decode(errors="replace").rstrip(), file=sys.stderr)
+            return proc.returncode or 1
+        owner = lock_owner(state_dir)
+        if owner and owner.get("pid") == proc.pid:
+            break
+        time.sleep(0.1)
+    print(
+        f"hjepa-night daemon started: pid {proc.pid}\n"
+        f"  log:   {log_path}\n"
+        f"  watch: hjepa-night status --state-dir {args.state_dir}\n"
+        f"  stop:  hjepa-night stop --state-dir {args.state_dir}"
+    )
+    return 0
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    state_dir = Path(args.state_dir)
+    owner = lock_owner(state_dir)
+    if owner is not None:
+        print(f"hjepa-night: {_owner_text(state_dir, owner)}", file=sys.stderr)
+        return 1
+    try:
+        plan_path = resolve_plan_path(args.plan)
+        plan = load_plan(plan_path)
+        error = _check_state(StateStore(state_dir), plan)
+    except (PlanError, StateError) as exc:
+        print(f"hjepa-night: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, PlanError) else 1
+    if error:
+        print(f"hjepa-night: {error}", file=sys.stderr)
+        return 1
+    if args.foreground:
+        return run_foreground(args, plan, plan_path)
+    return _spawn(args, plan_path)
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    state_dir = Path(args.state_dir)
+    owner = lock_owner(state_dir)
+    if owner is None:
+        print(f"no daemon is running for {state_dir}")
+        return 0
+    proc = _live_process(owner.get("pid"), owner.get("create_time"))
+    if proc is None:
+        print(
+            f"hjepa-night: cannot tell which process owns {state_dir / LOCK_FILE}", file=sys.stderr
+        )
+        return 1
+    proc.send_signal(signal.SIGTERM)
+    print(
+        f"asked daemon pid {proc.pid} to stop; waiting up to {args.timeout:g}s "
+        "(the worker checkpoints first)"
+    )
+    end = time.monotonic() + args.timeout
+    while time.monotonic() < end and lock_owner(state_dir) is not None:
+        time.sleep(0.2)
+    if lock_owner(state_dir) is not None:
+        print(
+            f"hjepa-night: daemon pid {proc.pid} still running after {args.timeout:g}s; "
+            "wait, or run stop again",
+            file=sys.stderr,
+        )
+        return 1
+    state = StateStore(state_dir).load()
+    for night in state.nights:
+        print(f"  night {night.index + 1} {night.name}: {night.status}")
+    print(
+        f"stopped. Resume with: hjepa-night start --plan {state.plan.name if state.plan else '?'}"
+        f" --state-dir {args.state_dir}"
+    )
+    return 0

@@ -1,0 +1,72 @@
+"""When will training finish? Pure arithmetic on measured epoch, eval and checkpoint times.
+
+    per = epoch_cost(epoch_seconds=[61.0, 58.2], eval_seconds=[9.5], checkpoint_seconds=[1.1],
+                     epochs_done=2)
+    end = projected_training_end(anchor=last_epoch_end_ts, epochs_done=2, total_epochs=10,
+                                 per_epoch_s=per)
+    n = epochs_that_fit(anchor, epochs_done=2, per_epoch_s=per, limit=deadline - reserve_s)
+
+Model: an epoch costs the mean of its most recent ``RECENT`` measured training times (the first
+epoch is dropped once there are later ones: it carries warm-up), plus the evaluation and
+checkpoint time measured so far spread over the epochs done. The projection is anchored at the
+newest ``epoch_end`` (not at "now"), so it does not drift within an epoch. The night's recorded
+``projected_finish`` is the training end plus one final evaluation (the mean measured eval,
+if any); the forecast error is projected minus actual finish (positive: finished early).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+RECENT = 3
+
+
+def epoch_cost(
+    epoch_seconds: Sequence[float],
+    eval_seconds: Sequence[float] = (),
+    checkpoint_seconds: Sequence[float] = (),
+    epochs_done: int = 0,
+) -> float | None:
+    """Projected wall seconds per remaining epoch, or None before any epoch was measured."""
+    if not epoch_seconds:
+        return None
+    times = list(epoch_seconds)
+    if len(times) > 1:
+        times = times[1:]
+    recent = times[-RECENT:]
+    train = sum(recent) / len(recent)
+    spread = max(epochs_done, len(epoch_seconds), 1)
+    overhead = (sum(eval_seconds) + sum(checkpoint_seconds)) / spread
+    return train + overhead
+
+
+def projected_training_end(
+    anchor: float, epochs_done: int, total_epochs: int, per_epoch_s: float
+) -> float:
+    """Unix time the last epoch ends, given the newest epoch_end at ``anchor``."""
+    return anchor + max(total_epochs - epochs_done, 0) * per_epoch_s
+
+
+def projected_finish(
+    anchor: float,
+    epochs_done: int,
+    total_epochs: int,
+    per_epoch_s: float,
+    final_eval_s: float = 0.0,
+) -> float:
+    """Training end plus the final evaluation: when the worker's ``finished`` should come."""
+    return projected_training_end(anchor, epochs_done, total_epochs, per_epoch_s) + final_eval_s
+
+
+def epochs_that_fit(anchor: float, epochs_done: int, per_epoch_s: float, limit: float) -> int:
+    """The largest total epoch count whose training ends by ``limit`` (at least epochs_done)."""
+    if per_epoch_s <= 0:
+        return 10**9
+    more = math.floor((limit - anchor) / per_epoch_s)
+    return epochs_done + max(more, 0)
+
+
+def forecast_errors(projections: Sequence[float], actual_finish: float) -> list[float]:
+    """Projected minus actual finish, seconds, one per projection (first one first)."""
+    return [round(p - actual_finish, 1) for p in projections]

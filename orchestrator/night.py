@@ -1,0 +1,651 @@
+"""The night runner: one night from its spec in the state file to a judged, evaluated model.
+
+    hjepa-night run --config configs/demo_conservative.yaml --window 10m --state-dir var
+    run_night(StateStore("var"), 0, stop=threading.Event())          # what the daemon calls
+
+``run_night`` reads ``state.nights[night_index]`` (config, runbook, base overrides, window,
+deadline), then loops: launch an attempt (``STATE_DIR/runs/<night>/attempt-NN/``) under a
+:class:`~orchestrator.supervisor.Supervisor`, let the pure policy decide live (epoch cuts,
+deadline stop, kills) and after each ending (restart with the next rung, or end the night),
+and record everything in the state file (atomically, on every change): attempts (pid and its
+create time, overrides, resume checkpoint, exit code/kind/message), decisions, fallbacks,
+forecasts, baseline and final metrics, best checkpoint, success, status and reason.
+
+Resume rules:
+- Checkpoints form a lineage: an attempt that resumes from a checkpoint at step S supersedes
+  every earlier checkpoint after S (a roll-back abandons them). "Newest" is the newest of the
+  lineage; a fresh attempt is started from step 0 only when the lineage is empty.
+- A last attempt with no ``exit_kind`` belongs to a supervisor that died: if its pid is alive
+  with the same create time it is asked to stop (control → SIGTERM → SIGKILL on its group) and
+  waited for; then the night continues from the newest checkpoint. Never two workers at once.
+- A last attempt that finished is finalised, not re-run. A recorded restart decision that has
+  no attempt after it is carried out, not decided again (rungs are never applied twice).
+- ``stop`` set: the worker checkpoints and exits; the attempt is ``stopped``, the night stays
+  ``running`` and the next ``run_night`` resumes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from orchestrator import forecast
+from orchestrator.policy import (
+    CONTINUE,
+    CheckpointRef,
+    ConfigFacts,
+    Decision,
+    DecisionKind,
+    NightHistory,
+    Observation,
+    decide,
+    heartbeat_timeout,
+    judge,
+)
+from orchestrator.runbook import FEATURE_KEYS, Runbook, default_runbook_for, load_runbook
+from orchestrator.state import (
+    Attempt,
+    Fallback,
+    Forecast,
+    Metrics,
+    Night,
+    State,
+    StateStore,
+    now_iso,
+    parse_iso,
+)
+from orchestrator.state import Decision as DecisionRecord
+from orchestrator.supervisor import AttemptOutcome, AttemptView, Supervisor
+from orchestrator.system import System
+from trainer.config import Config, ConfigError, load_config
+from trainer.events import (
+    EVENTS_FILE,
+    FAULTS_FIRED_FILE,
+    Control,
+    atomic_write_text,
+    read_events,
+    write_control,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+FINISHED_KINDS = ("succeeded", "partial", "failed", "skipped")
+
+
+# ---------------------------------------------------------------------------------------------
+# reading the night back from the state file
+def override_args(overrides: dict[str, Any]) -> list[str]:
+    """{key: value} → ["key=<json>"] (JSON is YAML, so the worker's --set parses it back)."""
+    return [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
+
+
+def config_facts(cfg: Config) -> ConfigFacts:
+    on = {}
+    for feature, key in FEATURE_KEYS.items():
+        section, name = key.split(".")
+        on[feature] = bool(getattr(getattr(cfg, section), name))
+    return ConfigFacts(
+        micro_batch=cfg.data.batch_size,
+        accum_steps=cfg.training.accumulation_steps,
+        lr=cfg.training.lr,
+        epochs=cfg.training.epochs,
+        eval_frequency=cfg.evaluation.eval_frequency,
+        features=on,
+        datasets=tuple(d.name for d in cfg.data.datasets),
+    )
+
+
+def attempt_view(att: Attempt) -> AttemptView:
+    view = AttemptView()
+    for ev in read_events(Path(att.run_dir) / EVENTS_FILE):
+        view.update(ev)
+    return view
+
+
+def lineage(night: Night) -> list[CheckpointRef]:
+    """Usable checkpoints of the current lineage (see the module docstring), oldest first."""
+    refs: list[CheckpointRef] = []
+    for att in night.attempts:
+        if att.resume_from is None:
+            refs = []
+        else:
+            start = next((r for r in refs if r.path == att.resume_from), None)
+            if start is not None:
+                refs = [r for r in refs if r.step <= start.step]
+        for ev in attempt_view(att).checkpoints:
+            if ev.get("verified", True) and Path(str(ev["path"])).is_file():
+                refs.append(CheckpointRef(str(ev["path"]), int(ev["epoch"]), int(ev["step"]),
+                                          float(ev.get("ts", 0.0))))
+    return [r for r in refs if Path(r.path).is_file()]
+
+
+def newest(refs: list[CheckpointRef]) -> CheckpointRef | None:
+    return max(refs, key=lambda r: (r.step, r.ts)) if refs else None
+
+
+def build_history(night: Night, cfg: Config, base_cfg: Config) -> NightHistory:
+    rungs: dict[str, int] = {}
+    disabled: list[str] = []
+    for fb in night.fallbacks:
+        ladder, rung = fb.evidence.get("ladder"), fb.evidence.get("rung")
+        if isinstance(ladder, str) and isinstance(rung, int):
+            rungs[ladder] = max(rungs.get(ladder, 0), rung + 1)
+        if ladder == "features" and isinstance(fb.evidence.get("feature"), str):
+            disabled.append(fb.evidence["feature"])
+    best, without = -1, 0
+    for att in night.attempts:
+        steps = [int(c["step"]) for c in attempt_view(att).checkpoints]
+        top = max(steps, default=-1)
+        if att.exit_kind in (None, "finished"):
+            continue
+        if top > best:
+            best, without = top, 0
+        elif att.exit_kind not in ("stopped",):
+            without += 1
+    refs = lineage(night)
+    top_ref = newest(refs)
+    return NightHistory(
+        attempts=len(night.attempts),
+        attempts_without_progress=without,
+        config=config_facts(cfg),
+        base_effective_batch=base_cfg.effective_batch,
+        overrides=dict(night.overrides),
+        rungs_used=rungs,
+        disabled_features=tuple(disabled),
+        checkpoints=tuple(refs),
+        best_checkpoint=top_ref.path if top_ref else None,
+        memory_warned=any(d.trigger == "memory" and d.kind == "continue" for d in night.decisions),
+    )
+
+
+def _stop_reason(night: Night, attempt_index: int) -> str | None:
+    reason = None
+    for d in night.decisions:
+        if d.evidence.get("attempt") != attempt_index:
+            continue
+        if d.kind == "stop_for_deadline":
+            reason = "deadline"
+        elif d.kind == "stop":
+            reason = str(d.evidence.get("reason", "daemon"))
+        elif d.kind == "restart" and d.trigger in ("slow", "memory", "hang"):
+            reason = d.trigger
+    return reason
+
+
+def ended_observation(att: Attempt, view: AttemptView, stop_reason: str | None) -> Observation:
+    fatal = view.fatal or {}
+    return Observation(
+        running=False,
+        started_at=parse_iso(att.started_at).timestamp() if att.started_at else 0.0,
+        last_heartbeat_at=view.progress_ts,
+        phase=view.phase,
+        epoch=view.epoch,
+        step=view.step,
+        total_epochs=view.total_epochs,
+        stop_reason=stop_reason,
+        exit_kind=att.exit_kind,
+        exit_code=att.exit_code,
+        message=att.message or "",
+        fatal_feature=fatal.get("feature"),
+        fatal_step=fatal.get("step"),
+        finished_reason=(view.finished or {}).get("reason"),
+    )
+
+
+def _metrics(ev: dict[str, Any]) -> Metrics:
+    return Metrics(
+        epoch=ev.get("epoch"),
+        knn={str(k): float(v) for k, v in (ev.get("knn") or {}).items()},
+        linear_probe=ev.get("linear_probe"),
+        feature_std=ev.get("feature_std"),
+        effective_rank=ev.get("effective_rank"),
+        val_loss=ev.get("val_loss"),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+class NightRunner:
+    """Holds one night's moving parts; :func:`run_night` is the public entry."""
+
+    def __init__(self, store: StateStore, index: int, stop: threading.Event, system: System,
+                 on_update: Callable[[State], None] | None,
+                 worker: list[str] | None = None) -> None:
+        self.store, self.index, self.stop, self.sys = store, index, stop, system
+        self.worker = worker or [sys.executable, "-m", "trainer"]  # the worker command
+        self.on_update = on_update or (lambda s: None)
+        self.state = store.load()
+        if not 0 <= index < len(self.state.nights):
+            raise ValueError(f"night {index} is not in {store.path}")
+        n = self.night
+        self.rb: Runbook = load_runbook(n.runbook)
+        if n.deadline:
+            self.deadline = parse_iso(n.deadline).timestamp()
+        else:
+            start = parse_iso(n.window_start).timestamp() if n.window_start else time.time()
+            self.deadline = start + self.rb.window_hours * 3600
+            n.deadline = now_iso(self.deadline)
+        base = n.attempts[0].overrides if n.attempts else n.overrides
+        self.base_cfg = load_config(n.config, override_args(base))
+        self.runs = store.dir / "runs" / n.name
+
+    @property
+    def night(self) -> Night:
+        return self.state.nights[self.index]
+
+    def save(self) -> None:
+        self.store.save(self.state)
+        self.on_update(self.state)
+
+    def cfg(self) -> Config:
+        return load_config(self.night.config, override_args(self.night.overrides))
+
+    def history(self) -> NightHistory:
+        return build_history(self.night, self.cfg(), self.base_cfg)
+
+    # -- recording ------------------------------------------------------------------------
+    def record(self, d: Decision, attempt: int | None, kind: str | None = None) -> None:
+        n, at = self.night, now_iso()
+        ev = dict(d.evidence, attempt=attempt)
+        n.decisions.append(DecisionRecord(kind=kind or d.kind.value, trigger=d.trigger,
+                                          action=d.action, at=at, evidence=ev))
+        if d.fallback:
+            n.fallbacks.append(Fallback(trigger=d.trigger, action=d.action, at=at,
+                                        evidence=ev, effect=d.effect, attempt=attempt))
+        self.save()
+
+    def on_event(self, ev: dict[str, Any], view: AttemptView) -> None:
+        n, kind = self.night, ev.get("type")
+        if kind == "started":
+            n.device = str(ev.get("device"))
+            n.epochs_planned = int(ev.get("epochs", 0)) or n.epochs_planned
+        elif kind == "eval" and int(ev.get("epoch", -1)) == 0 and n.baseline_metrics is None:
+            n.baseline_metrics = _metrics(ev)
+        elif kind == "eval":
+            n.final_metrics = _metrics(ev)
+        elif kind == "checkpoint":
+            n.best_checkpoint = str(ev.get("path"))
+        elif kind == "control" and ev.get("epochs"):
+            n.epochs_planned = int(ev["epochs"])
+        elif kind == "epoch_end":
+            n.epochs_done = int(ev["epoch"])
+            n.epochs_planned = int(ev.get("total_epochs", n.epochs_planned or 0))
+            self._forecast(view)
+        else:
+            return
+        self.save()
+
+    def _forecast(self, v: AttemptView) -> None:
+        per = forecast.epoch_cost(v.epoch_seconds, v.eval_seconds, v.checkpoint_seconds,
+                                  len(v.epoch_seconds))
+        if per is None or v.epoch_end_ts is None:
+            return
+        final_eval = sum(v.eval_seconds) / len(v.eval_seconds) if v.eval_seconds else 0.0
+        end = forecast.projected_finish(v.epoch_end_ts, v.epoch, v.total_epochs, per, final_eval)
+        self.night.forecasts.append(Forecast(at=now_iso(), epoch=v.epoch,
+                                             projected_finish=now_iso(end),
+                                             deadline=self.night.deadline))
+
+    # -- one attempt ----------------------------------------------------------------------
+    def launch(self, resume_from: str | None) -> AttemptOutcome:
+        n = self.night
+        idx = len(n.attempts) + 1
+        run_dir = self.runs / f"attempt-{idx:02d}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self._carry_fired_faults(run_dir)
+        argv = [*self.worker, "--config", str(Path(n.config).resolve()), "--run-dir",
+                str(run_dir)]
+        if resume_from:
+            argv += ["--resume", resume_from]
+        for item in override_args(n.overrides):
+            argv += ["--set", item]
+        att = Attempt(index=idx, run_dir=str(run_dir), overrides=dict(n.overrides),
+                      resume_from=resume_from, started_at=now_iso())
+        n.attempts.append(att)
+        history = [self.history()]
+        sup = Supervisor(
+            self.sys, self.rb, run_dir=run_dir, argv=argv, cwd=os.getcwd(),
+            deadline=self.deadline,
+            decide=lambda obs: decide(obs, history[0], self.rb, self.sys.wall(), self.deadline),
+            stop=self.stop, env=worker_env(),
+        )
+        sup.on_event = lambda ev: self.on_event(ev, sup.view)
+
+        def on_decision(d: Decision) -> None:
+            self.record(d, idx)
+            history[0] = self.history()
+
+        sup.on_decision = on_decision
+        att.pid = sup.launch()
+        att.pid_create_time = self.sys.create_time(att.pid)
+        self.save()
+        out = sup.run()
+        if out.stop_reason == "daemon":
+            self.record(Decision(DecisionKind.CONTINUE, "daemon", "stopped on request (daemon)",
+                                 {"reason": "daemon"}), idx, kind="stop")
+        self._close_attempt(att, out.exit_code, out.exit_kind, out.message, out.view)
+        return out
+
+    def _close_attempt(self, att: Attempt, code: int | None, kind: str, message: str,
+                       view: AttemptView) -> None:
+        att.exit_code, att.exit_kind, att.message = code, kind, message  # type: ignore[assignment]
+        att.ended_at = now_iso()
+        att.last_epoch, att.last_step = view.epoch, view.step
+        self.save()
+
+    def _carry_fired_faults(self, run_dir: Path) -> None:
+        fired: set[str] = set()
+        for att in self.night.attempts:
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                fired |= set(json.loads((Path(att.run_dir) / FAULTS_FIRED_FILE).read_text()))
+        if fired:
+            atomic_write_text(run_dir / FAULTS_FIRED_FILE, json.dumps(sorted(fired)))
+
+    # -- crash recovery -------------------------------------------------------------------
+    def recover(self, att: Attempt) -> None:
+        """The last attempt has no ending: stop its worker if it still runs, record it."""
+        hb = self.rb.heartbeat
+        alive = att.pid is not None and self.sys.is_alive(att.pid, att.pid_create_time)
+        if alive and att.pid is not None:
+            write_control(att.run_dir, Control(seq=10**6, epochs=None, stop=True))
+            steps = ((max(hb.slow_phase_timeout_s, 60), None), (hb.term_grace_s, signal.SIGTERM),
+                     (hb.term_grace_s, signal.SIGKILL), (10.0, None))
+            for wait_s, sig in steps:
+                if sig is not None:
+                    self.sys.signal_group(att.pid, sig)
+                end = self.sys.monotonic() + wait_s
+                while self.sys.is_alive(att.pid, att.pid_create_time) and (
+                    self.sys.monotonic() < end
+                ):
+                    self.sys.sleep(0.5)
+                if not self.sys.is_alive(att.pid, att.pid_create_time):
+                    break
+        view = attempt_view(att)
+        if view.finished and view.finished.get("reason") == "completed":
+            kind, msg = "finished", "completed (seen after a supervisor restart)"
+        elif view.fatal:
+            kind, msg = str(view.fatal.get("kind", "crash")), str(view.fatal.get("message", ""))
+        else:
+            kind = "stopped"
+            msg = "stopped after a supervisor restart" if alive else (
+                "worker gone after a supervisor restart")
+        self.record(Decision(DecisionKind.CONTINUE, "recovered", msg, {"reason": "recovered",
+                                                                       "was_alive": alive}),
+                    att.index, kind="stop")
+        self._close_attempt(att, None, kind, msg, view)
+
+    # -- main loop ------------------------------------------------------------------------
+    def run(self) -> Night:
+        n = self.night
+        if n.status in FINISHED_KINDS:
+            return n
+        n.status, n.started_at = "running", n.started_at or now_iso()
+        self.state.current_night = self.index
+        self.save()
+        while True:
+            last = n.attempts[-1] if n.attempts else None
+            if last is not None and last.exit_kind is None:
+                self.recover(last)
+                continue
+            if last is None:
+                top = newest(lineage(n))
+                resume = top.path if top else None
+            else:
+                d = self._pending_restart(last) or self._decide_after(last)
+                if d.kind is DecisionKind.END_NIGHT:
+                    self.finalise(d)
+                    return n
+                resume = d.resume_from
+            if self.stop.is_set():
+                return n
+            self.launch(resume)
+
+    def _pending_restart(self, last: Attempt) -> Decision | None:
+        for rec in reversed(self.night.decisions):
+            if rec.evidence.get("after_attempt") == last.index and rec.kind == "restart":
+                resume = rec.evidence.get("resume_from")
+                return Decision(DecisionKind.RESTART, rec.trigger, rec.action,
+                                resume_from=resume if isinstance(resume, str) else None)
+        return None
+
+    def _decide_after(self, last: Attempt) -> Decision:
+        view = attempt_view(last)
+        obs = ended_observation(last, view, _stop_reason(self.night, last.index))
+        d = decide(obs, self.history(), self.rb, self.sys.wall(), self.deadline)
+        self.night.overrides.update(d.overrides)
+        if d.kind is DecisionKind.RESTART:
+            d = Decision(d.kind, d.trigger, d.action, dict(d.evidence, after_attempt=last.index),
+                         resume_from=d.resume_from, overrides=d.overrides, effect=d.effect,
+                         fallback=d.fallback, ladder=d.ladder)
+        self.record(d, last.index)
+        return d
+
+    # -- the end --------------------------------------------------------------------------
+    def finalise(self, d: Decision) -> None:
+        n = self.night
+        top = newest(lineage(n))
+        if top is not None:
+            n.best_checkpoint = top.path
+        evals = [(ev, att) for att in n.attempts for ev in attempt_view(att).evals
+                 if int(ev.get("epoch", 0)) > 0]
+        final_ev = max(evals, key=lambda p: float(p[0].get("ts", 0)))[0] if evals else None
+        if top is not None and (final_ev is None or int(final_ev["epoch"]) < top.epoch):
+            final_ev = self.eval_only(top) or final_ev
+        n.final_metrics = _metrics(final_ev) if final_ev else None
+        if n.baseline_metrics is None:  # e.g. epoch 0 ran under a supervisor that died
+            zero = [ev for att in n.attempts for ev in attempt_view(att).evals
+                    if int(ev.get("epoch", -1)) == 0]
+            n.baseline_metrics = _metrics(zero[0]) if zero else None
+        last = n.attempts[-1] if n.attempts else None
+        finished_ts = None
+        if last is not None:
+            fin = attempt_view(last).finished
+            finished_ts = float(fin["ts"]) if fin else None
+        completed = d.trigger == "completed"
+        in_window = completed and finished_ts is not None and finished_ts <= self.deadline
+        unrecovered = last is not None and last.exit_kind == "nonfinite"
+        n.success = judge(self.rb.success, n.final_metrics, n.baseline_metrics,
+                          finished_in_window=in_window,
+                          no_unrecovered_nonfinite=not unrecovered and n.final_metrics is not None)
+        actual = finished_ts or time.time()
+        projections = [parse_iso(f.projected_finish).timestamp() for f in n.forecasts]
+        n.forecast_errors_s = forecast.forecast_errors(projections, actual)
+        n.forecast_error_s = n.forecast_errors_s[0] if n.forecast_errors_s else None
+        if completed and n.success.level != "none":
+            n.status = "succeeded"
+        elif n.final_metrics is not None:
+            n.status = "partial"
+        else:
+            n.status = "failed"
+        n.reason = f"{d.reason} (success level: {n.success.level})"
+        n.ended_at = now_iso()
+        if self.state.current_night == self.index:
+            self.state.current_night = None
+        self.save()
+
+    def eval_only(self, ref: CheckpointRef) -> dict[str, Any] | None:
+        """Evaluate a checkpoint that has no eval (the worker died before its final eval)."""
+        if self.sys.wall() >= self.deadline or self.stop.is_set():
+            return None
+        run_dir = self.runs / "final-eval"
+        argv = [*self.worker, "--config", str(Path(self.night.config).resolve()),
+                "--run-dir", str(run_dir), "--resume", ref.path, "--eval-only"]
+        for item in override_args(self.night.overrides):
+            argv += ["--set", item]
+
+        def only_hang(obs: Observation) -> Decision:
+            timeout, _ = heartbeat_timeout(obs, self.rb)
+            silent = self.sys.wall() - (obs.last_heartbeat_at or obs.started_at)
+            if silent > timeout:
+                return Decision(DecisionKind.RESTART, "hang", "final eval hung: kill it")
+            return CONTINUE
+
+        sup = Supervisor(self.sys, self.rb, run_dir=run_dir, argv=argv, cwd=os.getcwd(),
+                         deadline=self.deadline, decide=only_hang, stop=self.stop,
+                         env=worker_env())
+        sup.launch()
+        out = sup.run()
+        evals = [ev for ev in out.view.evals]
+        self.record(Decision(DecisionKind.CONTINUE, "final_eval",
+                             f"evaluated {Path(ref.path).name} separately: {out.exit_kind}",
+                             {"checkpoint": ref.path}), None, kind="eval_only")
+        return evals[-1] if evals else None
+
+
+def worker_env() -> dict[str, str]:
+    """The project root on PYTHONPATH, so ``python -m trainer`` imports from any cwd."""
+    old = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": str(ROOT) + (os.pathsep + old if old else "")}
+
+
+def run_night(store: StateStore, night_index: int, *, stop: threading.Event | None = None,
+              system: System | None = None,
+              on_update: Callable[[State], None] | None = None) -> Night:
+    """Run (or resume, or finalise) ``state.nights[night_index]``; returns the night record."""
+    runner = NightRunner(store, night_index, stop or threading.Event(), system or System(),
+                         on_update)
+    return runner.run()
+
+
+# ---------------------------------------------------------------------------------------------
+# hjepa-night run
+def parse_window(text: str) -> timedelta:
+    """'8h', '90m', '300s', '1h30m' → timedelta."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", text.strip().lower())
+    if not parts or "".join(a + b for a, b in parts) != re.sub(r"\s+", "", text.lower()):
+        raise ValueError(f"--window {text!r}: use e.g. 8h, 90m, 300s or 1h30m")
+    unit = {"h": 3600, "m": 60, "s": 1}
+    return timedelta(seconds=sum(float(a) * unit[b] for a, b in parts))
+
+
+def new_single_night(config: str, runbook: str, window: timedelta,
+                     overrides: dict[str, Any]) -> State:
+    start = time.time()
+    name = f"{Path(config).stem}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(start))}"
+    night = Night(name=name, index=0, config=config, runbook=runbook, overrides=overrides,
+                  window_start=now_iso(start), deadline=now_iso(start + window.total_seconds()))
+    return State(plan=None, nights=[night])
+
+
+class NightDisplay:
+    """Foreground progress: a rich live panel on a TTY, else one log line per change."""
+
+    def __init__(self, tui: bool) -> None:
+        from rich.console import Console
+
+        self.console = Console()
+        self.tui = tui
+        self._live: Any = None
+        self._seen: tuple[int, int, int, int | None] = (0, 0, 0, None)
+
+    def __enter__(self) -> NightDisplay:
+        if self.tui:
+            from rich.live import Live
+
+            self._live = Live(console=self.console, refresh_per_second=2)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.__exit__(None, None, None)
+
+    def update(self, state: State) -> None:
+        n = state.nights[0]
+        if self._live is not None:
+            self._live.update(self._panel(n))
+            return
+        seen = (len(n.attempts), len(n.decisions), len(n.fallbacks), n.epochs_done)
+        if seen == self._seen:
+            return
+        if seen[0] > self._seen[0]:
+            a = n.attempts[-1]
+            self._log(f"attempt {a.index} started (resume: {a.resume_from or 'none'})")
+        for d in n.decisions[self._seen[1]:]:
+            self._log(f"decision {d.kind} [{d.trigger}]: {d.action}")
+        if seen[3] != self._seen[3] and n.epochs_done is not None:
+            fc = n.forecasts[-1].projected_finish if n.forecasts else "n/a"
+            self._log(f"epoch {n.epochs_done}/{n.epochs_planned}, projected finish {fc}")
+        self._seen = seen
+
+    def _log(self, text: str) -> None:
+        self.console.print(f"[{time.strftime('%H:%M:%S')}] {text}", highlight=False, markup=False)
+
+    def _panel(self, n: Night) -> Any:
+        from rich.table import Table
+
+        t = Table(title=f"night {n.name} — {n.status}", show_header=False)
+        a = n.attempts[-1] if n.attempts else None
+        fc = n.forecasts[-1].projected_finish if n.forecasts else "N/A"
+        rows = [
+            ("deadline", n.deadline or "N/A"),
+            ("attempt", f"{a.index} (resume {Path(a.resume_from).name if a.resume_from else '-'})"
+             if a else "N/A"),
+            ("epochs", f"{n.epochs_done or 0}/{n.epochs_planned or '?'}"),
+            ("projected finish", fc),
+            ("overrides", ", ".join(f"{k}={v}" for k, v in n.overrides.items()) or "-"),
+        ]
+        rows += [(f"fallback {i + 1}", f"[{f.trigger}] {f.action}")
+                 for i, f in enumerate(n.fallbacks[-5:])]
+        for key, value in rows:
+            t.add_row(key, str(value))
+        return t
+
+
+def cmd_run(args: Any) -> int:
+    """``hjepa-night run``: one night in the foreground, then the morning report."""
+    store = StateStore(args.state_dir)
+    try:
+        window = parse_window(args.window)
+        load_config(args.config, list(args.overrides))
+        runbook = args.runbook or str(default_runbook_for(args.config))
+        load_runbook(runbook)
+    except (ValueError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if store.exists():
+        old = store.load()
+        busy = [x for x in old.nights if x.status in ("pending", "running")]
+        if old.plan is not None and busy:
+            print(f"error: {store.path} holds plan {old.plan.name!r} mid-way (night "
+                  f"{busy[0].name} is {busy[0].status}); finish it with `hjepa-night start "
+                  f"--plan {old.plan.name} --state-dir {args.state_dir}` or use another "
+                  "--state-dir", file=sys.stderr)
+            return 2
+    overrides: dict[str, Any] = {}
+    from trainer.config import parse_override
+
+    for item in args.overrides:
+        path, value = parse_override(item)
+        overrides[".".join(path)] = value
+    state = new_single_night(args.config, runbook, window, overrides)
+    store.save(state)
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    display = NightDisplay(tui=not args.no_tui and sys.stdout.isatty())
+    try:
+        with display:
+            night = run_night(store, 0, stop=stop, on_update=display.update)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if night.status == "running":
+        print(f"stopped; the night is resumable (state in {store.path})")
+        return 130
+    try:
+        from orchestrator.report import write_report
+
+        report = write_report(store.dir, night=None)
+        print(f"morning report: {report}")
+    except Exception as exc:  # the night's result stands even if the report fails
+        print(f"warning: report not written: {exc}", file=sys.stderr)
+    print(f"night {night.name}: {night.status} — {night.reason}")
+    return 0 if night.status in ("succeeded", "partial") else 1

@@ -1,0 +1,385 @@
+"""Plans: which nights run, when, on which config — and the night-2 decision.
+
+    plan = load_plan(resolve_plan_path("sequential"))
+    state = build_state(plan, now=local_now(), start_now=False)
+
+A plan file (``configs/plans/*.yaml``, strict schema, errors name the file and the key)::
+
+    name: sequential
+    report_at: "06:30"          # morning report time after each night (null: only at night end)
+    late_start_min: 2h          # a first night started late runs if this much window is left
+    nights:
+      - name: conservative      # run dir STATE_DIR/runs/n1-conservative/
+        config: configs/overnight_training_conservative.yaml   # relative to the project root
+        runbook: runbooks/conservative.yaml
+        start: "22:00"          # local HH:MM, or after_previous (starts when the previous ends)
+        window: 8h
+        overrides: {}           # key.path -> value, validated against the config schema
+      - name: aggressive
+        ...
+        requires: previous_succeeded    # else `otherwise`:
+        otherwise: repeat_previous      # previous night's config + its final overrides | skip
+
+Timing rules (pure functions of ``now``): the first night takes the window that contains
+``now`` if at least ``late_start_min`` of it is left, else the next one; ``--now`` (or
+``start: after_previous``) starts it now. A later fixed-time night takes the first HH:MM at or
+after the previous deadline; an ``after_previous`` night gets its window when the previous ends.
+:func:`reconcile` turns nights whose window passed while nothing ran into ``skipped`` (never
+started) or ``partial``/``failed`` (started; partial when an evaluated checkpoint exists).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, time, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from orchestrator.runbook import RunbookError, load_runbook
+from orchestrator.state import Decision, Metrics, Night, PlanRecord, State, now_iso, parse_iso
+from trainer.config import Config, ConfigError, format_validation_error, load_raw
+from trainer.events import EVENTS_FILE, read_events
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PLANS_DIR = PROJECT_ROOT / "configs" / "plans"
+ENDED = ("succeeded", "partial", "failed", "skipped")
+_HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([hms])")
+
+
+class PlanError(ValueError):
+    """A plan problem; the message names the plan file and the key."""
+
+
+def parse_duration(text: str | float | int) -> float:
+    """'8h', '90m', '300s', '1h30m' or a number of seconds → seconds (> 0)."""
+    if isinstance(text, (int, float)):
+        seconds = float(text)
+    else:
+        s = text.strip().lower()
+        parts = _DURATION.findall(s)
+        if not parts or _DURATION.sub("", s).strip():
+            raise ValueError(f"{text!r} is not a duration (use e.g. 8h, 90m, 300s, 1h30m)")
+        seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+    if seconds <= 0:
+        raise ValueError(f"{text!r}: a duration must be > 0")
+    return seconds
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NightSpec(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Short name (run dir).")
+    config: str = Field(description="Worker config file; relative paths: the project root.")
+    runbook: str = Field(description="Runbook file (fallback ladders, success criteria).")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="key.path -> value.")
+    start: str = Field("22:00", description="Local HH:MM, or after_previous.")
+    window: str = Field("8h", description="Length of the night's window (8h, 90m, ...).")
+    requires: Literal["none", "previous_succeeded"] = "none"
+    otherwise: Literal["repeat_previous", "skip"] = Field(
+        "repeat_previous", description="When `requires` is not met."
+    )
+
+    @field_validator("start")
+    @classmethod
+    def _start(cls, v: str) -> str:
+        if v != "after_previous" and not _HHMM.match(v):
+            raise ValueError(f"{v!r}: use local HH:MM (e.g. '22:00') or after_previous")
+        return v
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, v: str) -> str:
+        parse_duration(v)
+        return v
+
+    @property
+    def window_s(self) -> float:
+        return parse_duration(self.window)
+
+
+class Plan(_Strict):
+    name: str
+    description: str = ""
+    report_at: str | None = Field("06:30", description="Morning report HH:MM, or null.")
+    late_start_min: str = Field("2h", description="Least window left to start a night late.")
+    nights: list[NightSpec] = Field(min_length=1)
+
+    @field_validator("report_at")
+    @classmethod
+    def _report_at(cls, v: str | None) -> str | None:
+        if v is not None and not _HHMM.match(v):
+            raise ValueError(f"{v!r}: use local HH:MM (e.g. '06:30') or null")
+        return v
+
+    @field_validator("late_start_min")
+    @classmethod
+    def _late(cls, v: str) -> str:
+        parse_duration(v)
+        return v
+
+    @field_validator("nights")
+    @classmethod
+    def _nights(cls, v: list[NightSpec]) -> list[NightSpec]:
+        if v[0].requires != "none":
+            raise ValueError("the first night cannot require a previous night")
+        names = [n.name for n in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"night names must be unique: {names}")
+        return v
+
+
+# ------------------------------------------------------------------------------------------
+# loading
+def resolve_plan_path(name_or_path: str) -> Path:
+    """A plan name (``configs/plans/NAME.yaml``) or a path to a plan file."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.is_file():
+        if not p.is_file():
+            raise PlanError(f"{p}: plan file not found")
+        return p.resolve()
+    named = PLANS_DIR / f"{name_or_path}.yaml"
+    if not named.is_file():
+        known = sorted(f.stem for f in PLANS_DIR.glob("*.yaml"))
+        raise PlanError(f"plan {name_or_path!r} not found in {PLANS_DIR} (known: {known})")
+    return named
+
+
+def project_path(path: str) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else PROJECT_ROOT / p
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Parse and validate a plan file, including every night's config with its overrides."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise PlanError(f"{path}: plan file not found") from None
+    except yaml.YAMLError as exc:
+        raise PlanError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise PlanError(f"{path}: top level must be a mapping")
+    try:
+        plan = Plan.model_validate(raw)
+    except ValidationError as exc:
+        msg = format_validation_error(exc, str(path)).replace("configuration", "plan")
+        raise PlanError(msg) from None
+    for i, night in enumerate(plan.nights):
+        for key in ("config", "runbook"):
+            if not project_path(getattr(night, key)).is_file():
+                raise PlanError(
+                    f"{path}: nights.{i}.{key}: file not found: {project_path(getattr(night, key))}"
+                )
+        check_overrides(night.config, night.overrides, f"{path}: nights.{i}.overrides")
+        try:
+            load_runbook(project_path(night.runbook))
+        except RunbookError as exc:
+            raise PlanError(f"{path}: nights.{i}.runbook: {exc}") from None
+    return plan
+
+
+def check_overrides(config: str, overrides: dict[str, Any], where: str) -> None:
+    """Raise PlanError unless ``config`` + ``overrides`` validate against the worker schema."""
+    try:
+        raw = load_raw(project_path(config))
+    except ConfigError as exc:
+        raise PlanError(f"{where}: {exc}") from None
+    for key, value in overrides.items():
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise PlanError(f"{where}: {key}: {part!r} is not a section of the config")
+            node = child
+        node[parts[-1]] = _yaml_float(value)
+    try:
+        Config.model_validate(raw)
+    except ValidationError as exc:
+        raise PlanError(format_validation_error(exc, f"{where} on {config}")) from None
+
+
+def _yaml_float(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-4`` as a string; the worker's --set reads it as a float."""
+    if isinstance(value, str) and re.fullmatch(r"[-+]?\d*\.?\d+(e[-+]?\d+)?", value.lower()):
+        return float(value)
+    return value
+
+
+# ------------------------------------------------------------------------------------------
+# timing
+def local_now() -> datetime:
+    return datetime.now().astimezone()
+
+
+def at_or_after(hhmm: str, t: datetime) -> datetime:
+    """The first local HH:MM at or after ``t``."""
+    h, m = (int(x) for x in hhmm.split(":"))
+    day = t.astimezone().date()
+    for offset in (-1, 0, 1, 2):
+        cand = datetime.combine(day + timedelta(days=offset), time(h, m)).astimezone()
+        if cand >= t:
+            return cand
+    raise AssertionError("unreachable")
+
+
+def first_window(spec: NightSpec, plan: Plan, now: datetime, start_now: bool) -> datetime:
+    """Window start of the plan's first night (see the module docstring)."""
+    if start_now or spec.start == "after_previous":
+        return now
+    current = at_or_after(spec.start, now - timedelta(days=1, seconds=-1))
+    if current > now:  # the most recent occurrence is before now, not this one
+        current -= timedelta(days=1)
+    left = (current + timedelta(seconds=spec.window_s) - now).total_seconds()
+    if left >= parse_duration(plan.late_start_min):
+        return current
+    return at_or_after(spec.start, now)
+
+
+def _set_window(night: Night, start: datetime, window_s: float) -> None:
+    night.window_start = start.isoformat(timespec="seconds")
+    night.deadline = (start + timedelta(seconds=window_s)).isoformat(timespec="seconds")
+
+
+def build_state(plan: Plan, plan_file: str | Path, now: datetime, start_now: bool) -> State:
+    """A fresh state: every night pending, fixed windows computed, night 2's spec provisional."""
+    state = State(
+        plan=PlanRecord(
+            name=plan.name,
+            file=str(Path(plan_file).resolve()),
+            kind="sequential" if len(plan.nights) > 1 else "single",
+            started_at=now.isoformat(timespec="seconds"),
+            report_time=plan.report_at,
+        )
+    )
+    for i, spec in enumerate(plan.nights):
+        night = Night(
+            name=f"n{i + 1}-{spec.name}",
+            index=i,
+            config=str(project_path(spec.config)),
+            runbook=str(project_path(spec.runbook)),
+            overrides=dict(spec.overrides),
+        )
+        if i == 0:
+            _set_window(night, first_window(spec, plan, now, start_now), spec.window_s)
+        elif spec.start != "after_previous" and state.nights[-1].deadline:
+            prev_deadline = parse_iso(state.nights[-1].deadline)
+            _set_window(night, at_or_after(spec.start, prev_deadline), spec.window_s)
+        state.nights.append(night)
+    state.next_start = next_start(state)
+    return state
+
+
+def next_start(state: State) -> str | None:
+    """Window start of the first pending night whose window is known, or None."""
+    for night in state.nights:
+        if night.status == "pending" and night.window_start:
+            return night.window_start
+    return None
+
+
+# ------------------------------------------------------------------------------------------
+# the night-2 decision
+def decide_night(state: State, plan: Plan, index: int, now: datetime) -> Decision:
+    """Fix night ``index``'s spec once the previous night ended; record and return the decision.
+
+    ``requires: previous_succeeded`` met → the planned config; else ``repeat_previous`` → the
+    previous night's config and runbook with its final overrides (what its fallbacks settled
+    on; injected ``faults.*`` dropped), or ``skip``. An ``after_previous`` window starts now.
+    """
+    night, spec = state.nights[index], plan.nights[index]
+    prev = state.nights[index - 1] if index > 0 else None
+    evidence: dict[str, Any] = {}
+    if prev is not None:
+        evidence = {"previous": prev.name, "previous_status": prev.status}
+        if prev.success is not None:
+            evidence["previous_success_level"] = prev.success.level
+    if spec.start == "after_previous" or not night.window_start:
+        start = now if spec.start == "after_previous" else at_or_after(spec.start, now)
+        _set_window(night, start, spec.window_s)
+    met = spec.requires == "none" or (prev is not None and prev.status == "succeeded")
+    if met:
+        trigger = f"{prev.name} succeeded" if prev and spec.requires != "none" else "no condition"
+        action = f"run {night.name} as planned ({Path(night.config).name})"
+    elif spec.otherwise == "skip" or prev is None:
+        trigger = f"{prev.name} ended {prev.status}" if prev else "no previous night"
+        night.status = "skipped"  # pending -> skipped
+        night.reason = f"{trigger}; the plan skips {spec.name} in that case"
+        action = f"skip {night.name}"
+    else:
+        learned = {k: v for k, v in prev.overrides.items() if not k.startswith("faults.")}
+        base = re.sub(r"^n\d+-", "", prev.name)
+        night.name = f"n{index + 1}-{base}"
+        night.config, night.runbook, night.overrides = prev.config, prev.runbook, learned
+        trigger = f"{prev.name} ended {prev.status}, not succeeded"
+        action = f"repeat {base} ({Path(prev.config).name}) with its final overrides"
+        evidence["overrides"] = learned
+    decision = Decision(
+        kind="plan", trigger=trigger, action=action, at=now_iso(), evidence=evidence
+    )
+    night.decisions.append(decision)
+    state.next_start = next_start(state)
+    return decision
+
+
+# ------------------------------------------------------------------------------------------
+# windows that passed while nothing ran
+def evaluated_checkpoint(night: Night) -> tuple[str, Metrics] | None:
+    """Newest verified checkpoint whose epoch was evaluated (from the attempts' events)."""
+    best: tuple[int, str, Metrics] | None = None
+    for attempt in night.attempts:
+        events = read_events(Path(attempt.run_dir) / EVENTS_FILE)
+        ckpts = {
+            e["epoch"]: e["path"] for e in events if e["type"] == "checkpoint" and e.get("verified")
+        }
+        for e in events:
+            if e["type"] == "eval" and e.get("epoch", 0) in ckpts and e["epoch"] > 0:
+                metrics = Metrics(
+                    epoch=e["epoch"],
+                    knn=e.get("knn", {}),
+                    linear_probe=e.get("linear_probe"),
+                    feature_std=e.get("feature_std"),
+                    effective_rank=e.get("effective_rank"),
+                    val_loss=e.get("val_loss"),
+                )
+                if best is None or e["epoch"] >= best[0]:
+                    best = (e["epoch"], ckpts[e["epoch"]], metrics)
+    return None if best is None else (best[1], best[2])
+
+
+def close_night(night: Night, reason: str) -> None:
+    """End a started night that cannot continue: partial with its evaluated checkpoint, else
+    failed."""
+    found = evaluated_checkpoint(night)
+    if found is not None:
+        night.status = "partial"  # running -> partial
+        night.best_checkpoint = night.best_checkpoint or found[0]
+        night.final_metrics = night.final_metrics or found[1]
+    else:
+        night.status = "failed"  # running -> failed
+    night.reason = reason
+    night.ended_at = night.ended_at or now_iso()
+
+
+def reconcile(state: State, now: datetime) -> list[str]:
+    """Mark nights whose deadline passed while nothing ran; return what changed (for the log)."""
+    changed = []
+    for night in state.nights:
+        if night.status in ENDED or not night.deadline or parse_iso(night.deadline) > now:
+            continue
+        window = f"{night.window_start} – {night.deadline}"
+        if night.status == "pending" and not night.attempts:
+            night.status = "skipped"  # pending -> skipped
+            night.reason = f"its window {window} passed while no daemon was running"
+        else:
+            close_night(night, f"its window {window} passed while no daemon was running")
+        changed.append(f"{night.name}: {night.status} ({night.reason})")
+    state.next_start = next_start(state)
+    return changed

@@ -1,0 +1,33 @@
+"""The pure policy: observations + night history + runbook + now → a decision.
+
+No I/O, no torch, no psutil, no clocks (enforced by ``orchestrator/policy/ruff.toml``). The
+supervisor and night runner gather observations and act on the decisions.
+"""
+
+from orchestrator.policy.classify import classify_exit, is_oom_text
+from orchestrator.policy.decide import decide, heartbeat_timeout
+from orchestrator.policy.success import judge
+from orchestrator.policy.types import (
+    CONTINUE,
+    CheckpointRef,
+    ConfigFacts,
+    Decision,
+    DecisionKind,
+    NightHistory,
+    Observation,
+)
+
+__all__ = [
+    "CONTINUE",
+    "CheckpointRef",
+    "ConfigFacts",
+    "Decision",
+    "DecisionKind",
+    "NightHistory",
+    "Observation",
+    "classify_exit",
+    "decide",
+    "heartbeat_timeout",
+    "is_oom_text",
+    "judge",
+]

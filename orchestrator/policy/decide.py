@@ -1,0 +1,286 @@
+"""The policy: ``decide(obs, history, runbook, now, deadline) -> Decision``. Pure.
+
+Rows, in the order they are tried (the table tests in tests/unit/test_policy.py follow it):
+
+Live worker (``obs.running``):
+  hang       silence since the last event > the phase's timeout (startup/data before the first
+             train heartbeat: startup_timeout_s; train: step_timeout_s; eval/checkpoint/data:
+             slow_phase_timeout_s)                      → RESTART trigger hang (kill first)
+  (while a stop is already under way nothing else is considered)
+  deadline   now ≥ deadline − final_eval               → STOP_FOR_DEADLINE (with final eval)
+  memory     worker tree RSS, GPU or reported device memory > ceiling, or swap growth >
+             swap_growth_gb, and an OOM rung remains    → RESTART trigger memory
+             (OOM ladder exhausted: CONTINUE, recorded once as a warning)
+  slow       projected training end > deadline − final_eval → SET_EPOCHS to the largest runbook
+             epoch rung that fits, else to what fits; when even the smallest rung does not fit,
+             a ``slow.then`` rung remains, a checkpoint exists and ≥ 2 epochs would remain
+                                                        → RESTART trigger slow (graceful stop;
+             the new attempt gets the rung and the cut epoch count)
+  otherwise  CONTINUE
+
+Ended worker (``obs.exit_kind`` set):
+  finished                                   → END_NIGHT completed
+  stopped for the deadline                   → END_NIGHT deadline
+  time left < final_eval                     → END_NIGHT deadline (no time for another attempt)
+  attempt or no-progress limit reached       → END_NIGHT limits (best checkpoint kept)
+  oom | killed (SIGKILL) | memory            → RESTART from newest checkpoint, next OOM rung
+  nonfinite                                  → RESTART from newest checkpoint strictly before
+                                               the bad step (fatal step + 1: the worker reports
+                                               steps completed), next LR/warmup/clip rung
+  feature                                    → RESTART from newest checkpoint, feature disabled
+  data                                       → RESTART with the dataset fallback
+  stopped for slow                           → RESTART from newest checkpoint, next slow.then rung
+  stopped for a daemon stop / recovered      → RESTART from newest checkpoint (not a fallback)
+  hang | crash | stopped (unasked)           → RESTART from newest checkpoint, same overrides
+  config | resume                            → END_NIGHT (nothing a rung can fix)
+  a ladder with no rung left                 → END_NIGHT "<ladder> ladder exhausted"
+"""
+
+from __future__ import annotations
+
+from orchestrator import forecast
+from orchestrator.policy import ladders
+from orchestrator.policy.types import (
+    CONTINUE,
+    Decision,
+    DecisionKind,
+    NightHistory,
+    Observation,
+)
+from orchestrator.runbook import Runbook
+
+GB = 1024**3
+K = DecisionKind
+
+
+def decide(
+    obs: Observation, history: NightHistory, runbook: Runbook, now: float, deadline: float
+) -> Decision:
+    if obs.running:
+        return _live(obs, history, runbook, now, deadline)
+    return _ended(obs, history, runbook, now, deadline)
+
+
+# ---------------------------------------------------------------------------------------------
+def heartbeat_timeout(obs: Observation, runbook: Runbook) -> tuple[float, str]:
+    hb = runbook.heartbeat
+    if obs.last_heartbeat_at is None or obs.phase == "startup":
+        return hb.startup_timeout_s, "startup"
+    if obs.phase == "train":
+        return hb.step_timeout_s, "train"
+    return hb.slow_phase_timeout_s, obs.phase
+
+
+def _live(
+    obs: Observation, history: NightHistory, rb: Runbook, now: float, deadline: float
+) -> Decision:
+    timeout, phase = heartbeat_timeout(obs, rb)
+    silent = now - (obs.last_heartbeat_at or obs.started_at)
+    if silent > timeout:
+        return Decision(
+            K.RESTART,
+            "hang",
+            f"no heartbeat for {silent:.0f} s in phase {phase} (limit {timeout:.0f} s): "
+            "kill the worker (SIGTERM, then SIGKILL) and resume from the last checkpoint",
+            {"silent_s": round(silent, 1), "timeout_s": timeout, "phase": phase,
+             "step": obs.step},
+        )
+    if obs.stopping:
+        return CONTINUE
+    reserve = rb.final_eval_s
+    if now >= deadline - reserve:
+        return Decision(
+            K.STOP_FOR_DEADLINE,
+            "deadline",
+            f"{(deadline - now) / 60:.1f} min to the deadline ({rb.final_eval_minutes:g} min "
+            "reserved for the final eval): checkpoint, evaluate and stop",
+            {"epoch": obs.epoch, "step": obs.step, "seconds_left": round(deadline - now, 1)},
+        )
+    mem = _memory_trip(obs, rb)
+    if mem is not None:
+        step = ladders.oom_step(history, rb)
+        if step is not None:
+            return Decision(
+                K.RESTART,
+                "memory",
+                f"{mem['what']}: stop the worker and shrink the batch ({step.effect})",
+                mem,
+            )
+        if not history.memory_warned:
+            return Decision(
+                K.CONTINUE,
+                "memory",
+                f"{mem['what']}, but the OOM ladder is exhausted: continuing and watching",
+                mem,
+            )
+    return _slow(obs, history, rb, deadline)
+
+
+def _memory_trip(obs: Observation, rb: Runbook) -> dict[str, object] | None:
+    ceiling = rb.memory.ceiling_gb * GB
+    readings = {"tree_rss": obs.tree_rss, "gpu_used": obs.gpu_used, "device_mem": obs.device_mem}
+    for name, value in readings.items():
+        if value is not None and value > ceiling:
+            return {
+                "what": f"{name} {value / GB:.2f} GB over the ceiling {rb.memory.ceiling_gb:g} GB",
+                name + "_gb": round(value / GB, 3),
+                "ceiling_gb": rb.memory.ceiling_gb,
+            }
+    if obs.swap_growth is not None and obs.swap_growth > rb.memory.swap_growth_gb * GB:
+        return {
+            "what": f"swap grew {obs.swap_growth / GB:.2f} GB since launch "
+            f"(limit {rb.memory.swap_growth_gb:g} GB)",
+            "swap_growth_gb": round(obs.swap_growth / GB, 3),
+            "limit_gb": rb.memory.swap_growth_gb,
+        }
+    return None
+
+
+def _slow(obs: Observation, history: NightHistory, rb: Runbook, deadline: float) -> Decision:
+    per = forecast.epoch_cost(
+        obs.epoch_seconds, obs.eval_seconds, obs.checkpoint_seconds, len(obs.epoch_seconds)
+    )
+    if per is None or obs.epoch_end_ts is None or obs.total_epochs <= obs.epoch:
+        return CONTINUE
+    limit = deadline - rb.final_eval_s
+    end = forecast.projected_training_end(obs.epoch_end_ts, obs.epoch, obs.total_epochs, per)
+    if end <= limit:
+        return CONTINUE
+    fit = forecast.epochs_that_fit(obs.epoch_end_ts, obs.epoch, per, limit)
+    evidence = {
+        "epoch": obs.epoch,
+        "total_epochs": obs.total_epochs,
+        "epoch_cost_s": round(per, 1),
+        "late_by_s": round(end - limit, 1),
+        "epochs_that_fit": fit,
+    }
+    preferred = rb.ladders.slow.epochs
+    target = ladders.epoch_cut(obs.total_epochs, fit, obs.epoch, preferred)
+    then = ladders.slow_then_step(history, rb)
+    if (
+        target is not None and preferred and target < min(preferred) and then is not None
+        and history.checkpoints and target - obs.epoch >= 2
+    ):
+        return Decision(
+            K.RESTART,
+            "slow",
+            f"even {min(preferred)} epochs do not fit ({fit} do): checkpoint, stop and restart "
+            f"with {then.effect} and {target} epochs",
+            dict(evidence, epochs=target),
+        )
+    if target is not None:
+        return Decision(
+            K.SET_EPOCHS,
+            "slow",
+            f"projected to end {end - limit:.0f} s past deadline − final eval at "
+            f"{per:.0f} s/epoch: cut epochs {obs.total_epochs} → {target} live",
+            evidence,
+            epochs=target,
+            effect=f"epochs {obs.total_epochs} → {target} (LR/EMA schedules rescaled)",
+            fallback=True,
+        )
+    return CONTINUE
+
+
+# ---------------------------------------------------------------------------------------------
+def _newest(history: NightHistory, before_step: int | None = None) -> str | None:
+    refs = [c for c in history.checkpoints if before_step is None or c.step < before_step]
+    if not refs:
+        return None
+    return max(refs, key=lambda c: (c.step, c.ts)).path
+
+
+def _end(trigger: str, reason: str, evidence: dict[str, object] | None = None) -> Decision:
+    return Decision(K.END_NIGHT, trigger, f"end the night: {reason}", evidence or {},
+                    reason=reason)
+
+
+def _restart(
+    trigger: str, step: ladders.Step | None, resume: str | None, action: str,
+    evidence: dict[str, object],
+) -> Decision:
+    ev = dict(evidence)
+    if step is not None:
+        ev.update(step.evidence, ladder=step.ladder, rung=step.rung)
+    ev["resume_from"] = resume
+    return Decision(
+        K.RESTART,
+        trigger,
+        action,
+        ev,
+        resume_from=resume,
+        overrides=dict(step.overrides) if step else {},
+        ladder=step.ladder if step else None,
+        effect=step.effect if step else "",
+        fallback=True,
+    )
+
+
+def _ended(
+    obs: Observation, history: NightHistory, rb: Runbook, now: float, deadline: float
+) -> Decision:
+    kind = obs.exit_kind or "crash"
+    ev: dict[str, object] = {"exit_kind": kind, "exit_code": obs.exit_code, "step": obs.step,
+                             "epoch": obs.epoch}
+    if kind == "finished":
+        return _end("completed", "training completed with its final evaluation", ev)
+    if kind == "stopped" and obs.stop_reason == "deadline":
+        return _end("deadline", f"stopped for the deadline at epoch {obs.epoch}", ev)
+    if kind in ("config", "resume"):
+        return _end(kind, f"{kind} error the runbook cannot fix: {obs.message}", ev)
+    newest = _newest(history)
+    if now >= deadline - rb.final_eval_s:
+        return _end("deadline", f"{kind} too close to the deadline to try again", ev)
+    if kind == "stopped" and obs.stop_reason in ("daemon", "recovered"):
+        ev["resume_from"] = newest
+        return Decision(K.RESTART, "resume", "resume the night from the last checkpoint "
+                        f"(worker was stopped: {obs.stop_reason})", ev, resume_from=newest)
+    lim = rb.limits
+    if history.attempts >= lim.max_attempts:
+        return _end("limits", f"attempt limit reached ({history.attempts}/{lim.max_attempts})",
+                    ev)
+    if history.attempts_without_progress >= lim.max_attempts_without_progress:
+        return _end(
+            "limits",
+            f"{history.attempts_without_progress} attempts in a row without progress",
+            ev,
+        )
+    if kind in ("oom", "killed", "memory"):
+        step = ladders.oom_step(history, rb)
+        if step is None:
+            return _end(kind, "OOM ladder exhausted", ev)
+        what = {"oom": "out of memory", "killed": "killed by SIGKILL (host OOM?)",
+                "memory": "memory over the runbook limit"}[kind]
+        return _restart(kind, step, newest, f"{what}: {step.effect}; resume", ev)
+    if kind == "nonfinite":
+        bad = (obs.fatal_step if obs.fatal_step is not None else obs.step) + 1
+        step = ladders.nonfinite_step(history, rb)
+        if step is None:
+            return _end(kind, "non-finite ladder exhausted", ev)
+        back = _newest(history, before_step=bad)
+        ev["bad_step"] = bad
+        where = f"checkpoint before step {bad}" if back else "the start (no earlier checkpoint)"
+        return _restart(kind, step, back, f"non-finite loss at step {bad}: roll back to "
+                        f"{where}, {step.effect}", ev)
+    if kind == "feature":
+        step = ladders.feature_step(history, rb, obs.fatal_feature)
+        if step is None:
+            return _end(kind, f"feature failure ({obs.fatal_feature}) with no feature left "
+                        "to disable", ev)
+        return _restart(kind, step, newest, f"{step.effect}; resume", ev)
+    if kind == "data":
+        step = ladders.dataset_step(history, rb)
+        if step is None:
+            return _end(kind, f"dataset missing and no fallback left: {obs.message}", ev)
+        return _restart(kind, step, newest, f"dataset missing: {step.effect}", ev)
+    if kind == "stopped" and obs.stop_reason == "slow":
+        step = ladders.slow_then_step(history, rb)
+        if step is not None:
+            keep = {"training.epochs": obs.total_epochs} if obs.total_epochs else {}
+            step = ladders.Step(step.ladder, step.rung, {**step.overrides, **keep},
+                                step.effect, step.evidence)
+            return _restart("slow", step, newest, f"too slow: {step.effect}; resume with "
+                            f"{obs.total_epochs} epochs", ev)
+    what = {"hang": "hung worker killed", "crash": f"crash ({obs.message})",
+            "stopped": "worker stopped without being asked"}.get(kind, kind)
+    return _restart(kind, None, newest, f"{what}: resume from the last checkpoint", ev)

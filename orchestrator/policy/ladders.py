@@ -1,0 +1,147 @@
+"""The next unused rung of each ladder, turned into concrete config overrides.
+
+Pure functions of (history, runbook). Each returns ``None`` when the ladder is exhausted, or a
+:class:`Step` with the overrides to add, the text of what changed for the experiment, and the
+numbers behind it. Rungs that would change nothing (a batch rung not smaller than the batch in
+force, a rung whose values are already set) are skipped, not counted as used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.policy.types import NightHistory
+from orchestrator.runbook import FEATURE_KEYS, Runbook, Rung
+
+BATCH = "data.batch_size"
+ACCUM = "training.accumulation_steps"
+LR = "training.lr"
+
+
+@dataclass(frozen=True)
+class Step:
+    ladder: str
+    rung: int  # index in the ladder (0-based) of the rung taken
+    overrides: dict[str, Any]
+    effect: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+def _fmt(overrides: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in overrides.items())
+
+
+def _already(history: NightHistory, rung: Rung) -> bool:
+    return all(history.overrides.get(k) == v for k, v in rung.overrides.items())
+
+
+def oom_step(history: NightHistory, runbook: Runbook) -> Step | None:
+    """Next OOM rung; keeps micro × accumulation = the night's effective batch where it can."""
+    facts = history.config
+    rungs = runbook.ladders.oom
+    for i in range(history.rungs_used.get("oom", 0), len(rungs)):
+        new = dict(rungs[i].overrides)
+        if _already(history, rungs[i]):
+            continue
+        micro = int(new.get(BATCH, facts.micro_batch))
+        if BATCH in new and micro >= facts.micro_batch:
+            continue
+        if ACCUM in new:
+            accum = int(new[ACCUM])
+        elif BATCH in new:
+            accum = max(1, round(history.base_effective_batch / micro))
+            new[ACCUM] = accum
+        else:
+            accum = facts.accum_steps
+        cur_eff = facts.micro_batch * facts.accum_steps
+        new_eff = micro * accum
+        effect = f"micro-batch {facts.micro_batch}×{facts.accum_steps} → {micro}×{accum}"
+        if new_eff == cur_eff:
+            effect += f" (effective batch {new_eff} kept)"
+        elif LR not in new:
+            lr = facts.lr * new_eff / cur_eff
+            new[LR] = float(f"{lr:.6g}")
+            effect += (
+                f"; effective batch {cur_eff} → {new_eff}, LR scaled linearly "
+                f"×{new_eff}/{cur_eff}: {facts.lr:g} → {new[LR]:g}"
+            )
+        if BATCH not in new:
+            effect = f"{_fmt(rungs[i].overrides)} (micro-batch {micro}×{accum} unchanged)"
+        evidence = {"micro_batch": micro, "accum_steps": accum, "effective_batch": new_eff}
+        return Step("oom", i, new, effect, evidence)
+    return None
+
+
+def nonfinite_step(history: NightHistory, runbook: Runbook) -> Step | None:
+    """Next non-finite rung; an LR rung is rescaled if an OOM rung changed the effective batch."""
+    facts = history.config
+    rungs = runbook.ladders.nonfinite
+    for i in range(history.rungs_used.get("nonfinite", 0), len(rungs)):
+        new = dict(rungs[i].overrides)
+        if _already(history, rungs[i]):
+            continue
+        if LR in new:
+            scale = facts.micro_batch * facts.accum_steps / history.base_effective_batch
+            lr = float(f"{float(new[LR]) * scale:.6g}")
+            if lr >= facts.lr:
+                continue
+            new[LR] = lr
+            effect = f"LR {facts.lr:g} → {lr:g}"
+            if scale != 1:
+                effect += f" (rung {rungs[i].overrides[LR]:g} × effective-batch scale {scale:g})"
+        else:
+            effect = _fmt(new)
+        return Step("nonfinite", i, new, effect, {"lr_before": facts.lr})
+    return None
+
+
+def feature_step(
+    history: NightHistory, runbook: Runbook, named: str | None
+) -> Step | None:
+    """Disable the named feature if it is on, else the next enabled one in the runbook order."""
+    on = history.config.features
+    order = [f for f in runbook.ladders.features if f not in history.disabled_features]
+    candidates = ([named] if named in FEATURE_KEYS else []) + order
+    for feature in candidates:
+        if feature is None or feature in history.disabled_features or not on.get(feature, False):
+            continue
+        key = FEATURE_KEYS[feature]
+        how = "named by the worker" if feature == named else "next in the runbook order"
+        return Step(
+            "features",
+            len(history.disabled_features),
+            {key: False},
+            f"feature {feature} disabled ({how}; {key}=false)",
+            {"feature": feature, "named": named},
+        )
+    return None
+
+
+def dataset_step(history: NightHistory, runbook: Runbook) -> Step | None:
+    rung = runbook.ladders.dataset_fallback
+    if rung is None or history.rungs_used.get("data", 0) > 0:
+        return None
+    names = [d.get("name") for d in rung.overrides.get("data.datasets", []) if isinstance(d, dict)]
+    effect = f"datasets {list(history.config.datasets)} → {names or _fmt(rung.overrides)}"
+    return Step("data", 0, dict(rung.overrides), effect, {"from": list(history.config.datasets)})
+
+
+def slow_then_step(history: NightHistory, runbook: Runbook) -> Step | None:
+    rungs = runbook.ladders.slow.then
+    for i in range(history.rungs_used.get("slow", 0), len(rungs)):
+        if _already(history, rungs[i]):
+            continue
+        return Step("slow", i, dict(rungs[i].overrides), _fmt(rungs[i].overrides))
+    return None
+
+
+def epoch_cut(total: int, fit: int, epochs_done: int, preferred: list[int]) -> int | None:
+    """New total when only ``fit`` epochs fit: the largest runbook rung ≤ fit, else ``fit``.
+
+    Never below the epoch in progress (``epochs_done + 1``); None when no cut is possible.
+    """
+    floor = epochs_done + 1
+    rungs = [e for e in preferred if floor <= e <= fit and e < total]
+    target = max(rungs) if rungs else max(fit, floor)
+    return target if target < total else None

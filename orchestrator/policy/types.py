@@ -1,0 +1,116 @@
+"""What the policy sees and what it answers: plain frozen dataclasses, no behaviour.
+
+Times are unix seconds (``now``, ``deadline``, event ``ts``) or durations in seconds; the policy
+never reads a clock. Memory is in bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class DecisionKind(str, Enum):
+    CONTINUE = "continue"
+    SET_EPOCHS = "set_epochs"  # live: control file, schedules rescale, no restart
+    RESTART = "restart"  # (stop the worker if alive and) launch again with overrides
+    STOP_FOR_DEADLINE = "stop_for_deadline"  # live: control stop + final_eval
+    END_NIGHT = "end_night"
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    path: str
+    epoch: int
+    step: int
+    ts: float = 0.0
+
+
+@dataclass(frozen=True)
+class ConfigFacts:
+    """The config values in force for the current attempt (after all overrides)."""
+
+    micro_batch: int
+    accum_steps: int
+    lr: float
+    epochs: int
+    eval_frequency: int
+    features: dict[str, bool] = field(default_factory=dict)  # runbook feature name → enabled
+    datasets: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One attempt, seen by the supervisor at ``now``.
+
+    Live fields describe a running worker (``running``); ``exit_kind`` is set once it ended
+    (classified by :func:`orchestrator.policy.classify.classify_exit`).
+    """
+
+    running: bool
+    started_at: float  # when the attempt was launched
+    last_heartbeat_at: float | None = None  # ts of the newest heartbeat/step/any event
+    phase: str = "startup"
+    epoch: int = 0  # epochs completed in this lineage
+    step: int = 0
+    total_epochs: int = 0  # in force now (after live cuts)
+    epoch_end_ts: float | None = None  # ts of the newest epoch_end
+    epoch_seconds: tuple[float, ...] = ()  # this attempt, oldest first
+    eval_seconds: tuple[float, ...] = ()  # evals after epoch 0, this attempt
+    checkpoint_seconds: tuple[float, ...] = ()
+    stop_reason: str | None = None  # stop requested for: deadline, slow, memory, hang, daemon
+    # memory, newest sample
+    tree_rss: int | None = None
+    gpu_used: int | None = None
+    device_mem: int | None = None  # largest reading the worker reported
+    swap_growth: int | None = None  # swap used now minus at launch
+    # ending
+    exit_kind: str | None = None
+    exit_code: int | None = None
+    message: str = ""
+    fatal_feature: str | None = None
+    fatal_step: int | None = None  # optimizer steps completed when it failed (bad = this + 1)
+    finished_reason: str | None = None  # "completed" | "stopped" from the finished event
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_reason is not None
+
+
+@dataclass(frozen=True)
+class NightHistory:
+    """The night so far, as the night runner reconstructs it from the state file."""
+
+    attempts: int  # launched so far, including the current one
+    attempts_without_progress: int  # trailing failed attempts that added no new best step
+    config: ConfigFacts
+    base_effective_batch: int  # micro × accumulation of the night's original config
+    overrides: dict[str, Any] = field(default_factory=dict)  # in force now (fallbacks applied)
+    rungs_used: dict[str, int] = field(default_factory=dict)  # ladder name → rungs taken
+    disabled_features: tuple[str, ...] = ()
+    checkpoints: tuple[CheckpointRef, ...] = ()  # usable ones of the current lineage
+    best_checkpoint: str | None = None
+    memory_warned: bool = False  # a memory trip with the OOM ladder exhausted was recorded
+
+
+@dataclass(frozen=True)
+class Decision:
+    kind: DecisionKind
+    trigger: str  # e.g. "oom", "memory", "hang", "slow", "deadline", "nonfinite", "completed"
+    action: str  # one sentence a person reads in the morning
+    evidence: dict[str, Any] = field(default_factory=dict)
+    epochs: int | None = None  # SET_EPOCHS
+    resume_from: str | None = None  # RESTART: checkpoint path (None: fresh start)
+    overrides: dict[str, Any] = field(default_factory=dict)  # RESTART: new keys to set
+    ladder: str | None = None  # RESTART: which ladder advanced (counted in rungs_used)
+    effect: str = ""  # what changed for the experiment (effective batch, LR scaling, ...)
+    fallback: bool = False  # record as a fallback (a change to the night), not just a decision
+    reason: str = ""  # END_NIGHT: why
+
+    @property
+    def is_continue(self) -> bool:
+        return self.kind is DecisionKind.CONTINUE
+
+
+CONTINUE = Decision(DecisionKind.CONTINUE, trigger="", action="")

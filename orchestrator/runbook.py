@@ -1,0 +1,235 @@
+"""Runbooks: the fallback ladders, thresholds, limits and success criteria of a night, as data.
+
+    rb = load_runbook("runbooks/conservative.yaml")
+    rb.memory.ceiling_gb, rb.ladders.oom[0].overrides, rb.success.must
+
+A runbook is YAML validated by :class:`Runbook` (unknown keys are errors naming the file and the
+key). Every rung's ``set:`` keys are checked against the worker's config schema
+(``trainer.config.Config``) at load time, so a misspelt key fails before the night, not at 3 am.
+The policy (``orchestrator.policy``) executes the ladders; the status screen reads ``display``
+and ``memory``; the report and the night runner judge ``success``.
+
+Ladder semantics (what the policy does with each list):
+
+- ``oom``: rungs in order. A rung that sets ``data.batch_size`` but not
+  ``training.accumulation_steps`` gets the accumulation that keeps the night's effective batch
+  (``effective / batch`` when it divides, else the nearest) and, where the product differs, the
+  LR is scaled linearly; the fallback's effect text says so.
+- ``nonfinite``: rungs in order; ``training.lr`` in a rung is the LR at the night's original
+  effective batch (rescaled if an OOM rung changed the effective batch).
+- ``slow``: ``epochs`` are the preferred totals for a live cut; ``then`` rungs need a restart
+  and are used only when even the smallest possible epoch count does not fit.
+- ``features``: the order in which optional features are disabled (the failing one first).
+- ``dataset_fallback``: one rung applied when the dataset is missing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from trainer.config import Config, format_validation_error
+
+FEATURE_KEYS: dict[str, str] = {
+    "contrastive": "loss.use_contrastive",
+    "fpn": "model.use_fpn",
+    "gradient_checkpointing": "model.use_gradient_checkpointing",
+    "flash_attention": "model.use_flash_attention",
+    "layerscale": "model.use_layerscale",
+    "vicreg": "loss.use_vicreg",
+}
+FeatureName = Literal[
+    "contrastive", "fpn", "gradient_checkpointing", "flash_attention", "layerscale", "vicreg"
+]
+METRICS = (
+    "finished_in_window",
+    "no_unrecovered_nonfinite",
+    "linear_probe",
+    "knn_1",
+    "knn_5",
+    "knn_20",
+    "feature_std",
+    "effective_rank",
+)
+RUNBOOK_DIR = Path(__file__).resolve().parent.parent / "runbooks"
+
+
+class RunbookError(ValueError):
+    """A runbook that cannot be used; the message names the file and the key."""
+
+
+class _M(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class Limits(_M):
+    max_attempts: int = Field(8, ge=1, description="Worker launches per night, all kinds.")
+    max_attempts_without_progress: int = Field(
+        3, ge=1, description="Consecutive failed attempts that added no checkpoint past the best."
+    )
+
+
+class HeartbeatTimeouts(_M):
+    startup_timeout_s: float = Field(900, gt=0, description="Until the first train heartbeat.")
+    step_timeout_s: float = Field(180, gt=0, description="Silence allowed in phase train.")
+    slow_phase_timeout_s: float = Field(1200, gt=0, description="Phases eval/checkpoint/data.")
+    term_grace_s: float = Field(30, gt=0, description="SIGTERM → SIGKILL delay.")
+
+
+class MemoryLimits(_M):
+    good_gb: float = 20
+    warning_gb: float = 25
+    ceiling_gb: float = Field(28, gt=0, description="Worker tree RSS or device memory above → OOM.")
+    swap_growth_gb: float = Field(2.0, gt=0, description="Swap growth since launch above → OOM.")
+
+
+class Rung(_M):
+    overrides: dict[str, Any] = Field(alias="set", description="Config key.path → value.")
+    note: str = ""
+
+
+class SlowLadder(_M):
+    epochs: list[int] = Field(default_factory=list)
+    then: list[Rung] = Field(default_factory=list)
+
+
+class Ladders(_M):
+    oom: list[Rung] = Field(default_factory=list)
+    nonfinite: list[Rung] = Field(default_factory=list)
+    slow: SlowLadder = Field(default_factory=SlowLadder)
+    features: list[FeatureName] = Field(default_factory=list)
+    dataset_fallback: Rung | None = None
+
+
+class Check(_M):
+    metric: Literal[
+        "finished_in_window",
+        "no_unrecovered_nonfinite",
+        "linear_probe",
+        "knn_1",
+        "knn_5",
+        "knn_20",
+        "feature_std",
+        "effective_rank",
+    ]
+    op: Literal[">", ">=", "<", "<="] | None = None
+    value: float | None = None
+    relative: bool = Field(False, description="Compare the gain over the epoch-0 eval.")
+
+    @model_validator(mode="after")
+    def _needs_threshold(self) -> Check:
+        boolean = self.metric in ("finished_in_window", "no_unrecovered_nonfinite")
+        if not boolean and (self.op is None or self.value is None):
+            raise ValueError(f"check {self.metric} needs op and value")
+        return self
+
+    @property
+    def name(self) -> str:
+        if self.op is None:
+            return self.metric
+        gain = " gain" if self.relative else ""
+        return f"{self.metric}{gain} {self.op} {self.value:g}"
+
+
+class SuccessCriteria(_M):
+    must: list[Check] = Field(default_factory=list)
+    should: list[Check] = Field(default_factory=list)
+    stretch: list[Check] = Field(default_factory=list)
+
+
+class Band(_M):
+    good: float
+    warning: float
+
+
+class Display(_M):
+    epoch_minutes: Band = Field(default_factory=lambda: Band(good=12, warning=15))
+    grad_norm: Band = Field(default_factory=lambda: Band(good=5, warning=50))
+    feature_std: Band = Field(default_factory=lambda: Band(good=0.1, warning=0.05))
+
+
+class Runbook(_M):
+    name: str
+    window_hours: float = Field(8.0, gt=0)
+    final_eval_minutes: float = Field(20, ge=0, description="Reserved before the deadline.")
+    limits: Limits = Field(default_factory=Limits)
+    heartbeat: HeartbeatTimeouts = Field(default_factory=HeartbeatTimeouts)
+    sampling_interval_s: float = Field(5, gt=0)
+    memory: MemoryLimits = Field(default_factory=MemoryLimits)
+    ladders: Ladders = Field(default_factory=Ladders)
+    success: SuccessCriteria = Field(default_factory=SuccessCriteria)
+    display: Display = Field(default_factory=Display)
+
+    @property
+    def final_eval_s(self) -> float:
+        return self.final_eval_minutes * 60.0
+
+
+def config_key_exists(path: str) -> bool:
+    """Whether ``a.b.c`` names a field of the worker config schema (sections walked by type)."""
+    model: Any = Config
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+        fields = getattr(model, "model_fields", None)
+        if fields is None or part not in fields:
+            return False
+        annotation = fields[part].annotation
+        if i < len(parts) - 1:
+            model = annotation if isinstance(annotation, type) else None
+            if model is None:
+                return False
+    return True
+
+
+def _check_rung_keys(rb: Runbook) -> list[str]:
+    bad = []
+    named: list[tuple[str, Rung]] = [(f"ladders.oom[{i}]", r) for i, r in enumerate(rb.ladders.oom)]
+    named += [(f"ladders.nonfinite[{i}]", r) for i, r in enumerate(rb.ladders.nonfinite)]
+    named += [(f"ladders.slow.then[{i}]", r) for i, r in enumerate(rb.ladders.slow.then)]
+    if rb.ladders.dataset_fallback is not None:
+        named.append(("ladders.dataset_fallback", rb.ladders.dataset_fallback))
+    for where, rung in named:
+        bad += [f"{where}.set.{k}" for k in rung.overrides if not config_key_exists(k)]
+    return bad
+
+
+def parse_runbook(raw: Any, source: str) -> Runbook:
+    if not isinstance(raw, dict):
+        raise RunbookError(f"{source}: top level must be a mapping")
+    try:
+        rb = Runbook.model_validate(raw)
+    except ValidationError as exc:
+        text = format_validation_error(exc, source).replace("configuration", "runbook")
+        raise RunbookError(text) from None
+    bad = _check_rung_keys(rb)
+    if bad:
+        raise RunbookError(
+            f"{source}: invalid runbook\n"
+            + "\n".join(f"  {b}: not a key of the worker config" for b in bad)
+        )
+    return rb
+
+
+def load_runbook(path: str | Path) -> Runbook:
+    """Load and validate a runbook file; errors name the file and the key."""
+    p = Path(path)
+    if not p.is_file():
+        raise RunbookError(f"{p}: runbook file not found")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise RunbookError(f"{p}: not valid YAML ({exc})") from exc
+    return parse_runbook(raw, str(p))
+
+
+def default_runbook_for(config_path: str | Path) -> Path:
+    """``demo_*`` → demo.yaml, ``*aggressive*`` → aggressive.yaml, else conservative.yaml."""
+    stem = Path(config_path).stem
+    if stem.startswith("demo_"):
+        return RUNBOOK_DIR / "demo.yaml"
+    if "aggressive" in stem:
+        return RUNBOOK_DIR / "aggressive.yaml"
+    return RUNBOOK_DIR / "conservative.yaml"

@@ -1,0 +1,51 @@
+"""``hjepa-night status``: the live status screen, one frame, or the state as JSON.
+
+    hjepa-night status [--state-dir var] [--once] [--json]
+
+``--json`` prints the state snapshot (``orchestrator/state.py`` documents every key: ``plan``,
+``current_night``, ``next_start``, ``daemon``, ``nights``...) plus ``daemon_alive`` (whether
+the daemon recorded in it still runs, from the lock). It reads the file only — it works with no
+daemon, during a night and after a crash — and never moves a file aside. No state file yet:
+the empty state (``nights: []``), exit 0. A file that cannot be read: a message, exit 1.
+Otherwise it hands over to the status screen, ``orchestrator.tui.run_status``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from orchestrator.daemon import lock_owner
+from orchestrator.state import State, StateStore, read_snapshot
+
+
+def snapshot_json(state_dir: Path) -> str | None:
+    """The ``--json`` text, or None when a state file exists but cannot be read."""
+    store = StateStore(state_dir)
+    state = read_snapshot(state_dir) if store.exists() else State()
+    if state is None:
+        return None
+    data = state.model_dump(mode="json")
+    owner = lock_owner(state_dir)
+    data["daemon_alive"] = owner is not None
+    return json.dumps(data, indent=2)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    state_dir = Path(args.state_dir)
+    if args.json:
+        text = snapshot_json(state_dir)
+        if text is None:
+            print(
+                f"hjepa-night: {state_dir / 'state.json'} cannot be read (corrupt, or from a "
+                "newer version); `hjepa-night start` explains and keeps it aside",
+                file=sys.stderr,
+            )
+            return 1
+        print(text)
+        return 0
+    from orchestrator.tui import run_status
+
+    return int(run_status(state_dir, bool(args.once)))

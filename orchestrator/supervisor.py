@@ -1,0 +1,320 @@
+"""One attempt of one night: launch the worker, tail its events, sample memory, watch the
+heartbeat, act on the policy's live decisions, escalate, and classify how it ended.
+
+    sup = Supervisor(system, runbook, run_dir=..., argv=[...], cwd=..., deadline=...,
+                     decide=lambda obs: policy.decide(obs, history, runbook, now, deadline))
+    sup.launch()
+    outcome = sup.run()          # or: while (outcome := sup.tick()) is None: ...
+
+States (every transition is in :meth:`Supervisor.tick` / the request helpers, with a
+``# FROM -> TO`` comment)::
+
+    RUNNING ──control stop──► STOPPING ──no exit in time──► TERMINATING ──grace──► KILLING
+       │                          │                              │                    │
+       └──SIGTERM (hang)──────────┼──────────────────────────────┘                    │
+       └───────────────────────────── exit seen (any state) ──► EXITED ◄──────────────┘
+
+- Liveness: the newest sign of *progress*: a ``step`` event, or a heartbeat's
+  ``ts − progress_age_s`` (the worker's heartbeat thread keeps beating through slow phases and
+  reports how long the main loop has not progressed). The policy compares its silence with the
+  phase's timeout.
+- Memory: every ``runbook.sampling_interval_s`` one :class:`orchestrator.system.MemSample` is
+  appended to ``RUN_DIR/samples.jsonl`` ({ts, worker_rss, tree_rss, sys_available, swap_used,
+  gpu_used}); swap growth is measured from the first sample of the attempt.
+- Graceful stops (deadline, daemon stop, memory, slow) go through the control file (the worker
+  checkpoints, optionally evaluates, and exits 3); a hang goes straight to SIGTERM. A stop not
+  honoured within ``slow_phase_timeout_s`` (or by the deadline itself) escalates to SIGTERM,
+  then SIGKILL after ``term_grace_s``, always to the whole process group.
+- Cost: one incremental read of events.jsonl per tick (``poll_s``, default 0.5 s) and one psutil
+  sample per interval; nothing touches the worker's process except signals.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from orchestrator.policy import Decision, DecisionKind, Observation, classify_exit
+from orchestrator.runbook import Runbook
+from orchestrator.system import MemSample, System
+from trainer.events import WORKER_LOG_FILE, Control, EventTail, read_control, write_control
+
+SAMPLES_FILE = "samples.jsonl"
+LOG_TAIL_BYTES = 8192
+
+
+class Phase(str, Enum):
+    RUNNING = "running"
+    STOPPING = "stopping"  # control stop written, waiting for exit 3
+    TERMINATING = "terminating"  # SIGTERM sent to the group
+    KILLING = "killing"  # SIGKILL sent to the group
+    EXITED = "exited"
+
+
+@dataclass
+class AttemptView:
+    """What the events of one attempt say, folded incrementally."""
+
+    started: dict[str, Any] | None = None
+    phase: str = "startup"
+    epoch: int = 0
+    step: int = 0
+    total_epochs: int = 0
+    progress_ts: float | None = None  # wall ts of the newest progress sign
+    epoch_end_ts: float | None = None
+    epoch_seconds: list[float] = field(default_factory=list)
+    eval_seconds: list[float] = field(default_factory=list)
+    checkpoint_seconds: list[float] = field(default_factory=list)
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    device_mem: int | None = None
+    fatal: dict[str, Any] | None = None
+    finished: dict[str, Any] | None = None
+    last_step: dict[str, Any] | None = None
+
+    def update(self, ev: dict[str, Any]) -> None:
+        kind, ts = ev.get("type"), float(ev.get("ts", 0.0))
+        if kind == "started":
+            self.started = ev
+            self.epoch = int(ev.get("start_epoch", 1)) - 1
+            self.step = int(ev.get("start_step", 0))
+            self.total_epochs = int(ev.get("epochs", 0))
+            self.progress_ts = ts
+        elif kind == "heartbeat":
+            self.phase = str(ev.get("phase", self.phase))
+            age = ev.get("progress_age_s")
+            seen = ts - float(age) if isinstance(age, (int, float)) else ts
+            self.progress_ts = max(self.progress_ts or seen, seen)
+            self._mem(ev)
+        elif kind == "step":
+            self.phase, self.step, self.last_step = "train", int(ev["step"]), ev
+            self.progress_ts = max(self.progress_ts or ts, ts)
+            self._mem(ev)
+        elif kind == "epoch_end":
+            self.epoch, self.epoch_end_ts = int(ev["epoch"]), ts
+            self.epoch_seconds.append(float(ev.get("seconds", 0.0)))
+            self.total_epochs = int(ev.get("total_epochs", self.total_epochs))
+            self.progress_ts = ts
+        elif kind == "eval":
+            self.evals.append(ev)
+            if int(ev.get("epoch", 0)) > 0:
+                self.eval_seconds.append(float(ev.get("seconds", 0.0)))
+            self.progress_ts = ts
+        elif kind == "checkpoint":
+            self.checkpoints.append(ev)
+            self.checkpoint_seconds.append(float(ev.get("seconds", 0.0)))
+            self.progress_ts = ts
+        elif kind == "control" and ev.get("epochs"):
+            self.total_epochs = int(ev["epochs"])
+        elif kind == "fatal":
+            self.fatal = ev
+        elif kind == "finished":
+            self.finished = ev
+
+    def _mem(self, ev: dict[str, Any]) -> None:
+        mem = ev.get("device_mem") or {}
+        values = [int(v) for v in mem.values() if isinstance(v, (int, float))]
+        if values:
+            self.device_mem = max(values)
+
+
+@dataclass
+class AttemptOutcome:
+    exit_code: int | None
+    exit_kind: str
+    message: str
+    view: AttemptView
+    stop_reason: str | None
+    pid: int
+
+
+class Supervisor:
+    def __init__(
+        self,
+        system: System,
+        runbook: Runbook,
+        *,
+        run_dir: str | Path,
+        argv: list[str],
+        cwd: str | Path,
+        deadline: float,
+        decide: Callable[[Observation], Decision],
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+        on_decision: Callable[[Decision], None] | None = None,
+        stop: threading.Event | None = None,
+        poll_s: float = 0.5,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.sys, self.rb = system, runbook
+        self.run_dir, self.argv, self.cwd = Path(run_dir), argv, cwd
+        self.deadline, self.decide = deadline, decide
+        self.on_event = on_event or (lambda ev: None)
+        self.on_decision = on_decision or (lambda d: None)
+        self.stop = stop or threading.Event()
+        self.poll_s, self.env = poll_s, env
+        self.view = AttemptView()
+        self.state = Phase.RUNNING
+        self.pid = 0
+        self.stop_reason: str | None = None
+        self._kill_for: str | None = None
+        self._tail = EventTail(self.run_dir / "events.jsonl")
+        self._t0 = self._w0 = 0.0
+        self._state_since = 0.0
+        self._next_sample = 0.0
+        self._swap0: int | None = None
+        self._last_sample: MemSample | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def launch(self) -> int:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.pid = self.sys.spawn(self.argv, self.cwd, self.run_dir / WORKER_LOG_FILE, self.env)
+        self._t0, self._w0 = self.sys.monotonic(), self.sys.wall()
+        self._state_since = self._t0
+        return self.pid
+
+    def run(self) -> AttemptOutcome:
+        while True:
+            outcome = self.tick()
+            if outcome is not None:
+                return outcome
+            self.sys.sleep(self.poll_s)
+
+    def tick(self) -> AttemptOutcome | None:
+        """One iteration: read events, sample, check exit, escalate, ask the policy, act."""
+        now_m = self.sys.monotonic()
+        now_w = self._w0 + (now_m - self._t0)
+        self._read_events()
+        if now_m >= self._next_sample:
+            self._sample(now_m)
+        exited, code = self.sys.poll(self.pid)
+        if exited:
+            return self._finish(code)
+        if self.stop.is_set() and self.stop_reason is None:
+            self.request_stop("daemon", now_m)
+        if self.state is Phase.STOPPING:
+            waited = now_m - self._state_since
+            if waited > max(self.rb.heartbeat.slow_phase_timeout_s, 60) or now_w > self.deadline:
+                self._signal(signal.SIGTERM, now_m)  # STOPPING -> TERMINATING
+        if self.state is Phase.TERMINATING:
+            if now_m - self._state_since > self.rb.heartbeat.term_grace_s:
+                self._signal(signal.SIGKILL, now_m)  # TERMINATING -> KILLING
+            return None
+        if self.state is Phase.KILLING:
+            return None
+        decision = self.decide(self.observation(now_w))
+        self._act(decision, now_m)
+        return None
+
+    # -- observation ----------------------------------------------------------------------
+    def observation(self, now_w: float) -> Observation:
+        v, s = self.view, self._last_sample
+        swap = None
+        if s is not None and s.swap_used is not None and self._swap0 is not None:
+            swap = s.swap_used - self._swap0
+        return Observation(
+            running=True,
+            started_at=self._w0,
+            last_heartbeat_at=v.progress_ts,
+            phase=v.phase,
+            epoch=v.epoch,
+            step=v.step,
+            total_epochs=v.total_epochs,
+            epoch_end_ts=v.epoch_end_ts,
+            epoch_seconds=tuple(v.epoch_seconds),
+            eval_seconds=tuple(v.eval_seconds),
+            checkpoint_seconds=tuple(v.checkpoint_seconds),
+            stop_reason=self.stop_reason,
+            tree_rss=s.tree_rss if s else None,
+            gpu_used=s.gpu_used if s else None,
+            device_mem=v.device_mem,
+            swap_growth=swap,
+        )
+
+    # -- actions --------------------------------------------------------------------------
+    def _act(self, d: Decision, now_m: float) -> None:
+        if d.kind is DecisionKind.CONTINUE:
+            if d.trigger:
+                self.on_decision(d)
+            return
+        self.on_decision(d)
+        if d.kind is DecisionKind.SET_EPOCHS and d.epochs is not None:
+            self._control(epochs=d.epochs)
+            self.view.total_epochs = d.epochs
+        elif d.kind is DecisionKind.STOP_FOR_DEADLINE:
+            self.request_stop("deadline", now_m, final_eval=True)
+        elif d.kind is DecisionKind.RESTART and d.trigger == "hang":
+            self._kill_for = "hang"
+            self.stop_reason = self.stop_reason or "hang"
+            self._signal(signal.SIGTERM, now_m)  # RUNNING|STOPPING -> TERMINATING
+        elif d.kind is DecisionKind.RESTART:
+            self._kill_for = d.trigger if d.trigger == "memory" else None
+            self.request_stop(d.trigger, now_m)
+        elif d.kind is DecisionKind.END_NIGHT:
+            self.request_stop("end", now_m, final_eval=True)
+
+    def request_stop(self, reason: str, now_m: float | None = None, final_eval: bool = False
+                     ) -> None:
+        """Ask the worker to checkpoint (and evaluate) and exit 3; escalation follows if not."""
+        if self.stop_reason is not None and self.state is not Phase.RUNNING:
+            return
+        self.stop_reason = reason
+        self._control(stop=True, final_eval=final_eval)
+        self.state = Phase.STOPPING  # RUNNING -> STOPPING
+        self._state_since = self.sys.monotonic() if now_m is None else now_m
+
+    def _control(self, epochs: int | None = None, stop: bool = False, final_eval: bool = False
+                 ) -> None:
+        prev = read_control(self.run_dir)
+        seq = (prev.seq if prev else 0) + 1
+        if epochs is None and prev is not None:
+            epochs = prev.epochs
+        write_control(self.run_dir, Control(seq=seq, epochs=epochs, stop=stop,
+                                            final_eval=final_eval))
+
+    def _signal(self, sig: int, now_m: float) -> None:
+        self.sys.signal_group(self.pid, sig)
+        self.state = Phase.TERMINATING if sig == signal.SIGTERM else Phase.KILLING
+        self._state_since = now_m
+
+    # -- reading --------------------------------------------------------------------------
+    def _read_events(self) -> None:
+        for ev in self._tail.poll():
+            self.view.update(ev)
+            self.on_event(ev)
+
+    def _sample(self, now_m: float) -> None:
+        self._next_sample = now_m + self.rb.sampling_interval_s
+        s = self.sys.sample(self.pid)
+        self._last_sample = s
+        if self._swap0 is None and s.swap_used is not None:
+            self._swap0 = s.swap_used
+        with (self.run_dir / SAMPLES_FILE).open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(s.as_json()) + "\n")
+
+    def _finish(self, code: int | None) -> AttemptOutcome:
+        self.state = Phase.EXITED  # any -> EXITED
+        self.sys.kill_group_leftovers(self.pid)
+        self._read_events()
+        tail = _log_tail(self.run_dir / WORKER_LOG_FILE)
+        kind, message = classify_exit(
+            code, self.view.fatal, tail, killed_for=self._kill_for,
+            stop_requested=self.stop_reason is not None,
+        )
+        return AttemptOutcome(code, kind, message, self.view, self.stop_reason, self.pid)
+
+
+def _log_tail(path: Path) -> str:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, 2)
+            size = fh.tell()
+            fh.seek(max(0, size - LOG_TAIL_BYTES))
+            return fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""

@@ -1,0 +1,184 @@
+"""The one seam to the operating system: spawn, signal, sample memory, read the clock.
+
+Everything the supervisor and the night runner do to processes goes through :class:`System`;
+unit tests replace it with a recording double (tests/unit/test_supervisor_unit.py), integration
+tests use the real one. Readings that are unavailable come back as ``None``, never an exception.
+
+- ``spawn`` starts the worker in its own session (so its process group is its pid and a signal
+  reaches its DataLoader children), stdout+stderr appended to a log file.
+- ``signal_group`` signals the whole group; ``poll`` reaps a child (returncode, negative for a
+  signal) or, for a process we did not start (left by a previous daemon), reports whether it
+  is gone.
+- ``sample`` reads the worker's RSS, the RSS of the worker tree (worker + children), system
+  available memory, swap used, and GPU memory through NVML when ``pynvml`` (nvidia-ml-py) is
+  importable: the tree's per-process usage when NVML lists those pids, else the device total.
+- ``device_env`` adds, on macOS, ``PYTORCH_MPS_HIGH_WATERMARK_RATIO=1.0`` and
+  ``PYTORCH_MPS_LOW_WATERMARK_RATIO=0.8`` (unless set) so MPS raises OOM instead of swapping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+
+@dataclass(frozen=True)
+class MemSample:
+    """One memory reading (bytes). The samples.jsonl line is ``as_json()``."""
+
+    ts: float
+    worker_rss: int | None
+    tree_rss: int | None
+    sys_available: int | None
+    swap_used: int | None
+    gpu_used: int | None
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class System:
+    """Real processes, signals, psutil/NVML and clocks."""
+
+    def __init__(self) -> None:
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._nvml: Any = None
+        self._nvml_tried = False
+
+    # -- clock ----------------------------------------------------------------------------
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def wall(self) -> float:
+        return time.time()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    # -- processes ------------------------------------------------------------------------
+    def device_env(self) -> dict[str, str]:
+        env: dict[str, str] = {"PYTHONUNBUFFERED": "1"}
+        if sys.platform == "darwin":
+            for key, value in (("PYTORCH_MPS_HIGH_WATERMARK_RATIO", "1.0"),
+                               ("PYTORCH_MPS_LOW_WATERMARK_RATIO", "0.8")):
+                env[key] = os.environ.get(key, value)
+        return env
+
+    def spawn(self, argv: list[str], cwd: str | Path, log_path: str | Path,
+              env: dict[str, str] | None = None) -> int:
+        """Start ``argv`` in a new session; returns its pid (= its process group id)."""
+        full_env = dict(os.environ)
+        full_env.update(self.device_env())
+        full_env.update(env or {})
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                argv, cwd=str(cwd), env=full_env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        self._children[proc.pid] = proc
+        return proc.pid
+
+    def poll(self, pid: int) -> tuple[bool, int | None]:
+        """``(exited, returncode)``; returncode is None for a process we did not start."""
+        proc = self._children.get(pid)
+        if proc is not None:
+            code = proc.poll()
+            return (code is not None), code
+        try:
+            p = psutil.Process(pid)
+            return p.status() == psutil.STATUS_ZOMBIE, None
+        except psutil.NoSuchProcess:
+            return True, None
+
+    def signal_group(self, pid: int, sig: int) -> None:
+        """Signal the process group led by ``pid`` (falls back to the pid alone)."""
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+
+    def kill_group_leftovers(self, pid: int) -> None:
+        """SIGKILL whatever is left of a group (orphaned DataLoader workers) after the leader."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+
+    def create_time(self, pid: int) -> float | None:
+        try:
+            return psutil.Process(pid).create_time()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return None
+
+    def is_alive(self, pid: int, create_time: float | None) -> bool:
+        """Same pid *and* same start time (a reused pid is not our worker)."""
+        try:
+            p = psutil.Process(pid)
+            if p.status() == psutil.STATUS_ZOMBIE:
+                return False
+            return create_time is None or abs(p.create_time() - create_time) < 1.0
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return False
+
+    # -- sampling -------------------------------------------------------------------------
+    def sample(self, pid: int) -> MemSample:
+        worker = tree = None
+        pids: list[int] = []
+        try:
+            p = psutil.Process(pid)
+            worker = p.memory_info().rss
+            tree = worker
+            pids.append(pid)
+            for child in p.children(recursive=True):
+                with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                    tree += child.memory_info().rss
+                    pids.append(child.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+        avail = swap = None
+        with contextlib.suppress(Exception):
+            avail = psutil.virtual_memory().available
+            swap = psutil.swap_memory().used
+        return MemSample(self.wall(), worker, tree, avail, swap, self._gpu_used(pids))
+
+    def _gpu_used(self, pids: list[int]) -> int | None:
+        nv = self._nvml_module()
+        if nv is None:
+            return None
+        try:
+            used_by_tree = 0
+            total_used = 0
+            seen = False
+            for i in range(nv.nvmlDeviceGetCount()):
+                handle = nv.nvmlDeviceGetHandleByIndex(i)
+                total_used += nv.nvmlDeviceGetMemoryInfo(handle).used
+                for proc in nv.nvmlDeviceGetComputeRunningProcesses(handle):
+                    if proc.pid in pids and proc.usedGpuMemory:
+                        used_by_tree += proc.usedGpuMemory
+                        seen = True
+            return used_by_tree if seen else total_used
+        except Exception:
+            return None
+
+    def _nvml_module(self) -> Any:
+        if not self._nvml_tried:
+            self._nvml_tried = True
+            try:
+                import pynvml
+
+                pynvml.nvmlInit()
+                self._nvml = pynvml
+            except Exception:
+                self._nvml = None
+        return self._nvml

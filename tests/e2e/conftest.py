@@ -1,0 +1,157 @@
+"""One shared, interrupted run of the demo plan (real CLI, real detached daemon, real worker).
+
+The session fixture ``demo_run`` drives the demo nights (the shipped demo configs, runbook and
+injected faults; only the windows are widened so a loaded machine never cuts epochs) as a
+user would, with the worst interruptions in the middle of night 1:
+
+1. ``start`` (detached); wait until night 1 has checkpointed epoch 1 and trains epoch 2;
+2. ``kill -9`` the daemon (its worker lives on, orphaned);
+3. ``start`` again (takes the stale lock over) and at once a second ``start`` (refused);
+4. wait until night 1 resumed and trains again; ``stop`` (graceful);
+5. ``start`` again and wait for the plan to finish.
+
+It records what each step returned; ``test_demo_plan.py`` and ``test_crash_safety.py`` assert
+on it. Every daemon and worker it saw is killed at teardown if still alive.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import yaml
+
+from trainer.events import read_events
+
+ROOT = Path(__file__).resolve().parents[2]
+FINISH_TIMEOUT_S = 2400
+
+
+def cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def snapshot(state_dir: Path) -> dict[str, Any]:
+    out = cli("status", "--json", "--state-dir", str(state_dir))
+    assert out.returncode == 0, out.stderr
+    return dict(json.loads(out.stdout))
+
+
+def wait_for(what: str, cond: Any, timeout: float, every: float = 1.0) -> Any:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = cond()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def started_pid(out: subprocess.CompletedProcess[str]) -> int:
+    assert out.returncode == 0, out.stdout + out.stderr
+    match = re.search(r"pid (\d+)", out.stdout)
+    assert match, out.stdout
+    return int(match.group(1))
+
+
+@dataclass
+class DemoRun:
+    state_dir: Path
+    plan_file: Path
+    wall_s: float = 0.0
+    steps: dict[str, Any] = field(default_factory=dict)
+    final: dict[str, Any] = field(default_factory=dict)
+    pids: set[int] = field(default_factory=set)
+
+
+def _first_checkpoint_then_training(state_dir: Path) -> bool:
+    """Night 1's first attempt checkpointed an epoch and trains the next one."""
+    attempts = snapshot(state_dir)["nights"][0]["attempts"]
+    events = read_events(Path(attempts[0]["run_dir"]) / "events.jsonl") if attempts else []
+    ckpt = [i for i, e in enumerate(events) if e["type"] == "checkpoint" and e["epoch"] >= 1]
+    return bool(ckpt) and any(e["type"] == "step" for e in events[ckpt[0] + 1 :])
+
+
+def _resumed_and_training(state_dir: Path) -> bool:
+    """A later attempt of night 1 resumed from a checkpoint and trains again."""
+    for attempt in snapshot(state_dir)["nights"][0]["attempts"][1:]:
+        events = read_events(Path(attempt["run_dir"]) / "events.jsonl")
+        resumed = [i for i, e in enumerate(events) if e["type"] == "resumed"]
+        if resumed and any(e["type"] == "step" for e in events[resumed[0] + 1 :]):
+            return True
+    return False
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    base = tmp_path_factory.mktemp("demo")
+    plan = yaml.safe_load((ROOT / "configs/plans/demo.yaml").read_text())
+    plan["name"] = "demo-e2e"
+    for night in plan["nights"]:
+        night["window"] = "60m"  # the work takes ~3 min a night; never cut epochs in a test
+    plan_file = base / "demo-e2e.yaml"
+    plan_file.write_text(yaml.safe_dump(plan))
+    run = DemoRun(state_dir=base / "var", plan_file=plan_file)
+    var, s = str(run.state_dir), run.steps
+    t0 = time.monotonic()
+    try:
+        pid1 = started_pid(cli("start", "--plan", str(plan_file), "--state-dir", var))
+        run.pids.add(pid1)
+        wait_for("night 1 to train past its first checkpoint",
+                 lambda: _first_checkpoint_then_training(run.state_dir), 900)  # fmt: skip
+        worker = snapshot(run.state_dir)["nights"][0]["attempts"][0]["pid"]
+        run.pids.add(worker)
+        os.kill(pid1, signal.SIGKILL)
+        wait_for("the killed daemon to vanish", lambda: not _alive(pid1), 30, 0.1)
+        s["orphan_alive_after_kill"] = _alive(worker)
+        s["after_kill"] = snapshot(run.state_dir)
+
+        pid2 = started_pid(cli("start", "--plan", str(plan_file), "--state-dir", var))
+        run.pids.add(pid2)
+        s["second_start"] = cli("start", "--plan", str(plan_file), "--state-dir", var)
+        wait_for("night 1 to resume and train again",
+                 lambda: _resumed_and_training(run.state_dir), 900)  # fmt: skip
+        s["orphan_alive_after_restart"] = _alive(worker)
+        run.pids.update(a["pid"] for a in snapshot(run.state_dir)["nights"][0]["attempts"])
+        s["stop"] = cli("stop", "--state-dir", var, "--timeout", "120")
+        s["after_stop"] = snapshot(run.state_dir)
+        s["workers_alive_after_stop"] = [
+            a["pid"] for a in s["after_stop"]["nights"][0]["attempts"] if _alive(a["pid"])
+        ]
+
+        pid3 = started_pid(cli("start", "--plan", str(plan_file), "--state-dir", var))
+        run.pids.add(pid3)
+        wait_for("the plan to finish", lambda: not _alive(pid3), FINISH_TIMEOUT_S, 2.0)
+        run.final = snapshot(run.state_dir)
+        run.wall_s = time.monotonic() - t0
+        yield run
+    finally:
+        nights = snapshot(run.state_dir)["nights"] if run.state_dir.exists() else []
+        for night in nights:
+            run.pids.update(a["pid"] for a in night["attempts"] if a.get("pid"))
+        for pid in run.pids:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

@@ -1,0 +1,46 @@
+"""The demo plan end to end: both nights run, night 2 is the aggressive one (night 1
+succeeded) and its injected faults are repaired by the watchdog; the report is written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def test_plan_completes_with_night_one_succeeded(demo_run) -> None:
+    final = demo_run.final
+    n1, n2 = final["nights"]
+    print(f"demo plan wall time (with kill -9, stop and restarts): {demo_run.wall_s:.0f}s")
+    assert n1["name"] == "n1-conservative" and n1["status"] == "succeeded", n1["reason"]
+    assert n1["success"]["level"] in ("must", "should", "stretch")
+    assert n1["final_metrics"]["knn"] and n1["best_checkpoint"]
+    assert final["daemon"] is None and final["daemon_alive"] is False
+    assert final["current_night"] is None and final["next_start"] is None
+    decision = n2["decisions"][0]
+    assert decision["kind"] == "plan" and "n1-conservative succeeded" in decision["trigger"]
+
+
+def test_night_two_runs_aggressive_and_repairs_the_injected_faults(demo_run) -> None:
+    n2 = demo_run.final["nights"][1]
+    assert n2["name"] == "n2-aggressive"
+    assert n2["status"] in ("succeeded", "partial"), n2["reason"]
+    triggers = [f["trigger"] for f in n2["fallbacks"]]
+    assert "oom" in triggers and "nonfinite" in triggers, triggers
+    kinds = [a["exit_kind"] for a in n2["attempts"]]
+    assert "oom" in kinds and "nonfinite" in kinds and kinds[-1] in ("finished", "stopped")
+    over = n2["overrides"]
+    assert over["data.batch_size"] <= 16  # below the injected OOM threshold
+    assert over["data.batch_size"] * over["training.accumulation_steps"] == 64  # same effective
+    assert n2["final_metrics"]["linear_probe"] is not None
+
+
+def test_morning_report_is_written(demo_run) -> None:
+    reports = sorted(Path(demo_run.state_dir, "reports").glob("morning-*.md"))
+    assert reports, "no morning report"
+    text = reports[-1].read_text()
+    assert "n1-conservative" in text and "n2-aggressive" in text
+    log = Path(demo_run.state_dir, "daemon.log").read_text()
+    assert "plan finished" in log and "report written" in log

@@ -1,0 +1,244 @@
+"""Whole nights through the night runner: first against the fast fixture worker (runner logic,
+crash safety, daemon stop), then against the REAL worker on the demo config with each injected
+fault, each ending in a completed night whose state shows the right fallback (slow marker).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from orchestrator.night import NightRunner, new_single_night, run_night
+from orchestrator.state import Attempt, Night, StateStore, now_iso
+from orchestrator.system import System
+
+ROOT = Path(__file__).resolve().parents[2]
+FAKE = [sys.executable, str(ROOT / "tests/integration/fixtures/fake_worker.py")]
+CONFIG = str(ROOT / "configs/demo_conservative.yaml")
+DEMO_RB = ROOT / "runbooks/demo.yaml"
+
+
+def runbook(tmp_path: Path, **changes: Any) -> str:
+    """The demo runbook with some values changed (dotted keys)."""
+    raw = yaml.safe_load(DEMO_RB.read_text())
+    for key, value in changes.items():
+        node = raw
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    path = tmp_path / "runbook.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def night(tmp_path: Path, overrides: dict[str, Any], window_s: float = 600,
+          rb: str | None = None, config: str = CONFIG) -> StateStore:
+    store = StateStore(tmp_path / "var")
+    state = new_single_night(config, rb or str(DEMO_RB), timedelta(seconds=window_s), overrides)
+    store.save(state)
+    return store
+
+
+def run_fake(store: StateStore, stop: threading.Event | None = None) -> Night:
+    runner = NightRunner(store, 0, stop or threading.Event(), System(), None, worker=FAKE)
+    return runner.run()
+
+
+# --- fixture worker: runner logic --------------------------------------------------------------
+def test_oom_ladder_keeps_effective_batch(tmp_path: Path) -> None:
+    store = night(tmp_path, {"training.epochs": 2, "faults.oom_above_micro_batch": 16})
+    n = run_fake(store)
+    assert n.status == "succeeded", n.reason
+    assert [a.exit_kind for a in n.attempts] == ["oom", "oom", "finished"]
+    last = n.attempts[-1].overrides
+    assert (last["data.batch_size"], last["training.accumulation_steps"]) == (16, 4)
+    assert "effective batch 64 kept" in n.fallbacks[-1].effect
+    assert n.final_metrics is not None and n.baseline_metrics is not None
+    assert n.forecast_error_s is not None and n.success.level in ("must", "should", "stretch")
+
+
+def test_nonfinite_rolls_back_before_the_bad_step(tmp_path: Path) -> None:
+    store = night(tmp_path, {"training.epochs": 3, "faults.nonfinite_at_step": 7})
+    n = run_fake(store)
+    assert n.status == "succeeded", n.reason
+    fb = n.fallbacks[0]
+    assert fb.trigger == "nonfinite" and fb.evidence["bad_step"] == 7
+    assert n.attempts[1].resume_from.endswith("ckpt-e0001-s00000004.pt")
+    assert n.attempts[1].overrides["training.lr"] == 5e-4
+
+
+def test_limits_end_the_night_with_the_best_checkpoint(tmp_path: Path) -> None:
+    rb = runbook(tmp_path, **{"limits.max_attempts": 2})
+    store = night(tmp_path, {"faults.raise_in_feature": "vicreg"}, rb=rb)
+    n = run_fake(store)  # vicreg is not in the disable list: the crash repeats
+    assert n.status == "failed"
+    assert "no feature left" in (n.reason or "") or "limit" in (n.reason or "")
+
+
+def test_missing_dataset_switches_to_fallback(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setenv("FAKE_MISSING_DATA", "1")
+    store = night(tmp_path, {"training.epochs": 2})
+    n = run_fake(store)
+    assert n.status == "succeeded", n.reason
+    assert n.fallbacks[0].trigger == "data"
+    assert n.attempts[-1].overrides["data.datasets"] == [{"name": "synthetic", "weight": 1.0}]
+
+
+def test_daemon_stop_leaves_night_resumable_then_resumes(tmp_path: Path,
+                                                         monkeypatch: Any) -> None:
+    monkeypatch.setenv("FAKE_STEP_S", "0.3")
+    store = night(tmp_path, {"training.epochs": 3})
+    stop = threading.Event()
+    timer = threading.Timer(2.5, stop.set)
+    timer.start()
+    n = run_fake(store, stop)
+    timer.cancel()
+    assert n.status == "running" and n.attempts[-1].exit_kind == "stopped"
+    monkeypatch.setenv("FAKE_STEP_S", "0.05")
+    n = run_fake(store)
+    assert n.status == "succeeded", n.reason
+    assert n.attempts[1].resume_from is not None  # continued from a checkpoint, not step 0
+    assert not n.fallbacks  # a daemon stop is not a fallback
+
+
+def test_crash_safety_stops_an_orphaned_worker_and_resumes(tmp_path: Path,
+                                                           monkeypatch: Any) -> None:
+    """A previous supervisor died mid-attempt: its worker still runs. The next run_night stops
+    it (control → SIGTERM → SIGKILL), records it and continues from its newest checkpoint."""
+    monkeypatch.setenv("FAKE_STEP_S", "0.5")
+    store = night(tmp_path, {"training.epochs": 3})
+    state = store.load()
+    n = state.nights[0]
+    run_dir = store.dir / "runs" / n.name / "attempt-01"
+    system = System()
+    argv = [*FAKE, "--config", CONFIG, "--run-dir", str(run_dir), "--set", "training.epochs=3"]
+    pid = system.spawn(argv, ROOT, run_dir / "worker.log")
+    n.attempts.append(Attempt(index=1, run_dir=str(run_dir), overrides=dict(n.overrides),
+                              started_at=now_iso(), pid=pid,
+                              pid_create_time=system.create_time(pid)))
+    n.status = "running"
+    store.save(state)
+    time.sleep(3.5)  # the orphan makes some progress (epoch 1 ends at ~2 s + start-up)
+    n = run_fake(store)
+    assert not system.is_alive(pid, None)
+    assert n.attempts[0].exit_kind == "stopped" and n.attempts[0].exit_code is None
+    assert n.attempts[1].resume_from is not None
+    assert n.status == "succeeded", n.reason
+
+
+def test_finished_night_is_not_rerun(tmp_path: Path) -> None:
+    store = night(tmp_path, {"training.epochs": 2})
+    first = run_fake(store)
+    again = run_fake(store)
+    assert first.status == again.status == "succeeded"
+    assert len(again.attempts) == 1
+
+
+# --- the real worker (python -m trainer) on the demo config --------------------------------------
+TINY = {
+    "data.synthetic.num_train": 128,
+    "data.synthetic.num_eval_train": 128,
+    "data.synthetic.num_eval_test": 128,
+    "evaluation.max_train_samples": 128,
+    "evaluation.max_test_samples": 128,
+    "evaluation.rank_samples": 128,
+    "evaluation.linear_probe.epochs": 5,
+    "evaluation.eval_frequency": 2,
+    "model.depth": 2,
+    "model.predictor.depth": 1,
+    "training.epochs": 2,
+    "data.batch_size": 32,
+    "training.accumulation_steps": 2,
+    "logging.heartbeat_s": 1.0,
+}
+
+
+def real(tmp_path: Path, faults: dict[str, Any], window_s: float = 900,
+         rb: str | None = None) -> Night:
+    store = night(tmp_path, {**TINY, **faults}, window_s=window_s, rb=rb)
+    return run_night(store, 0)
+
+
+def overrides_of(n: Night) -> dict[str, Any]:
+    return n.attempts[-1].overrides
+
+
+@pytest.mark.slow
+def test_real_oom_shrinks_micro_batch_keeps_effective_batch(tmp_path: Path) -> None:
+    n = real(tmp_path, {"faults.oom_above_micro_batch": 16})
+    assert n.attempts[0].exit_kind == "oom"
+    assert n.attempts[-1].exit_kind == "finished", n.reason
+    o = overrides_of(n)
+    assert o["data.batch_size"] * o["training.accumulation_steps"] == 64
+    assert o["data.batch_size"] <= 16 and n.status in ("succeeded", "partial")
+
+
+@pytest.mark.slow
+def test_real_nan_rolls_back_with_lower_lr(tmp_path: Path) -> None:
+    n = real(tmp_path, {"faults.nonfinite_at_step": 3})  # 2 optimizer steps per epoch
+    assert n.attempts[0].exit_kind == "nonfinite"
+    fb = n.fallbacks[0]
+    ckpt = n.attempts[1].resume_from
+    assert ckpt is not None and int(Path(ckpt).stem.split("-s")[1]) < fb.evidence["bad_step"]
+    assert overrides_of(n)["training.lr"] < 1e-3
+    assert n.attempts[-1].exit_kind == "finished", n.reason
+
+
+@pytest.mark.slow
+def test_real_feature_failure_disables_it(tmp_path: Path) -> None:
+    n = real(tmp_path, {"faults.raise_in_feature": "flash_attention"})
+    assert n.attempts[0].exit_kind == "feature"
+    assert overrides_of(n)["model.use_flash_attention"] is False
+    assert n.attempts[-1].exit_kind == "finished", n.reason
+
+
+@pytest.mark.slow
+def test_real_slow_steps_cut_epochs_live(tmp_path: Path) -> None:
+    # ~2 steps/epoch + a 6 s delay per step: 8 epochs cannot fit a 150 s window
+    rb = runbook(tmp_path, **{"ladders.slow.epochs": [], "final_eval_minutes": 0.5})
+    n = real(tmp_path, {"training.epochs": 8, "faults.step_delay_s": 6.0}, window_s=150,
+             rb=rb)
+    cut = [d for d in n.decisions if d.kind == "set_epochs"]
+    assert cut and len(n.attempts) == 1  # no restart
+    assert n.attempts[0].exit_kind in ("finished", "stopped")
+    assert n.epochs_planned is not None and n.epochs_planned < 8
+    assert n.final_metrics is not None and n.ended_at is not None
+
+
+@pytest.mark.slow
+def test_real_hang_is_killed_and_resumed(tmp_path: Path) -> None:
+    rb = runbook(tmp_path, **{"heartbeat.step_timeout_s": 8, "heartbeat.term_grace_s": 3})
+    n = real(tmp_path, {"faults.hang_at_step": 3}, rb=rb)
+    assert n.attempts[0].exit_kind == "hang"
+    assert n.decisions[0].evidence["timeout_s"] == 8
+    assert n.attempts[1].resume_from is not None
+    assert n.attempts[-1].exit_kind == "finished", n.reason
+
+
+@pytest.mark.slow
+def test_real_memory_ceiling_shrinks_batch(tmp_path: Path) -> None:
+    # a ceiling under the worker's real use: the first rung is taken, then the ladder is
+    # exhausted and the night carries on (warned once) to a finished model
+    rb = runbook(tmp_path, **{"memory.ceiling_gb": 0.05,
+                              "ladders.oom": [{"set": {"data.batch_size": 16}}]})
+    n = real(tmp_path, {}, rb=rb)
+    assert n.attempts[0].exit_kind == "memory"
+    assert overrides_of(n)["data.batch_size"] == 16
+    assert overrides_of(n)["training.accumulation_steps"] == 4
+    assert n.attempts[-1].exit_kind == "finished", n.reason
+
+
+@pytest.mark.slow
+def test_real_missing_dataset_falls_back(tmp_path: Path) -> None:
+    n = real(tmp_path, {"data.datasets": [{"name": "cifar10", "path": str(tmp_path / "none")}]})
+    assert n.attempts[0].exit_kind == "data"
+    assert overrides_of(n)["data.datasets"] == [{"name": "synthetic", "weight": 1.0}]
+    assert n.attempts[-1].exit_kind == "finished", n.reason

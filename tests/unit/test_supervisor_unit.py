@@ -1,0 +1,175 @@
+"""The supervisor's state machine against a recording fake of the system seam.
+
+The worker is simulated by appending real protocol events to events.jsonl and by scripting
+what ``poll`` returns; the clock only moves when the test moves it.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from orchestrator.policy import ConfigFacts, NightHistory, decide
+from orchestrator.runbook import load_runbook
+from orchestrator.supervisor import SAMPLES_FILE, Phase, Supervisor
+from orchestrator.system import MemSample, System
+from trainer.events import read_control
+
+ROOT = Path(__file__).resolve().parents[2]
+RB = load_runbook(ROOT / "runbooks/demo.yaml")  # step timeout 20 s, grace 5 s, samples 2 s
+T0 = 1_000_000.0
+
+
+class FakeSystem(System):
+    def __init__(self) -> None:
+        super().__init__()
+        self.t = 0.0
+        self.calls: list[tuple[Any, ...]] = []
+        self.exit: int | None = None
+        self.rss = 500 * 1024**2
+
+    def monotonic(self) -> float:
+        return self.t
+
+    def wall(self) -> float:
+        return T0 + self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += seconds
+
+    def spawn(self, argv: list[str], cwd: Any, log_path: Any, env: Any = None) -> int:
+        self.calls.append(("spawn", argv))
+        Path(log_path).write_text("")
+        return 4242
+
+    def poll(self, pid: int) -> tuple[bool, int | None]:
+        return (self.exit is not None), self.exit
+
+    def signal_group(self, pid: int, sig: int) -> None:
+        self.calls.append(("signal", pid, sig))
+
+    def kill_group_leftovers(self, pid: int) -> None:
+        self.calls.append(("reap", pid))
+
+    def sample(self, pid: int) -> MemSample:
+        self.calls.append(("sample", pid))
+        return MemSample(self.wall(), self.rss, self.rss + 1, 8 * 1024**3, 0, None)
+
+    def signals(self) -> list[int]:
+        return [c[2] for c in self.calls if c[0] == "signal"]
+
+
+def emit(run_dir: Path, fs: FakeSystem, **ev: Any) -> None:
+    ev.setdefault("ts", fs.wall())
+    with (run_dir / "events.jsonl").open("a") as fh:
+        fh.write(json.dumps(ev) + "\n")
+
+
+def history() -> NightHistory:
+    facts = ConfigFacts(micro_batch=64, accum_steps=1, lr=1e-3, epochs=6, eval_frequency=2)
+    return NightHistory(attempts=1, attempts_without_progress=0, config=facts,
+                        base_effective_batch=64)
+
+
+def make(tmp_path: Path, deadline: float = T0 + 3600, rb: Any = RB,
+         stop: threading.Event | None = None) -> tuple[Supervisor, FakeSystem, list[Any]]:
+    fs = FakeSystem()
+    decisions: list[Any] = []
+    sup = Supervisor(fs, rb, run_dir=tmp_path, argv=["worker"], cwd=tmp_path,
+                     deadline=deadline,
+                     decide=lambda obs: decide(obs, history(), rb, fs.wall(), deadline),
+                     on_decision=decisions.append, stop=stop)
+    sup.launch()
+    emit(tmp_path, fs, type="started", pid=4242, epochs=6, start_epoch=1, start_step=0)
+    return sup, fs, decisions
+
+
+def run_for(sup: Supervisor, fs: FakeSystem, seconds: float, step: float = 0.5) -> Any:
+    end = fs.t + seconds
+    while fs.t < end:
+        out = sup.tick()
+        if out is not None:
+            return out
+        fs.sleep(step)
+    return None
+
+
+def test_hang_escalates_term_then_kill_to_the_group(tmp_path: Path) -> None:
+    sup, fs, decisions = make(tmp_path)
+    emit(tmp_path, fs, type="heartbeat", phase="train", epoch=1, step=3, progress_age_s=0.0)
+    assert run_for(sup, fs, 19.0) is None and fs.signals() == []
+    run_for(sup, fs, 2.0)
+    assert fs.signals() == [signal.SIGTERM] and sup.state is Phase.TERMINATING
+    assert decisions[-1].trigger == "hang"
+    run_for(sup, fs, 5.5)  # it ignores SIGTERM: SIGKILL after term_grace_s
+    assert fs.signals() == [signal.SIGTERM, signal.SIGKILL]
+    fs.exit = -9
+    out = run_for(sup, fs, 1.0)
+    assert out.exit_kind == "hang" and ("reap", 4242) in fs.calls
+
+
+def test_heartbeats_without_progress_count_as_silence(tmp_path: Path) -> None:
+    sup, fs, _ = make(tmp_path)
+    for _ in range(12):  # the heartbeat thread beats, but the loop made no progress for 22 s
+        emit(tmp_path, fs, type="heartbeat", phase="train", progress_age_s=fs.t)
+        run_for(sup, fs, 2.0)
+    assert signal.SIGTERM in fs.signals()
+
+
+def test_deadline_asks_for_checkpoint_eval_and_stop(tmp_path: Path) -> None:
+    sup, fs, decisions = make(tmp_path, deadline=T0 + 40)  # final eval reserve 30 s
+    emit(tmp_path, fs, type="heartbeat", phase="train", progress_age_s=0.0)
+    run_for(sup, fs, 11.0)
+    ctl = read_control(tmp_path)
+    assert ctl is not None and ctl.stop and ctl.final_eval
+    assert decisions[-1].kind.value == "stop_for_deadline" and sup.state is Phase.STOPPING
+    emit(tmp_path, fs, type="finished", reason="stopped", epoch=1, step=5)
+    fs.exit = 3
+    out = run_for(sup, fs, 1.0)
+    assert (out.exit_kind, out.stop_reason) == ("stopped", "deadline")
+    assert fs.signals() == []
+
+
+def test_daemon_stop_not_honoured_escalates(tmp_path: Path) -> None:
+    stop = threading.Event()
+    sup, fs, _ = make(tmp_path, stop=stop)
+    stop.set()
+    for _ in range(70):  # heartbeats keep coming (eval phase), but no exit within 60 s
+        emit(tmp_path, fs, type="heartbeat", phase="eval", progress_age_s=0.0)
+        run_for(sup, fs, 1.0)
+    assert read_control(tmp_path).stop
+    assert fs.signals()[:1] == [signal.SIGTERM]
+
+
+def test_memory_samples_are_appended(tmp_path: Path) -> None:
+    sup, fs, _ = make(tmp_path)
+    emit(tmp_path, fs, type="heartbeat", phase="train", progress_age_s=0.0)
+    run_for(sup, fs, 5.0)
+    lines = [json.loads(x) for x in (tmp_path / SAMPLES_FILE).read_text().splitlines()]
+    assert len(lines) == 3  # t = 0, 2, 4
+    assert set(lines[0]) == {"ts", "worker_rss", "tree_rss", "sys_available", "swap_used",
+                             "gpu_used"}
+
+
+def test_memory_over_ceiling_stops_gracefully_then_classifies_memory(tmp_path: Path) -> None:
+    sup, fs, decisions = make(tmp_path)
+    fs.rss = 5 * 1024**3  # demo ceiling 4 GB
+    emit(tmp_path, fs, type="heartbeat", phase="train", progress_age_s=0.0)
+    run_for(sup, fs, 1.0)
+    assert decisions[-1].trigger == "memory" and read_control(tmp_path).stop
+    fs.exit = 3
+    out = run_for(sup, fs, 1.0)
+    assert out.exit_kind == "memory"
+
+
+def test_slow_epochs_are_cut_live_through_the_control_file(tmp_path: Path) -> None:
+    sup, fs, decisions = make(tmp_path, deadline=T0 + 600)
+    emit(tmp_path, fs, type="epoch_end", epoch=1, seconds=150.0, steps=10, total_epochs=6)
+    run_for(sup, fs, 1.0)
+    ctl = read_control(tmp_path)
+    # 600 s − 30 s reserve from t=0 at 150 s/epoch: 1 done + 3 → the 4 rung of [5, 4, 3, 2]
+    assert ctl is not None and ctl.epochs == 4 and not ctl.stop
+    assert decisions[-1].kind.value == "set_epochs" and sup.view.total_epochs == 4

@@ -1,0 +1,136 @@
+"""What the training loop and evaluation call to get data.
+
+    train = build_train_data(cfg)                      # TrainData
+    loader = DataLoader(train.dataset, batch_size=cfg.data.batch_size,
+                        sampler=train.sampler(epoch, start=samples_done), drop_last=True)
+    eval_train, eval_test = build_eval_data(cfg)       # labelled, eval transforms
+    describe(cfg)  # {"cifar10": "data/cifar-10-batches-py (50000 train)", ...}
+
+- Training concatenates the SSL split of every ``data.datasets`` entry (see
+  ``trainer/datasets.py`` for which split that is) with the training transform of
+  ``data.augmentation`` at ``data.image_size`` (``trainer/transforms.py``); items are
+  ``(image, label)``, or ``((view1, view2), label)`` with two views (default:
+  ``loss.use_contrastive``). Labels are not used for training (STL-10 unlabeled: -1).
+- The epoch is ``data.epoch_size`` samples (default: the sum of the members), drawn by weight
+  and ordered by ``trainer/sampling.py``: deterministic from (experiment.seed, epoch), and
+  ``start`` resumes exactly mid-epoch.
+- Evaluation uses ``data.datasets[evaluation.dataset_index]``'s labelled splits with the eval
+  transform (resize ~1.14× + centre crop; synthetic: normalise only), each subsampled to at most
+  ``evaluation.max_train_samples`` / ``max_test_samples`` items by a fixed-seed random subset
+  (the same items in every run and every night, so numbers compare).
+- A missing dataset raises :class:`DataMissingError` (dataset, path and the fix in the message).
+Nothing here keeps global state; every dataset, transform and sampler pickles for workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from torch.utils.data import ConcatDataset, Dataset, Sampler, Subset
+
+from trainer.config import Config, DatasetSpec
+from trainer.datasets import DataMissingError, location, open_split
+from trainer.sampling import EpochSampler
+from trainer.transforms import TwoViews, eval_transform, train_transform
+
+__all__ = ["DataMissingError", "TrainData", "build_eval_data", "build_train_data", "describe"]
+
+EVAL_SUBSET_SEED = 20240601  # fixed: eval subsets must not move with experiment.seed
+
+
+@dataclass
+class TrainData:
+    """The concatenated SSL training set and its epoch sampler.
+
+    ``sizes`` is in concatenation order (keys are dataset names; a repeated name gets ``#i``
+    appended, ``i`` its index in ``data.datasets``). ``weights`` (same keys; missing = 1.0) and
+    ``seed`` parameterise :meth:`sampler`.
+    """
+
+    dataset: Dataset
+    sizes: dict[str, int]
+    epoch_size: int
+    weights: dict[str, float] = field(default_factory=dict)
+    seed: int = 0
+
+    def sampler(self, epoch: int, start: int = 0) -> Sampler[int]:
+        """The epoch's order: deterministic from (seed, epoch); dataset i contributes
+        round(epoch_size·w_i/Σw) samples (without replacement while it has enough), shuffled
+        together; ``start`` skips the first ``start`` samples (exact resume mid-epoch)."""
+        names = list(self.sizes)
+        return EpochSampler(
+            sizes=[self.sizes[n] for n in names],
+            weights=[self.weights.get(n, 1.0) for n in names],
+            epoch_size=self.epoch_size,
+            seed=self.seed,
+            epoch=epoch,
+            start=start,
+        )
+
+
+def _keys(specs: list[DatasetSpec]) -> list[str]:
+    names = [s.name for s in specs]
+    return [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
+
+
+def build_train_data(cfg: Config, two_views: bool | None = None) -> TrainData:
+    """Open every dataset's SSL split with the training transform (see the module docstring)."""
+    if two_views is None:
+        two_views = cfg.loss.use_contrastive
+    tf = train_transform(cfg.data.augmentation, cfg.data.image_size)
+    transform = TwoViews(tf) if two_views else tf
+    specs = cfg.data.datasets
+    members = [open_split(spec, "ssl", transform, cfg.data) for spec in specs]
+    keys = _keys(specs)
+    sizes = {k: len(m) for k, m in zip(keys, members, strict=True)}
+    for key, n in sizes.items():
+        if n == 0:
+            spec = specs[keys.index(key)]
+            raise DataMissingError(spec.name, spec.path,
+                                   f"{key}: {location(spec)} holds no training images")
+    dataset: Dataset = members[0] if len(members) == 1 else ConcatDataset(members)
+    return TrainData(
+        dataset=dataset,
+        sizes=sizes,
+        epoch_size=cfg.data.epoch_size or sum(sizes.values()),
+        weights={k: s.weight for k, s in zip(keys, specs, strict=True)},
+        seed=cfg.experiment.seed,
+    )
+
+
+def _subsample(ds: Dataset, limit: int, salt: int) -> Dataset:
+    n = len(ds)  # type: ignore[arg-type]
+    if n <= limit:
+        return ds
+    rng = np.random.default_rng([EVAL_SUBSET_SEED, salt])
+    return Subset(ds, np.sort(rng.choice(n, size=limit, replace=False)).tolist())
+
+
+def build_eval_data(cfg: Config) -> tuple[Dataset, Dataset]:
+    """Labelled (train, test) splits of ``data.datasets[evaluation.dataset_index]``."""
+    spec = cfg.data.datasets[cfg.evaluation.dataset_index]
+    tf = eval_transform(cfg.data.image_size, resize=spec.name != "synthetic")
+    train = open_split(spec, "eval_train", tf, cfg.data)
+    test = open_split(spec, "eval_test", tf, cfg.data)
+    return (
+        _subsample(train, cfg.evaluation.max_train_samples, 1),
+        _subsample(test, cfg.evaluation.max_test_samples, 2),
+    )
+
+
+def describe(cfg: Config) -> dict[str, str]:
+    """One line per training dataset for pre-flight, e.g. ``{"cifar10":
+    "data/cifar-10-batches-py (50000 train)"}``. Opens each dataset (without transforms), so a
+    missing one raises :class:`DataMissingError` exactly as training would."""
+    out: dict[str, str] = {}
+    for key, spec in zip(_keys(cfg.data.datasets), cfg.data.datasets, strict=True):
+        n = len(open_split(spec, "ssl", None, cfg.data))  # type: ignore[arg-type]
+        where = location(spec)
+        if where is None:
+            s = cfg.data.synthetic
+            out[key] = (f"synthetic (generated in memory, seed {s.seed}, {s.num_classes} classes)"
+                        f" ({n} train)")
+        else:
+            out[key] = f"{where} ({n} train)"
+    return out
