@@ -202,9 +202,9 @@ def test_real_feature_failure_disables_it(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_real_slow_steps_cut_epochs_live(tmp_path: Path) -> None:
-    # ~2 steps/epoch + a 6 s delay per step: 8 epochs cannot fit a 150 s window
+    # 2 steps/epoch + a 10 s delay per step: 8 epochs (160 s) cannot fit a 150 s window
     rb = runbook(tmp_path, **{"ladders.slow.epochs": [], "final_eval_minutes": 0.5})
-    n = real(tmp_path, {"training.epochs": 8, "faults.step_delay_s": 6.0}, window_s=150,
+    n = real(tmp_path, {"training.epochs": 8, "faults.step_delay_s": 10.0}, window_s=150,
              rb=rb)
     cut = [d for d in n.decisions if d.kind == "set_epochs"]
     assert cut and len(n.attempts) == 1  # no restart

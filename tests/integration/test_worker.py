@@ -148,7 +148,9 @@ def test_control_file_cuts_epochs_live(tmp_path):
     assert events(tmp_path, "control")[0]["epochs"] == 2
     assert [e["epoch"] for e in events(tmp_path, "epoch_end")] == [1, 2]
     last = events(tmp_path, "step")[-1]
-    assert last["lr"] == pytest.approx(1e-3 * 0.01, rel=0.2)  # cosine ended at the new end
+    # the cosine ends at the new last epoch: the last step's LR is near the floor (1e-5),
+    # where without the cut (epoch 2 of 6) it would still be ~7.5e-4
+    assert last["lr"] < 3e-5
 
 
 def test_control_stop_with_final_eval(tmp_path):
