@@ -264,14 +264,17 @@ def next_step(f: NightFacts) -> str:
             f" for the random encoder ({100 * gain:+.1f} pts"
             + (f", kNN k=20 {100 * knn_gain:+.1f} pts)" if knn_gain is not None else ")")
         )
-        if gain >= 0.05:
+        # The demo's data is a texture task a linear probe on mean-pooled features barely
+        # separates; kNN is the demo's primary measure, so either gain counts as learning.
+        best = max(gain, knn_gain if knn_gain is not None else gain)
+        if best >= 0.05:
             return (
                 f"Demo: the encoder learned features the random one lacks ({versus}); the "
                 "pipeline works end to end. Next: `hjepa-night preflight --config "
                 "configs/overnight_training_conservative.yaml`, then `hjepa-night start "
                 "--plan sequential` for the real nights."
             )
-        if gain > 0:
+        if best > 0:
             return (
                 f"Demo: barely above the random encoder ({versus}). Train longer "
                 f"(`{cfg} --set training.epochs=<more>`) before reading anything into it."

@@ -306,33 +306,18 @@ class RunTracker:
         )
 
 
-class SampleTail:
-    """Incremental reader of ``samples.jsonl`` (objects with ``ts``; bad lines skipped)."""
+def parse_sample(line: str) -> dict[str, Any] | None:
+    """One ``samples.jsonl`` line → dict with a numeric ``ts``, or None (bad lines skipped)."""
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) and _num(obj.get("ts")) is not None else None
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._offset = 0
-        self._partial = b""
 
-    def poll(self) -> list[dict[str, Any]]:
-        try:
-            with self.path.open("rb") as fh:
-                fh.seek(self._offset)
-                chunk = fh.read()
-        except OSError:
-            return []
-        self._offset += len(chunk)
-        lines = (self._partial + chunk).split(b"\n")
-        self._partial = lines.pop()
-        out = []
-        for raw in lines:
-            try:
-                obj = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(obj, dict) and _num(obj.get("ts")) is not None:
-                out.append(obj)
-        return out
+def sample_tail(path: Path) -> EventTail:
+    """Incremental reader of ``samples.jsonl``."""
+    return EventTail(path, parse=parse_sample)
 
 
 def read_night_run(state_dir: Path, night: Night, history: int | None = None) -> RunView:
@@ -343,7 +328,7 @@ def read_night_run(state_dir: Path, night: Night, history: int | None = None) ->
         if run_dir is None:
             continue
         tracker.feed_events(att.index, EventTail(run_dir / EVENTS_FILE).poll())
-        tracker.feed_samples(SampleTail(run_dir / SAMPLES_FILE).poll())
+        tracker.feed_samples(sample_tail(run_dir / SAMPLES_FILE).poll())
     return tracker.view()
 
 
@@ -445,7 +430,7 @@ class SnapshotSource:
         self._state: State | None = None
         self._night_key: tuple[int, str] | None = None
         self._tracker = RunTracker(history)
-        self._tails: dict[int, tuple[EventTail, SampleTail]] = {}
+        self._tails: dict[int, tuple[EventTail, EventTail]] = {}
         self._thresholds: dict[str, Thresholds] = {}
 
     def take(self, now: float | None = None) -> Snapshot:
@@ -488,7 +473,7 @@ class SnapshotSource:
             if att.index not in self._tails:
                 self._tails[att.index] = (
                     EventTail(path / EVENTS_FILE),
-                    SampleTail(path / SAMPLES_FILE),
+                    sample_tail(path / SAMPLES_FILE),
                 )
             events, samples = self._tails[att.index]
             self._tracker.feed_events(att.index, events.poll())

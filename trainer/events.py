@@ -44,6 +44,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -255,10 +256,14 @@ def read_events(path: str | Path) -> list[dict[str, Any]]:
 
 
 class EventTail:
-    """Incremental reader of a growing events.jsonl: ``poll()`` returns the new complete events."""
+    """Incremental reader of a growing JSONL file: ``poll()`` returns the new complete lines,
+    each parsed by ``parse`` (default: :func:`parse_event`; lines it maps to None are skipped)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(
+        self, path: str | Path, parse: Callable[[str], dict[str, Any] | None] = parse_event
+    ) -> None:
         self.path = Path(path)
+        self.parse = parse
         self._offset = 0
         self._partial = b""
 
@@ -267,7 +272,7 @@ class EventTail:
             with self.path.open("rb") as fh:
                 fh.seek(self._offset)
                 chunk = fh.read()
-        except FileNotFoundError:
+        except OSError:
             return []
         self._offset += len(chunk)
         data = self._partial + chunk
@@ -275,7 +280,7 @@ class EventTail:
         self._partial = lines.pop()
         out = []
         for raw in lines:
-            ev = parse_event(raw.decode("utf-8", errors="replace"))
+            ev = self.parse(raw.decode("utf-8", errors="replace"))
             if ev is not None:
                 out.append(ev)
         return out

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -113,6 +114,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
         run.pids.add(pid1)
         wait_for("night 1 to train past its first checkpoint",
                  lambda: _first_checkpoint_then_training(run.state_dir), 900)  # fmt: skip
+        s["tmux_screen"] = _status_screen_in_tmux(run.state_dir)
         worker = snapshot(run.state_dir)["nights"][0]["attempts"][0]["pid"]
         run.pids.add(worker)
         os.kill(pid1, signal.SIGKILL)
@@ -146,6 +148,24 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
         for pid in run.pids:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def _status_screen_in_tmux(state_dir: Path) -> str | None:
+    """`hjepa-night status` in a real terminal (tmux) during the live night: the screen text."""
+    if shutil.which("tmux") is None:
+        return None
+    session = f"hjepa-e2e-{os.getpid()}"
+    cmd = (f"env -u COLUMNS -u LINES PYTHONPATH={ROOT} {sys.executable} -m orchestrator.cli "
+           f"status --state-dir {state_dir}")
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "150", "-y", "50", cmd],
+                   check=True)
+    try:
+        time.sleep(4.0)
+        out = subprocess.run(["tmux", "capture-pane", "-p", "-t", session],
+                             capture_output=True, text=True, check=True)
+        return out.stdout
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
 
 
 def _alive(pid: int | None) -> bool:

@@ -44,3 +44,11 @@ def test_morning_report_is_written(demo_run) -> None:
     assert "n1-conservative" in text and "n2-aggressive" in text
     log = Path(demo_run.state_dir, "daemon.log").read_text()
     assert "plan finished" in log and "report written" in log
+
+
+def test_live_status_screen_in_a_real_terminal(demo_run) -> None:
+    screen = demo_run.steps.get("tmux_screen")
+    if screen is None:
+        pytest.skip("tmux is not installed (.ci/run installs it)")
+    assert "n1-conservative" in screen and "running" in screen, screen
+    assert "epoch" in screen and "img/s" in screen and "kNN" in screen, screen
