@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from trainer import checkpoints as ckpt
-from trainer.config import Config
+from trainer.config import Config, ConfigError
 from trainer.data import build_eval_data, build_train_data
 from trainer.device import memory_readings, select_device, select_precision
 from trainer.emitter import Emitter
@@ -80,6 +80,15 @@ class Worker:
         self.train_data = build_train_data(cfg)
         self.eval_data = build_eval_data(cfg)
         self.model = build_model(cfg).to(self.device)
+        if cfg.training.compile:
+            if self.device.type != "cuda":
+                raise ConfigError(
+                    f"training.compile: true is supported on CUDA only (device is "
+                    f"{self.device.type}); set it to false"
+                )
+            # Compile the forward only: the module, its state_dict keys and checkpoints stay
+            # as they are. Context-token counts vary between batches, hence dynamic shapes.
+            self.model.forward = torch.compile(self.model.forward, dynamic=True)  # type: ignore[method-assign]
         self.step_fn = TrainStep(self.model, cfg, self.device, self.precision)
         self.masks = MaskCollator(
             cfg.masking, cfg.data.image_size, cfg.model.patch_size, seed=cfg.experiment.seed

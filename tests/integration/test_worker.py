@@ -183,6 +183,12 @@ def test_config_typo_and_missing_dataset_are_clear(tmp_path):
     assert "download" in fatal["message"]
 
 
+def test_compile_off_cuda_is_refused_not_ignored(tmp_path):
+    r = run_worker(tmp_path, ["training.compile=true"])
+    assert r.returncode == EXIT_USAGE
+    assert "training.compile" in events(tmp_path, "fatal")[0]["message"]
+
+
 def test_probe_prints_timing(tmp_path):
     r = run_worker(tmp_path, [], "--probe", "2")
     assert r.returncode == 0, r.stderr
