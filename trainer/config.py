@@ -155,8 +155,8 @@ class DeiT3Config(Strict):
     rand_aug_num_ops: int = 2
     rand_aug_magnitude: int = 9
     random_erasing_prob: float = Field(0.0, ge=0.0, le=1.0)
-    mixup_alpha: Literal[0.0] = Field(0.0, description="Not meaningful for SSL: only 0.")
-    cutmix_alpha: Literal[0.0] = Field(0.0, description="Not meaningful for SSL: only 0.")
+    mixup_alpha: float = Field(0.0, ge=0.0, le=0.0, description="Not meaningful for SSL: only 0.")
+    cutmix_alpha: float = Field(0.0, ge=0.0, le=0.0, description="Not meaningful for SSL: only 0.")
 
 
 class AugmentationConfig(Strict):

@@ -83,7 +83,7 @@ def build_train_data(cfg: Config, two_views: bool | None = None) -> TrainData:
     specs = cfg.data.datasets
     members = [open_split(spec, "ssl", transform, cfg.data) for spec in specs]
     keys = _keys(specs)
-    sizes = {k: len(m) for k, m in zip(keys, members, strict=True)}
+    sizes = {k: len(m) for k, m in zip(keys, members, strict=True)}  # type: ignore[arg-type]
     for key, n in sizes.items():
         if n == 0:
             spec = specs[keys.index(key)]
