@@ -28,10 +28,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from trainer.config import Config, format_validation_error
+from trainer.config import Config, ConfigError, format_validation_error, load_raw
 
 FEATURE_KEYS: dict[str, str] = {
     "contrastive": "loss.use_contrastive",
@@ -44,7 +43,7 @@ FEATURE_KEYS: dict[str, str] = {
 FeatureName = Literal[
     "contrastive", "fpn", "gradient_checkpointing", "flash_attention", "layerscale", "vicreg"
 ]
-METRICS = (
+MetricName = Literal[
     "finished_in_window",
     "no_unrecovered_nonfinite",
     "linear_probe",
@@ -53,7 +52,7 @@ METRICS = (
     "knn_20",
     "feature_std",
     "effective_rank",
-)
+]
 RUNBOOK_DIR = Path(__file__).resolve().parent.parent / "runbooks"
 
 
@@ -105,16 +104,7 @@ class Ladders(_M):
 
 
 class Check(_M):
-    metric: Literal[
-        "finished_in_window",
-        "no_unrecovered_nonfinite",
-        "linear_probe",
-        "knn_1",
-        "knn_5",
-        "knn_20",
-        "feature_std",
-        "effective_rank",
-    ]
+    metric: MetricName
     op: Literal[">", ">=", "<", "<="] | None = None
     value: float | None = None
     relative: bool = Field(False, description="Compare the gain over the epoch-0 eval.")
@@ -215,14 +205,11 @@ def parse_runbook(raw: Any, source: str) -> Runbook:
 
 def load_runbook(path: str | Path) -> Runbook:
     """Load and validate a runbook file; errors name the file and the key."""
-    p = Path(path)
-    if not p.is_file():
-        raise RunbookError(f"{p}: runbook file not found")
     try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise RunbookError(f"{p}: not valid YAML ({exc})") from exc
-    return parse_runbook(raw, str(p))
+        raw = load_raw(path, what="runbook")
+    except ConfigError as exc:
+        raise RunbookError(str(exc)) from None
+    return parse_runbook(raw, str(path))
 
 
 def default_runbook_for(config_path: str | Path) -> Path:

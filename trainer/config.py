@@ -473,10 +473,11 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def load_raw(path: str | Path) -> dict[str, Any]:
+def load_raw(path: str | Path, what: str = "config") -> dict[str, Any]:
+    """A YAML mapping from ``path``; errors (ConfigError) name the file and ``what`` it is."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"{p}: config file not found")
+        raise ConfigError(f"{p}: {what} file not found")
     try:
         raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
