@@ -12,7 +12,10 @@ Run directory (``--run-dir DIR``)::
     DIR/faults.fired.json      one-shot faults already fired (carried across resumes)
     DIR/worker.log             stdout+stderr of the worker (written by whoever launched it)
 
-Every event has ``v`` (schema version), ``type`` and ``ts`` (unix wall-clock seconds).
+Every event has ``v`` (schema version), ``type``, ``ts`` (unix wall-clock seconds, for display
+and schedules) and ``mono`` (the emitting process's ``time.monotonic()``: system-wide on Linux
+and macOS, so a supervisor on the same machine measures silences on it; an NTP step or a laptop
+sleep does not move it). Events from writers without ``mono`` fall back to ``ts``.
 
 | type        | fields                                                                       |
 |-------------|------------------------------------------------------------------------------|
@@ -20,15 +23,21 @@ Every event has ``v`` (schema version), ``type`` and ``ts`` (unix wall-clock sec
 |             | features {name: "on"/"off"/...}, micro_batch, accum_steps, epochs,           |
 |             | steps_per_epoch, epoch_size, datasets {name: samples}, start_epoch,          |
 |             | start_step, resumed_from                                                     |
-| heartbeat   | phase (startup|data|train|eval|checkpoint), epoch, step, device_mem          |
+| heartbeat   | phase (startup|loader|data|train|eval|checkpoint), epoch, step, device_mem,   |
+|             | progress_age_s (since the main loop last progressed), step_s               |
 | step        | epoch, step, loss, loss_levels [..], loss_parts {..}, grad_norm, lr,          |
-|             | img_per_s, micro_batch, accum_steps, device_mem, grad_norms? (per module)    |
+|             | img_per_s, micro_batch, accum_steps, device_mem, grad_norms? (per module),   |
+|             | step_s (recent seconds per optimizer step, data wait included),            |
+|             | overflow_steps (steps skipped for gradient overflow so far), loss_scale      |
 | epoch_end   | epoch, seconds, steps, mean_loss, total_epochs                               |
 | eval        | epoch, knn {"1","5","20"} in [0,1], linear_probe, feature_std,                |
 |             | effective_rank, val_loss, seconds, num_samples                               |
 | checkpoint  | path, epoch, step, verified, seconds, reason (epoch|steps|stop|final)        |
 | checkpoint_rejected | path, reason  (a corrupt or unreadable checkpoint skipped on resume) |
 | resumed     | path, epoch, step, samples_in_epoch                                          |
+| resume_partial | path, dropped [checkpoint keys the model no longer has], missing [model   |
+|             | keys the checkpoint lacks], optimizer (restored|reset), message             |
+| best        | path (the checkpoint now best), metric, value, epoch, step                   |
 | control     | seq, epochs (new total or null), stop, applied (text)                        |
 | fatal       | kind (see FATAL_KINDS), message, feature, epoch, step                        |
 | finished    | reason (completed|stopped), epoch, step, seconds                             |
@@ -84,7 +93,9 @@ EXIT_CODE_OF_KIND: dict[str, int] = {
 }
 KIND_OF_EXIT_CODE: dict[int, str] = {v: k for k, v in EXIT_CODE_OF_KIND.items()}
 
-Phase = Literal["startup", "data", "train", "eval", "checkpoint"]
+# "loader": waiting for the first batch of an epoch (loader workers starting); "data": waiting for
+# a batch mid-epoch (judged by the step timeout: a data stall is a stalled step).
+Phase = Literal["startup", "loader", "data", "train", "eval", "checkpoint"]
 
 
 class _Event(BaseModel):
@@ -92,6 +103,7 @@ class _Event(BaseModel):
     v: int = SCHEMA_VERSION
     type: str
     ts: float = Field(default_factory=time.time)
+    mono: float = Field(default_factory=time.monotonic)
 
 
 class Started(_Event):
@@ -120,6 +132,7 @@ class Heartbeat(_Event):
     epoch: int = 0
     step: int = 0
     device_mem: dict[str, int] = Field(default_factory=dict)
+    step_s: float | None = None
 
 
 class Step(_Event):
@@ -135,6 +148,9 @@ class Step(_Event):
     micro_batch: int
     accum_steps: int
     device_mem: dict[str, int] = Field(default_factory=dict)
+    step_s: float | None = None
+    overflow_steps: int = 0
+    loss_scale: float | None = None
 
 
 class EpochEnd(_Event):
@@ -182,6 +198,28 @@ class Resumed(_Event):
     samples_in_epoch: int = 0
 
 
+class ResumePartial(_Event):
+    """A resume that could not load everything (a feature's weights removed by a fallback)."""
+
+    type: Literal["resume_partial"] = "resume_partial"
+    path: str
+    dropped: list[str] = Field(default_factory=list)
+    missing: list[str] = Field(default_factory=list)
+    optimizer: Literal["restored", "reset"] = "restored"
+    message: str = ""
+
+
+class Best(_Event):
+    """The checkpoint at ``path`` is now the best by ``metric`` (checkpoint.metric/mode)."""
+
+    type: Literal["best"] = "best"
+    path: str
+    metric: str
+    value: float
+    epoch: int
+    step: int
+
+
 class ControlApplied(_Event):
     type: Literal["control"] = "control"
     seq: int
@@ -218,6 +256,8 @@ EVENT_TYPES: dict[str, type[_Event]] = {
         Checkpoint,
         CheckpointRejected,
         Resumed,
+        ResumePartial,
+        Best,
         ControlApplied,
         Fatal,
         Finished,

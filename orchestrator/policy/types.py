@@ -51,6 +51,10 @@ class Observation:
     running: bool
     started_at: float  # when the attempt was launched
     last_heartbeat_at: float | None = None  # ts of the newest heartbeat/step/any event
+    # seconds since the newest sign of progress, measured by the supervisor on the monotonic
+    # clock (None: unknown, the policy falls back to now − last_heartbeat_at)
+    silent_s: float | None = None
+    recent_step_s: float | None = None  # the run's own recent seconds per optimizer step
     phase: str = "startup"
     epoch: int = 0  # epochs completed in this lineage
     step: int = 0
