@@ -51,8 +51,15 @@ from orchestrator.policy import (
     decide,
     heartbeat_timeout,
     judge,
+    silence,
 )
-from orchestrator.runbook import FEATURE_KEYS, Runbook, default_runbook_for, load_runbook
+from orchestrator.runbook import (
+    FEATURE_KEYS,
+    Runbook,
+    RunbookError,
+    default_runbook_for,
+    load_runbook,
+)
 from orchestrator.state import (
     Attempt,
     Fallback,
@@ -79,6 +86,9 @@ from trainer.events import (
 
 ROOT = Path(__file__).resolve().parent.parent
 FINISHED_KINDS = ("succeeded", "partial", "failed", "skipped")
+RUNG_SKIPPED = "rung_skipped"  # a rung whose overrides the recipe's config schema rejects
+RUNNER_ERROR = "runner_error"  # an exception inside the night runner itself
+MAX_RUNG_SKIPS = 20
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,15 +142,34 @@ def newest(refs: list[CheckpointRef]) -> CheckpointRef | None:
     return max(refs, key=lambda r: (r.step, r.ts)) if refs else None
 
 
+def best_of(night: Night, refs: list[CheckpointRef]) -> str | None:
+    """The best checkpoint by the config's ``checkpoint.metric`` among the lineage's usable
+    ones: the newest ``best`` event (the worker compares by metric and mode) whose checkpoint
+    is still in the lineage, else that attempt's ``best.pt`` copy (pruning may have removed the
+    original); None when no attempt reported one."""
+    usable = {r.path for r in refs}
+    for att in reversed(night.attempts):
+        for ev in reversed(attempt_view(att).bests):
+            path = str(ev.get("path"))
+            if path in usable:
+                return path
+            copy = Path(path).parent / "best.pt"
+            if copy.is_file():
+                return str(copy)
+    return None
+
+
 def build_history(night: Night, cfg: Config, base_cfg: Config) -> NightHistory:
     rungs: dict[str, int] = {}
     disabled: list[str] = []
-    for fb in night.fallbacks:
-        ladder, rung = fb.evidence.get("ladder"), fb.evidence.get("rung")
+    taken = [fb.evidence for fb in night.fallbacks]
+    taken += [d.evidence for d in night.decisions if d.kind == RUNG_SKIPPED]
+    for evidence in taken:
+        ladder, rung = evidence.get("ladder"), evidence.get("rung")
         if isinstance(ladder, str) and isinstance(rung, int):
             rungs[ladder] = max(rungs.get(ladder, 0), rung + 1)
-        if ladder == "features" and isinstance(fb.evidence.get("feature"), str):
-            disabled.append(fb.evidence["feature"])
+        if ladder == "features" and isinstance(evidence.get("feature"), str):
+            disabled.append(evidence["feature"])
     best, without = -1, 0
     for att in night.attempts:
         steps = [int(c["step"]) for c in attempt_view(att).checkpoints]
@@ -253,8 +282,18 @@ class NightRunner:
 
     # -- recording ------------------------------------------------------------------------
     def record(self, d: Decision, attempt: int | None, kind: str | None = None) -> None:
+        """Write a decision (and its fallback) into the state file, with its overrides.
+
+        A decision is state, not a message: the config keys it changes (``d.overrides``: epochs,
+        batch and accumulation, LR, features, dataset, warm-up, clip) go into the night's
+        overrides in the same atomic save, BEFORE the caller sends anything to a live worker or
+        launches the next attempt; every attempt is launched from those overrides alone.
+        """
         n, at = self.night, now_iso()
+        n.overrides.update(d.overrides)
         ev = dict(d.evidence, attempt=attempt)
+        if d.overrides:
+            ev.setdefault("overrides", dict(d.overrides))
         n.decisions.append(DecisionRecord(kind=kind or d.kind.value, trigger=d.trigger,
                                           action=d.action, at=at, evidence=ev))
         if d.fallback:
@@ -271,7 +310,7 @@ class NightRunner:
             n.baseline_metrics = _metrics(ev)
         elif kind == "eval":
             n.final_metrics = _metrics(ev)
-        elif kind == "checkpoint":
+        elif kind == "best":
             n.best_checkpoint = str(ev.get("path"))
         elif kind == "control" and ev.get("epochs"):
             n.epochs_planned = int(ev["epochs"])
@@ -384,6 +423,43 @@ class NightRunner:
 
     # -- main loop ------------------------------------------------------------------------
     def run(self) -> Night:
+        """Run the night to its end (or to a stop request). An exception inside the runner
+        never leaves the night without an ending: it is recorded as a ``runner_error``
+        decision, a worker still running is stopped, and the night is finalised with the
+        reason (best checkpoint kept, evaluated where time allows)."""
+        try:
+            return self._run()
+        except Exception as exc:
+            return self._runner_failed(exc)
+
+    def _runner_failed(self, exc: Exception) -> Night:
+        import traceback
+
+        n = self.night
+        where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+        text = f"{type(exc).__name__}: {exc}".strip()
+        at = f" ({Path(where.filename).name}:{where.lineno})" if where else ""
+        reason = f"the night runner failed: {text}{at}"
+        with contextlib.suppress(Exception):
+            self.record(Decision(DecisionKind.END_NIGHT, RUNNER_ERROR, reason,
+                                 {"error": text, "where": at.strip(" ()")}),
+                        n.attempts[-1].index if n.attempts else None, kind=RUNNER_ERROR)
+        with contextlib.suppress(Exception):
+            last = n.attempts[-1] if n.attempts else None
+            if last is not None and last.exit_kind is None:
+                self.recover(last)
+        try:
+            self.finalise(Decision(DecisionKind.END_NIGHT, RUNNER_ERROR, reason, reason=reason))
+        except Exception as again:  # the state must still say the night ended, and why
+            n.status = "failed"
+            n.reason = f"{reason}; finalising failed too: {type(again).__name__}: {again}"
+            n.ended_at = now_iso()
+            if self.state.current_night == self.index:
+                self.state.current_night = None
+            self.save()
+        return n
+
+    def _run(self) -> Night:
         n = self.night
         if n.status in FINISHED_KINDS:
             return n
@@ -408,6 +484,18 @@ class NightRunner:
                 return n
             self.launch(resume)
 
+    def _rung_problem(self, d: Decision) -> str | None:
+        """Why a restart's overrides do not validate against the recipe (None: they do)."""
+        if d.kind is not DecisionKind.RESTART or not d.overrides:
+            return None
+        try:
+            load_config(self.night.config,
+                        override_args({**self.night.overrides, **d.overrides}))
+        except ConfigError as exc:
+            lines = [ln.strip() for ln in str(exc).strip().splitlines()]
+            return "; ".join(lines[1:] or lines)
+        return None
+
     def _pending_restart(self, last: Attempt) -> Decision | None:
         for rec in reversed(self.night.decisions):
             if rec.evidence.get("after_attempt") == last.index and rec.kind == "restart":
@@ -419,8 +507,19 @@ class NightRunner:
     def _decide_after(self, last: Attempt) -> Decision:
         view = attempt_view(last)
         obs = ended_observation(last, view, _stop_reason(self.night, last.index))
-        d = decide(obs, self.history(), self.rb, self.sys.wall(), self.deadline)
-        self.night.overrides.update(d.overrides)
+        for _ in range(MAX_RUNG_SKIPS):
+            d = decide(obs, self.history(), self.rb, self.sys.wall(), self.deadline)
+            problem = self._rung_problem(d)
+            if problem is None:
+                break
+            # The rung cannot apply to this recipe: record it as used and decide again.
+            self.record(Decision(DecisionKind.CONTINUE, d.trigger,
+                                 f"rung skipped: {d.effect or d.action} does not apply to "
+                                 f"this recipe ({problem})",
+                                 {"ladder": d.ladder, "rung": d.evidence.get("rung"),
+                                  "feature": d.evidence.get("feature"), "error": problem,
+                                  "after_attempt": last.index}),
+                        last.index, kind=RUNG_SKIPPED)
         if d.kind is DecisionKind.RESTART:
             d = Decision(d.kind, d.trigger, d.action, dict(d.evidence, after_attempt=last.index),
                          resume_from=d.resume_from, overrides=d.overrides, effect=d.effect,
@@ -431,9 +530,9 @@ class NightRunner:
     # -- the end --------------------------------------------------------------------------
     def finalise(self, d: Decision) -> None:
         n = self.night
-        top = newest(lineage(n))
-        if top is not None:
-            n.best_checkpoint = top.path
+        refs = lineage(n)
+        top = newest(refs)
+        n.best_checkpoint = best_of(n, refs) or (top.path if top else None)
         evals = [(ev, att) for att in n.attempts for ev in attempt_view(att).evals
                  if int(ev.get("epoch", 0)) > 0]
         final_ev = max(evals, key=lambda p: float(p[0].get("ts", 0)))[0] if evals else None
@@ -483,8 +582,7 @@ class NightRunner:
 
         def only_hang(obs: Observation) -> Decision:
             timeout, _ = heartbeat_timeout(obs, self.rb)
-            silent = self.sys.wall() - (obs.last_heartbeat_at or obs.started_at)
-            if silent > timeout:
+            if silence(obs, self.sys.wall()) > timeout:
                 return Decision(DecisionKind.RESTART, "hang", "final eval hung: kill it")
             return CONTINUE
 
@@ -509,9 +607,28 @@ def worker_env() -> dict[str, str]:
 def run_night(store: StateStore, night_index: int, *, stop: threading.Event | None = None,
               system: System | None = None,
               on_update: Callable[[State], None] | None = None) -> Night:
-    """Run (or resume, or finalise) ``state.nights[night_index]``; returns the night record."""
-    runner = NightRunner(store, night_index, stop or threading.Event(), system or System(),
-                         on_update)
+    """Run (or resume, or finalise) ``state.nights[night_index]``; returns the night record.
+
+    A night that cannot even be set up (its runbook or its config with the recorded overrides
+    no longer loads) ends ``failed`` with the reason in the state file, never half-open."""
+    try:
+        runner = NightRunner(store, night_index, stop or threading.Event(), system or System(),
+                             on_update)
+    except (ConfigError, RunbookError, ValueError, OSError) as exc:
+        state = store.load()
+        if not 0 <= night_index < len(state.nights):
+            raise
+        n = state.nights[night_index]
+        if n.status in FINISHED_KINDS:
+            return n
+        n.status, n.ended_at = "failed", now_iso()
+        n.reason = f"the night could not be set up: {exc}"
+        if state.current_night == night_index:
+            state.current_night = None
+        store.save(state)
+        if on_update is not None:
+            on_update(state)
+        return n
     return runner.run()
 
 

@@ -69,12 +69,31 @@ class Limits(_M):
     max_attempts_without_progress: int = Field(
         3, ge=1, description="Consecutive failed attempts that added no checkpoint past the best."
     )
+    max_consecutive_overflows: int = Field(
+        25,
+        ge=1,
+        description="Gradient-overflow steps in a row the worker may skip (fp16 GradScaler "
+        "backs off on purpose) before it calls the loss non-finite; passed to every attempt "
+        "as training.max_consecutive_overflows.",
+    )
 
 
 class HeartbeatTimeouts(_M):
     startup_timeout_s: float = Field(900, gt=0, description="Until the first train heartbeat.")
-    step_timeout_s: float = Field(180, gt=0, description="Silence allowed in phase train.")
-    slow_phase_timeout_s: float = Field(1200, gt=0, description="Phases eval/checkpoint/data.")
+    step_timeout_s: float = Field(
+        180, gt=0, description="Silence allowed in phases train and data (a data stall is a "
+        "stalled step), at least; see step_timeout_factor."
+    )
+    step_timeout_factor: float = Field(
+        5.0,
+        ge=1.0,
+        description="The step timeout adapts to the run's own pace: silence allowed in train/data "
+        "is max(step_timeout_s, factor × the recent seconds per step). A machine whose steps "
+        "are slow is not hung; its epochs get cut instead.",
+    )
+    slow_phase_timeout_s: float = Field(
+        1200, gt=0, description="Phases loader (first batch of an epoch), eval, checkpoint."
+    )
     term_grace_s: float = Field(30, gt=0, description="SIGTERM → SIGKILL delay.")
 
 

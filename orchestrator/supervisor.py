@@ -72,6 +72,7 @@ class AttemptView:
     eval_seconds: list[float] = field(default_factory=list)
     checkpoint_seconds: list[float] = field(default_factory=list)
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
+    bests: list[dict[str, Any]] = field(default_factory=list)  # ``best`` events, oldest first
     evals: list[dict[str, Any]] = field(default_factory=list)
     device_mem: int | None = None
     fatal: dict[str, Any] | None = None
@@ -110,6 +111,8 @@ class AttemptView:
             self.checkpoints.append(ev)
             self.checkpoint_seconds.append(float(ev.get("seconds", 0.0)))
             self.progress_ts = ts
+        elif kind == "best":
+            self.bests.append(ev)
         elif kind == "control" and ev.get("epochs"):
             self.total_epochs = int(ev["epochs"])
         elif kind == "fatal":

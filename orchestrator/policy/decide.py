@@ -3,9 +3,11 @@
 Rows, in the order they are tried (the table tests in tests/unit/test_policy.py follow it):
 
 Live worker (``obs.running``):
-  hang       silence since the last event > the phase's timeout (startup/data before the first
-             train heartbeat: startup_timeout_s; train: step_timeout_s; eval/checkpoint/data:
-             slow_phase_timeout_s)                      → RESTART trigger hang (kill first)
+  hang       silence since the newest sign of progress (measured by the supervisor on the
+             monotonic clock) > the phase's timeout: startup → startup_timeout_s;
+             train/data (a data stall is a stalled step) → max(step_timeout_s,
+             step_timeout_factor × the run's recent seconds per step); loader/eval/checkpoint →
+             slow_phase_timeout_s                      → RESTART trigger hang (kill first)
   (while a stop is already under way nothing else is considered)
   deadline   now ≥ deadline − final_eval               → STOP_FOR_DEADLINE (with final eval)
   memory     worker tree RSS, GPU or reported device memory > ceiling, or swap growth >
@@ -16,6 +18,8 @@ Live worker (``obs.running``):
              a ``slow.then`` rung remains, a checkpoint exists and ≥ 2 epochs would remain
                                                         → RESTART trigger slow (graceful stop;
              the new attempt gets the rung and the cut epoch count)
+             Both carry ``training.epochs`` in ``overrides``: the night runner writes it into the
+             night's overrides (state.json) before the control file or the restart acts on it.
   otherwise  CONTINUE
 
 Ended worker (``obs.exit_kind`` set):
@@ -29,7 +33,9 @@ Ended worker (``obs.exit_kind`` set):
                                                steps completed), next LR/warmup/clip rung
   feature                                    → RESTART from newest checkpoint, feature disabled
   data                                       → RESTART with the dataset fallback
-  stopped for slow                           → RESTART from newest checkpoint, next slow.then rung
+  stopped for slow                           → RESTART from newest checkpoint, next slow.then rung,
+                                               epochs = the smallest of the cut in force and
+                                               the attempt's total (a cut is never undone)
   stopped for a daemon stop / recovered      → RESTART from newest checkpoint (not a fallback)
   hang | crash | stopped (unasked)           → RESTART from newest checkpoint, same overrides
   config | resume                            → END_NIGHT (nothing a rung can fix)
@@ -63,27 +69,38 @@ def decide(
 
 # ---------------------------------------------------------------------------------------------
 def heartbeat_timeout(obs: Observation, runbook: Runbook) -> tuple[float, str]:
+    """The silence allowed in the worker's current phase, and the phase's name."""
     hb = runbook.heartbeat
-    if obs.last_heartbeat_at is None or obs.phase == "startup":
+    if (obs.last_heartbeat_at is None and obs.silent_s is None) or obs.phase == "startup":
         return hb.startup_timeout_s, "startup"
-    if obs.phase == "train":
-        return hb.step_timeout_s, "train"
+    if obs.phase in ("train", "data"):
+        timeout = hb.step_timeout_s
+        if obs.recent_step_s is not None and obs.recent_step_s > 0:
+            timeout = max(timeout, hb.step_timeout_factor * obs.recent_step_s)
+        return timeout, obs.phase
     return hb.slow_phase_timeout_s, obs.phase
+
+
+def silence(obs: Observation, now: float) -> float:
+    """Seconds without progress: the supervisor's monotonic measure when it has one."""
+    if obs.silent_s is not None:
+        return obs.silent_s
+    return now - (obs.last_heartbeat_at or obs.started_at)
 
 
 def _live(
     obs: Observation, history: NightHistory, rb: Runbook, now: float, deadline: float
 ) -> Decision:
     timeout, phase = heartbeat_timeout(obs, rb)
-    silent = now - (obs.last_heartbeat_at or obs.started_at)
+    silent = silence(obs, now)
     if silent > timeout:
         return Decision(
             K.RESTART,
             "hang",
-            f"no heartbeat for {silent:.0f} s in phase {phase} (limit {timeout:.0f} s): "
+            f"no progress for {silent:.0f} s in phase {phase} (limit {timeout:.0f} s): "
             "kill the worker (SIGTERM, then SIGKILL) and resume from the last checkpoint",
-            {"silent_s": round(silent, 1), "timeout_s": timeout, "phase": phase,
-             "step": obs.step},
+            {"silent_s": round(silent, 1), "timeout_s": round(timeout, 1), "phase": phase,
+             "step": obs.step, "recent_step_s": obs.recent_step_s},
         )
     if obs.stopping:
         return CONTINUE
@@ -167,6 +184,8 @@ def _slow(obs: Observation, history: NightHistory, rb: Runbook, deadline: float)
             f"even {min(preferred)} epochs do not fit ({fit} do): checkpoint, stop and restart "
             f"with {then.effect} and {target} epochs",
             dict(evidence, epochs=target),
+            epochs=target,
+            overrides={"training.epochs": target},
         )
     if target is not None:
         return Decision(
@@ -176,7 +195,9 @@ def _slow(obs: Observation, history: NightHistory, rb: Runbook, deadline: float)
             f"{per:.0f} s/epoch: cut epochs {obs.total_epochs} → {target} live",
             evidence,
             epochs=target,
-            effect=f"epochs {obs.total_epochs} → {target} (LR/EMA schedules rescaled)",
+            overrides={"training.epochs": target},
+            effect=f"epochs {obs.total_epochs} → {target} (the rest of the LR/EMA schedules "
+            "rescaled)",
             fallback=True,
         )
     return CONTINUE
@@ -276,11 +297,13 @@ def _ended(
     if kind == "stopped" and obs.stop_reason == "slow":
         step = ladders.slow_then_step(history, rb)
         if step is not None:
-            keep = {"training.epochs": obs.total_epochs} if obs.total_epochs else {}
+            totals = [t for t in (obs.total_epochs, history.config.epochs) if t]
+            keep = {"training.epochs": min(totals)} if totals else {}
             step = ladders.Step(step.ladder, step.rung, {**step.overrides, **keep},
                                 step.effect, step.evidence)
+            epochs = keep.get("training.epochs", obs.total_epochs)
             return _restart("slow", step, newest, f"too slow: {step.effect}; resume with "
-                            f"{obs.total_epochs} epochs", ev)
+                            f"{epochs} epochs", ev)
     what = {"hang": "hung worker killed", "crash": f"crash ({obs.message})",
             "stopped": "worker stopped without being asked"}.get(kind, kind)
     return _restart(kind, None, newest, f"{what}: resume from the last checkpoint", ev)

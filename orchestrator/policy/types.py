@@ -106,7 +106,9 @@ class Decision:
     evidence: dict[str, Any] = field(default_factory=dict)
     epochs: int | None = None  # SET_EPOCHS
     resume_from: str | None = None  # RESTART: checkpoint path (None: fresh start)
-    overrides: dict[str, Any] = field(default_factory=dict)  # RESTART: new keys to set
+    # new config keys to set (RESTART, and SET_EPOCHS's training.epochs): the night runner writes
+    # them into the night's overrides in state.json BEFORE the decision takes effect
+    overrides: dict[str, Any] = field(default_factory=dict)
     ladder: str | None = None  # RESTART: which ladder advanced (counted in rungs_used)
     effect: str = ""  # what changed for the experiment (effective batch, LR scaling, ...)
     fallback: bool = False  # record as a fallback (a change to the night), not just a decision

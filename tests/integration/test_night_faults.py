@@ -142,6 +142,42 @@ def test_finished_night_is_not_rerun(tmp_path: Path) -> None:
     assert len(again.attempts) == 1
 
 
+def test_a_rung_the_recipe_rejects_is_skipped_and_the_night_goes_on(tmp_path: Path) -> None:
+    rb = runbook(tmp_path, **{"ladders.oom": [{"set": {"data.batch_size": -4}},
+                                             {"set": {"data.batch_size": 16}}]})
+    store = night(tmp_path, {"training.epochs": 2, "faults.oom_above_micro_batch": 16}, rb=rb)
+    n = run_fake(store)
+    assert n.status == "succeeded", n.reason
+    skipped = [d for d in n.decisions if d.kind == "rung_skipped"]
+    assert len(skipped) == 1 and "data.batch_size" in skipped[0].evidence["error"]
+    assert [a.exit_kind for a in n.attempts] == ["oom", "finished"]
+    assert n.attempts[-1].overrides["data.batch_size"] == 16
+
+
+def test_an_error_inside_the_runner_still_ends_the_night(tmp_path: Path,
+                                                         monkeypatch: Any) -> None:
+    """An exception in the runner's own code (here: an observer of the state) is recorded,
+    the worker it was supervising is stopped, and the night gets an ending and a reason."""
+    monkeypatch.setenv("FAKE_STEP_S", "0.2")
+    store = night(tmp_path, {"training.epochs": 3})
+    raised: list[int] = []
+
+    def observer(state: Any) -> None:
+        n = state.nights[0]
+        if not raised and n.attempts and n.attempts[-1].pid and n.epochs_done:
+            raised.append(n.attempts[-1].pid)
+            raise RuntimeError("observer broke")
+
+    runner = NightRunner(store, 0, threading.Event(), System(), observer, worker=FAKE)
+    n = runner.run()
+    assert raised
+    assert n.status in ("failed", "partial") and n.ended_at is not None
+    assert "the night runner failed: RuntimeError: observer broke" in (n.reason or "")
+    assert any(d.kind == "runner_error" for d in store.load().nights[0].decisions)
+    assert not System().is_alive(raised[0], n.attempts[0].pid_create_time)
+    assert store.load().nights[0].status == n.status
+
+
 # --- the real worker (python -m trainer) on the demo config --------------------------------------
 TINY = {
     "data.synthetic.num_train": 128,

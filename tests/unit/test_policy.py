@@ -106,6 +106,56 @@ def test_live_rows(name: str, obs: Observation, history: NightHistory, kind: K,
         assert d.action and d.evidence
 
 
+# --- hang timing: monotonic silence, data stalls, the run's own pace ------------------------
+HANG_ROWS = [
+    # (name, observation, expected kind) against CONS: step 180 s, factor 5, slow phase 1200 s
+    ("supervisor's monotonic silence wins over a wall-clock jump",
+     live(last_heartbeat_at=NOW - 5000, silent_s=3.0), K.CONTINUE),
+    ("monotonic silence past the step timeout", live(last_heartbeat_at=NOW - 1, silent_s=181),
+     K.RESTART),
+    ("a data stall is judged by the step timeout", live(phase="data", silent_s=181), K.RESTART),
+    ("loader start-up gets the slow-phase timeout", live(phase="loader", silent_s=900),
+     K.CONTINUE),
+    ("slow machine: 270 s steps (1.5x the timeout) are not a hang",
+     live(silent_s=300, recent_step_s=270.0), K.CONTINUE),
+    ("slow machine: a real stall is still caught (> 5 x 270 s)",
+     live(silent_s=1400, recent_step_s=270.0), K.RESTART),
+    ("fast steps never shrink the timeout below the runbook's",
+     live(silent_s=100, recent_step_s=0.1), K.CONTINUE),
+]
+
+
+@pytest.mark.parametrize(("name", "obs", "kind"), HANG_ROWS, ids=[r[0] for r in HANG_ROWS])
+def test_hang_rows(name: str, obs: Observation, kind: K) -> None:
+    d = decide(obs, hist(), CONS, NOW, DEADLINE)
+    assert d.kind is kind
+    if kind is K.RESTART:
+        assert d.trigger == "hang" and d.evidence["timeout_s"] >= 180
+
+
+def test_adaptive_timeout_is_reported_in_the_evidence() -> None:
+    d = decide(live(silent_s=1400, recent_step_s=270.0), hist(), CONS, NOW, DEADLINE)
+    assert d.evidence["timeout_s"] == 1350.0 and d.evidence["recent_step_s"] == 270.0
+
+
+def test_live_epoch_cut_is_state_it_carries_the_override() -> None:
+    d = decide(live(**fast_epochs(5, 400.0)), hist(), CONS, NOW, DEADLINE)
+    assert d.kind is K.SET_EPOCHS and d.overrides == {"training.epochs": 30}
+
+
+def test_slow_restart_sends_its_epoch_count_as_an_override() -> None:
+    d = decide(live(**fast_epochs(5, 1400.0)), hist(), CONS, NOW, DEADLINE)
+    assert d.kind is K.RESTART and d.overrides == {"training.epochs": 14}
+
+
+def test_a_cut_is_never_undone_by_the_slow_restart() -> None:
+    # the cut (14) is in force in the night's overrides; the stopped worker still said 50
+    facts = replace(hist().config, epochs=14)
+    after = decide(ended("stopped", stop_reason="slow", total_epochs=50), hist(config=facts),
+                   CONS, NOW, DEADLINE)
+    assert after.overrides["training.epochs"] == 14
+
+
 def test_slow_cut_takes_largest_rung_that_fits() -> None:
     # 4 h − 20 min reserve from an epoch end 10 s ago: 13,210 s; 400 s/epoch → 33 more → 38 fit
     d = decide(live(**fast_epochs(5, 400.0)), hist(), CONS, NOW, DEADLINE)
