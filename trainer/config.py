@@ -437,9 +437,47 @@ def _looks_like_float(text: str) -> bool:
     return any(c in text.lower() for c in "e.") and text.strip().lower() not in ("nan", "inf")
 
 
+# One knob, several spellings (upstream's and ours). A --set of one spelling speaks for the knob:
+# the file's other spellings follow it (SAME: set to the same value) or give way to it
+# (REPLACED: removed), so "--set evaluation.eval_frequency=20" on a file that also says
+# experiment.eval_frequency: 10, or "--set data.datasets=[...]" on a file that says
+# data.dataset: imagenet100, is the change a person (or a fallback rung) meant, not a conflict.
+SAME: tuple[tuple[str, ...], ...] = (
+    ("evaluation.eval_frequency", "experiment.eval_frequency", "evaluation.knn.frequency"),
+    ("model.use_fpn", "model.fpn.use_fpn"),
+)
+REPLACED: dict[str, tuple[str, ...]] = {
+    "data.datasets": ("data.dataset", "data.data_path", "data.use_multi_dataset"),
+    "data.dataset": ("data.datasets", "data.use_multi_dataset"),
+}
+
+
+def _lookup(raw: dict[str, Any], dotted: str) -> tuple[dict[str, Any] | None, str]:
+    *parents, last = dotted.split(".")
+    node: Any = raw
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    return (node if isinstance(node, dict) else None), last
+
+
+def _follow_spellings(raw: dict[str, Any], key: str, value: Any, set_keys: set[str]) -> None:
+    for group in SAME:
+        if key in group:
+            for other in group:
+                node, last = _lookup(raw, other)
+                if other not in set_keys and node is not None and last in node:
+                    node[last] = value
+    for other in REPLACED.get(key, ()):
+        node, last = _lookup(raw, other)
+        if other not in set_keys and node is not None:
+            node.pop(last, None)
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    set_keys = {item.partition("=")[0].strip() for item in overrides}
     for item in overrides:
         path, value = parse_override(item)
+        _follow_spellings(raw, ".".join(path), value, set_keys)
         node = raw
         for part in path[:-1]:
             child = node.get(part)
