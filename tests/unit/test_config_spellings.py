@@ -47,7 +47,7 @@ def test_contradictions_inside_one_file_are_still_errors(tmp_path: Path) -> None
     f = tmp_path / "c.yaml"
     f.write_text(CONS.read_text().replace("  eval_frequency: 10\nmodel:",
                                           "  eval_frequency: 7\nmodel:"))
-    with pytest.raises(ConfigError, match="experiment.eval_frequency=7 disagrees"):
+    with pytest.raises(ConfigError, match=r"experiment\.eval_frequency=7 disagrees"):
         load_config(f)
 
 
