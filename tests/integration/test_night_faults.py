@@ -154,6 +154,15 @@ def test_a_rung_the_recipe_rejects_is_skipped_and_the_night_goes_on(tmp_path: Pa
     assert n.attempts[-1].overrides["data.batch_size"] == 16
 
 
+def test_best_checkpoint_is_the_best_by_metric_not_the_newest(tmp_path: Path,
+                                                              monkeypatch: Any) -> None:
+    monkeypatch.setenv("FAKE_BEST_EPOCH", "1")
+    store = night(tmp_path, {"training.epochs": 3})
+    n = run_fake(store)
+    assert n.status == "succeeded", n.reason
+    assert n.best_checkpoint is not None and n.best_checkpoint.endswith("ckpt-e0001-s00000004.pt")
+
+
 def test_an_error_inside_the_runner_still_ends_the_night(tmp_path: Path,
                                                          monkeypatch: Any) -> None:
     """An exception in the runner's own code (here: an observer of the state) is recorded,
@@ -278,3 +287,27 @@ def test_real_missing_dataset_falls_back(tmp_path: Path) -> None:
     assert n.attempts[0].exit_kind == "data"
     assert overrides_of(n)["data.datasets"] == [{"name": "synthetic", "weight": 1.0}]
     assert n.attempts[-1].exit_kind == "finished", n.reason
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("feature", ["contrastive", "fpn"])
+def test_real_aggressive_feature_rungs_resume_mid_run(tmp_path: Path, feature: str) -> None:
+    """The aggressive recipe's first two feature rungs, on its demo: the fault fires after a
+    checkpoint exists; the next attempt resumes from it (not step 0) with the feature off —
+    for FPN loading every weight that still fits and naming what it dropped."""
+    faults = {"faults.raise_in_feature": feature, "faults.raise_in_feature_after_step": 3}
+    store = night(tmp_path, {**TINY, **faults},
+                  config=str(ROOT / "configs/demo_aggressive.yaml"))
+    n = run_night(store, 0)
+    assert [a.exit_kind for a in n.attempts] == ["feature", "finished"], n.reason
+    assert n.status in ("succeeded", "partial")
+    second = n.attempts[1]
+    assert second.resume_from is not None and "-s00000002" in second.resume_from
+    from trainer.events import read_events
+
+    evs = read_events(Path(second.run_dir) / "events.jsonl")
+    started = next(e for e in evs if e["type"] == "started")
+    assert started["start_step"] == 2 and started["features"][feature] == "off"
+    if feature == "fpn":
+        partial = [e for e in evs if e["type"] == "resume_partial"]
+        assert partial and any("fpn" in k for k in partial[0]["dropped"]), partial
