@@ -32,12 +32,14 @@ sleep does not move it). Events from writers without ``mono`` fall back to ``ts`
 | epoch_end   | epoch, seconds, steps, mean_loss, total_epochs                               |
 | eval        | epoch, knn {"1","5","20"} in [0,1], linear_probe, feature_std,                |
 |             | effective_rank, val_loss, seconds, num_samples                               |
-| checkpoint  | path, epoch, step, verified, seconds, reason (epoch|steps|stop|final)        |
+| checkpoint  | path, epoch, step, verified, seconds, reason (epoch|steps|time|stop|final),  |
+|             | problem? (why verification failed). verified: re-read after writing, sha256 |
+|             | matches the sidecar, loads with weights_only; false: older ones not pruned  |
 | checkpoint_rejected | path, reason  (a corrupt or unreadable checkpoint skipped on resume) |
 | resumed     | path, epoch, step, samples_in_epoch                                          |
 | resume_partial | path, dropped [checkpoint keys the model no longer has], missing [model   |
 |             | keys the checkpoint lacks], optimizer (restored|reset), message             |
-| best        | path (the checkpoint now best), metric, value, epoch, step                   |
+| best        | path (the checkpoint now best, copied to best.pt), metric, value, epoch, step |
 | control     | seq, epochs (new total or null), stop, applied (text)                        |
 | fatal       | kind (see FATAL_KINDS), message, feature, epoch, step                        |
 | finished    | reason (completed|stopped), epoch, step, seconds                             |
