@@ -233,7 +233,7 @@ class Kernels:
     def norm(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         """The L2 norm of a list of tensors taken together (float32 scalar)."""
         if self.foreach:
-            parts = torch._foreach_norm(tensors)
+            parts = list(torch._foreach_norm(tensors))
         else:
             parts = [torch.linalg.vector_norm(t) for t in tensors]
         return torch.linalg.vector_norm(torch.stack(parts)).float()

@@ -197,3 +197,30 @@ def test_a_checkpoint_damaged_on_disk_after_writing_is_unverified(tmp_path, monk
     monkeypatch.setattr(ck, "_sha256", lambda p: real(p) if next(calls) % 2 == 0 else "0" * 64)
     saved = w.save({"w": torch.ones(2)}, {"epoch": 1, "step": 1})
     assert not saved.verified and "sha256" in saved.problem
+
+
+# -- phases: "loader" until the first batch of an epoch, "data" for mid-epoch waits -----------
+def test_phase_is_loader_for_the_first_batch_and_data_after(tmp_path):
+    from tests.workerutil import DEMO, TINY
+    from trainer.config import load_config
+    from trainer.emitter import Emitter
+    from trainer.loop import Worker
+
+    cfg = load_config(DEMO, [*TINY, "training.epochs=1", "data.synthetic.num_train=64"])
+    em = Emitter(tmp_path / "events.jsonl")
+    worker = Worker(cfg, tmp_path, None, em)
+    worker.setup()
+    seen: list[str] = []
+    real = worker.loader
+
+    def loader(epoch, start):
+        seen.append("make:" + em.phase)
+        for batch in real(epoch, start):
+            seen.append("wait:" + em.phase)
+            yield batch
+
+    worker.loader = loader  # type: ignore[method-assign]
+    worker.train_epoch()
+    em.close()
+    assert seen == ["make:loader", "wait:loader", "wait:data", "wait:data", "wait:data"]
+    assert worker.step_s() is not None and len(worker.step_times) == 4
