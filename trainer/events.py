@@ -44,6 +44,11 @@ sleep does not move it). Events from writers without ``mono`` fall back to ``ts`
 | fatal       | kind (see FATAL_KINDS), message, feature, epoch, step                        |
 | finished    | reason (completed|stopped), epoch, step, seconds                             |
 
+``started.epochs`` and ``epoch_end.total_epochs`` are the total epochs in force (after every
+epoch cut, including one a resume adds when ``training.epochs`` differs from the checkpoint's).
+A ``step`` event is emitted for optimizer steps taken; a step skipped for gradient overflow
+shows only in the next one's ``overflow_steps``.
+
 ``device_mem`` is {"allocated": bytes, "reserved": bytes, "driver": bytes} with the readings
 the device offers (CUDA: allocated/reserved; MPS: allocated/driver; CPU: process RSS as
 "allocated").
