@@ -6,7 +6,8 @@
 Writes events to ``RUN_DIR/events.jsonl`` and the resolved config to
 ``RUN_DIR/config.resolved.yaml``; exits with a code per outcome (``trainer/events.py``):
 0 completed, 2 config/usage error, 3 stopped on request (checkpoint written), 10 oom,
-11 non-finite loss, 12 feature failure, 13 dataset missing, 14 crash, 15 no usable checkpoint.
+11 non-finite loss (or too many gradient overflows in a row), 12 feature failure, 13 dataset
+missing, 14 crash, 15 no usable checkpoint (or one lacking weights of a module still on).
 
 ``--eval-only`` evaluates the ``--resume`` checkpoint (an ``eval`` event) and exits.
 ``--probe N`` times N optimizer steps after warm-up and prints one JSON line

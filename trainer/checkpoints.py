@@ -9,6 +9,10 @@ Layout in ``RUN_DIR/checkpoints/``::
 
 A checkpoint is written to a temp file, fsynced and renamed; the sidecar is written (also
 atomically) after the data, so a checkpoint without a sidecar is incomplete and is never used.
+Then the write is VERIFIED: the file is re-read, its sha256 must match the sidecar and it must
+``torch.load(weights_only=True)`` (memory-mapped: the structure is read, not every byte twice).
+Only a verified save prunes older checkpoints; a failed one leaves them all on disk
+(:class:`Saved` says which happened, the ``checkpoint`` event reports it as ``verified``).
 Loading verifies size and sha256 and uses ``torch.load(weights_only=True)``. ``resolve`` picks the
 newest good checkpoint (``auto``) or the requested one; a corrupt one is reported through
 ``on_reject`` and the previous good one in the same folder is used instead. If none is usable
@@ -25,6 +29,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +46,17 @@ class NoCheckpointError(RuntimeError):
 
 class CorruptCheckpointError(RuntimeError):
     pass
+
+
+class IncompatibleCheckpointError(NoCheckpointError):
+    """The checkpoint lacks (or mis-shapes) weights of a module that is still on."""
+
+
+@dataclass(frozen=True)
+class Saved:
+    path: Path
+    verified: bool
+    problem: str = ""  # why verification failed
 
 
 def checkpoint_name(epoch: int, step: int) -> str:
@@ -100,6 +116,15 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
         raise CorruptCheckpointError(f"{path}: cannot be loaded ({exc})") from exc
 
 
+def verify_written(path: Path) -> None:
+    """A fresh write reads back: sha256 matches the sidecar and it loads with weights_only."""
+    verify(path)
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        raise CorruptCheckpointError(f"{path}: does not load with weights_only ({exc})") from exc
+
+
 def resolve(
     request: str,
     checkpoint_dir: Path,
@@ -150,7 +175,8 @@ class CheckpointWriter:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.keep_last_k = max(2, keep_last_k)
 
-    def save(self, state: dict[str, Any], meta: dict[str, Any]) -> Path:
+    def save(self, state: dict[str, Any], meta: dict[str, Any]) -> Saved:
+        """Write, verify (re-read: sha256 vs sidecar, weights_only load), prune if verified."""
         path = self.dir / checkpoint_name(meta["epoch"], meta["step"])
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=self.dir)
         try:
@@ -164,8 +190,12 @@ class CheckpointWriter:
             raise
         sidecar = dict(meta, bytes=path.stat().st_size, sha256=_sha256(path), created=time.time())
         atomic_write_text(str(path) + ".json", json.dumps(sidecar, indent=1))
+        try:
+            verify_written(path)
+        except CorruptCheckpointError as exc:
+            return Saved(path, False, str(exc))
         self._prune()
-        return path
+        return Saved(path, True)
 
     def mark_best(self, path: Path, metric: str, value: float) -> Path:
         best = self.dir / "best.pt"

@@ -249,7 +249,8 @@ class LossConfig(Strict):
     type: Literal["smoothl1", "mse", "cjepa", "combined"] = Field(
         "smoothl1",
         description="smoothl1/mse: the JEPA distance; cjepa: JEPA (jepa_loss_type) + "
-        "contrastive; combined: JEPA + VICReg. VICReg follows use_vicreg in every case.",
+        "contrastive while use_contrastive is true (false: the plain JEPA loss of "
+        "jepa_loss_type); combined: JEPA + VICReg. VICReg follows use_vicreg in every case.",
     )
     jepa_loss_type: Literal["smoothl1", "mse"] = "smoothl1"
     jepa_weight: float = 1.0
@@ -258,17 +259,16 @@ class LossConfig(Strict):
     use_vicreg: bool = True
     vicreg_weight: float = Field(0.01, ge=0.0, description="Weight of the VICReg term.")
     vicreg: VICRegCoeffs = Field(default_factory=VICRegCoeffs)
-    use_contrastive: bool = False
+    use_contrastive: bool = Field(
+        False,
+        description="Add the NT-Xent term (two augmented views). Under type cjepa, false means "
+        "the plain JEPA loss of jepa_loss_type (+ VICReg per use_vicreg): the contrastive "
+        "fallback switches only this key.",
+    )
     contrastive_weight: float = 0.1
     contrastive_temperature: float = 0.1
     use_cosine_similarity: bool = True
     contrastive_on_context: bool = False
-
-    @model_validator(mode="after")
-    def _check(self) -> LossConfig:
-        if self.type == "cjepa" and not self.use_contrastive:
-            raise ValueError("loss.type cjepa needs loss.use_contrastive: true")
-        return self
 
     @property
     def distance(self) -> str:
@@ -288,9 +288,33 @@ class TrainingConfig(Strict):
     min_lr_ratio: float = Field(0.01, ge=0.0, le=1.0, description="Final LR = lr × this.")
     warmup_lr_ratio: float = Field(0.001, ge=0.0, le=1.0, description="First LR = lr × this.")
     clip_grad: float | None = Field(3.0, description="Max grad norm; null disables clipping.")
-    use_amp: bool = Field(True, description="bf16 autocast on CUDA; off on CPU; fp16 on MPS.")
+    use_amp: bool = Field(
+        True,
+        description="Allow mixed precision. With precision auto: bf16 on CUDA (fp16 where the GPU "
+        "has no bf16), fp16 on MPS (torch >= 2.8), fp32 on CPU; false means fp32.",
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="Autocast precision: auto (the device's choice, see use_amp) or forced. fp16 "
+        "adds a GradScaler (also on CPU); bf16/fp16 with use_amp: false is an error.",
+    )
+    max_consecutive_overflows: int = Field(
+        25,
+        ge=1,
+        description="Steps in a row whose gradients are non-finite while the loss is finite "
+        "(GradScaler overflow) that are skipped before the worker stops with nonfinite.",
+    )
     accumulation_steps: int = Field(1, ge=1)
     compile: bool = Field(False, description="torch.compile the train step (CUDA only).")
+
+    @model_validator(mode="after")
+    def _amp(self) -> TrainingConfig:
+        if not self.use_amp and self.precision in ("bf16", "fp16"):
+            raise ValueError(
+                f"training.use_amp: false contradicts training.precision: {self.precision} "
+                "(set use_amp: true, or precision: fp32 / auto)"
+            )
+        return self
 
 
 # --------------------------------------------------------------------------------------------
@@ -329,6 +353,12 @@ class CheckpointConfig(Strict):
     mode: Literal["min", "max"] = "min"
     keep_last_k: int = Field(3, ge=2)
     every_n_steps: int | None = Field(None, ge=1, description="Also checkpoint mid-epoch.")
+    every_minutes: float | None = Field(
+        None,
+        gt=0,
+        description="Also checkpoint at the first step boundary once this many minutes "
+        "(monotonic clock) passed since the last save, so a rollback loses at most that.",
+    )
 
 
 class LoggingConfig(Strict):
@@ -355,6 +385,24 @@ class FaultsConfig(Strict):
     )
     raise_in_feature: str | None = Field(
         None, description="Raise inside this feature (fpn, contrastive, ...) while enabled."
+    )
+    raise_in_feature_after_step: int | None = Field(
+        None,
+        ge=1,
+        description="Arm raise_in_feature only from optimizer step N on (so a checkpoint "
+        "exists first); unset: armed from the start.",
+    )
+    oom_at_step: int | None = Field(
+        None, ge=1, description="torch.OutOfMemoryError at this step, once."
+    )
+    grad_overflow_at_step: int | None = Field(
+        None,
+        ge=1,
+        description="Make the gradients non-finite (loss stays finite) at this step, once: "
+        "the GradScaler-overflow path (skipped, counted steps).",
+    )
+    grad_overflow_steps: int = Field(
+        1, ge=1, description="With grad_overflow_at_step: this many consecutive overflows."
     )
     hang_at_step: int | None = Field(None, ge=1, description="Stop progressing here, once.")
     step_delay_s: float = Field(0.0, ge=0.0, description="Sleep this long every step.")

@@ -1,14 +1,18 @@
 """Device, precision and memory handling: every device-specific decision of the worker lives here.
 
     device = select_device(cfg.device)                   # "auto": cuda > mps > cpu
-    precision = select_precision(device, cfg.training.use_amp)
-    with autocast(device, precision):
+    precision = select_precision(device, cfg.training.use_amp, cfg.training.precision)
+    kernels = kernels_for(device, precision)             # foreach / fused / autocast / scaler
+    with kernels.autocast():
         loss = model(batch)
 
 Contracts:
 - ``select_device`` never falls back silently: an explicit device that is not available is a
   :class:`~trainer.config.ConfigError` naming the torch build (upstream's auto-detection never
   picked MPS, and nothing said so).
+- ``kernels_for`` is the single place kernel flags are chosen (foreach, fused, autocast dtype,
+  scaler), from torch's own lists of what each device type supports, so a device a flag does
+  not support (``foreach=True`` on MPS) never gets it.
 - ``select_precision`` is the single place AMP is decided; the chosen name is reported in the
   ``started`` event so the effective precision is never a guess.
 - ``memory_readings`` is cheap (no device sync) and never raises: it feeds heartbeats, and a
@@ -20,7 +24,6 @@ Contracts:
 from __future__ import annotations
 
 import contextlib
-import functools
 import gc
 from dataclasses import dataclass
 from typing import Any
@@ -113,9 +116,14 @@ BF16 = Precision("bf16", torch.bfloat16, False)
 FP16 = Precision("fp16", torch.float16, True)
 
 
-def select_precision(device: torch.device, use_amp: bool) -> Precision:
-    """Pick the autocast precision for ``device`` (``use_amp=False`` always gives fp32).
+PRECISIONS: dict[str, Precision] = {"fp32": FP32, "bf16": BF16, "fp16": FP16}
 
+
+def select_precision(device: torch.device, use_amp: bool, requested: str = "auto") -> Precision:
+    """The autocast precision for ``device``: ``requested`` (``training.precision``) when it is
+    fp32/bf16/fp16, else the device's choice; ``use_amp=False`` with ``auto`` gives fp32.
+
+    The device's choice (``auto``):
     - CUDA: bf16 autocast where the GPU supports it (Ampere and newer); otherwise fp16 with a
       GradScaler.
     - MPS: fp16 autocast with a GradScaler, from torch 2.8 (where GradScaler works on MPS);
@@ -123,7 +131,27 @@ def select_precision(device: torch.device, use_amp: bool) -> Precision:
       emulates it in fp32, so it costs conversions and saves nothing; fp16 runs natively.
     - CPU: fp32. bf16 autocast on CPU is slower than fp32 on most CPUs and saves nothing
       worth having for this workload.
+
+    A forced precision runs anywhere torch supports it (fp16 + GradScaler on the CPU is how
+    the tests exercise the overflow path); one the device cannot run is a ConfigError.
     """
+    if requested != "auto":
+        if requested not in PRECISIONS:
+            raise ConfigError(f"training.precision: {requested!r} is not auto/fp32/bf16/fp16")
+        if requested in ("bf16", "fp16") and not use_amp:
+            raise ConfigError(
+                f"training.use_amp: false contradicts training.precision: {requested}"
+            )
+        if requested == "fp16" and device.type == "mps" and _torch_version() < _MPS_FP16_MIN_TORCH:
+            raise ConfigError(
+                f"training.precision: fp16 on MPS needs torch >= 2.8 for its GradScaler "
+                f"(this is torch {torch.__version__}); use auto or fp32"
+            )
+        if requested == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported(
+            including_emulation=False
+        ):
+            raise ConfigError("training.precision: bf16 is not supported by this GPU; use fp16")
+        return PRECISIONS[requested]
     if not use_amp:
         return FP32
     if device.type == "cuda":
@@ -143,6 +171,92 @@ def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractC
 def grad_scaler(device: torch.device, precision: Precision) -> torch.amp.GradScaler:
     """A GradScaler that is enabled only when the precision needs one (fp16)."""
     return torch.amp.GradScaler(device.type, enabled=precision.needs_scaler)
+
+
+# ---------------------------------------------------------------------------------------------
+# kernels: every device-specific kernel flag the worker passes to torch is decided here, from
+# torch's own lists of what each device type supports — nowhere else says foreach=/fused=.
+def _foreach_supported(device_type: str) -> bool:
+    """torch's rule for foreach kernels (``_device_has_foreach_support``: its list + cpu)."""
+    try:
+        from torch.utils import _foreach_utils as fu
+
+        return device_type in [*fu._get_foreach_kernels_supported_devices(), "cpu"]
+    except (ImportError, AttributeError):  # private API moved: only what is certain
+        return device_type in ("cuda", "cpu")
+
+
+def _fused_supported(device_type: str) -> bool:
+    """torch's list of device types with fused optimizer kernels."""
+    try:
+        from torch.utils import _foreach_utils as fu
+
+        return device_type in fu._get_fused_kernels_supported_devices()
+    except (ImportError, AttributeError):
+        return device_type == "cuda"
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """The kernel choices for one (device type, precision); built by :func:`kernels_for`.
+
+    ``foreach``: torch has foreach kernels for the device type (not MPS in torch 2.14, where
+    ``clip_grad_norm_(..., foreach=True)`` raises); it governs clipping, per-module norms and
+    the EMA lerp. ``fused_adamw``: fused AdamW (torch's fused list); else foreach AdamW where
+    foreach is supported, else the per-parameter loop. ``precision``: autocast dtype and whether
+    a GradScaler is needed.
+    """
+
+    device_type: str
+    precision: Precision
+    foreach: bool
+    fused_adamw: bool
+
+    def adamw_kwargs(self) -> dict[str, Any]:
+        return {"fused": True} if self.fused_adamw else {"foreach": self.foreach}
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device_type, dtype=self.precision.dtype)
+
+    def scaler(self) -> torch.amp.GradScaler | None:
+        """A GradScaler for fp16 (on CPU too), None otherwise."""
+        if not self.precision.needs_scaler:
+            return None
+        return torch.amp.GradScaler(self.device_type)
+
+    def clip_grad_norm_(self, params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+        """Total grad norm (clipping to ``max_norm``; inf = measure only)."""
+        return torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=self.foreach)
+
+    def norm(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """The L2 norm of a list of tensors taken together (float32 scalar)."""
+        if self.foreach:
+            parts = list(torch._foreach_norm(tensors))
+        else:
+            parts = [torch.linalg.vector_norm(t) for t in tensors]
+        return torch.linalg.vector_norm(torch.stack(parts)).float()
+
+    def lerp_(
+        self, targets: list[torch.Tensor], sources: list[torch.Tensor], weight: float
+    ) -> None:
+        """targets ← targets + weight·(sources − targets), in place (the EMA update)."""
+        if self.foreach:
+            torch._foreach_lerp_(targets, sources, weight)
+        else:
+            for t, s in zip(targets, sources, strict=True):
+                t.lerp_(s, weight)
+
+
+def kernels_for(device: torch.device, precision: Precision = FP32) -> Kernels:
+    """Kernel choices for ``device``; allocates nothing there (works for a device not present)."""
+    return Kernels(
+        device_type=device.type,
+        precision=precision,
+        foreach=_foreach_supported(device.type),
+        fused_adamw=_fused_supported(device.type),
+    )
 
 
 def memory_readings(device: torch.device) -> dict[str, int]:
@@ -203,21 +317,6 @@ def is_oom(exc: BaseException) -> bool:
     return any(marker in text for marker in _OOM_TEXT)
 
 
-@functools.cache
-def _fused_adamw_works(device_type: str) -> bool:
-    try:
-        param = torch.nn.Parameter(torch.zeros(2, device=device_type))
-        opt = torch.optim.AdamW([param], lr=1e-3, fused=True)
-        param.grad = torch.ones_like(param)
-        opt.step()
-    except (RuntimeError, ValueError, TypeError):
-        return False
-    return True
-
-
 def optimizer_kwargs(device: torch.device) -> dict[str, Any]:
-    """AdamW kwargs: ``{"fused": True}`` where fused AdamW runs on the device (CUDA, MPS, CPU
-    on current torch; probed once per device type), else ``{"foreach": True}``."""
-    if _fused_adamw_works(device.type):
-        return {"fused": True}
-    return {"foreach": True}
+    """AdamW kwargs for ``device`` (see :class:`Kernels`)."""
+    return kernels_for(device).adamw_kwargs()

@@ -1,7 +1,8 @@
 """Writes ``events.jsonl`` (one JSON object a line, flushed per line) and the heartbeat.
 
 The heartbeat is a daemon thread that emits a ``heartbeat`` event every ``period`` seconds with
-the current phase, epoch, step, device memory and ``progress_age_s`` (seconds since the main
+the current phase, epoch, step, device memory, ``step_s`` (the loop's recent seconds per step,
+set by the loop; None before the first step) and ``progress_age_s`` (seconds since the main
 loop last reported progress). It runs through slow phases (evaluation, checkpoint writes, data
 loader start-up) so a long save is not mistaken for a hang, but it stops when the main thread
 has made no progress for ``stall_s`` — a truly stuck worker falls silent and the supervisor's
@@ -40,6 +41,7 @@ class Emitter:
         self.phase = "startup"
         self.epoch = 0
         self.step = 0
+        self.step_s: float | None = None
         self._last_progress = time.monotonic()
         self._frozen = False
         self._stop = threading.Event()
@@ -74,7 +76,7 @@ class Emitter:
     def beat(self) -> None:
         age = time.monotonic() - self._last_progress
         hb = Heartbeat(phase=self.phase, epoch=self.epoch, step=self.step,  # type: ignore[arg-type]
-                       device_mem=self._memory())
+                       device_mem=self._memory(), step_s=self.step_s)
         obj = hb.model_dump(mode="json")
         obj["progress_age_s"] = round(age, 2)
         self.emit(obj)

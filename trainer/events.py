@@ -32,15 +32,22 @@ sleep does not move it). Events from writers without ``mono`` fall back to ``ts`
 | epoch_end   | epoch, seconds, steps, mean_loss, total_epochs                               |
 | eval        | epoch, knn {"1","5","20"} in [0,1], linear_probe, feature_std,                |
 |             | effective_rank, val_loss, seconds, num_samples                               |
-| checkpoint  | path, epoch, step, verified, seconds, reason (epoch|steps|stop|final)        |
+| checkpoint  | path, epoch, step, verified, seconds, reason (epoch|steps|time|stop|final),  |
+|             | problem? (why verification failed). verified: re-read after writing, sha256 |
+|             | matches the sidecar, loads with weights_only; false: older ones not pruned  |
 | checkpoint_rejected | path, reason  (a corrupt or unreadable checkpoint skipped on resume) |
 | resumed     | path, epoch, step, samples_in_epoch                                          |
 | resume_partial | path, dropped [checkpoint keys the model no longer has], missing [model   |
 |             | keys the checkpoint lacks], optimizer (restored|reset), message             |
-| best        | path (the checkpoint now best), metric, value, epoch, step                   |
+| best        | path (the checkpoint now best, copied to best.pt), metric, value, epoch, step |
 | control     | seq, epochs (new total or null), stop, applied (text)                        |
 | fatal       | kind (see FATAL_KINDS), message, feature, epoch, step                        |
 | finished    | reason (completed|stopped), epoch, step, seconds                             |
+
+``started.epochs`` and ``epoch_end.total_epochs`` are the total epochs in force (after every
+epoch cut, including one a resume adds when ``training.epochs`` differs from the checkpoint's).
+A ``step`` event is emitted for optimizer steps taken; a step skipped for gradient overflow
+shows only in the next one's ``overflow_steps``.
 
 ``device_mem`` is {"allocated": bytes, "reserved": bytes, "driver": bytes} with the readings
 the device offers (CUDA: allocated/reserved; MPS: allocated/driver; CPU: process RSS as

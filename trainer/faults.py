@@ -4,11 +4,16 @@
 ``gradient_checkpointing``, ``flash_attention``, ``layerscale``, ``vicreg``): any exception
 raised inside it is re-raised as :class:`FeatureError` naming the feature, so the worker exits
 with ``fatal kind=feature`` and the supervisor knows which feature to switch off. When
-``faults.raise_in_feature`` names the feature, the scope raises on entry (a test aid).
+``faults.raise_in_feature`` names the feature and the fault is armed, the scope raises on entry
+(a test aid). The loop arms it at start-up, or — with ``raise_in_feature_after_step: N`` — from
+optimizer step N on, so checkpoints exist before the feature fails. It fires as long as the
+feature is on (not one-shot: the fallback is to switch the feature off).
 
-Other faults (``nonfinite_at_step``, ``oom_above_micro_batch``, ``hang_at_step``,
-``step_delay_s``) are applied by the training loop; one-shot faults are remembered in
-``faults.fired.json`` so a restart from an earlier checkpoint passes them.
+Other faults are applied by the training loop: ``nonfinite_at_step`` (the loss → NaN),
+``oom_at_step`` (an OutOfMemoryError), ``grad_overflow_at_step`` + ``grad_overflow_steps``
+(K consecutive steps with non-finite gradients and a finite loss: skipped steps),
+``hang_at_step`` — each one-shot, remembered in ``faults.fired.json`` so a restart from an
+earlier checkpoint passes it — and ``oom_above_micro_batch`` and ``step_delay_s`` (always).
 """
 
 from __future__ import annotations

@@ -7,6 +7,24 @@ Phases are short named methods. Signals only set a flag; the loop checkpoints at
 boundary and exits ``EXIT_STOPPED``. The control file is polled at step boundaries (one
 ``os.stat`` per step). Every failure ends in a ``fatal`` event with its kind and the matching
 exit code (see ``trainer/events.py``).
+
+Contracts kept here:
+- A batch whose gradients overflow (loss finite) is a SKIPPED step: it consumes its batch (the
+  data position moves on, so a resume replays nothing) but not a step number (``step`` counts
+  optimizer steps taken). It is counted in ``step`` events (``overflow_steps``, cumulative this
+  attempt; ``loss_scale``); more than ``training.max_consecutive_overflows`` in a row, or a
+  non-finite loss, is fatal ``nonfinite``.
+- The schedule (base total + epoch cuts) travels in every checkpoint. On resume the curve
+  continues exactly when ``training.epochs`` equals the checkpoint's total in force; otherwise
+  a cut is added at the resume position (a live cut the supervisor re-sent as an override, or a
+  restart rung's epochs), so the LR/EMA curves stay continuous. A control-file cut adds a cut
+  at the current progress. ``started.epochs`` and ``epoch_end.total_epochs`` are the total in
+  force.
+- Checkpoints: per epoch (``experiment.save_frequency``), per N steps, and per
+  ``checkpoint.every_minutes`` (monotonic, since the last save); each is verified after writing
+  (``checkpoint.verified``), and a ``best`` event follows whenever best.pt changes.
+- ``step_s`` (heartbeats and step events): the median of the last 20 step durations, each from
+  the start of its data wait to the end of its step.
 """
 
 from __future__ import annotations
@@ -15,7 +33,9 @@ import json
 import os
 import random
 import signal
+import statistics
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +54,7 @@ from trainer.events import (
     EXIT_OK,
     EXIT_STOPPED,
     FAULTS_FIRED_FILE,
+    Best,
     Checkpoint,
     CheckpointRejected,
     ControlApplied,
@@ -41,6 +62,7 @@ from trainer.events import (
     Eval,
     Finished,
     Resumed,
+    ResumePartial,
     Started,
     Step,
     atomic_write_text,
@@ -50,7 +72,8 @@ from trainer.faults import set_injected_feature
 from trainer.masks import MaskCollator
 from trainer.model import build_model
 from trainer.positional import PositionalSampler, SeededCollate, SeededDataset
-from trainer.schedules import make_schedule, should_eval, should_save
+from trainer.resume import load_model_state, load_optimizer_state, optimizer_param_names
+from trainer.schedules import make_schedule, schedule_from_state, should_eval, should_save
 from trainer.step import NonFiniteLossError, TrainStep
 
 
@@ -75,7 +98,8 @@ class Worker:
         cfg = self.cfg
         _seed_everything(cfg.experiment.seed)
         self.device = select_device(cfg.device)
-        self.precision = select_precision(self.device, cfg.training.use_amp)
+        self.precision = select_precision(self.device, cfg.training.use_amp,
+                                          cfg.training.precision)
         self.ev.progress(phase="data")
         self.train_data = build_train_data(cfg)
         self.eval_data = build_eval_data(cfg)
@@ -102,8 +126,7 @@ class Worker:
                 f"epoch size {self.epoch_size} is smaller than the effective batch {self.eff}"
             )
         self.steps_per_epoch = self.epoch_size // self.eff
-        self.total_epochs = cfg.training.epochs
-        self.schedule = make_schedule(cfg, self.total_epochs)
+        self.schedule = make_schedule(cfg)
         self.writer = ckpt.CheckpointWriter(
             self.run_dir / CHECKPOINT_DIR, cfg.checkpoint.keep_last_k
         )
@@ -113,7 +136,23 @@ class Worker:
         self.best: float | None = None
         self.resumed_from: str | None = None
         self.fired = self._load_fired()
-        set_injected_feature(cfg.faults.raise_in_feature)
+        f = cfg.faults
+        set_injected_feature(f.raise_in_feature if f.raise_in_feature_after_step is None
+                             else None)
+        self.overflow_steps = 0  # skipped for gradient overflow, this attempt
+        self.overflow_run = 0  # consecutive ones
+        self._overflow_fault_left = 0
+        self.step_times: deque[float] = deque(maxlen=20)
+        self.last_save = time.monotonic()
+
+    @property
+    def total_epochs(self) -> int:
+        """The total in force (after every epoch cut)."""
+        return self.schedule.total_epochs
+
+    def progress(self) -> float:
+        """Epochs done, as a float (the schedules' clock)."""
+        return (self.epoch - 1) + self.samples_in_epoch / self.epoch_size
 
     def _load_fired(self, extra_dir: Path | None = None) -> set[str]:
         fired: set[str] = set()
@@ -137,12 +176,16 @@ class Worker:
             self.ev.emit(CheckpointRejected(path=str(path), reason=reason))
 
         path, state = ckpt.resolve(self.resume_request, self.run_dir / CHECKPOINT_DIR, reject)
-        self.model.load_state_dict(state["model"])
-        try:
-            self.step_fn.optimizer.load_state_dict(state["optimizer"])
-        except ValueError as exc:  # param groups changed (e.g. a feature was disabled)
-            self.ev.emit({"v": 1, "type": "warning", "ts": time.time(),
-                          "message": f"optimizer state not restored: {exc}"})
+        off = {name for name, status in self.model.feature_status().items()
+               if status.startswith("off")}
+        report = load_model_state(self.model, state["model"], off)
+        opt = load_optimizer_state(self.step_fn.optimizer, state, self.model, report.partial)
+        if report.partial or opt == "reset":
+            what = f"features off: {', '.join(sorted(off)) or 'none'}"
+            self.ev.emit(ResumePartial(
+                path=str(path), dropped=report.dropped, missing=report.missing, optimizer=opt,
+                message=f"loaded every key that fits ({what}); {len(report.dropped)} dropped, "
+                f"{len(report.missing)} missing; optimizer state {opt}"))
         if self.step_fn.scaler is not None and state.get("scaler"):
             self.step_fn.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
@@ -156,9 +199,19 @@ class Worker:
             atomic_write_text(self.run_dir / FAULTS_FIRED_FILE, json.dumps(sorted(self.fired)))
         if self.samples_in_epoch + self.eff > self.epoch_size:  # epoch was complete
             self.epoch, self.samples_in_epoch = self.epoch + 1, 0
+        self.resume_schedule(state)
         self.resumed_from = str(path)
         self.ev.emit(Resumed(path=str(path), epoch=self.epoch, step=self.step,
                              samples_in_epoch=self.samples_in_epoch))
+
+    def resume_schedule(self, state: dict[str, Any]) -> None:
+        """The checkpoint's curve; a cut at the resume position if training.epochs differs."""
+        legacy_total = int(state.get("total_epochs", self.cfg.training.epochs))
+        self.schedule = schedule_from_state(self.cfg, state.get("schedule"), legacy_total)
+        wanted = self.cfg.training.epochs
+        if wanted != self.schedule.total_epochs:
+            done = self.epoch - 1 if self.samples_in_epoch == 0 else self.epoch
+            self.schedule = self.schedule.with_cut(self.progress(), max(wanted, done))
 
     # ------------------------------------------------------------------------------- events
     def started(self) -> None:
@@ -199,8 +252,8 @@ class Worker:
         if ctl.epochs is not None:
             floor = self.epoch  # never below the epoch in progress
             new_total = max(ctl.epochs, floor)
-            self.total_epochs = new_total
-            self.schedule = self.schedule.with_total(new_total)
+            if new_total != self.total_epochs:
+                self.schedule = self.schedule.with_cut(self.progress(), new_total)
             floored = " (floored)" if new_total != ctl.epochs else ""
             applied.append(f"epochs → {new_total}{floored}")
         if ctl.stop:
@@ -231,54 +284,92 @@ class Worker:
         t_epoch = time.monotonic()
         losses: list[float] = []
         self.model.train()
+        # "loader" until the first batch of the epoch arrives (workers starting), then "data".
+        self.ev.progress(phase="loader", epoch=epoch, step=self.step)
         it = iter(self.loader(epoch, start))
         steps_left = (self.epoch_size - start) // self.eff
         t_log, n_log = time.monotonic(), 0
-        for _ in range(steps_left):
-            self.ev.progress(phase="data", epoch=epoch, step=self.step)
+        for i in range(steps_left):
+            t_step = time.monotonic()
+            if i:
+                self.ev.progress(phase="data", epoch=epoch, step=self.step)
             micro = [next(it).to(self.device, non_blocking=True) for _ in range(self.accum)]
             self.ev.progress(phase="train")
             nxt = self.step + 1
             self.inject_faults(nxt, micro)
-            e_float = (epoch - 1) + (self.samples_in_epoch / self.epoch_size)
+            e_float = self.progress()
             lr, mom = self.schedule.lr_at(e_float), self.schedule.ema_at(e_float)
-            log_now = self.step + 1 == 1 or (self.step + 1) % cfg.logging.log_frequency == 0
+            log_now = nxt == 1 or nxt % cfg.logging.log_frequency == 0
             res = self.step_fn(micro, lr=lr, momentum=mom,
                                grad_norms=log_now and cfg.logging.log_gradients)
-            self.step_fn.poison_next = False
+            self.step_fn.poison_next = self.step_fn.overflow_next = False
             if not res.finite:
                 raise NonFiniteLossError(
                     f"non-finite loss at step {nxt} (loss={res.loss}, grad_norm={res.grad_norm}); "
                     "optimizer step skipped"
                 )
-            self.step = nxt
-            self.samples_in_epoch += self.eff
-            losses.append(res.loss)
-            n_log += self.eff
-            self.ev.progress(epoch=epoch, step=self.step)
-            if log_now:
-                dt = max(time.monotonic() - t_log, 1e-9)
-                event = Step(
-                    epoch=epoch, step=self.step, loss=res.loss, loss_levels=res.levels,
-                    loss_parts=res.parts, grad_norm=res.grad_norm, lr=lr,
-                    img_per_s=n_log / dt, micro_batch=self.micro, accum_steps=self.accum,
-                    device_mem=self.mem(),
-                )
-                if res.grad_norms is not None:
-                    event.grad_norms = res.grad_norms  # type: ignore[attr-defined]
-                self.ev.emit(event)
-                t_log, n_log = time.monotonic(), 0
+            self.samples_in_epoch += self.eff  # a skipped step consumes its batch too
             if f.step_delay_s:
                 time.sleep(f.step_delay_s)
-            every = cfg.checkpoint.every_n_steps
-            if every and self.step % every == 0 and self.samples_in_epoch < self.epoch_size:
-                self.save("steps")
+            self.step_times.append(time.monotonic() - t_step)
+            self.ev.step_s = self.step_s()
+            if res.overflow:
+                self.on_overflow(nxt, res.grad_norm)
+            else:
+                self.overflow_run = 0
+                self.step = nxt
+                losses.append(res.loss)
+                n_log += self.eff
+                self.ev.progress(epoch=epoch, step=self.step)
+                if log_now:
+                    dt = max(time.monotonic() - t_log, 1e-9)
+                    self.emit_step(res, lr, n_log / dt)
+                    t_log, n_log = time.monotonic(), 0
+                mid_epoch = self.samples_in_epoch < self.epoch_size
+                every = cfg.checkpoint.every_n_steps
+                if every and self.step % every == 0 and mid_epoch:
+                    self.save("steps")
+                elif mid_epoch and self.save_due():
+                    self.save("time")
             self.poll_control()
             if self.stop_flag:
                 raise StopRequestedError(self.stop_flag)
         self.ev.emit(EpochEnd(epoch=epoch, seconds=time.monotonic() - t_epoch,
                               steps=len(losses), total_epochs=self.total_epochs,
                               mean_loss=sum(losses) / len(losses) if losses else None))
+
+    def step_s(self) -> float | None:
+        """Recent seconds per step: the median of the last 20 (data wait included)."""
+        return round(statistics.median(self.step_times), 4) if self.step_times else None
+
+    def save_due(self) -> bool:
+        minutes = self.cfg.checkpoint.every_minutes
+        return minutes is not None and time.monotonic() - self.last_save >= 60.0 * minutes
+
+    def on_overflow(self, nxt: int, grad_norm: float) -> None:
+        """A skipped step (finite loss, non-finite gradients): counted; too many in a row is
+        fatal."""
+        self.overflow_steps += 1
+        self.overflow_run += 1
+        limit = self.cfg.training.max_consecutive_overflows
+        if self.overflow_run > limit:
+            raise NonFiniteLossError(
+                f"{self.overflow_run} consecutive gradient overflows at step {nxt} "
+                f"(grad_norm={grad_norm}, loss finite) > training.max_consecutive_overflows="
+                f"{limit}; {self.overflow_steps} overflow step(s) skipped this attempt"
+            )
+
+    def emit_step(self, res: Any, lr: float, img_per_s: float) -> None:
+        event = Step(
+            epoch=self.epoch, step=self.step, loss=res.loss, loss_levels=res.levels,
+            loss_parts=res.parts, grad_norm=res.grad_norm, lr=lr, img_per_s=img_per_s,
+            micro_batch=self.micro, accum_steps=self.accum, device_mem=self.mem(),
+            step_s=self.step_s(), overflow_steps=self.overflow_steps,
+            loss_scale=self.step_fn.loss_scale(),
+        )
+        if res.grad_norms is not None:
+            event.grad_norms = res.grad_norms  # type: ignore[attr-defined]
+        self.ev.emit(event)
 
     def inject_faults(self, nxt: int, micro: list[Any]) -> None:
         f = self.cfg.faults
@@ -287,9 +378,24 @@ class Worker:
                 f"CUDA out of memory. Tried to allocate 2.00 GiB (injected: micro-batch "
                 f"{self.micro} > faults.oom_above_micro_batch={f.oom_above_micro_batch})"
             )
+        if f.oom_at_step == nxt and "oom" not in self.fired:
+            self._mark_fired("oom")
+            raise torch.OutOfMemoryError(
+                f"CUDA out of memory. Tried to allocate 2.00 GiB (injected: "
+                f"faults.oom_at_step={nxt})"
+            )
+        if f.raise_in_feature and f.raise_in_feature_after_step is not None and \
+                nxt >= f.raise_in_feature_after_step:
+            set_injected_feature(f.raise_in_feature)
         if f.nonfinite_at_step == nxt and "nonfinite" not in self.fired:
             self._mark_fired("nonfinite")
             self.step_fn.poison_next = True
+        if f.grad_overflow_at_step == nxt and "grad_overflow" not in self.fired:
+            self._mark_fired("grad_overflow")
+            self._overflow_fault_left = f.grad_overflow_steps
+        if self._overflow_fault_left > 0:
+            self._overflow_fault_left -= 1
+            self.step_fn.overflow_next = True
         if f.hang_at_step == nxt and "hang" not in self.fired:
             self._mark_fired("hang")
             self.ev.freeze()
@@ -364,9 +470,11 @@ class Worker:
         self.model.train(was)
         return total / max(count, 1)
 
-    def track_best(self, res: EvalResult, path: Path) -> None:
+    def track_best(self, res: EvalResult, saved: ckpt.Saved) -> None:
+        """best.pt ← ``saved`` when it is better by checkpoint.metric/mode (and verified); a
+        ``best`` event names it."""
         c = self.cfg.checkpoint
-        if not c.save_best:
+        if not c.save_best or not saved.verified:
             return
         value = {"val_loss": res.val_loss, "knn": res.knn.get("20"),
                  "linear_probe": res.linear_probe}[c.metric]
@@ -375,10 +483,13 @@ class Worker:
         better = self.best is None or (value < self.best if c.mode == "min" else value > self.best)
         if better:
             self.best = value
-            self.writer.mark_best(path, c.metric, value)
+            self.writer.mark_best(saved.path, c.metric, value)
+            self.ev.emit(Best(path=str(saved.path), metric=c.metric, value=float(value),
+                              epoch=self.epoch, step=self.step))
 
     # -------------------------------------------------------------------------- checkpoint
-    def save(self, reason: str) -> Path:
+    def save(self, reason: str) -> ckpt.Saved:
+        """Checkpoint the complete training state (reason: epoch|steps|time|stop|final)."""
         self.ev.progress(phase="checkpoint")
         t = time.monotonic()
         state = {
@@ -389,18 +500,25 @@ class Worker:
             "epoch": self.epoch,
             "samples_in_epoch": self.samples_in_epoch,
             "total_epochs": self.total_epochs,
+            "schedule": self.schedule.state(),
+            "optimizer_params": optimizer_param_names(self.model, self.step_fn.optimizer),
             "best": self.best,
             "rng": _get_rng(),
             "config": self.cfg.to_yaml_dict(),
         }
         meta = {"epoch": self.epoch, "step": self.step, "samples_in_epoch": self.samples_in_epoch,
                 "config_hash": self.cfg.hash(), "reason": reason,
-                "micro_batch": self.micro, "accum_steps": self.accum}
-        path = self.writer.save(state, meta)
-        self.ev.emit(Checkpoint(path=str(path), epoch=self.epoch, step=self.step,
-                                verified=True, seconds=time.monotonic() - t, reason=reason))
+                "micro_batch": self.micro, "accum_steps": self.accum,
+                "total_epochs": self.total_epochs}
+        saved = self.writer.save(state, meta)
+        self.last_save = time.monotonic()
+        event = Checkpoint(path=str(saved.path), epoch=self.epoch, step=self.step,
+                           verified=saved.verified, seconds=time.monotonic() - t, reason=reason)
+        if saved.problem:
+            event.problem = saved.problem  # type: ignore[attr-defined]
+        self.ev.emit(event)
         self.ev.progress(phase="train")
-        return path
+        return saved
 
     # ---------------------------------------------------------------------------------- run
     def run(self) -> int:
@@ -420,9 +538,13 @@ class Worker:
                     res = self.evaluate(done)
                 if last or should_save(done, self.total_epochs,
                                        self.cfg.experiment.save_frequency):
-                    path = self.save("final" if last else "epoch")
+                    saved = self.save("final" if last else "epoch")
                     if res is not None:
-                        self.track_best(res, path)
+                        self.track_best(res, saved)
+                elif self.save_due():
+                    saved = self.save("time")
+                    if res is not None:
+                        self.track_best(res, saved)
                 if not last:
                     self.epoch, self.samples_in_epoch = done + 1, 0
                 else:
@@ -431,10 +553,10 @@ class Worker:
                 if self.stop_flag:
                     raise StopRequestedError(self.stop_flag)
         except StopRequestedError:
-            path = self.save("stop")
+            saved = self.save("stop")
             if self.final_eval_on_stop:
                 res = self.evaluate(self.epoch)
-                self.track_best(res, path)
+                self.track_best(res, saved)
             self.ev.emit(Finished(reason="stopped", epoch=self.epoch, step=self.step,
                                   seconds=time.monotonic() - self.t0))
             return EXIT_STOPPED

@@ -40,9 +40,19 @@ from torch import nn
 
 from trainer import losses
 from trainer.config import Config
+from trainer.device import Kernels, kernels_for
 from trainer.faults import feature_scope
 from trainer.masks import Batch
 from trainer.vit import Predictor, VisionTransformer, gather_tokens, init_weights
+
+# State-dict keys whose presence or shape depends on an optional feature. When a fallback turns
+# the feature off, a resume may drop these keys from the checkpoint (or leave the model's own
+# fresh) — no other key may differ (trainer.resume). FPN owns its modules in both encoders and
+# shapes the predictor's input projection and its per-level output heads. The contrastive term
+# has no parameters (NT-Xent on pooled tokens), so switching it off drops nothing.
+FEATURE_KEY_PREFIXES: dict[str, tuple[str, ...]] = {
+    "fpn": ("encoder.fpn.", "target_encoder.fpn.", "predictor.embed.", "predictor.heads."),
+}
 
 
 @dataclass
@@ -208,11 +218,13 @@ class HJEPA(nn.Module):
 
     # -- EMA, evaluation, optimizer --------------------------------------------------------
     @torch.no_grad()
-    def update_target(self, momentum: float) -> None:
-        """target ← momentum·target + (1 − momentum)·encoder, in one foreach lerp."""
+    def update_target(self, momentum: float, kernels: Kernels | None = None) -> None:
+        """target ← momentum·target + (1 − momentum)·encoder: one foreach lerp where the
+        device has foreach kernels (``kernels``, default: chosen for the parameters' device)."""
         tgt = list(self.target_encoder.parameters())
         src = [p.detach() for p in self.encoder.parameters()]
-        torch._foreach_lerp_(tgt, src, 1.0 - float(momentum))
+        k = kernels or kernels_for(tgt[0].device)
+        k.lerp_(tgt, src, 1.0 - float(momentum))
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:

@@ -202,3 +202,126 @@ def test_sigint_checkpoints_too(tmp_path):
     proc.send_signal(signal.SIGINT)
     assert proc.wait(60) == EXIT_STOPPED
     assert events(tmp_path, "checkpoint")[-1]["reason"] == "stop"
+
+
+# -- every fallback holds: the worker side ---------------------------------------------------
+def test_fp16_overflow_steps_are_skipped_counted_and_the_run_completes(tmp_path):
+    sets = ["training.precision=fp16", "faults.grad_overflow_at_step=5",
+            "faults.grad_overflow_steps=3", "evaluation.eval_at_start=false"]
+    r = run_worker(tmp_path, sets)
+    assert r.returncode == EXIT_OK, r.stderr
+    assert events(tmp_path, "started")[0]["precision"] == "fp16"
+    steps = events(tmp_path, "step")
+    assert [s["step"] for s in steps] == list(range(1, 30))  # 32 batches, 3 skipped
+    before = [s for s in steps if s["step"] < 5]
+    after = [s for s in steps if s["step"] >= 5]
+    assert all(s["overflow_steps"] == 0 for s in before)
+    assert all(s["overflow_steps"] == 3 for s in after)
+    # the GradScaler backed off once per overflow (it may grow again only after 2000 steps)
+    assert after[0]["loss_scale"] == before[-1]["loss_scale"] / 8
+    assert all(s["step_s"] > 0 for s in steps)
+    assert [e["steps"] for e in events(tmp_path, "epoch_end")] == [13, 16]
+    assert not events(tmp_path, "fatal")
+
+
+def test_more_consecutive_overflows_than_allowed_is_nonfinite_then_passes(tmp_path):
+    sets = ["faults.grad_overflow_at_step=20", "faults.grad_overflow_steps=3",
+            "training.max_consecutive_overflows=2", "evaluation.eval_at_start=false"]
+    r = run_worker(tmp_path, sets)  # fp32: a non-finite grad norm without a scaler
+    assert r.returncode == EXIT_NONFINITE, r.stderr
+    fatal = events(tmp_path, "fatal")[0]
+    assert fatal["kind"] == "nonfinite" and "3 consecutive gradient overflows" in fatal["message"]
+    assert max(e["step"] for e in events(tmp_path, "step")) == 19
+    r = run_worker(tmp_path, sets, "--resume", "auto")  # one-shot: the restart passes it
+    assert r.returncode == EXIT_OK, r.stderr
+
+
+def test_a_cut_survives_a_restart_and_the_lr_stays_continuous(tmp_path):
+    first = tmp_path / "first"
+    proc = start_worker(first, ["training.epochs=6", "faults.step_delay_s=0.15",
+                                "evaluation.eval_at_start=false",
+                                "checkpoint.every_n_steps=4", "checkpoint.keep_last_k=20"])
+    assert wait_for(lambda: any(e["step"] >= 6 for e in events(first, "step")), 120)
+    write_control(first, Control(seq=1, epochs=3))
+    assert wait_for(lambda: any(e["step"] >= 21 for e in events(first, "step")), 120)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == EXIT_STOPPED
+    stop = events(first, "checkpoint")[-1]
+    last = events(first, "step")[-1]
+    assert last["step"] == stop["step"]
+    # the supervisor's override now says 3: the same curve continues exactly
+    same = tmp_path / "same"
+    r = run_worker(same, ["training.epochs=3", "evaluation.eval_at_start=false"],
+                   "--resume", stop["path"])
+    assert r.returncode == EXIT_OK, r.stderr
+    assert events(same, "started")[0]["epochs"] == 3
+    assert {e["total_epochs"] for e in events(same, "epoch_end")} == {3}
+    s0 = events(same, "step")[0]
+    slope = abs(events(first, "step")[-2]["lr"] - last["lr"])
+    assert abs(s0["lr"] - last["lr"]) <= 1.5 * slope + 1e-9  # one step's change, no jump
+    assert events(same, "step")[-1]["lr"] < 3e-5  # ends at the floor at epoch 3
+    # a rollback to a checkpoint from before the cut: a cut is added at the resume position
+    early = ck.list_checkpoints(first / "checkpoints")[-1]
+    pre = ck.read_sidecar(early)
+    assert pre["total_epochs"] == 6 and pre["step"] == 4
+    back = tmp_path / "back"
+    r = run_worker(back, ["training.epochs=3", "evaluation.eval_at_start=false"],
+                   "--resume", str(early))
+    assert r.returncode == EXIT_OK, r.stderr
+    assert events(back, "started")[0]["epochs"] == 3
+    ref = {e["step"]: e["lr"] for e in events(first, "step")}
+    s0 = events(back, "step")[0]
+    assert s0["step"] == 5 and s0["lr"] == pytest.approx(ref[5], rel=1e-6)
+    assert [e["epoch"] for e in events(back, "epoch_end")] == [1, 2, 3]
+
+
+def test_time_checkpoints_keep_a_nan_from_rolling_back_to_step_zero(tmp_path):
+    sets = ["faults.nonfinite_at_step=12", "faults.step_delay_s=0.1",
+            "checkpoint.every_minutes=0.005", "experiment.save_frequency=5",
+            "evaluation.eval_at_start=false"]
+    assert run_worker(tmp_path, sets).returncode == EXIT_NONFINITE
+    saves = events(tmp_path, "checkpoint")
+    assert saves and {c["reason"] for c in saves} == {"time"} and all(c["verified"] for c in saves)
+    assert max(c["step"] for c in saves) >= 8  # mid-epoch 1, before any epoch save
+    r = run_worker(tmp_path, sets, "--resume", "auto")
+    assert r.returncode == EXIT_OK, r.stderr
+    assert events(tmp_path, "resumed")[0]["step"] >= 8
+
+
+def test_fpn_off_resumes_partially_and_contrastive_off_under_cjepa_trains(tmp_path):
+    sets = ["evaluation.eval_at_start=false", "training.epochs=2",
+            "faults.raise_in_feature=fpn", "faults.raise_in_feature_after_step=6",
+            "checkpoint.every_n_steps=2"]
+    first = tmp_path / "first"
+    r = run_worker(first, sets, config=DEMO_AGGRESSIVE)
+    assert r.returncode == EXIT_FEATURE, r.stderr
+    assert events(first, "fatal")[0]["feature"] == "fpn"
+    assert max(e["step"] for e in events(first, "step")) == 5  # armed from step 6 on
+    nxt = tmp_path / "next"
+    r = run_worker(nxt, [*sets, "model.use_fpn=false", "loss.use_contrastive=false"],
+                   "--resume", str(first), config=DEMO_AGGRESSIVE)
+    assert r.returncode == EXIT_OK, r.stderr
+    partial = events(nxt, "resume_partial")
+    assert len(partial) == 1 and partial[0]["optimizer"] == "restored"
+    assert any(k.startswith("encoder.fpn.") for k in partial[0]["dropped"])
+    started = events(nxt, "started")[0]
+    assert started["start_step"] == 4 and started["features"]["fpn"] == "off"
+    assert started["features"]["contrastive"] == "off"
+    assert not any(e["type"] == "warning" for e in events(nxt))
+
+
+def test_heartbeats_carry_step_time_and_best_follows_the_metric(tmp_path):
+    r = run_worker(tmp_path, ["faults.step_delay_s=0.3", "evaluation.eval_at_start=false",
+                              "training.epochs=2"])
+    assert r.returncode == EXIT_OK, r.stderr
+    beats = events(tmp_path, "heartbeat")
+    assert "train" in {b["phase"] for b in beats}
+    timed = [b["step_s"] for b in beats if b.get("step_s") is not None]
+    assert timed and all(t >= 0.3 for t in timed)
+    assert all("mono" in e for e in events(tmp_path))
+    bests = events(tmp_path, "best")
+    evals = {e["epoch"]: e["knn"]["20"] for e in events(tmp_path, "eval")}
+    assert bests and bests[0]["metric"] == "knn" and bests[0]["value"] == evals[1]
+    top = max(evals.values())
+    assert bests[-1]["value"] == top
+    assert ck.read_sidecar(tmp_path / "checkpoints" / "best.pt")["value"] == top

@@ -126,3 +126,46 @@ def test_hash_ignores_faults_but_not_lr():
     b = Config.model_validate({**BASE, "faults": {"step_delay_s": 1.0}})
     c = Config.model_validate({**BASE, "training": {"lr": 0.01}})
     assert a.hash() == b.hash() != c.hash()
+
+
+def test_precision_key_and_its_contradiction_with_use_amp(tmp_path):
+    path = write(tmp_path, BASE)
+    assert load_config(path).training.precision == "auto"
+    assert load_config(path, ["training.precision=fp16"]).training.precision == "fp16"
+    assert load_config(path, ["training.use_amp=false"]).training.precision == "auto"
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["training.use_amp=false", "training.precision=fp16"])
+    assert "training.use_amp: false contradicts training.precision: fp16" in str(err.value)
+    assert "c.yaml" in str(err.value)
+    with pytest.raises(ConfigError, match="precision"):
+        load_config(path, ["training.precision=fp8"])
+
+
+def test_new_training_checkpoint_and_fault_keys(tmp_path):
+    path = write(tmp_path, BASE)
+    cfg = load_config(path)
+    assert cfg.training.max_consecutive_overflows == 25
+    assert cfg.checkpoint.every_minutes is None and cfg.faults.grad_overflow_steps == 1
+    cfg = load_config(path, ["checkpoint.every_minutes=0.5", "faults.grad_overflow_at_step=4",
+                             "faults.grad_overflow_steps=3", "faults.oom_at_step=2",
+                             "faults.raise_in_feature=fpn",
+                             "faults.raise_in_feature_after_step=6"])
+    assert cfg.checkpoint.every_minutes == 0.5 and cfg.faults.grad_overflow_steps == 3
+    for bad in ("training.max_consecutive_overflows=0", "checkpoint.every_minutes=0",
+                "faults.grad_overflow_steps=0"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            load_config(path, [bad])
+
+
+@pytest.mark.parametrize("name", ["demo_aggressive.yaml", "overnight_training_aggressive.yaml"])
+def test_contrastive_off_under_cjepa_is_the_plain_jepa_loss(name):
+    cfg = load_config(ROOT / "configs" / name, ["loss.use_contrastive=false"])
+    assert cfg.loss.type == "cjepa" and not cfg.loss.use_contrastive
+    assert cfg.loss.distance == cfg.loss.jepa_loss_type
+
+
+@pytest.mark.parametrize("name", ["overnight_training_conservative.yaml",
+                                  "overnight_training_aggressive.yaml"])
+def test_overnight_recipes_checkpoint_by_time(name):
+    c = load_config(ROOT / "configs" / name).checkpoint
+    assert c.every_minutes is not None and c.every_minutes <= 20 and c.keep_last_k >= 6
