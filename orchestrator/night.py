@@ -277,6 +277,15 @@ class NightRunner:
     def cfg(self) -> Config:
         return load_config(self.night.config, override_args(self.night.overrides))
 
+    def worker_sets(self) -> list[str]:
+        """The worker's ``--set`` items: the runbook's limits the worker enforces itself, then
+        the night's overrides (which win). Derived from the state alone."""
+        sets: dict[str, Any] = {
+            "training.max_consecutive_overflows": self.rb.limits.max_consecutive_overflows,
+        }
+        sets.update(self.night.overrides)
+        return override_args(sets)
+
     def history(self) -> NightHistory:
         return build_history(self.night, self.cfg(), self.base_cfg)
 
@@ -344,7 +353,7 @@ class NightRunner:
                 str(run_dir)]
         if resume_from:
             argv += ["--resume", resume_from]
-        for item in override_args(n.overrides):
+        for item in self.worker_sets():
             argv += ["--set", item]
         att = Attempt(index=idx, run_dir=str(run_dir), overrides=dict(n.overrides),
                       resume_from=resume_from, started_at=now_iso())
@@ -577,7 +586,7 @@ class NightRunner:
         run_dir = self.runs / "final-eval"
         argv = [*self.worker, "--config", str(Path(self.night.config).resolve()),
                 "--run-dir", str(run_dir), "--resume", ref.path, "--eval-only"]
-        for item in override_args(self.night.overrides):
+        for item in self.worker_sets():
             argv += ["--set", item]
 
         def only_hang(obs: Observation) -> Decision:
