@@ -31,7 +31,6 @@ orphaned worker; workers of nights whose window passed are stopped here (pid + c
 from __future__ import annotations
 
 import argparse
-import contextlib
 import fcntl
 import json
 import logging
@@ -69,6 +68,7 @@ from orchestrator.plan import (
 )
 from orchestrator.state import DaemonRecord, Night, State, StateError, StateStore, now_iso
 from orchestrator.state import parse_iso as _iso
+from orchestrator.system import System, process_alive
 
 LOCK_FILE = "daemon.lock"
 LOG_FILE = "daemon.log"
@@ -134,33 +134,27 @@ def lock_owner(state_dir: Path) -> dict[str, Any] | None:
 
 
 def _live_process(pid: int | None, create_time: float | None) -> psutil.Process | None:
-    if not pid:
+    if not process_alive(pid, create_time):
         return None
     try:
-        proc = psutil.Process(pid)
-        if create_time is not None and abs(proc.create_time() - create_time) > 1.0:
-            return None  # the pid was reused by another process
-        return None if proc.status() == psutil.STATUS_ZOMBIE else proc
+        return psutil.Process(pid)
     except psutil.Error:
         return None
 
 
-def stop_orphan_workers(night: Night, grace_s: float = 60.0) -> list[int]:
-    """SIGTERM (the worker checkpoints), then SIGKILL, every live worker of ``night``'s attempts."""
+def stop_orphan_workers(night: Night, grace_s: float = 60.0,
+                        system: System | None = None) -> list[int]:
+    """Stop every live worker of ``night``'s attempts (pid + create time) through the one
+    escalation of the process seam: SIGTERM to its whole process group (the worker checkpoints,
+    its DataLoader workers go too), SIGKILL to the group after ``grace_s``."""
+    sys_ = system or System()
     stopped = []
     for attempt in night.attempts:
-        proc = _live_process(attempt.pid, attempt.pid_create_time)
-        if proc is None:
+        if attempt.pid is None or not sys_.is_alive(attempt.pid, attempt.pid_create_time):
             continue
-        log.warning("stopping orphaned worker pid %d of %s", proc.pid, night.name)
-        with contextlib.suppress(psutil.Error):
-            proc.terminate()
-            try:
-                proc.wait(grace_s)
-            except psutil.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        stopped.append(proc.pid)
+        log.warning("stopping orphaned worker pid %d of %s", attempt.pid, night.name)
+        sys_.stop_group(attempt.pid, attempt.pid_create_time, (0.0, grace_s, 10.0))
+        stopped.append(attempt.pid)
     return stopped
 
 
@@ -621,7 +615,11 @@ def cmd_stop(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    state = StateStore(state_dir).load()
+    try:
+        state = StateStore(state_dir).load(set_aside=False)
+    except StateError as exc:
+        print(f"stopped; but the state file cannot be read: {exc}", file=sys.stderr)
+        return 1
     for night in state.nights:
         print(f"  night {night.index + 1} {night.name}: {night.status}")
     print(

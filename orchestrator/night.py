@@ -344,11 +344,16 @@ class NightRunner:
 
     # -- one attempt ----------------------------------------------------------------------
     def launch(self, resume_from: str | None) -> AttemptOutcome:
+        """Record the attempt in the state file, THEN spawn its worker, then record the pid.
+
+        A crash between the two saves leaves an attempt with no pid: :meth:`adopt_unrecorded`
+        finds its worker (if it was spawned) by its ``--run-dir``. An attempt dir is never
+        reused: one left on disk by an attempt that was never recorded is moved aside."""
         n = self.night
         idx = len(n.attempts) + 1
         run_dir = self.runs / f"attempt-{idx:02d}"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self._carry_fired_faults(run_dir)
+        if run_dir.exists():
+            run_dir.rename(run_dir.with_name(f"{run_dir.name}.stale-{int(time.time())}"))
         argv = [*self.worker, "--config", str(Path(n.config).resolve()), "--run-dir",
                 str(run_dir)]
         if resume_from:
@@ -358,6 +363,9 @@ class NightRunner:
         att = Attempt(index=idx, run_dir=str(run_dir), overrides=dict(n.overrides),
                       resume_from=resume_from, started_at=now_iso())
         n.attempts.append(att)
+        self.save()  # recorded before the spawn
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self._carry_fired_faults(run_dir)
         history = [self.history()]
         sup = Supervisor(
             self.sys, self.rb, run_dir=run_dir, argv=argv, cwd=os.getcwd(),
@@ -388,6 +396,17 @@ class NightRunner:
         att.ended_at = now_iso()
         att.last_epoch, att.last_step = view.epoch, view.step
         self.save()
+
+    def adopt_unrecorded(self, att: Attempt) -> bool:
+        """An attempt recorded without a pid: a runner died between recording it and recording
+        its worker's pid. Find that worker (if it was spawned) by its ``--run-dir`` and record
+        its pid + create time; False when there is none."""
+        found = self.sys.find_processes(["--run-dir", att.run_dir])
+        if not found:
+            return False
+        att.pid, att.pid_create_time = found[0]
+        self.save()
+        return True
 
     def _carry_fired_faults(self, run_dir: Path) -> None:
         fired: set[str] = set()
@@ -478,6 +497,13 @@ class NightRunner:
         while True:
             last = n.attempts[-1] if n.attempts else None
             if last is not None and last.exit_kind is None:
+                if last.pid is None and not self.adopt_unrecorded(last):
+                    msg = "never started: the runner stopped between recording and spawning it"
+                    self.record(Decision(DecisionKind.CONTINUE, "recovered", msg,
+                                         {"reason": "recovered", "was_alive": False}),
+                                last.index, kind="stop")
+                    self._close_attempt(last, None, "stopped", msg, attempt_view(last))
+                    continue
                 self.recover(last)
                 continue
             if last is None:
@@ -727,7 +753,28 @@ class NightDisplay:
 
 
 def cmd_run(args: Any) -> int:
-    """``hjepa-night run``: one night in the foreground, then the morning report."""
+    """``hjepa-night run``: one night in the foreground, then the morning report.
+
+    It takes the daemon's lock on the state dir (``STATE_DIR/daemon.lock``) for its whole life:
+    a second ``run`` or a ``start`` on the same state dir is refused, naming the owner, instead
+    of two runners overwriting one state file."""
+    from orchestrator.daemon import DaemonLock, lock_owner
+
+    state_dir = Path(args.state_dir)
+    lock = DaemonLock(state_dir)
+    if not lock.acquire():
+        owner = lock_owner(state_dir) or {}
+        print(f"error: {state_dir} is in use by hjepa-night pid {owner.get('pid') or '?'} "
+              f"(since {owner.get('since', '?')}); watch it with `hjepa-night status "
+              f"--state-dir {state_dir}`, or use another --state-dir", file=sys.stderr)
+        return 2
+    try:
+        return _run_locked(args)
+    finally:
+        lock.release()
+
+
+def _run_locked(args: Any) -> int:
     store = StateStore(args.state_dir)
     try:
         window = parse_window(args.window)

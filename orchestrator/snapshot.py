@@ -385,15 +385,9 @@ def daemon_alive(state: State) -> bool | None:
     """Whether the daemon recorded in the state is alive (pid + create time); None if none."""
     if state.daemon is None:
         return None
-    try:
-        import psutil
+    from orchestrator.system import process_alive
 
-        proc = psutil.Process(state.daemon.pid)
-        if state.daemon.create_time is None:
-            return proc.is_running()
-        return abs(proc.create_time() - state.daemon.create_time) < 1.0
-    except Exception:
-        return False
+    return process_alive(state.daemon.pid, state.daemon.create_time)
 
 
 def make_forecast(night: Night | None, run: RunView, th: Thresholds, now: float) -> Forecast:

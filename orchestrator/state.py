@@ -207,7 +207,11 @@ class StateStore:
     def exists(self) -> bool:
         return self.path.exists()
 
-    def load(self) -> State:
+    def load(self, set_aside: bool = True) -> State:
+        """The state; a corrupt file raises :class:`StateError` and, with ``set_aside`` (only
+        the daemon or ``run`` that owns the state dir), is moved to ``state.json.corrupt-<t>``.
+        Readers (``status``, ``report``, ``stop``) pass ``set_aside=False``: they never change
+        files."""
         try:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -215,15 +219,15 @@ class StateStore:
         try:
             raw = json.loads(text)
         except json.JSONDecodeError as exc:
-            aside = self._set_aside()
+            aside = self._set_aside(set_aside)
             raise StateError(
                 f"{self.path}: state file is corrupt ({exc.msg} at line {exc.lineno}); "
-                f"kept aside as {aside}. Inspect it, or start the plan afresh."
+                f"{aside}. Inspect it, or start the plan afresh."
             ) from None
         version = raw.get("schema_version") if isinstance(raw, dict) else None
         if not isinstance(version, int):
-            aside = self._set_aside()
-            raise StateError(f"{self.path}: no schema_version; kept aside as {aside}")
+            aside = self._set_aside(set_aside)
+            raise StateError(f"{self.path}: no schema_version; {aside}")
         if version > SCHEMA_VERSION:
             raise StateError(
                 f"{self.path}: written by a newer hjepa-night (schema {version}, this one "
@@ -232,22 +236,25 @@ class StateStore:
         try:
             return State.model_validate(raw)
         except ValidationError as exc:
-            aside = self._set_aside()
+            aside = self._set_aside(set_aside)
             first = exc.errors()[0]
             loc = ".".join(str(p) for p in first["loc"])
             raise StateError(
                 f"{self.path}: state file does not match the schema ({loc}: {first['msg']}); "
-                f"kept aside as {aside}"
+                f"{aside}"
             ) from None
 
     def save(self, state: State) -> None:
         state.updated_at = now_iso()
         atomic_write_text(self.path, state.model_dump_json(indent=2))
 
-    def _set_aside(self) -> Path:
+    def _set_aside(self, really: bool) -> str:
+        """Move the unusable file aside (owners only); the sentence saying what happened."""
+        if not really:
+            return "left in place (only `hjepa-night start` or `run` moves it aside)"
         aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
         self.path.replace(aside)
-        return aside
+        return f"kept aside as {aside}"
 
 
 def read_snapshot(state_dir: str | Path) -> State | None:

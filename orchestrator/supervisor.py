@@ -15,9 +15,13 @@ States (every transition is in :meth:`Supervisor.tick` / the request helpers, wi
        └───────────────────────────── exit seen (any state) ──► EXITED ◄──────────────┘
 
 - Liveness: the newest sign of *progress*: a ``step`` event, or a heartbeat's
-  ``ts − progress_age_s`` (the worker's heartbeat thread keeps beating through slow phases and
-  reports how long the main loop has not progressed). The policy compares its silence with the
-  phase's timeout.
+  ``mono − progress_age_s`` (the worker's heartbeat thread keeps beating through slow phases and
+  reports how long the main loop has not progressed). Silence is measured on the monotonic
+  clock: every worker event carries the worker's ``time.monotonic()`` (system-wide on Linux and
+  macOS), compared with the supervisor's own; an event without it counts from when it was read.
+  Before any event, silence counts from the launch. The Observation carries it as ``silent_s``
+  with the run's recent seconds per step (``step_s``), and the policy compares it with the
+  phase's timeout — a wall-clock jump (NTP, a laptop waking up) never looks like a hang.
 - Memory: every ``runbook.sampling_interval_s`` one :class:`orchestrator.system.MemSample` is
   appended to ``RUN_DIR/samples.jsonl`` ({ts, worker_rss, tree_rss, sys_available, swap_used,
   gpu_used}); swap growth is measured from the first sample of the attempt.
@@ -67,6 +71,8 @@ class AttemptView:
     step: int = 0
     total_epochs: int = 0
     progress_ts: float | None = None  # wall ts of the newest progress sign
+    progress_mono: float | None = None  # the same on the monotonic clock (see the docstring)
+    step_s: float | None = None  # the worker's recent seconds per optimizer step
     epoch_end_ts: float | None = None
     epoch_seconds: list[float] = field(default_factory=list)
     eval_seconds: list[float] = field(default_factory=list)
@@ -79,8 +85,16 @@ class AttemptView:
     finished: dict[str, Any] | None = None
     last_step: dict[str, Any] | None = None
 
-    def update(self, ev: dict[str, Any]) -> None:
+    def update(self, ev: dict[str, Any], read_mono: float | None = None) -> None:
+        """Fold one event; ``read_mono``: the reader's monotonic time (for events without
+        ``mono``)."""
         kind, ts = ev.get("type"), float(ev.get("ts", 0.0))
+        mono = ev.get("mono")
+        mono = float(mono) if isinstance(mono, (int, float)) else read_mono
+        if kind in ("started", "step", "epoch_end", "eval", "checkpoint") and mono is not None:
+            self._progress_at(mono)
+        if isinstance(ev.get("step_s"), (int, float)):
+            self.step_s = float(ev["step_s"])
         if kind == "started":
             self.started = ev
             self.epoch = int(ev.get("start_epoch", 1)) - 1
@@ -90,8 +104,11 @@ class AttemptView:
         elif kind == "heartbeat":
             self.phase = str(ev.get("phase", self.phase))
             age = ev.get("progress_age_s")
-            seen = ts - float(age) if isinstance(age, (int, float)) else ts
+            lag = float(age) if isinstance(age, (int, float)) else 0.0
+            seen = ts - lag
             self.progress_ts = max(self.progress_ts or seen, seen)
+            if mono is not None:
+                self._progress_at(mono - lag)
             self._mem(ev)
         elif kind == "step":
             self.phase, self.step, self.last_step = "train", int(ev["step"]), ev
@@ -119,6 +136,9 @@ class AttemptView:
             self.fatal = ev
         elif kind == "finished":
             self.finished = ev
+
+    def _progress_at(self, mono: float) -> None:
+        self.progress_mono = max(self.progress_mono or mono, mono)
 
     def _mem(self, ev: dict[str, Any]) -> None:
         mem = ev.get("device_mem") or {}
@@ -220,10 +240,14 @@ class Supervisor:
         swap = None
         if s is not None and s.swap_used is not None and self._swap0 is not None:
             swap = s.swap_used - self._swap0
+        now_m = self._t0 + (now_w - self._w0)
+        since = v.progress_mono if v.progress_mono is not None else self._t0
         return Observation(
             running=True,
             started_at=self._w0,
             last_heartbeat_at=v.progress_ts,
+            silent_s=max(0.0, now_m - since),
+            recent_step_s=v.step_s,
             phase=v.phase,
             epoch=v.epoch,
             step=v.step,
@@ -287,8 +311,9 @@ class Supervisor:
 
     # -- reading --------------------------------------------------------------------------
     def _read_events(self) -> None:
+        read_mono = self.sys.monotonic()
         for ev in self._tail.poll():
-            self.view.update(ev)
+            self.view.update(ev, read_mono)
             self.on_event(ev)
 
     def _sample(self, now_m: float) -> None:

@@ -9,6 +9,9 @@ tests use the real one. Readings that are unavailable come back as ``None``, nev
 - ``signal_group`` signals the whole group; ``poll`` reaps a child (returncode, negative for a
   signal) or, for a process we did not start (left by a previous daemon), reports whether it
   is gone.
+- Liveness is always pid *and* create time (:func:`process_alive`; a pid without its create time
+  is never taken for ours: pids are reused). ``stop_group`` is the one TERM → wait → KILL
+  escalation for a process we may not have started (an orphan left by a crashed daemon).
 - ``sample`` reads the worker's RSS, the RSS of the worker tree (worker + children), system
   available memory, swap used, and GPU memory through NVML when ``pynvml`` (nvidia-ml-py) is
   importable: the tree's per-process usage when NVML lists those pids, else the device total.
@@ -29,6 +32,23 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+
+def process_alive(pid: int | None, create_time: float | None) -> bool:
+    """Whether ``pid`` runs and is the process that started at ``create_time`` (± 1 s).
+
+    The only liveness check of the orchestrator. Without a create time nothing can be
+    verified (the pid may have been reused), so the answer is False: callers record the create
+    time together with the pid, and a zombie is not alive."""
+    if not pid or create_time is None:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return abs(proc.create_time() - create_time) < 1.0
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
+        return False
 
 
 @dataclass(frozen=True)
@@ -122,14 +142,35 @@ class System:
             return None
 
     def is_alive(self, pid: int, create_time: float | None) -> bool:
-        """Same pid *and* same start time (a reused pid is not our worker)."""
-        try:
-            p = psutil.Process(pid)
-            if p.status() == psutil.STATUS_ZOMBIE:
-                return False
-            return create_time is None or abs(p.create_time() - create_time) < 1.0
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            return False
+        """Same pid *and* same start time (:func:`process_alive`)."""
+        return process_alive(pid, create_time)
+
+    def find_processes(self, args: list[str]) -> list[tuple[int, float]]:
+        """(pid, create time) of live processes whose command line holds ``args`` in a row."""
+        found = []
+        n = len(args)
+        for proc in psutil.process_iter(["pid", "cmdline", "create_time"]):
+            cmd = proc.info.get("cmdline") or []
+            if any(cmd[i : i + n] == args for i in range(len(cmd) - n + 1)):
+                found.append((int(proc.info["pid"]), float(proc.info["create_time"])))
+        return found
+
+    def stop_group(self, pid: int, create_time: float | None, waits: tuple[float, ...],
+                   ) -> bool:
+        """Escalate on the process group led by ``pid`` while that process is alive (pid +
+        create time): wait ``waits[0]`` (a control-file stop may already be under way), then
+        SIGTERM and wait ``waits[1]``, then SIGKILL and wait ``waits[2]``. True once it is gone.
+        """
+        steps = list(zip(waits, (None, signal.SIGTERM, signal.SIGKILL), strict=False))
+        for wait_s, sig in steps:
+            if not self.is_alive(pid, create_time):
+                return True
+            if sig is not None:
+                self.signal_group(pid, sig)
+            end = self.monotonic() + wait_s
+            while self.is_alive(pid, create_time) and self.monotonic() < end:
+                self.sleep(0.2)
+        return not self.is_alive(pid, create_time)
 
     # -- sampling -------------------------------------------------------------------------
     def sample(self, pid: int) -> MemSample:

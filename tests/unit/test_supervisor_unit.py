@@ -19,7 +19,9 @@ from orchestrator.system import MemSample, System
 from trainer.events import read_control
 
 ROOT = Path(__file__).resolve().parents[2]
-RB = load_runbook(ROOT / "runbooks/demo.yaml")  # step timeout 20 s, grace 5 s, samples 2 s
+RB = load_runbook(ROOT / "runbooks/demo.yaml")  # grace 5 s, samples 2 s
+RB.heartbeat.step_timeout_s = 20.0  # timeouts these tests are written against
+RB.heartbeat.startup_timeout_s = RB.heartbeat.slow_phase_timeout_s = 60.0
 T0 = 1_000_000.0
 
 
@@ -35,7 +37,9 @@ class FakeSystem(System):
         return self.t
 
     def wall(self) -> float:
-        return T0 + self.t
+        return T0 + self.t + self.wall_jump
+
+    wall_jump = 0.0  # an NTP step or a laptop's sleep: the wall clock moves, monotonic does not
 
     def sleep(self, seconds: float) -> None:
         self.t += seconds
@@ -173,3 +177,43 @@ def test_slow_epochs_are_cut_live_through_the_control_file(tmp_path: Path) -> No
     # 600 s − 30 s reserve from t=0 at 150 s/epoch: 1 done + 3 → the 4 rung of [5, 4, 3, 2]
     assert ctl is not None and ctl.epochs == 4 and not ctl.stop
     assert decisions[-1].kind.value == "set_epochs" and sup.view.total_epochs == 4
+
+
+def test_a_wall_clock_jump_is_not_a_hang(tmp_path: Path) -> None:
+    """Silence is measured on the monotonic clock (the events' ``mono``), not on wall time."""
+    sup, fs, decisions = make(tmp_path)
+    for i in range(1, 6):
+        emit(tmp_path, fs, type="step", epoch=1, step=i, mono=fs.t, step_s=2.0)
+        run_for(sup, fs, 2.0)
+    fs.wall_jump = 900.0  # the wall clock leaps 15 minutes ahead; events keep their old ts
+    for i in range(6, 12):
+        emit(tmp_path, fs, type="step", epoch=1, step=i, mono=fs.t, step_s=2.0,
+             ts=T0 + fs.t - 900.0)
+        run_for(sup, fs, 2.0)
+    assert fs.signals() == [] and not [d for d in decisions if d.trigger == "hang"]
+
+
+def test_slow_steps_stretch_the_step_timeout_but_a_stall_is_caught(tmp_path: Path) -> None:
+    """Every step takes 30 s (1.5x the 20 s step timeout): slow, not hung. A stall longer than
+    5 recent steps (150 s) is still a hang."""
+    sup, fs, decisions = make(tmp_path)
+    for i in range(1, 5):
+        emit(tmp_path, fs, type="step", epoch=1, step=i, mono=fs.t, step_s=30.0)
+        assert run_for(sup, fs, 30.0) is None
+    assert fs.signals() == []
+    run_for(sup, fs, 110.0)  # 140 s without progress: under 5 x 30 s
+    assert fs.signals() == []
+    run_for(sup, fs, 15.0)
+    assert fs.signals() == [signal.SIGTERM]
+    hang = [d for d in decisions if d.trigger == "hang"][-1]
+    assert hang.evidence["timeout_s"] == 150.0 and hang.evidence["recent_step_s"] == 30.0
+
+
+def test_a_data_stall_gets_the_step_timeout(tmp_path: Path) -> None:
+    sup, fs, decisions = make(tmp_path)
+    emit(tmp_path, fs, type="step", epoch=1, step=1, mono=fs.t, step_s=1.0)
+    for _ in range(12):  # waiting for a batch mid-epoch; the heartbeat thread keeps beating
+        emit(tmp_path, fs, type="heartbeat", phase="data", mono=fs.t, progress_age_s=fs.t)
+        run_for(sup, fs, 2.0)
+    assert signal.SIGTERM in fs.signals()
+    assert [d for d in decisions if d.trigger == "hang"][-1].evidence["phase"] == "data"
