@@ -42,7 +42,13 @@ from orchestrator.snapshot import (
 )
 from orchestrator.state import Metrics, Night, State, SuccessCheck, read_snapshot
 from orchestrator.tui import NA, fmt_clock, fmt_dur, fmt_gb, fmt_num, fmt_pct
-from trainer.events import RESOLVED_CONFIG_FILE, WORKER_LOG_FILE, atomic_write_text
+from trainer.events import (
+    EVENTS_FILE,
+    RESOLVED_CONFIG_FILE,
+    WORKER_LOG_FILE,
+    atomic_write_text,
+    read_events,
+)
 
 ICON = {
     "succeeded": "✅",
@@ -168,6 +174,25 @@ class NightFacts:
                     feature_std=zero[0].get("feature_std"),
                     effective_rank=zero[0].get("effective_rank"),
                 )
+
+    def attempt_events(self, kind: str) -> list[tuple[int, dict[str, Any]]]:
+        """(attempt index, event) for every event of ``kind`` in the night's attempts."""
+        out = []
+        for a in self.night.attempts:
+            run_dir = resolve_path(self.state_dir, a.run_dir)
+            if run_dir is not None:
+                out += [(a.index, e) for e in read_events(run_dir / EVENTS_FILE)
+                        if e.get("type") == kind]
+        return out
+
+    def overflow_steps(self) -> dict[int, int]:
+        """Gradient-overflow steps skipped (fp16), per attempt that had any."""
+        per: dict[int, int] = {}
+        for index, ev in self.attempt_events("step"):
+            n = int(ev.get("overflow_steps") or 0)
+            if n:
+                per[index] = max(per.get(index, 0), n)
+        return per
 
     @property
     def best_checkpoint(self) -> str | None:
@@ -352,8 +377,15 @@ def _what_ran(f: NightFacts) -> list[str]:
         "the end",
         "- overrides in force at the end: "
         + (", ".join(f"`{k}={_fmt_set(v)}`" for k, v in n.overrides.items()) or "none"),
-        "",
     ]
+    overflow = f.overflow_steps()
+    if overflow:
+        out.append(
+            f"- gradient-overflow steps skipped (fp16 loss scaling backs off; routine, not a "
+            f"failure): {sum(overflow.values())} ("
+            + ", ".join(f"attempt {i}: {k}" for i, k in sorted(overflow.items())) + ")"
+        )
+    out.append("")
     rows = []
     for a in n.attempts:
         rows.append(
@@ -420,6 +452,16 @@ def _timeline(f: NightFacts) -> list[str]:
     for ev in f.run.epochs:
         if ev.get("total_epochs") and ev is f.run.epochs[-1]:
             items.append((ev["ts"], f"last epoch end: {ev.get('epoch')}/{ev['total_epochs']}"))
+    for d in n.decisions:
+        if d.kind in ("rung_skipped", "runner_error") and (t := iso_ts(d.at)) is not None:
+            label = "rung skipped" if d.kind == "rung_skipped" else "**runner error**"
+            items.append((t, f"{label}: {d.action}"))
+    for index, ev in f.attempt_events("resume_partial"):
+        dropped, missing = ev.get("dropped") or [], ev.get("missing") or []
+        items.append((float(ev["ts"]), f"attempt {index} resumed `{Path(str(ev['path'])).name}` "
+                      f"partially: dropped {len(dropped)} tensors ({_prefixes(dropped) or '-'}), "
+                      f"{len(missing)} new ({_prefixes(missing) or '-'}); optimizer state "
+                      f"{ev.get('optimizer', NA)}"))
     for ft in f.run.fatals:
         feature = f" (feature {ft['feature']})" if ft.get("feature") else ""
         items.append((ft["ts"], f"worker fatal **{ft.get('kind')}**{feature}: {ft.get('message')}"))
@@ -445,6 +487,16 @@ def _timeline(f: NightFacts) -> list[str]:
     else:
         out += ["", "No fallbacks were needed.", ""]
     return out
+
+
+def _prefixes(keys: list[str], depth: int = 2) -> str:
+    """``['fpn.lateral.0.weight', 'fpn.lateral.0.bias', ...]`` → ``fpn.lateral.*``."""
+    seen: dict[str, None] = {}
+    for key in keys:
+        parts = str(key).split(".")
+        seen[".".join(parts[:depth]) + (".*" if len(parts) > depth else "")] = None
+    shown = list(seen)
+    return ", ".join(shown[:4]) + (f" and {len(shown) - 4} more" if len(shown) > 4 else "")
 
 
 def _time_and_resources(f: NightFacts) -> list[str]:

@@ -152,6 +152,10 @@ def test_a_rung_the_recipe_rejects_is_skipped_and_the_night_goes_on(tmp_path: Pa
     assert len(skipped) == 1 and "data.batch_size" in skipped[0].evidence["error"]
     assert [a.exit_kind for a in n.attempts] == ["oom", "finished"]
     assert n.attempts[-1].overrides["data.batch_size"] == 16
+    from orchestrator.report import write_report
+
+    text = write_report(store.dir).read_text()
+    assert "rung skipped: " in text and "does not apply to this recipe" in text
 
 
 def test_best_checkpoint_is_the_best_by_metric_not_the_newest(tmp_path: Path,
@@ -185,6 +189,10 @@ def test_an_error_inside_the_runner_still_ends_the_night(tmp_path: Path,
     assert any(d.kind == "runner_error" for d in store.load().nights[0].decisions)
     assert not System().is_alive(raised[0], n.attempts[0].pid_create_time)
     assert store.load().nights[0].status == n.status
+    from orchestrator.report import write_report
+
+    text = write_report(store.dir).read_text()
+    assert "**runner error**: the night runner failed: RuntimeError: observer broke" in text
 
 
 # --- the real worker (python -m trainer) on the demo config --------------------------------------
@@ -311,3 +319,26 @@ def test_real_aggressive_feature_rungs_resume_mid_run(tmp_path: Path, feature: s
     if feature == "fpn":
         partial = [e for e in evs if e["type"] == "resume_partial"]
         assert partial and any("fpn" in k for k in partial[0]["dropped"]), partial
+        from orchestrator.report import write_report
+
+        text = write_report(store.dir).read_text()
+        assert "attempt 2 resumed `ckpt-e0001-s00000002.pt` partially: dropped" in text
+
+
+@pytest.mark.slow
+def test_real_fp16_overflow_is_skipped_not_a_fallback(tmp_path: Path) -> None:
+    """fp16 with a GradScaler on the CPU: routine overflow steps are skipped and counted, the
+    night spends no rung of the non-finite ladder on them, and the report says how many."""
+    n = real(tmp_path, {"training.precision": "fp16", "faults.grad_overflow_at_step": 2,
+                        "training.epochs": 4,
+                        "faults.grad_overflow_steps": 3, "logging.log_frequency": 1})
+    assert [a.exit_kind for a in n.attempts] == ["finished"], n.reason
+    assert not n.fallbacks
+    from orchestrator.report import write_report
+    from trainer.events import read_events
+
+    steps = [e for e in read_events(Path(n.attempts[0].run_dir) / "events.jsonl")
+             if e["type"] == "step"]
+    assert max(e["overflow_steps"] for e in steps) == 3
+    text = write_report(Path(n.attempts[0].run_dir).parents[2]).read_text()
+    assert "gradient-overflow steps skipped" in text and "attempt 1: 3" in text
