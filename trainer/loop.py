@@ -398,6 +398,7 @@ class Worker:
             self.step_fn.overflow_next = True
         if f.hang_at_step == nxt and "hang" not in self.fired:
             self._mark_fired("hang")
+            self.ev.beat()  # the phase it hangs in (train) is known, then silence
             self.ev.freeze()
             while True:  # stuck: no progress, no heartbeat, until killed
                 time.sleep(3600)

@@ -4,9 +4,10 @@ Rows, in the order they are tried (the table tests in tests/unit/test_policy.py 
 
 Live worker (``obs.running``):
   hang       silence since the newest sign of progress (measured by the supervisor on the
-             monotonic clock) > the phase's timeout: startup → startup_timeout_s;
-             train/data (a data stall is a stalled step) → max(step_timeout_s,
-             step_timeout_factor × the run's recent seconds per step); loader/eval/checkpoint →
+             monotonic clock) > the phase's timeout: startup, and train/data before the
+             attempt's first step has finished → startup_timeout_s; train/data (a data stall
+             is a stalled step) → max(step_timeout_s, step_timeout_factor × the run's recent
+             seconds per step); loader/eval/checkpoint →
              slow_phase_timeout_s                      → RESTART trigger hang (kill first)
   (while a stop is already under way nothing else is considered)
   deadline   now ≥ deadline − final_eval               → STOP_FOR_DEADLINE (with final eval)
@@ -74,8 +75,10 @@ def heartbeat_timeout(obs: Observation, runbook: Runbook) -> tuple[float, str]:
     if (obs.last_heartbeat_at is None and obs.silent_s is None) or obs.phase == "startup":
         return hb.startup_timeout_s, "startup"
     if obs.phase in ("train", "data"):
+        if obs.recent_step_s is None:  # no step finished yet: warm-up, first-step compile
+            return max(hb.step_timeout_s, hb.startup_timeout_s), f"{obs.phase} (first step)"
         timeout = hb.step_timeout_s
-        if obs.recent_step_s is not None and obs.recent_step_s > 0:
+        if obs.recent_step_s > 0:
             timeout = max(timeout, hb.step_timeout_factor * obs.recent_step_s)
         return timeout, obs.phase
     return hb.slow_phase_timeout_s, obs.phase

@@ -55,7 +55,8 @@ def aggr_hist(**kw: Any) -> NightHistory:
 
 def live(**kw: Any) -> Observation:
     base: dict[str, Any] = dict(running=True, started_at=NOW - 3600, last_heartbeat_at=NOW - 1,
-                                phase="train", epoch=5, step=500, total_epochs=50)
+                                phase="train", epoch=5, step=500, total_epochs=50,
+                                recent_step_s=1.0)
     base.update(kw)
     return Observation(**base)
 
@@ -122,6 +123,10 @@ HANG_ROWS = [
      live(silent_s=1400, recent_step_s=270.0), K.RESTART),
     ("fast steps never shrink the timeout below the runbook's",
      live(silent_s=100, recent_step_s=0.1), K.CONTINUE),
+    ("the first step of an attempt gets the start-up timeout",
+     live(silent_s=600, recent_step_s=None), K.CONTINUE),
+    ("a first step past the start-up timeout is a hang",
+     live(silent_s=901, recent_step_s=None), K.RESTART),
 ]
 
 

@@ -103,7 +103,8 @@ def run_for(sup: Supervisor, fs: FakeSystem, seconds: float, step: float = 0.5) 
 
 def test_hang_escalates_term_then_kill_to_the_group(tmp_path: Path) -> None:
     sup, fs, decisions = make(tmp_path)
-    emit(tmp_path, fs, type="heartbeat", phase="train", epoch=1, step=3, progress_age_s=0.0)
+    emit(tmp_path, fs, type="heartbeat", phase="train", epoch=1, step=3, progress_age_s=0.0,
+         step_s=1.0)
     assert run_for(sup, fs, 19.0) is None and fs.signals() == []
     run_for(sup, fs, 2.0)
     assert fs.signals() == [signal.SIGTERM] and sup.state is Phase.TERMINATING
@@ -118,7 +119,7 @@ def test_hang_escalates_term_then_kill_to_the_group(tmp_path: Path) -> None:
 def test_heartbeats_without_progress_count_as_silence(tmp_path: Path) -> None:
     sup, fs, _ = make(tmp_path)
     for _ in range(12):  # the heartbeat thread beats, but the loop made no progress for 22 s
-        emit(tmp_path, fs, type="heartbeat", phase="train", progress_age_s=fs.t)
+        emit(tmp_path, fs, type="heartbeat", phase="train", progress_age_s=fs.t, step_s=1.0)
         run_for(sup, fs, 2.0)
     assert signal.SIGTERM in fs.signals()
 
@@ -217,3 +218,14 @@ def test_a_data_stall_gets_the_step_timeout(tmp_path: Path) -> None:
         run_for(sup, fs, 2.0)
     assert signal.SIGTERM in fs.signals()
     assert [d for d in decisions if d.trigger == "hang"][-1].evidence["phase"] == "data"
+
+
+def test_the_first_step_gets_the_start_up_timeout(tmp_path: Path) -> None:
+    """Before any step has finished (warm-up, a first-step compile) a long silence is not a
+    hang until the start-up timeout."""
+    sup, fs, decisions = make(tmp_path)
+    emit(tmp_path, fs, type="heartbeat", phase="train", epoch=1, step=0, mono=fs.t,
+         progress_age_s=0.0)
+    assert run_for(sup, fs, 50.0) is None and fs.signals() == []
+    run_for(sup, fs, 15.0)
+    assert fs.signals() == [signal.SIGTERM]
