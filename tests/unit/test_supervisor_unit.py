@@ -223,7 +223,7 @@ def test_a_data_stall_gets_the_step_timeout(tmp_path: Path) -> None:
 def test_the_first_step_gets_the_start_up_timeout(tmp_path: Path) -> None:
     """Before any step has finished (warm-up, a first-step compile) a long silence is not a
     hang until the start-up timeout."""
-    sup, fs, decisions = make(tmp_path)
+    sup, fs, _ = make(tmp_path)
     emit(tmp_path, fs, type="heartbeat", phase="train", epoch=1, step=0, mono=fs.t,
          progress_age_s=0.0)
     assert run_for(sup, fs, 50.0) is None and fs.signals() == []
