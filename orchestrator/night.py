@@ -15,9 +15,14 @@ Resume rules:
 - Checkpoints form a lineage: an attempt that resumes from a checkpoint at step S supersedes
   every earlier checkpoint after S (a roll-back abandons them). "Newest" is the newest of the
   lineage; a fresh attempt is started from step 0 only when the lineage is empty.
-- A last attempt with no ``exit_kind`` belongs to a supervisor that died: if its pid is alive
-  with the same create time it is asked to stop (control → SIGTERM → SIGKILL on its group) and
-  waited for; then the night continues from the newest checkpoint. Never two workers at once.
+- A last attempt with no ``exit_kind`` belongs to a supervisor that died. If its pid is alive
+  with the same create time and healthy (:func:`orphan_health`: a progress sign in its
+  events.jsonl within the phase's timeout, on the events' ``mono`` clock), a new supervisor
+  re-attaches to it (decision ``reattached``): same attempt index and run dir, supervised to
+  its end, the exit read from its events — a daemon crash costs no training. A live worker
+  that is silent is SIGTERMed then SIGKILLed (its group), one that is merely not ours to adopt
+  (this runner spawned it) is asked to stop first (control → SIGTERM → SIGKILL); then the night
+  continues from the newest checkpoint. Never two workers at once.
 - A last attempt that finished is finalised, not re-run. A recorded restart decision that has
   no attempt after it is carried out, not decided again (rungs are never applied twice).
 - ``stop`` set: the worker checkpoints and exits; the attempt is ``stopped``, the night stays
@@ -89,6 +94,7 @@ FINISHED_KINDS = ("succeeded", "partial", "failed", "skipped")
 RUNG_SKIPPED = "rung_skipped"  # a rung whose overrides the recipe's config schema rejects
 RUNNER_ERROR = "runner_error"  # an exception inside the night runner itself
 MAX_RUNG_SKIPS = 20
+PROGRESS_EVENTS = ("started", "heartbeat", "step", "epoch_end", "eval", "checkpoint")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,6 +202,47 @@ def build_history(night: Night, cfg: Config, base_cfg: Config) -> NightHistory:
     )
 
 
+def orphan_health(events: list[dict[str, Any]], rb: Runbook, now_mono: float, now_wall: float,
+                  created_at: float | None) -> dict[str, Any]:
+    """Whether a worker left running by a dead supervisor still makes progress.
+
+    Silence = now − the newest progress sign (``PROGRESS_EVENTS``; a heartbeat counts at
+    ``mono − progress_age_s``), measured on the events' ``mono`` (the worker's
+    ``time.monotonic()``, system-wide on Linux/macOS) against ``now_mono``; an event without
+    ``mono`` falls back to ``ts`` against ``now_wall``. No progress event at all: silence since
+    the process was created (``created_at``, wall; unknown → never healthy). The allowed
+    silence is the policy's :func:`heartbeat_timeout` for the worker's last phase (startup,
+    step — adapted to the run's ``step_s`` — or slow phase). Returns ``{healthy, silent_s,
+    timeout_s, phase, step}``."""
+    silent: float | None = None
+    phase, step, step_s = "startup", 0, None
+    for ev in events:
+        kind = ev.get("type")
+        if kind not in PROGRESS_EVENTS:
+            continue
+        age = ev.get("progress_age_s") if kind == "heartbeat" else 0.0
+        age = float(age) if isinstance(age, (int, float)) else 0.0
+        mono = ev.get("mono")
+        if isinstance(mono, (int, float)):
+            quiet = now_mono - (float(mono) - age)
+        else:
+            quiet = now_wall - (float(ev.get("ts", 0.0)) - age)
+        silent = quiet if silent is None else min(silent, quiet)
+        if kind == "heartbeat":
+            phase = str(ev.get("phase", phase))
+        elif kind == "step":
+            phase, step = "train", int(ev.get("step", step))
+        if kind in ("heartbeat", "step") and isinstance(ev.get("step_s"), (int, float)):
+            step_s = float(ev["step_s"])
+    if silent is None:
+        silent = now_wall - created_at if created_at is not None else float("inf")
+    obs = Observation(running=True, started_at=0.0, silent_s=silent, recent_step_s=step_s,
+                      phase=phase, step=step)
+    timeout, phase_name = heartbeat_timeout(obs, rb)
+    return {"healthy": silent <= timeout, "silent_s": round(silent, 1),
+            "timeout_s": round(timeout, 1), "phase": phase_name, "step": step}
+
+
 def _stop_reason(night: Night, attempt_index: int) -> str | None:
     reason = None
     for d in night.decisions:
@@ -265,6 +312,7 @@ class NightRunner:
         base = n.attempts[0].overrides if n.attempts else n.overrides
         self.base_cfg = load_config(n.config, override_args(base))
         self.runs = store.dir / "runs" / n.name
+        self._reattached: set[int] = set()  # attempts re-attached by this runner (never twice)
 
     @property
     def night(self) -> Night:
@@ -366,27 +414,42 @@ class NightRunner:
         self.save()  # recorded before the spawn
         run_dir.mkdir(parents=True, exist_ok=True)
         self._carry_fired_faults(run_dir)
+        sup = self._supervisor(att, argv)
+        att.pid = sup.launch()
+        att.pid_create_time = self.sys.create_time(att.pid)
+        self.save()
+        return self._supervise(att, sup)
+
+    def _supervisor(self, att: Attempt, argv: list[str], already_folded: int = 0) -> Supervisor:
+        """A Supervisor for ``att`` wired to this night: the policy with the night's history,
+        its events folded into the state (all but the first ``already_folded``, which a
+        previous runner recorded), its decisions recorded before they act."""
         history = [self.history()]
         sup = Supervisor(
-            self.sys, self.rb, run_dir=run_dir, argv=argv, cwd=os.getcwd(),
+            self.sys, self.rb, run_dir=Path(att.run_dir), argv=argv, cwd=os.getcwd(),
             deadline=self.deadline,
             decide=lambda obs: decide(obs, history[0], self.rb, self.sys.wall(), self.deadline),
             stop=self.stop, env=worker_env(),
         )
-        sup.on_event = lambda ev: self.on_event(ev, sup.view)
+        seen = [0]
+
+        def on_event(ev: dict[str, Any]) -> None:
+            seen[0] += 1
+            if seen[0] > already_folded:
+                self.on_event(ev, sup.view)
 
         def on_decision(d: Decision) -> None:
-            self.record(d, idx)
+            self.record(d, att.index)
             history[0] = self.history()
 
-        sup.on_decision = on_decision
-        att.pid = sup.launch()
-        att.pid_create_time = self.sys.create_time(att.pid)
-        self.save()
+        sup.on_event, sup.on_decision = on_event, on_decision
+        return sup
+
+    def _supervise(self, att: Attempt, sup: Supervisor) -> AttemptOutcome:
         out = sup.run()
         if out.stop_reason == "daemon":
             self.record(Decision(DecisionKind.CONTINUE, "daemon", "stopped on request (daemon)",
-                                 {"reason": "daemon"}), idx, kind="stop")
+                                 {"reason": "daemon"}), att.index, kind="stop")
         self._close_attempt(att, out.exit_code, out.exit_kind, out.message, out.view)
         return out
 
@@ -418,23 +481,25 @@ class NightRunner:
 
     # -- crash recovery -------------------------------------------------------------------
     def recover(self, att: Attempt) -> None:
-        """The last attempt has no ending: stop its worker if it still runs, record it."""
+        """The last attempt has no ending (its supervisor died): re-attach to its worker if it
+        is alive, not ours and healthy; else stop it if it still runs, and record it."""
         hb = self.rb.heartbeat
         alive = att.pid is not None and self.sys.is_alive(att.pid, att.pid_create_time)
+        health: dict[str, Any] | None = None
+        if alive and att.pid is not None and not self.sys.owns(att.pid):
+            health = orphan_health(read_events(Path(att.run_dir) / EVENTS_FILE), self.rb,
+                                   self.sys.monotonic(), self.sys.wall(), att.pid_create_time)
+            if health["healthy"] and att.index not in self._reattached:
+                self._reattached.add(att.index)
+                self.reattach(att, health)
+                return
         if alive and att.pid is not None:
-            write_control(att.run_dir, Control(seq=10**6, epochs=None, stop=True))
-            steps = ((max(hb.slow_phase_timeout_s, 60), None), (hb.term_grace_s, signal.SIGTERM),
-                     (hb.term_grace_s, signal.SIGKILL), (10.0, None))
-            for wait_s, sig in steps:
-                if sig is not None:
-                    self.sys.signal_group(att.pid, sig)
-                end = self.sys.monotonic() + wait_s
-                while self.sys.is_alive(att.pid, att.pid_create_time) and (
-                    self.sys.monotonic() < end
-                ):
-                    self.sys.sleep(0.5)
-                if not self.sys.is_alive(att.pid, att.pid_create_time):
-                    break
+            hung = health is not None and not health["healthy"]
+            if not hung:  # a hung worker never reads the control file: straight to SIGTERM
+                write_control(att.run_dir, Control(seq=10**6, epochs=None, stop=True))
+            first_wait = 0.0 if hung else max(hb.slow_phase_timeout_s, 60)
+            self.sys.stop_group(att.pid, att.pid_create_time,
+                                (first_wait, hb.term_grace_s, hb.term_grace_s + 10.0))
         view = attempt_view(att)
         if view.finished and view.finished.get("reason") == "completed":
             kind, msg = "finished", "completed (seen after a supervisor restart)"
@@ -444,10 +509,32 @@ class NightRunner:
             kind = "stopped"
             msg = "stopped after a supervisor restart" if alive else (
                 "worker gone after a supervisor restart")
-        self.record(Decision(DecisionKind.CONTINUE, "recovered", msg, {"reason": "recovered",
-                                                                       "was_alive": alive}),
+            if health is not None and not health["healthy"]:
+                msg = (f"stopped after a supervisor restart: no progress for "
+                       f"{health['silent_s']:.0f} s in phase {health['phase']} (limit "
+                       f"{health['timeout_s']:.0f} s)")
+        evidence: dict[str, Any] = {"reason": "recovered", "was_alive": alive}
+        if health is not None:
+            evidence["health"] = health
+        self.record(Decision(DecisionKind.CONTINUE, "recovered", msg, evidence),
                     att.index, kind="stop")
         self._close_attempt(att, None, kind, msg, view)
+
+    def reattach(self, att: Attempt, health: dict[str, Any]) -> AttemptOutcome:
+        """Supervise the live, healthy worker of ``att`` to its end (no restart, same attempt
+        index and run dir). Events the previous runner already folded into the state are not
+        applied again; the supervisor's view still starts from the first event."""
+        assert att.pid is not None
+        idx, run_dir = att.index, Path(att.run_dir)
+        self.record(Decision(DecisionKind.CONTINUE, "recovered",
+                             f"re-attached to the running worker (pid {att.pid}, last progress "
+                             f"{health['silent_s']:.0f} s ago in phase {health['phase']}, "
+                             f"step {health['step']}) after a supervisor restart",
+                             {"reason": "reattached", "pid": att.pid, "health": health}),
+                    idx, kind="reattached")
+        sup = self._supervisor(att, [], already_folded=len(read_events(run_dir / EVENTS_FILE)))
+        sup.attach(att.pid, att.pid_create_time)
+        return self._supervise(att, sup)
 
     # -- main loop ------------------------------------------------------------------------
     def run(self) -> Night:

@@ -511,6 +511,8 @@ def _time_and_resources(f: NightFacts) -> list[str]:
         if "swap_used" in peaks and run.swap_first is not None
         else None
     )
+    tree_measure = next((str(x["tree_measure"]) for x in reversed(run.samples)
+                         if x.get("tree_measure")), "rss")  # what the memory ceiling checked
     return [
         f"- time used **{fmt_dur(used)}** of a {fmt_dur(window)} window{share}; "
         f"{fmt_dur(evals_s)} of it in evaluation; final eval reserve "
@@ -521,7 +523,8 @@ def _time_and_resources(f: NightFacts) -> list[str]:
         f"{fmt_dur(f.pace_s)}",
         f"- throughput: median {fmt_num(f.median_img_s(), '.1f')} img/s (last attempt "
         f"{fmt_num(f.median_img_s(n.attempts[-1].index) if n.attempts else None, '.1f')})",
-        f"- peak memory: worker tree {fmt_gb(peaks.get('tree_rss'))}, device "
+        f"- peak memory: worker tree {fmt_gb(peaks.get('tree_mem', peaks.get('tree_rss')))} "
+        f"({tree_measure}), device "
         f"{fmt_gb(run.device_mem_peak)}, GPU {fmt_gb(peaks.get('gpu_used'))}; lowest system "
         f"available {fmt_gb(peaks.get('sys_available_min'))}; swap growth {fmt_gb(swap_growth)}"
         f"; ceiling {fmt_num(th.memory_ceiling_gb, 'g')} GB",

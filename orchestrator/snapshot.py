@@ -10,7 +10,8 @@ Sources, and nothing else (the worker is never contacted):
 - each attempt's ``events.jsonl``, tailed incrementally with :class:`trainer.events.EventTail`
   (a 100 MB file is read once, then only its new bytes), folded by :class:`RunTracker`;
 - each attempt's ``samples.jsonl`` (supervisor memory samples: ``ts``, ``worker_rss``,
-  ``tree_rss``, ``sys_available``, ``swap_used``, ``gpu_used``; bytes), folded the same way;
+  ``tree_rss``, ``sys_available``, ``swap_used``, ``gpu_used``, ``tree_mem`` with its
+  ``tree_measure`` pss|uss|rss; bytes), folded the same way;
 - the night's runbook, for display thresholds (:class:`Thresholds`; N/A when it cannot load).
 
 Paths recorded in the state (run dirs, runbooks) are resolved against, in order: the path as
@@ -270,7 +271,7 @@ class RunTracker:
         peaks = self._v["sample_peaks"]
         for s in samples:
             self._samples.append(s)
-            for key in ("worker_rss", "tree_rss", "gpu_used", "swap_used"):
+            for key in ("worker_rss", "tree_rss", "tree_mem", "gpu_used", "swap_used"):
                 if _num(s.get(key)) is not None:
                     peaks[key] = max(int(s[key]), peaks.get(key, 0))
             avail = _num(s.get("sys_available"))

@@ -3,7 +3,7 @@ heartbeat, act on the policy's live decisions, escalate, and classify how it end
 
     sup = Supervisor(system, runbook, run_dir=..., argv=[...], cwd=..., deadline=...,
                      decide=lambda obs: policy.decide(obs, history, runbook, now, deadline))
-    sup.launch()
+    sup.launch()                 # or sup.attach(pid, create_time): a worker left running
     outcome = sup.run()          # or: while (outcome := sup.tick()) is None: ...
 
 States (every transition is in :meth:`Supervisor.tick` / the request helpers, with a
@@ -24,7 +24,15 @@ States (every transition is in :meth:`Supervisor.tick` / the request helpers, wi
   phase's timeout — a wall-clock jump (NTP, a laptop waking up) never looks like a hang.
 - Memory: every ``runbook.sampling_interval_s`` one :class:`orchestrator.system.MemSample` is
   appended to ``RUN_DIR/samples.jsonl`` ({ts, worker_rss, tree_rss, sys_available, swap_used,
-  gpu_used}); swap growth is measured from the first sample of the attempt.
+  gpu_used, tree_mem, tree_measure}); the policy's memory check gets ``tree_mem`` (PSS/USS:
+  what the tree really owns: ``Observation.tree_mem``), RSS only where the OS
+  gives nothing better; swap growth is measured from the first sample of the attempt.
+- Re-attach (:meth:`Supervisor.attach`): a worker left alive by a supervisor that died is
+  supervised the same way (events tailed from the start of events.jsonl, so the view is
+  complete; sampling, live decisions, control file, group signals). It cannot be wait()ed on,
+  so its exit code is read from its events: ``finished`` → 0 (completed) or 3 (stopped),
+  ``fatal`` → that kind's code, neither → the negated signal this supervisor last sent it, else
+  None (``crash``, or the kind it was killed for).
 - Graceful stops (deadline, daemon stop, memory, slow) go through the control file (the worker
   checkpoints, optionally evaluates, and exits 3); a hang goes straight to SIGTERM. A stop not
   honoured within ``slow_phase_timeout_s`` (or by the deadline itself) escalates to SIGTERM,
@@ -47,7 +55,16 @@ from typing import Any
 from orchestrator.policy import Decision, DecisionKind, Observation, classify_exit
 from orchestrator.runbook import Runbook
 from orchestrator.system import MemSample, System
-from trainer.events import WORKER_LOG_FILE, Control, EventTail, read_control, write_control
+from trainer.events import (
+    EXIT_CODE_OF_KIND,
+    EXIT_OK,
+    EXIT_STOPPED,
+    WORKER_LOG_FILE,
+    Control,
+    EventTail,
+    read_control,
+    write_control,
+)
 
 SAMPLES_FILE = "samples.jsonl"
 LOG_TAIL_BYTES = 8192
@@ -192,11 +209,26 @@ class Supervisor:
         self._next_sample = 0.0
         self._swap0: int | None = None
         self._last_sample: MemSample | None = None
+        self.attached = False  # True: a worker this supervisor did not start (no wait())
+        self.create_time: float | None = None  # of an attached worker (pid reuse guard)
+        self._last_signal: int | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     def launch(self) -> int:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.pid = self.sys.spawn(self.argv, self.cwd, self.run_dir / WORKER_LOG_FILE, self.env)
+        self._t0, self._w0 = self.sys.monotonic(), self.sys.wall()
+        self._state_since = self._t0
+        return self.pid
+
+    def attach(self, pid: int, create_time: float | None = None) -> int:
+        """Supervise a worker that is already running (its previous supervisor died).
+
+        The caller has checked that ``pid`` with ``create_time`` is that attempt's worker. The
+        tail starts at offset 0 of events.jsonl, so the first tick folds every past event into
+        the view (and passes it to ``on_event``); the ending is read from the events."""
+        self.pid, self.attached = pid, True
+        self.create_time = create_time
         self._t0, self._w0 = self.sys.monotonic(), self.sys.wall()
         self._state_since = self._t0
         return self.pid
@@ -215,7 +247,10 @@ class Supervisor:
         self._read_events()
         if now_m >= self._next_sample:
             self._sample(now_m)
-        exited, code = self.sys.poll(self.pid)
+        if self.attached:  # not our child: gone, or its pid now names another process
+            exited, code = not self.sys.is_alive(self.pid, self.create_time), None
+        else:
+            exited, code = self.sys.poll(self.pid)
         if exited:
             return self._finish(code)
         if self.stop.is_set() and self.stop_reason is None:
@@ -257,7 +292,8 @@ class Supervisor:
             eval_seconds=tuple(v.eval_seconds),
             checkpoint_seconds=tuple(v.checkpoint_seconds),
             stop_reason=self.stop_reason,
-            tree_rss=s.tree_rss if s else None,
+            tree_mem=(s.tree_mem if s.tree_mem is not None else s.tree_rss) if s else None,
+            tree_measure=(s.tree_measure or "rss") if s and s.tree_mem is not None else "rss",
             gpu_used=s.gpu_used if s else None,
             device_mem=v.device_mem,
             swap_growth=swap,
@@ -306,6 +342,7 @@ class Supervisor:
 
     def _signal(self, sig: int, now_m: float) -> None:
         self.sys.signal_group(self.pid, sig)
+        self._last_signal = sig
         self.state = Phase.TERMINATING if sig == signal.SIGTERM else Phase.KILLING
         self._state_since = now_m
 
@@ -329,12 +366,23 @@ class Supervisor:
         self.state = Phase.EXITED  # any -> EXITED
         self.sys.kill_group_leftovers(self.pid)
         self._read_events()
+        if self.attached and code is None:
+            code = self._code_from_events()
         tail = _log_tail(self.run_dir / WORKER_LOG_FILE)
         kind, message = classify_exit(
             code, self.view.fatal, tail, killed_for=self._kill_for,
             stop_requested=self.stop_reason is not None,
         )
         return AttemptOutcome(code, kind, message, self.view, self.stop_reason, self.pid)
+
+    def _code_from_events(self) -> int | None:
+        """The exit code of a worker we could not wait() on, as its events tell it."""
+        fin, fatal = self.view.finished, self.view.fatal
+        if fatal is not None and str(fatal.get("kind")) in EXIT_CODE_OF_KIND:
+            return EXIT_CODE_OF_KIND[str(fatal["kind"])]
+        if fin is not None:
+            return EXIT_OK if fin.get("reason", "completed") == "completed" else EXIT_STOPPED
+        return -self._last_signal if self._last_signal is not None else None
 
 
 def _log_tail(path: Path) -> str:

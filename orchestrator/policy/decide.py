@@ -11,8 +11,9 @@ Live worker (``obs.running``):
              slow_phase_timeout_s                      → RESTART trigger hang (kill first)
   (while a stop is already under way nothing else is considered)
   deadline   now ≥ deadline − final_eval               → STOP_FOR_DEADLINE (with final eval)
-  memory     worker tree RSS, GPU or reported device memory > ceiling, or swap growth >
-             swap_growth_gb, and an OOM rung remains    → RESTART trigger memory
+  memory     worker tree memory (PSS/USS, else RSS), GPU or reported device memory >
+             ceiling, or swap growth > swap_growth_gb, and an OOM rung remains
+                                                        → RESTART trigger memory
              (OOM ladder exhausted: CONTINUE, recorded once as a warning)
   slow       projected training end > deadline − final_eval → SET_EPOCHS to the largest runbook
              epoch rung that fits, else to what fits; when even the smallest rung does not fit,
@@ -138,11 +139,14 @@ def _live(
 
 def _memory_trip(obs: Observation, rb: Runbook) -> dict[str, object] | None:
     ceiling = rb.memory.ceiling_gb * GB
-    readings = {"tree_rss": obs.tree_rss, "gpu_used": obs.gpu_used, "device_mem": obs.device_mem}
+    readings = {"tree_mem": obs.tree_mem, "gpu_used": obs.gpu_used, "device_mem": obs.device_mem}
+    label = {"tree_mem": f"worker tree memory ({obs.tree_measure})", "gpu_used": "GPU memory",
+             "device_mem": "device memory the worker reports"}
     for name, value in readings.items():
         if value is not None and value > ceiling:
             return {
-                "what": f"{name} {value / GB:.2f} GB over the ceiling {rb.memory.ceiling_gb:g} GB",
+                "what": f"{label[name]} {value / GB:.2f} GB over the ceiling "
+                f"{rb.memory.ceiling_gb:g} GB",
                 name + "_gb": round(value / GB, 3),
                 "ceiling_gb": rb.memory.ceiling_gb,
             }

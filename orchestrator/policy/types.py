@@ -65,7 +65,8 @@ class Observation:
     checkpoint_seconds: tuple[float, ...] = ()
     stop_reason: str | None = None  # stop requested for: deadline, slow, memory, hang, daemon
     # memory, newest sample
-    tree_rss: int | None = None
+    tree_mem: int | None = None  # memory the worker tree owns (PSS/USS; RSS where no other)
+    tree_measure: str = "rss"  # which of those tree_mem is
     gpu_used: int | None = None
     device_mem: int | None = None  # largest reading the worker reported
     swap_growth: int | None = None  # swap used now minus at launch

@@ -7,7 +7,8 @@ user would, with the worst interruptions in the middle of night 1:
 1. ``start`` (detached); wait until night 1 has checkpointed epoch 1 and trains epoch 2;
 2. ``kill -9`` the daemon (its worker lives on, orphaned);
 3. ``start`` again (takes the stale lock over) and at once a second ``start`` (refused);
-4. wait until night 1 resumed and trains again; ``stop`` (graceful);
+4. wait until the new daemon re-attached to the live worker and that worker ended another
+   epoch under it; ``stop`` (graceful);
 5. ``start`` again and wait for the plan to finish.
 
 It records what each step returned; ``test_demo_plan.py`` and ``test_crash_safety.py`` assert
@@ -87,14 +88,18 @@ def _first_checkpoint_then_training(state_dir: Path) -> bool:
     return bool(ckpt) and any(e["type"] == "step" for e in events[ckpt[0] + 1 :])
 
 
-def _resumed_and_training(state_dir: Path) -> bool:
-    """A later attempt of night 1 resumed from a checkpoint and trains again."""
-    for attempt in snapshot(state_dir)["nights"][0]["attempts"][1:]:
-        events = read_events(Path(attempt["run_dir"]) / "events.jsonl")
-        resumed = [i for i, e in enumerate(events) if e["type"] == "resumed"]
-        if resumed and any(e["type"] == "step" for e in events[resumed[0] + 1 :]):
-            return True
-    return False
+def _epoch_ends(state_dir: Path) -> int:
+    """How many epochs night 1's first attempt has ended."""
+    attempts = snapshot(state_dir)["nights"][0]["attempts"]
+    events = read_events(Path(attempts[0]["run_dir"]) / "events.jsonl") if attempts else []
+    return sum(e["type"] == "epoch_end" for e in events)
+
+
+def _reattached_and_training(state_dir: Path, epochs_at_kill: int) -> bool:
+    """The new daemon recorded a re-attach to night 1's worker, which ended another epoch."""
+    decisions = snapshot(state_dir)["nights"][0]["decisions"]
+    return (any(d["kind"] == "reattached" for d in decisions)
+            and _epoch_ends(state_dir) > epochs_at_kill)
 
 
 @pytest.fixture(scope="session")
@@ -121,13 +126,18 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
         wait_for("the killed daemon to vanish", lambda: not _alive(pid1), 30, 0.1)
         s["orphan_alive_after_kill"] = _alive(worker)
         s["after_kill"] = snapshot(run.state_dir)
+        s["worker"] = worker
+        s["epochs_at_kill"] = _epoch_ends(run.state_dir)
+        s["killed_at"] = time.monotonic()
 
         pid2 = started_pid(cli("start", "--plan", str(plan_file), "--state-dir", var))
         run.pids.add(pid2)
         s["second_start"] = cli("start", "--plan", str(plan_file), "--state-dir", var)
-        wait_for("night 1 to resume and train again",
-                 lambda: _resumed_and_training(run.state_dir), 900)  # fmt: skip
+        wait_for("the new daemon to re-attach to the worker and train on",
+                 lambda: _reattached_and_training(run.state_dir, s["epochs_at_kill"]), 900)
         s["orphan_alive_after_restart"] = _alive(worker)
+        s["after_reattach"] = snapshot(run.state_dir)
+        s["reattach_s"] = time.monotonic() - s["killed_at"]  # kill → another epoch ended
         run.pids.update(a["pid"] for a in snapshot(run.state_dir)["nights"][0]["attempts"])
         s["stop"] = cli("stop", "--state-dir", var, "--timeout", "120")
         s["after_stop"] = snapshot(run.state_dir)

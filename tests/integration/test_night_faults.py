@@ -18,6 +18,7 @@ import yaml
 from orchestrator.night import NightRunner, new_single_night, run_night
 from orchestrator.state import Attempt, Night, StateStore, now_iso
 from orchestrator.system import System
+from trainer.events import read_events
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKE = [sys.executable, str(ROOT / "tests/integration/fixtures/fake_worker.py")]
@@ -109,29 +110,77 @@ def test_daemon_stop_leaves_night_resumable_then_resumes(tmp_path: Path,
     assert not n.fallbacks  # a daemon stop is not a fallback
 
 
-def test_crash_safety_stops_an_orphaned_worker_and_resumes(tmp_path: Path,
-                                                           monkeypatch: Any) -> None:
-    """A previous supervisor died mid-attempt: its worker still runs. The next run_night stops
-    it (control → SIGTERM → SIGKILL), records it and continues from its newest checkpoint."""
-    monkeypatch.setenv("FAKE_STEP_S", "0.5")
-    store = night(tmp_path, {"training.epochs": 3})
+def orphan(store: StateStore, sets: list[str]) -> tuple[int, Path, System]:
+    """A worker whose supervisor died: spawned by another System, its attempt recorded open."""
     state = store.load()
     n = state.nights[0]
     run_dir = store.dir / "runs" / n.name / "attempt-01"
     system = System()
-    argv = [*FAKE, "--config", CONFIG, "--run-dir", str(run_dir), "--set", "training.epochs=3"]
+    argv = [*FAKE, "--config", CONFIG, "--run-dir", str(run_dir)]
+    for item in sets:
+        argv += ["--set", item]
     pid = system.spawn(argv, ROOT, run_dir / "worker.log")
     n.attempts.append(Attempt(index=1, run_dir=str(run_dir), overrides=dict(n.overrides),
                               started_at=now_iso(), pid=pid,
                               pid_create_time=system.create_time(pid)))
     n.status = "running"
     store.save(state)
-    time.sleep(3.5)  # the orphan makes some progress (epoch 1 ends at ~2 s + start-up)
+    return pid, run_dir, system
+
+
+def wait_for_event(run_dir: Path, kind: str, timeout_s: float = 60.0) -> None:
+    end = time.monotonic() + timeout_s
+    while not any(ev["type"] == kind for ev in read_events(run_dir / "events.jsonl")):
+        assert time.monotonic() < end, f"no {kind} event in {run_dir}"
+        time.sleep(0.1)
+
+
+def test_crash_safety_reattaches_to_a_live_healthy_worker(tmp_path: Path,
+                                                         monkeypatch: Any) -> None:
+    """A previous supervisor died mid-attempt and its worker still trains. The next run_night
+    re-attaches to it (same pid, same attempt, same run dir), supervises it to its end and
+    reads the ending from its events: no restart, no epoch trained twice."""
+    monkeypatch.setenv("FAKE_STEP_S", "0.5")
+    store = night(tmp_path, {"training.epochs": 3})
+    pid, run_dir, system = orphan(store, ["training.epochs=3"])
+    wait_for_event(run_dir, "epoch_end")  # the orphan makes some progress first
     n = run_fake(store)
-    assert not system.is_alive(pid, None)
-    assert n.attempts[0].exit_kind == "stopped" and n.attempts[0].exit_code is None
-    assert n.attempts[1].resume_from is not None
     assert n.status == "succeeded", n.reason
+    assert len(n.attempts) == 1 and n.attempts[0].pid == pid
+    att = n.attempts[0]
+    assert (att.exit_kind, att.exit_code) == ("finished", 0)
+    events = read_events(run_dir / "events.jsonl")
+    assert [ev["type"] for ev in events].count("started") == 1  # never restarted
+    assert [ev["epoch"] for ev in events if ev["type"] == "epoch_end"] == [1, 2, 3]
+    steps = [ev["step"] for ev in events if ev["type"] == "step"]
+    assert steps == sorted(set(steps))  # no step trained twice
+    kinds = [d.kind for d in n.decisions]
+    assert kinds.count("reattached") == 1 and "stop" not in kinds
+    assert not system.is_alive(pid, None)
+    assert n.final_metrics is not None and n.final_metrics.epoch == 3
+
+
+def test_crash_safety_stops_a_hung_orphan_and_resumes(tmp_path: Path, monkeypatch: Any) -> None:
+    """The orphan is alive but hung (no event for longer than the step timeout): it is not
+    adopted but killed (SIGTERM → SIGKILL on its group), and the night resumes from its newest
+    checkpoint in a new attempt."""
+    monkeypatch.setenv("FAKE_STEP_S", "0.2")
+    rb = runbook(tmp_path, **{"heartbeat.step_timeout_s": 2, "heartbeat.term_grace_s": 1})
+    store = night(tmp_path, {"training.epochs": 3}, rb=rb)
+    pid, run_dir, system = orphan(store, ["training.epochs=3", "faults.hang_at_step=5"])
+    wait_for_event(run_dir, "checkpoint")  # epoch 1's checkpoint, then it hangs at step 5
+    time.sleep(3.0)
+    t0 = time.monotonic()
+    n = run_fake(store)
+    assert n.status == "succeeded", n.reason
+    assert not system.is_alive(pid, None)
+    first = n.attempts[0]
+    assert first.exit_kind == "stopped" and first.exit_code is None
+    assert "no progress" in (first.message or "")
+    assert "reattached" not in [d.kind for d in n.decisions]
+    assert n.attempts[1].resume_from is not None
+    assert n.attempts[1].resume_from.endswith("ckpt-e0001-s00000004.pt")
+    assert time.monotonic() - t0 < 40  # no 60 s wait for a control file it never reads
 
 
 def test_finished_night_is_not_rerun(tmp_path: Path) -> None:

@@ -58,6 +58,8 @@ def test_clean_run_finishes_and_samples_memory(tmp_path: Path) -> None:
     assert len(out.view.checkpoints) == 3 and out.view.epoch == 2
     samples = [json.loads(x) for x in (tmp_path / SAMPLES_FILE).read_text().splitlines()]
     assert samples and samples[0]["worker_rss"] > 0 and samples[0]["sys_available"] > 0
+    owned = samples[0]["tree_measure"]  # what the memory ceiling checks, named
+    assert owned == ("pss" if sys.platform == "linux" else "uss") and samples[0]["tree_mem"] > 0
 
 
 def test_hung_worker_is_killed_within_the_timeout(tmp_path: Path) -> None:

@@ -74,8 +74,19 @@ def test_night_with_fallbacks(tmp_path: Path) -> None:
     assert "attempt 3 started, resumed from `ckpt-e0004-s00000400.pt`" in text
     assert "forecast error (first forecast − actual end): **-20m00s**" in text
     assert "--set data.batch_size=12 --set training.accumulation_steps=6" in text
-    assert "peak memory: worker tree 29.3 GB" in text and "ceiling 28 GB" in text
+    assert "peak memory: worker tree 29.3 GB (rss)" in text and "ceiling 28 GB" in text
     assert_valid_pngs(var / "reports" / "morning-2025-03-15.md", 4)
+
+
+def test_peak_memory_names_the_tree_measure_the_ceiling_checked(tmp_path: Path) -> None:
+    var = copy("night-fallbacks", tmp_path)
+    for samples in var.glob("runs/*/attempt-*/samples.jsonl"):
+        lines = [json.loads(x) for x in samples.read_text().splitlines() if x.strip()]
+        for line in lines:  # PSS: the shared pages of the loaders counted once, not 4 times
+            line.update(tree_mem=line["tree_rss"] // 2, tree_measure="pss")
+        samples.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    text = write_report(var).read_text()
+    assert "peak memory: worker tree 14.7 GB (pss)" in text  # half of 29.3 GB
 
 
 def test_failed_night_says_what_broke_what_was_tried_and_what_to_do(tmp_path: Path) -> None:

@@ -156,7 +156,7 @@ def test_memory_samples_are_appended(tmp_path: Path) -> None:
     lines = [json.loads(x) for x in (tmp_path / SAMPLES_FILE).read_text().splitlines()]
     assert len(lines) == 3  # t = 0, 2, 4
     assert set(lines[0]) == {"ts", "worker_rss", "tree_rss", "sys_available", "swap_used",
-                             "gpu_used"}
+                             "gpu_used", "tree_mem", "tree_measure"}
 
 
 def test_memory_over_ceiling_stops_gracefully_then_classifies_memory(tmp_path: Path) -> None:
