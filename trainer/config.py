@@ -235,6 +235,14 @@ class MaskingConfig(Strict):
     num_context_masks: Literal[1] = 1
     context_scale: tuple[float, float] = (0.85, 1.0)
     min_keep: int = Field(4, ge=1, description="Fewest context tokens kept.")
+    context_tokens: int | None = Field(
+        None, ge=1, description="Context patches per image, the same for every batch (static "
+        "shapes); unset: the 5% quantile of the context size drawn from the scales."
+    )
+    target_tokens: int | None = Field(
+        None, ge=1, description="Patches per target block, the same for every batch; unset: "
+        "round(mean(mask_scale) * patches)."
+    )
 
 
 # --------------------------------------------------------------------------------------------

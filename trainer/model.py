@@ -17,7 +17,8 @@ Forward (one batch, M target blocks of (h, w) patches, L = model.num_hierarchies
 3. Predictor → patch-level predictions for every target block (one output head per level
    with FPN, one shared head without).
 4. Level l loss: ``loss.distance`` between predictions and targets, both pooled spatially
-   inside each block by 2^l (see trainer.losses). JEPA = Σ hierarchy_weights[l] · level_l.
+   inside each block by 2^l through ``batch.tgt_pool`` (see trainer.losses).
+   JEPA = Σ hierarchy_weights[l] · level_l.
 5. Optional terms on z1, the mean-pooled context-encoder tokens of view 1:
    contrastive (NT-Xent, needs ``batch.images2``) against z2, the pooled view-2 embedding from
    the target encoder on all tokens (default; no grad, MoCo-style keys) or from the context
@@ -164,8 +165,7 @@ class HJEPA(nn.Module):
             losses.level_loss(
                 preds[min(i, len(preds) - 1)],
                 targets[min(i, len(targets) - 1)],
-                batch.block_hw,
-                i,
+                batch.tgt_pool[i - 1] if i else None,
                 lc.distance,
             )
             for i in range(self.num_levels)
