@@ -298,7 +298,10 @@ class TrainingConfig(Strict):
     clip_grad: float | None = Field(3.0, description="Max grad norm; null disables clipping.")
     use_amp: bool = Field(True, description="bf16 autocast on CUDA; off on CPU; fp16 on MPS.")
     accumulation_steps: int = Field(1, ge=1)
-    compile: bool = Field(False, description="torch.compile the train step (CUDA only).")
+    compile: bool = Field(
+        False, description="torch.compile (inductor) the step's forward + backward; CUDA and "
+        "CPU (needs a C++ compiler), refused on MPS."
+    )
 
 
 # --------------------------------------------------------------------------------------------
