@@ -90,7 +90,7 @@ def reference_row(name: str, ref: Path | None, flash: bool, a: argparse.Namespac
 def ours_row(name: str, a: argparse.Namespace, extra: list[str], timeout: float,
              notes: str) -> dict[str, Any]:
     cmd = [sys.executable, str(ROOT / "bench" / "throughput.py"), "--config", str(a.config),
-           "--device", "cuda", "--batch", str(a.batch), "--steps", str(a.steps),
+           "--device", a.device, "--batch", str(a.batch), "--steps", str(a.steps),
            "--warmup", str(a.warmup), *extra]
     res, err = run_json(cmd, timeout)
     if res is None:
@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default=str(CONFIG))
     ap.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 4))
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--device", default="cuda", help="cuda (cpu: a smoke run of this script)")
     a = ap.parse_args(argv)
 
     import torch
@@ -136,12 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     from bench.fake_cifar import write_fake_cifar
     from bench.peaks import peak_tflops
 
-    if not torch.cuda.is_available():
-        print("no CUDA device: this script measures a GPU", file=sys.stderr)
+    device = torch.device(a.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device: this script measures a GPU (--device cpu: smoke run)",
+              file=sys.stderr)
         return 2
-    device = torch.device("cuda")
-    peak, peak_source = peak_tflops(device, "bf16")
-    name = torch.cuda.get_device_name(device)
+    cuda = device.type == "cuda"
+    peak, peak_source = peak_tflops(device, "bf16" if cuda else "fp32")
+    name = torch.cuda.get_device_name(device) if cuda else "cpu"
     t0 = time.monotonic()
     rows: list[dict[str, Any]] = []
 
@@ -169,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     log(ours_row("ours, real data pipeline", a, sets, 240,
                  f"{kind}, {a.workers} workers, {'compiled' if compiled_faster else 'eager'}"))
 
-    title = (f"{name}, torch {torch.__version__}, batch {a.batch}, ViT-S/16 224 px, bf16 "
+    title = (f"{name}, torch {torch.__version__}, batch {a.batch}, ours: {Path(a.config).name}, "
+             f"{'bf16' if cuda else 'fp32'} "
              f"(peak {peak} TFLOP/s: {peak_source})")
     md = table(rows, title)
     out = Path(a.out)
