@@ -98,7 +98,8 @@ def ours_row(name: str, a: argparse.Namespace, extra: list[str], timeout: float,
     return {"run": name, "img_per_s": res["img_per_s"], "ms_per_step": res["ms_per_step"]["mean"],
             "mfu": res["mfu"], "gflop_per_img": res["flops_per_img"] / 1e9,
             "peak_mem_gib": res["peak_memory_bytes"] / 2**30,
-            "notes": f"{notes}; first step {res['first_step_s']} s; Nc={res['context_tokens']}"
+            "notes": f"{res['precision']}, {notes}; first step {res['first_step_s']} s; "
+                     f"Nc={res['context_tokens']}"
                      f" Nt={res['target_tokens']}"}
 
 
@@ -110,7 +111,8 @@ def table(rows: list[dict[str, Any]], title: str) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['run']} | – | – | – | – | – | – | {r['error']} |")
+            error = " ".join(r["error"].split()).replace("|", "/")
+            lines.append(f"| {r['run']} | – | – | – | – | – | – | {error} |")
             continue
         ratio = f"{r['img_per_s'] / best_ref:.2f}" if best_ref else "–"
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "–"
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     ref = find_reference()
     log(reference_row("reference naive", ref, False, a, peak))
     log(reference_row("reference SDPA", ref, True, a, peak))
-    log(ours_row("ours eager", a, [], 120, "bf16, SDPA"))
+    log(ours_row("ours eager", a, [], 120, "eager"))
     log(ours_row("ours compiled", a, ["--set", "training.compile=true"], 240,
                  "torch.compile fwd+bwd, static shapes"))
     data_root = Path(os.environ.get("HJEPA_DATA", tempfile.gettempdir())) / "hjepa-fake-data"

@@ -63,6 +63,7 @@ def test_gpu_table_ratios_against_the_best_reference_and_shows_errors():
         {"run": "ours eager", "img_per_s": 6000.0, "ms_per_step": 21.3, "mfu": 0.25,
          "gflop_per_img": 34.0, "peak_mem_gib": 8.0, "notes": "bf16"},
         {"run": "ours compiled", "error": "timed out after 240 s"},
+        {"run": "ours, real data pipeline", "error": "exit 2: bad |\n  data: x"},
     ]
     md = table(rows, "H200")
     lines = md.splitlines()
@@ -70,3 +71,4 @@ def test_gpu_table_ratios_against_the_best_reference_and_shows_errors():
     assert "| ours eager | 6,000 | 3.00 | 25.0% | 34.0 | 21.3 | 8.0 | bf16 |" in lines
     assert "| reference naive | 1,000 | 0.50 |" in md
     assert "| ours compiled | – | – | – | – | – | – | timed out after 240 s |" in lines
+    assert lines[-1].endswith("| exit 2: bad / data: x |"), "one line per row"
