@@ -138,6 +138,11 @@ def count_flops(step: TrainStep, batches: list[Any], lr: float, momentum: float)
     return int(counter.get_total_flops())
 
 
+def _sig(x: float) -> float:
+    """x to 4 significant digits (tiny test models reach 1e-5 TFLOP/s)."""
+    return float(f"{x:.4g}")
+
+
 def _peak(device: torch.device, sampled: int) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
@@ -237,10 +242,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "first_step_s": first_step_s,
         "flops_per_img": flops_per_img,
-        "achieved_tflops": round(achieved, 4),
+        "achieved_tflops": _sig(achieved),
         "peak_tflops": peak,
         "peak_source": peak_source,
-        "mfu": round(achieved / peak, 4) if peak else None,
+        "mfu": _sig(achieved / peak) if peak else None,
         "peak_memory_bytes": _peak(device, peak_sample),
         "wall_s": round(total_s, 3),
         "process_cpu_s": round(cpu_s, 3),
