@@ -1,19 +1,33 @@
 """python bench/throughput.py --config FILE [--device D] [--batch B] [--steps N] [--set k=v]
 
-More options: [--warmup W] [--accum A] [--threads T]; --set is repeatable.
+More options: [--warmup W] [--accum A] [--threads T] [--data synthetic|real]
+[--peak-tflops F]; --set is repeatable (e.g. --set training.compile=true).
 
-Throughput of the FULL H-JEPA optimizer step on whatever device is present: mask sampling is
-done up front, then each timed step is `TrainStep` exactly as the worker runs it — forward of
-context encoder, target encoder and predictor under the run's autocast, loss, backward (with
-gradient accumulation), one finite check, clipping, AdamW (fused where available) and the
-foreach EMA update. Input is synthetic (random images through the real `MaskCollator`), and a
-small pool of batches is built and moved to the device before timing, so data loading is
-excluded. The device is synchronised only before and after the timed region.
+Throughput of the FULL H-JEPA optimizer step on whatever device is present: each timed step is
+`TrainStep` exactly as the worker runs it — forward of context encoder, target encoder and
+predictor under the run's autocast, the 3-level loss, VICReg, backward (with gradient
+accumulation), one finite check, clipping, AdamW (fused where available) and the foreach EMA
+update. ``training.compile`` is honoured (trainer.model.compile_model: the first warmup step
+pays the compile, reported as ``first_step_s``), and so is the CPU allocator setting the worker
+uses (trainer.allocator).
+
+Input (``--data``):
+- ``synthetic`` (default): random images through the real ``MaskCollator``; a pool of 4 steps
+  is built and moved to the device before timing, so data loading is excluded.
+- ``real``: the configured datasets through the worker's own DataLoader
+  (``trainer.data.train_loader``: transforms, seeded masks, ``data.num_workers``, pinning on
+  CUDA); each timed step includes waiting for its batches and the host → device copy.
+
+The device is synchronised only before and after the timed region. FLOPs are counted with
+``torch.utils.flop_counter.FlopCounterMode`` on one eager step of the same model and batch
+shape (before any compile); ``mfu`` = achieved FLOP/s / peak, the peak from ``--peak-tflops``
+or the table in ``bench/peaks.py`` (CPU: an estimate from cores × clock × SIMD width).
 
 Prints one JSON object:
-    config, device, precision, torch, micro_batch, accum_steps, image_size, params,
-    params_trainable, img_per_s, ms_per_step {mean, p50}, peak_memory_bytes, wall_s,
-    process_cpu_s, steps, warmup, nonfinite_steps
+    config, device, device_name, precision, torch, data, compile, micro_batch, accum_steps,
+    image_size, context_tokens, target_tokens, params, params_trainable, img_per_s,
+    ms_per_step {mean, p50}, first_step_s, flops_per_img, achieved_tflops, peak_tflops,
+    peak_source, mfu, peak_memory_bytes, wall_s, process_cpu_s, steps, warmup, nonfinite_steps
 ``process_cpu_s`` (CPU seconds this process used in the timed region) next to ``wall_s`` shows
 how much of the machine the run really had: on a shared CPU, img/s alone misleads.
 ``peak_memory_bytes``: CUDA max_memory_allocated over the timed steps; MPS the largest driver
@@ -28,14 +42,19 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.peaks import peak_tflops
+from trainer.allocator import keep_freed_memory
 from trainer.config import ConfigError, load_config
+from trainer.data import DataMissingError, build_train_data, train_loader
 from trainer.device import (
     memory_readings,
     reset_peak_memory,
@@ -44,7 +63,7 @@ from trainer.device import (
     synchronize,
 )
 from trainer.masks import MaskCollator
-from trainer.model import build_model
+from trainer.model import build_model, compile_model
 from trainer.step import TrainStep
 
 _POOL = 4  # distinct pre-built optimizer steps, cycled through
@@ -59,6 +78,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=20, help="timed optimizer steps")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--data", choices=("synthetic", "real"), default="synthetic",
+                    help="synthetic: pre-built batches; real: the worker's DataLoader")
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="peak TFLOP/s for MFU (default: bench/peaks.py)")
     ap.add_argument(
         "--set",
         dest="overrides",
@@ -93,6 +116,33 @@ def synthetic_steps(cfg: Any, device: torch.device, micro: int, accum: int) -> l
     return steps
 
 
+def real_steps(cfg: Any, device: torch.device, accum: int) -> Callable[[int], list[Any]]:
+    """``next_step(i)``: the next ``accum`` micro-batches from the worker's own DataLoader
+    (epochs follow each other as in training), copied to ``device`` without blocking."""
+    train = build_train_data(cfg)
+    masks = MaskCollator(cfg.masking, cfg.data.image_size, cfg.model.patch_size,
+                         seed=cfg.experiment.seed)
+
+    def batches() -> Iterator[Any]:
+        for epoch in itertools.count(1):
+            yield from train_loader(cfg, train, masks, epoch, 0, device)
+
+    it = batches()
+    return lambda _i: [next(it).to(device, non_blocking=True) for _ in range(accum)]
+
+
+def count_flops(step: TrainStep, batches: list[Any], lr: float, momentum: float) -> int:
+    """FLOPs of one optimizer step (forward + backward + update), counted by torch."""
+    with FlopCounterMode(display=False) as counter:
+        step(batches, lr, momentum)
+    return int(counter.get_total_flops())
+
+
+def _sig(x: float) -> float:
+    """x to 4 significant digits (tiny test models reach 1e-5 TFLOP/s)."""
+    return float(f"{x:.4g}")
+
+
 def _peak(device: torch.device, sampled: int) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
@@ -119,18 +169,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     torch.manual_seed(cfg.experiment.seed)
     device = select_device(cfg.device)
-    precision = select_precision(device, cfg.training.use_amp)
+    precision = select_precision(device, cfg.training.use_amp, cfg.training.precision)
     micro, accum = cfg.data.batch_size, cfg.training.accumulation_steps
+    keep_freed_memory(device)
 
     model = build_model(cfg).to(device)
     model.train()
     train_step = TrainStep(model, cfg, device, precision)
-    pool = synthetic_steps(cfg, device, micro, accum)
     lr, momentum = cfg.training.lr, cfg.model.ema.momentum
+    if args.data == "real":
+        next_step = real_steps(cfg, device, accum)
+    else:
+        pool = synthetic_steps(cfg, device, micro, accum)
+        next_step = lambda i: pool[i % _POOL]  # noqa: E731
+    first = next_step(0)
+    flops = count_flops(train_step, first, lr, momentum)  # eager, before any compile
+    if cfg.training.compile:
+        compile_model(model, device)
 
     nonfinite = 0
+    first_step_s = None
     for i in range(args.warmup):
-        nonfinite += not train_step(pool[i % _POOL], lr, momentum).finite
+        t = time.perf_counter()
+        nonfinite += not train_step(next_step(i + 1), lr, momentum).finite
+        if i == 0:
+            synchronize(device)
+            first_step_s = round(time.perf_counter() - t, 3)
     synchronize(device)
     reset_peak_memory(device)
 
@@ -138,7 +202,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cpu0 = time.process_time()
     marks = [time.perf_counter()]
     for i in range(args.steps):
-        nonfinite += not train_step(pool[i % _POOL], lr, momentum).finite
+        nonfinite += not train_step(next_step(args.warmup + 1 + i), lr, momentum).finite
         marks.append(time.perf_counter())
         if device.type != "cuda":
             peak_sample = max(peak_sample, _sample_memory(device))
@@ -147,21 +211,41 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cpu_s = time.process_time() - cpu0
     per_step_ms = [1000.0 * (b - a) for a, b in itertools.pairwise(marks)]
 
+    img_per_s = args.steps * micro * accum / total_s
+    flops_per_img = flops / (micro * accum)
+    achieved = img_per_s * flops_per_img / 1e12
+    if args.peak_tflops:
+        peak, peak_source = args.peak_tflops, "--peak-tflops"
+    else:
+        peak, peak_source = peak_tflops(device, precision.name)
+    b0 = first[0]
     return {
         "config": str(args.config),
         "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+        else device.type,
         "precision": precision.name,
         "torch": torch.__version__,
+        "data": args.data,
+        "compile": cfg.training.compile,
         "micro_batch": micro,
         "accum_steps": accum,
         "image_size": cfg.data.image_size,
+        "context_tokens": int(b0.ctx_idx.shape[1]),
+        "target_tokens": int(b0.tgt_idx.shape[2]),
         "params": sum(p.numel() for p in model.parameters()),
         "params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "img_per_s": round(args.steps * micro * accum / total_s, 2),
+        "img_per_s": round(img_per_s, 2),
         "ms_per_step": {
             "mean": round(1000.0 * total_s / args.steps, 2),
             "p50": round(statistics.median(per_step_ms), 2),
         },
+        "first_step_s": first_step_s,
+        "flops_per_img": flops_per_img,
+        "achieved_tflops": _sig(achieved),
+        "peak_tflops": peak,
+        "peak_source": peak_source,
+        "mfu": _sig(achieved / peak) if peak else None,
         "peak_memory_bytes": _peak(device, peak_sample),
         "wall_s": round(total_s, 3),
         "process_cpu_s": round(cpu_s, 3),
@@ -175,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         result = run(args)
-    except ConfigError as exc:
+    except (ConfigError, DataMissingError) as exc:
         print(exc, file=sys.stderr)
         return 2
     print(json.dumps(result))

@@ -235,6 +235,14 @@ class MaskingConfig(Strict):
     num_context_masks: Literal[1] = 1
     context_scale: tuple[float, float] = (0.85, 1.0)
     min_keep: int = Field(4, ge=1, description="Fewest context tokens kept.")
+    context_tokens: int | None = Field(
+        None, ge=1, description="Context patches per image, the same for every batch (static "
+        "shapes); unset: the 5% quantile of the context size drawn from the scales."
+    )
+    target_tokens: int | None = Field(
+        None, ge=1, description="Patches per target block, the same for every batch; unset: "
+        "round(mean(mask_scale) * patches)."
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,7 +313,10 @@ class TrainingConfig(Strict):
         "(GradScaler overflow) that are skipped before the worker stops with nonfinite.",
     )
     accumulation_steps: int = Field(1, ge=1)
-    compile: bool = Field(False, description="torch.compile the train step (CUDA only).")
+    compile: bool = Field(
+        False, description="torch.compile (inductor) the step's forward + backward; CUDA and "
+        "CPU (needs a C++ compiler), refused on MPS."
+    )
 
     @model_validator(mode="after")
     def _amp(self) -> TrainingConfig:

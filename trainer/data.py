@@ -3,6 +3,7 @@
     train = build_train_data(cfg)                      # TrainData
     loader = DataLoader(train.dataset, batch_size=cfg.data.batch_size,
                         sampler=train.sampler(epoch, start=samples_done), drop_last=True)
+    loader = train_loader(cfg, train, masks, epoch, start, device)   # what the worker iterates
     eval_train, eval_test = build_eval_data(cfg)       # labelled, eval transforms
     describe(cfg)  # {"cifar10": "data/cifar-10-batches-py (50000 train)", ...}
 
@@ -25,16 +26,22 @@ Nothing here keeps global state; every dataset, transform and sampler pickles fo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
-from torch.utils.data import ConcatDataset, Dataset, Sampler, Subset
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
 from trainer.config import Config, DatasetSpec
 from trainer.datasets import DataMissingError, location, open_split
+from trainer.positional import PositionalSampler, SeededCollate, SeededDataset
 from trainer.sampling import EpochSampler
 from trainer.transforms import TwoViews, eval_transform, train_transform
 
-__all__ = ["DataMissingError", "TrainData", "build_eval_data", "build_train_data", "describe"]
+__all__ = [
+    "DataMissingError", "TrainData", "build_eval_data", "build_train_data", "describe",
+    "train_loader",
+]
 
 EVAL_SUBSET_SEED = 20240601  # fixed: eval subsets must not move with experiment.seed
 
@@ -96,6 +103,34 @@ def build_train_data(cfg: Config, two_views: bool | None = None) -> TrainData:
         epoch_size=cfg.data.epoch_size or sum(sizes.values()),
         weights={k: s.weight for k, s in zip(keys, specs, strict=True)},
         seed=cfg.experiment.seed,
+    )
+
+
+def train_loader(
+    cfg: Config, train: TrainData, masks: Any, epoch: int, start: int, device: torch.device
+) -> DataLoader:
+    """The training DataLoader of one epoch from sample ``start`` on: whole optimizer steps only
+    (``(epoch_size - start) // effective batch`` of them), every item seeded by its position and
+    every batch masked by ``masks`` (a MaskCollator) from its first item's seed, so resume and
+    the worker count change nothing (trainer/positional.py).
+
+    Host → device: batches are pinned when ``data.pin_memory`` is set or the device is CUDA
+    (pinned memory makes the loop's ``non_blocking`` copies really asynchronous); pinning is
+    pointless on CPU and unsupported on MPS. On CUDA each worker keeps 4 batches in flight
+    (elsewhere PyTorch's default 2, so host memory stays as it was).
+    """
+    d = cfg.data
+    eff = d.batch_size * cfg.training.accumulation_steps
+    steps = (train.epoch_size - start) // eff
+    order = train.sampler(epoch, start)
+    sampler = PositionalSampler(order, cfg.experiment.seed, epoch, start, steps * eff)
+    cuda = device.type == "cuda"
+    return DataLoader(
+        SeededDataset(train.dataset), batch_size=d.batch_size, sampler=sampler, drop_last=True,
+        num_workers=d.num_workers, pin_memory=d.pin_memory or cuda,
+        collate_fn=SeededCollate(masks),
+        generator=torch.Generator().manual_seed(cfg.experiment.seed + epoch),
+        persistent_workers=False, prefetch_factor=(4 if cuda else 2) if d.num_workers else None,
     )
 
 

@@ -44,8 +44,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from trainer import checkpoints as ckpt
-from trainer.config import Config, ConfigError
-from trainer.data import build_eval_data, build_train_data
+from trainer.allocator import keep_freed_memory
+from trainer.config import Config
+from trainer.data import build_eval_data, build_train_data, train_loader
 from trainer.device import memory_readings, select_device, select_precision
 from trainer.emitter import Emitter
 from trainer.evaluation import EvalResult, evaluate
@@ -70,8 +71,7 @@ from trainer.events import (
 )
 from trainer.faults import set_injected_feature
 from trainer.masks import MaskCollator
-from trainer.model import build_model
-from trainer.positional import PositionalSampler, SeededCollate, SeededDataset
+from trainer.model import build_model, compile_model
 from trainer.resume import load_model_state, load_optimizer_state, optimizer_param_names
 from trainer.schedules import make_schedule, schedule_from_state, should_eval, should_save
 from trainer.step import NonFiniteLossError, TrainStep
@@ -104,15 +104,9 @@ class Worker:
         self.train_data = build_train_data(cfg)
         self.eval_data = build_eval_data(cfg)
         self.model = build_model(cfg).to(self.device)
+        keep_freed_memory(self.device)  # CPU: no page faults on every step's buffers
         if cfg.training.compile:
-            if self.device.type != "cuda":
-                raise ConfigError(
-                    f"training.compile: true is supported on CUDA only (device is "
-                    f"{self.device.type}); set it to false"
-                )
-            # Compile the forward only: the module, its state_dict keys and checkpoints stay
-            # as they are. Context-token counts vary between batches, hence dynamic shapes.
-            self.model.forward = torch.compile(self.model.forward, dynamic=True)  # type: ignore[method-assign]
+            compile_model(self.model, self.device)  # ConfigError where it cannot work
         self.step_fn = TrainStep(self.model, cfg, self.device, self.precision)
         self.masks = MaskCollator(
             cfg.masking, cfg.data.image_size, cfg.model.patch_size, seed=cfg.experiment.seed
@@ -265,17 +259,7 @@ class Worker:
 
     # ------------------------------------------------------------------------------- data
     def loader(self, epoch: int, start: int) -> DataLoader:
-        steps = (self.epoch_size - start) // self.eff
-        order = self.train_data.sampler(epoch, start)
-        sampler = PositionalSampler(order, self.cfg.experiment.seed, epoch, start, steps * self.eff)
-        d = self.cfg.data
-        return DataLoader(
-            SeededDataset(self.train_data.dataset), batch_size=self.micro, sampler=sampler,
-            drop_last=True, num_workers=d.num_workers, pin_memory=d.pin_memory,
-            collate_fn=SeededCollate(self.masks),
-            generator=torch.Generator().manual_seed(self.cfg.experiment.seed + epoch),
-            persistent_workers=False,
-        )
+        return train_loader(self.cfg, self.train_data, self.masks, epoch, start, self.device)
 
     # ------------------------------------------------------------------------------- train
     def train_epoch(self) -> None:

@@ -2,8 +2,9 @@
 
 - :func:`level_loss` — the JEPA distance (smooth-L1 or MSE) between predictions and targets of
   the M target blocks at hierarchy level ``l``: level 0 compares patch tokens; level ``l > 0``
-  first average-pools each (h, w) block **spatially** to ``ceil(h/2^l) × ceil(w/2^l)`` cells
-  (not over the raster order of the tokens), with adaptive-pooling bins.
+  first average-pools each block **spatially** (not over the raster order of the tokens) into
+  ``ceil(h/2^l) × ceil(w/2^l)`` adaptive-pooling cells of its (h, w) box, through the
+  per-batch matrix ``Batch.tgt_pool[l-1]`` (fixed shape, so one compiled graph serves a run).
 - :func:`vicreg_loss` — VICReg (Bardes et al. 2022): variance hinge on the per-dimension std
   across the batch, off-diagonal covariance, and (given a second view) invariance. Applied by
   the model to pooled **encoder** features; applying it to predictions, as upstream did, left
@@ -17,7 +18,6 @@ Every function returns a 0-dim float32 tensor and performs no host synchronisati
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 
 import torch
@@ -33,54 +33,43 @@ def full_precision(x: torch.Tensor) -> Iterator[None]:
         yield
 
 
-def pool_matrix(n: int, out: int, device: torch.device) -> torch.Tensor:
-    """[out, n] averaging weights of ``adaptive_avg_pool1d`` (bin i covers floor(i·n/out) ..
-    ceil((i+1)·n/out)); built on the device with no host transfer."""
-    i = torch.arange(out, device=device).unsqueeze(1)
-    j = torch.arange(n, device=device).unsqueeze(0)
-    inside = (j >= (i * n) // out) & (j < ((i + 1) * n + out - 1) // out)
-    return inside.float() / inside.sum(dim=1, keepdim=True)
-
-
-def pool_level(x: torch.Tensor, block_hw: tuple[int, int], level: int) -> torch.Tensor:
-    """[B, M, h*w, D] tokens of (h, w) blocks in raster order → [B, M, h'*w', D] block cells.
-
-    Level 0 returns x unchanged; level l average-pools each block over space to
-    ``(ceil(h/2^l), ceil(w/2^l))`` cells, exactly as ``adaptive_avg_pool2d`` would, written as
-    two small matrix products because MPS's adaptive pooling rejects sizes that do not divide.
-    """
-    if level == 0:
+def pool_level(x: torch.Tensor, pool: torch.Tensor | None) -> torch.Tensor:
+    """[B, M, Nt, D] block tokens → [B, M, Nt, D] level cells: ``pool`` [Nt, Nt] is the
+    level's averaging matrix from trainer.masks.pool_matrices (rows past the block's cell count
+    are zero), None for level 0 (tokens unchanged). Static shapes: one matmul, no host sync."""
+    if pool is None:
         return x
-    b, m, n, d = x.shape
-    h, w = block_hw
-    if h * w != n:
-        raise ValueError(f"block_hw {block_hw} does not match {n} tokens per block")
-    oh, ow = math.ceil(h / 2**level), math.ceil(w / 2**level)
-    ph = pool_matrix(h, oh, x.device).to(x.dtype)
-    pw = pool_matrix(w, ow, x.device).to(x.dtype)
-    pooled = torch.einsum("ph,bmhwd,qw->bmpqd", ph, x.reshape(b, m, h, w, d), pw)
-    return pooled.reshape(b, m, oh * ow, d)
+    return torch.einsum("cn,bmnd->bmcd", pool.to(x.dtype), x)
 
 
-def jepa_distance(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
-    """Mean smooth-L1 (beta 1) or MSE over all elements, in float32."""
+def jepa_distance(
+    pred: torch.Tensor, target: torch.Tensor, kind: str, count: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Smooth-L1 (beta 1) or MSE summed over all elements and divided by ``count`` elements
+    (default: all of them, i.e. the mean), in float32."""
     with full_precision(pred):
         pred, target = pred.float(), target.float()
         if kind == "smoothl1":
-            return F.smooth_l1_loss(pred, target)
-        if kind == "mse":
-            return F.mse_loss(pred, target)
-    raise ValueError(f"unknown JEPA distance {kind!r} (smoothl1 | mse)")
+            total = F.smooth_l1_loss(pred, target, reduction="sum")
+        elif kind == "mse":
+            total = F.mse_loss(pred, target, reduction="sum")
+        else:
+            raise ValueError(f"unknown JEPA distance {kind!r} (smoothl1 | mse)")
+        return total / (pred.numel() if count is None else count)
 
 
 def level_loss(
-    pred: torch.Tensor, target: torch.Tensor, block_hw: tuple[int, int], level: int, kind: str
+    pred: torch.Tensor, target: torch.Tensor, pool: torch.Tensor | None, kind: str
 ) -> torch.Tensor:
-    """JEPA distance at one hierarchy level; pred/target are [B, M, h*w, D] block tokens."""
+    """JEPA distance at one hierarchy level: the mean over the level's cells (every block's
+    real cells, not the zero padding) of pred/target [B, M, Nt, D] pooled by ``pool``."""
     with full_precision(pred):
-        p = pool_level(pred.float(), block_hw, level)
-        t = pool_level(target.float(), block_hw, level)
-        return jepa_distance(p, t, kind)
+        p, t = pool_level(pred.float(), pool), pool_level(target.float(), pool)
+        if pool is None:
+            return jepa_distance(p, t, kind)
+        b, m, _, d = p.shape
+        cells = (pool.sum(dim=1) > 0).sum().float()
+        return jepa_distance(p, t, kind, cells * (b * m * d))
 
 
 def variance_term(z: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:

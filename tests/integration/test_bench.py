@@ -45,6 +45,14 @@ KEYS = {
     "ms_per_step",
     "peak_memory_bytes",
     "steps",
+    "data",
+    "compile",
+    "context_tokens",
+    "target_tokens",
+    "flops_per_img",
+    "mfu",
+    "peak_tflops",
+    "first_step_s",
 }
 
 
@@ -93,6 +101,41 @@ def test_bench_prints_one_json_object(tmp_path: Path):
     assert out["params"] > 0 and out["img_per_s"] > 0 and out["peak_memory_bytes"] > 0
     assert set(out["ms_per_step"]) == {"mean", "p50"}
     assert out["nonfinite_steps"] == 0
+    assert out["data"] == "synthetic" and out["compile"] is False
+    # FLOPs from torch's counter on the same step; MFU against the CPU estimate
+    assert out["flops_per_img"] > 0 and out["peak_tflops"] > 0
+    assert 0 < out["mfu"] < 1.5
+    assert out["achieved_tflops"] == pytest.approx(
+        out["img_per_s"] * out["flops_per_img"] / 1e12, rel=0.02
+    )
+
+
+@pytest.mark.slow
+def test_bench_real_data_and_peak_override(tmp_path: Path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY)
+    args = ["--config", str(cfg), "--steps", "3", "--warmup", "1", "--threads", "1"]
+    proc = run_bench(*args, "--data", "real", "--peak-tflops", "0.5",
+                     "--set", "data.synthetic.num_train=64")  # 8 steps an epoch: crosses none
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["data"] == "real" and out["peak_source"] == "--peak-tflops"
+    assert out["mfu"] == pytest.approx(out["achieved_tflops"] / 0.5, rel=0.02)
+    # the 4x4 grid's static token counts, the same in every batch
+    assert out["target_tokens"] == 3 and out["context_tokens"] >= 4
+
+
+@pytest.mark.slow
+def test_bench_compiles_the_step_on_cpu(tmp_path: Path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY)
+    proc = run_bench("--config", str(cfg), "--steps", "3", "--warmup", "2", "--threads", "1",
+                     "--set", "training.compile=true")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["compile"] is True and out["nonfinite_steps"] == 0
+    # the compile is paid once, in the first step; later steps reuse the one graph
+    assert out["first_step_s"] > 5 * out["ms_per_step"]["p50"] / 1000
 
 
 def test_bench_bad_override_is_a_usage_error(tmp_path: Path):

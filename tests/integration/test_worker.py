@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
 
 import pytest
 import yaml
 
-from tests.workerutil import DEMO_AGGRESSIVE, events, run_worker, start_worker, wait_for
+from tests.workerutil import (
+    DEMO,
+    DEMO_AGGRESSIVE,
+    ROOT,
+    TINY,
+    env,
+    events,
+    run_worker,
+    start_worker,
+    wait_for,
+    worker_cmd,
+)
 from trainer import checkpoints as ck
 from trainer.events import (
     EXIT_DATA,
@@ -183,9 +195,12 @@ def test_config_typo_and_missing_dataset_are_clear(tmp_path):
     assert "download" in fatal["message"]
 
 
-def test_compile_off_cuda_is_refused_not_ignored(tmp_path):
-    r = run_worker(tmp_path, ["training.compile=true"])
-    assert r.returncode == EXIT_USAGE
+def test_compile_where_it_cannot_work_is_refused_not_ignored(tmp_path):
+    # CPU compile needs a C++ compiler for inductor: with none reachable it is refused.
+    cmd = worker_cmd(DEMO, tmp_path, [*TINY, "training.compile=true"])
+    bare = {**env(), "CXX": "no-such-c++", "PATH": str(tmp_path)}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=bare, cwd=ROOT)
+    assert r.returncode == EXIT_USAGE, r.stderr
     assert "training.compile" in events(tmp_path, "fatal")[0]["message"]
 
 

@@ -16,6 +16,7 @@ from trainer.losses import (
     variance_term,
     vicreg_loss,
 )
+from trainer.masks import pool_matrices
 
 VAR_ONLY = VICRegCoeffs(sim_coeff=0.0, std_coeff=25.0, cov_coeff=0.0)
 
@@ -70,40 +71,58 @@ def test_nt_xent_low_for_matching_views_high_for_shuffled():
     assert dot != pytest.approx(matching)
 
 
+def pool(nt: int, w: int, level: int) -> torch.Tensor:
+    return torch.from_numpy(pool_matrices(nt, w))[level - 1]
+
+
 def test_pool_level_pools_over_space_not_raster_order():
     # one 2x4 block whose values are its column index: spatial 2x pooling gives 1x2 cells with
     # the means of columns {0,1} and {2,3}; pooling raster pairs would give 0.5, 2.5, 0.5, 2.5.
     cols = torch.arange(4.0).repeat(2)  # raster order of a 2x4 block
     x = cols.view(1, 1, 8, 1)
-    pooled = pool_level(x, (2, 4), level=1)
-    assert pooled.shape == (1, 1, 2, 1)
-    assert pooled.flatten().tolist() == [0.5, 2.5]
-    coarser = pool_level(x, (2, 4), level=2)  # ceil(2/4) x ceil(4/4) = 1x1
-    assert coarser.flatten().tolist() == [1.5]
-    assert torch.equal(pool_level(x, (2, 4), level=0), x)
-    with pytest.raises(ValueError, match="block_hw"):
-        pool_level(x, (3, 3), level=1)
+    pooled = pool_level(x, pool(8, 4, 1))
+    assert pooled.shape == (1, 1, 8, 1), "static shape: padded to the token count"
+    assert pooled.flatten().tolist() == [0.5, 2.5] + [0.0] * 6
+    coarser = pool_level(x, pool(8, 4, 2))  # ceil(2/4) x ceil(4/4) = 1x1
+    assert coarser.flatten().tolist() == [1.5] + [0.0] * 7
+    assert torch.equal(pool_level(x, None), x)
+
+
+def test_ragged_block_pools_only_the_tokens_it_has():
+    # 7 tokens of a 3-wide box: rows [0 1 2], [3 4 5], [6]; level 1 = 2x2 cells over the 3x3
+    # box (adaptive bins of 3 into 2: {0,1} and {1,2}, rows and columns alike).
+    x = torch.arange(7.0).view(1, 1, 7, 1)
+    got = pool_level(x, pool(7, 3, 1)).flatten().tolist()
+    assert got[:4] == pytest.approx([2.0, 3.0, 13 / 3, 4.5])  # {0,1,3,4} {1,2,4,5} {3,4,6} {4,5}
+    assert got[4:] == [0.0] * 3
 
 
 def test_level_loss_distance_and_precision():
     pred = torch.randn(2, 3, 6, 8, generator=gen())
     tgt = pred + 0.1 * torch.randn(2, 3, 6, 8, generator=gen(1))  # |diff| < 1: smoothl1 = mse/2
-    mse = level_loss(pred, tgt, (2, 3), 0, "mse")
-    sl1 = level_loss(pred, tgt, (2, 3), 0, "smoothl1")
+    mse = level_loss(pred, tgt, None, "mse")
+    sl1 = level_loss(pred, tgt, None, "smoothl1")
     assert mse.item() == pytest.approx(2 * sl1.item(), rel=1e-5)
-    assert level_loss(pred, tgt, (2, 3), 1, "mse").item() < mse.item()  # pooling averages noise
+    assert level_loss(pred, tgt, pool(6, 3, 1), "mse").item() < mse.item()  # pooling averages
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = level_loss(pred.bfloat16(), tgt.bfloat16(), (2, 3), 1, "smoothl1")
+        out = level_loss(pred.bfloat16(), tgt.bfloat16(), pool(6, 3, 1), "smoothl1")
     assert out.dtype == torch.float32
     with pytest.raises(ValueError, match="unknown JEPA distance"):
-        level_loss(pred, tgt, (2, 3), 0, "l1")
+        level_loss(pred, tgt, None, "l1")
 
 
 @pytest.mark.parametrize(("h", "w", "level"), [(3, 5, 1), (4, 4, 1), (7, 2, 2), (5, 3, 3)])
-def test_pool_level_matches_adaptive_average_pooling(h, w, level):
-    x = torch.randn(2, 3, h * w, 4, generator=gen())
+def test_pooled_level_loss_matches_adaptive_average_pooling(h, w, level):
+    pred = torch.randn(2, 3, h * w, 4, generator=gen())
+    tgt = torch.randn(2, 3, h * w, 4, generator=gen(1))
     out_hw = (math.ceil(h / 2**level), math.ceil(w / 2**level))
-    grid = x.reshape(6, h, w, 4).permute(0, 3, 1, 2)
-    want = torch.nn.functional.adaptive_avg_pool2d(grid, out_hw).permute(0, 2, 3, 1)
-    got = pool_level(x, (h, w), level).reshape(6, *out_hw, 4)
+
+    def adaptive(x: torch.Tensor) -> torch.Tensor:
+        grid = x.reshape(6, h, w, 4).permute(0, 3, 1, 2)
+        return torch.nn.functional.adaptive_avg_pool2d(grid, out_hw)
+
+    want = torch.nn.functional.mse_loss(adaptive(pred), adaptive(tgt))
+    got = level_loss(pred, tgt, pool(h * w, w, level), "mse")
     torch.testing.assert_close(got, want)
+    cells = pool_level(pred, pool(h * w, w, level))[:, :, : out_hw[0] * out_hw[1]]
+    torch.testing.assert_close(cells.reshape(6, *out_hw, 4), adaptive(pred).permute(0, 2, 3, 1))
