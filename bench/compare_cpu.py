@@ -115,10 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     best_ours = max(r["ours"]["img_per_s"] for r in rounds)
     summary = {
         "batch": a.batch, "threads": a.threads, "steps": a.steps, "warmup": a.warmup,
-        "median_ratio": statistics.median(r["ratio"] for r in rounds),
+        "median_ratio": round(statistics.median(r["ratio"] for r in rounds), 3),
         "best_reference": best_ref, "best_ours": best_ours,
         "best_ratio": round(best_ours / best_ref, 3),
-        "median_ratio_compiled": statistics.median(r["ratio_compiled"] for r in rounds)
+        "median_ratio_compiled": round(statistics.median(r["ratio_compiled"] for r in rounds), 3)
         if a.compiled else None,
         "best_ratio_compiled": round(max(r["ours_compiled"]["img_per_s"] for r in rounds)
                                      / best_ref, 3) if a.compiled else None,
