@@ -2,7 +2,7 @@
 
     hjepa-night start --plan sequential [--state-dir var] [--now] [--foreground] [--no-tui] [--fit]
     hjepa-night stop [--state-dir var]
-    hjepa-night status [--state-dir var] [--once] [--json]
+    hjepa-night status [--state-dir var] [--once] [--json] [--width N]
     hjepa-night report [--state-dir var] [--night N] [--out FILE]
     hjepa-night run --config FILE [--window 8h] [--state-dir var] [--set key=value ...]
     hjepa-night preflight --config FILE [--window 8h] [--apply [PLAN_OR_STATE]] [--probe-steps N]
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     state_dir(sp)
     sp.add_argument("--once", action="store_true", help="print one frame and exit")
     sp.add_argument("--json", action="store_true", help="print the state snapshot as JSON")
+    sp.add_argument("--width", type=int, default=None, help="force the screen width (columns)")
 
     sp = sub.add_parser("report", help="(re)write the morning report")
     state_dir(sp)
