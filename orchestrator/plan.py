@@ -38,6 +38,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from orchestrator.notify import NotifySpec
 from orchestrator.runbook import RunbookError, load_runbook
 from orchestrator.state import Decision, Metrics, Night, PlanRecord, State, now_iso, parse_iso
 from trainer.config import Config, ConfigError, format_validation_error, load_raw
@@ -108,6 +109,7 @@ class Plan(_Strict):
     description: str = ""
     report_at: str | None = Field("06:30", description="Morning report HH:MM, or null.")
     late_start_min: str = Field("2h", description="Least window left to start a night late.")
+    notify: NotifySpec | None = Field(None, description="Command run on night end/fallback.")
     nights: list[NightSpec] = Field(min_length=1)
 
     @field_validator("report_at")

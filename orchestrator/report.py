@@ -33,6 +33,7 @@ from typing import Any
 
 from orchestrator import plots
 from orchestrator.fit import read_fits
+from orchestrator.notify import report_lines as notify_report_lines
 from orchestrator.snapshot import (
     RunView,
     Thresholds,
@@ -685,6 +686,7 @@ def report_text(state_dir: Path, state: State, nights: list[Night], out: Path) -
         lines += ["### Checkpoint and commands", "", *_commands(f, stamp)]
         lines += ["### Plots", "", *_plots(f, out)]
     lines += _side_by_side(facts)
+    lines += notify_report_lines(state_dir)
     return "\n".join(lines).rstrip() + "\n"
 
 
