@@ -6,6 +6,7 @@
     hjepa-night report [--state-dir var] [--night N] [--out FILE]
     hjepa-night run --config FILE [--window 8h] [--state-dir var] [--set key=value ...]
     hjepa-night preflight --config FILE [--window 8h] [--apply [PLAN_OR_STATE]] [--probe-steps N]
+    hjepa-night init [DIR] [--force]
 
 Each verb lives in its own module (``cmd_<verb>(args) -> int``); this file only parses.
 """
@@ -23,6 +24,7 @@ VERBS = {
     "report": "orchestrator.report",
     "run": "orchestrator.night",
     "preflight": "orchestrator.preflight",
+    "init": "orchestrator.datafiles",
 }
 
 
@@ -79,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="write the planned epochs/batch as base overrides into a plan file or "
                     "state.json (bare: STATE_DIR/state.json)")  # fmt: skip
     state_dir(sp)
+    sp = sub.add_parser("init", help="write editable copies of the configs, plans and runbooks")
+    sp.add_argument("dir", nargs="?", default=".", help="target directory (.)")
+    sp.add_argument("--force", action="store_true", help="overwrite existing files")
     return p
 
 
