@@ -291,9 +291,7 @@ def fit_table(fit: NightFit, cfg: Config, rb: Runbook) -> Table:
     t.add_row("epochs", str(fit.recipe_epochs), str(fit.epochs))
     t.add_row("epoch time", f"{fit.epoch_s:.1f} s", f"{fit.epoch_s:.1f} s (measured)")
     t.add_row("eval / checkpoint", "", f"~{fit.eval_s:.1f} s / ~{fit.checkpoint_s:.1f} s (est.)")
-    t.add_row(
-        "final-eval reserve + margin", "", f"{rb.final_eval_s:.0f} s + {args_margin_text(fit)}"
-    )
+    t.add_row("final-eval reserve; spare", "", f"{rb.final_eval_s:.0f} s; {args_margin_text(fit)}")
     t.add_row("projected night", _hms(recipe_s), f"{_hms(fit.night_s)} of {_hms(fit.window_s)}")
     trials = ", ".join(f"{tr.micro}: {'OOM' if tr.oom else _gb(tr.peak)}" for tr in fit.trials)
     t.add_row("batch probes (peak)", "", trials)
