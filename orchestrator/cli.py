@@ -1,11 +1,12 @@
 """``hjepa-night`` command line.
 
-    hjepa-night start --plan sequential [--state-dir var] [--now] [--foreground] [--no-tui]
+    hjepa-night start --plan sequential [--state-dir var] [--now] [--foreground] [--no-tui] [--fit]
     hjepa-night stop [--state-dir var]
-    hjepa-night status [--state-dir var] [--once] [--json]
+    hjepa-night status [--state-dir var] [--once] [--json] [--width N]
     hjepa-night report [--state-dir var] [--night N] [--out FILE]
     hjepa-night run --config FILE [--window 8h] [--state-dir var] [--set key=value ...]
-    hjepa-night preflight --config FILE [--runbook FILE] [--probe-steps N]
+    hjepa-night preflight --config FILE [--window 8h] [--apply [PLAN_OR_STATE]] [--probe-steps N]
+    hjepa-night init [DIR] [--force]
 
 Each verb lives in its own module (``cmd_<verb>(args) -> int``); this file only parses.
 """
@@ -23,6 +24,7 @@ VERBS = {
     "report": "orchestrator.report",
     "run": "orchestrator.night",
     "preflight": "orchestrator.preflight",
+    "init": "orchestrator.datafiles",
 }
 
 
@@ -39,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--now", action="store_true", help="start night 1 now, not at its time")
     sp.add_argument("--foreground", action="store_true", help="stay attached")
     sp.add_argument("--no-tui", action="store_true", help="with --foreground: log lines only")
+    sp.add_argument("--fit", action="store_true",
+                    help="run preflight first and plan each night's batch and epochs")  # fmt: skip
+    sp.add_argument("--probe-steps", type=int, default=5, help="with --fit: timed steps (5)")
+    sp.add_argument("--margin", type=float, default=0.1, help="with --fit: margin (0.1)")
 
     sp = sub.add_parser("stop", help="graceful stop: checkpoint, save state, exit")
     state_dir(sp)
@@ -48,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     state_dir(sp)
     sp.add_argument("--once", action="store_true", help="print one frame and exit")
     sp.add_argument("--json", action="store_true", help="print the state snapshot as JSON")
+    sp.add_argument("--width", type=int, default=None, help="force the screen width (columns)")
 
     sp = sub.add_parser("report", help="(re)write the morning report")
     state_dir(sp)
@@ -68,11 +75,29 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     sp.add_argument("--probe-steps", type=int, default=5, help="timed steps after warm-up (5)")
     sp.add_argument("--window", default="8h")
+    sp.add_argument("--margin", type=float, default=0.1,
+                    help="memory and window margin, a fraction (0.1)")  # fmt: skip
+    sp.add_argument("--apply", nargs="?", const="", default=None, metavar="PLAN_OR_STATE",
+                    help="write the planned epochs/batch as base overrides into a plan file or "
+                    "state.json (bare: STATE_DIR/state.json)")  # fmt: skip
+    state_dir(sp)
+    sp = sub.add_parser("init", help="write editable copies of the configs, plans and runbooks")
+    sp.add_argument("dir", nargs="?", default=".", help="target directory (.)")
+    sp.add_argument("--force", action="store_true", help="overwrite existing files")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.verb == "start" and args.fit:
+        from orchestrator.fit import ApplyError
+        from orchestrator.preflight import fit_plan
+
+        try:
+            args.plan = fit_plan(args)
+        except (ApplyError, RuntimeError, ValueError) as exc:
+            print(f"hjepa-night: {exc}", file=sys.stderr)
+            return 2
     module = importlib.import_module(VERBS[args.verb])
     handler = getattr(module, f"cmd_{args.verb}")
     return int(handler(args) or 0)

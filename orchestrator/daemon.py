@@ -477,6 +477,10 @@ def run_foreground(
         else:
             log.info("plan %s resumed from %s", plan.name, store.path)
         night_fn = night_fn or _run_night
+        if plan.notify is not None:  # the notifier observes every state save of each night
+            from orchestrator.notify import Notifier, with_notifier
+
+            night_fn = with_notifier(night_fn, Notifier(plan.notify, state_dir))
         me = psutil.Process()
         record = DaemonRecord(
             pid=me.pid, create_time=me.create_time(), started_at=now_iso(), log=str(log_path)

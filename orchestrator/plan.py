@@ -38,13 +38,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from orchestrator.datafiles import PROJECT_ROOT as PROJECT_ROOT
+from orchestrator.datafiles import plan_dirs, resolve_data, shipped_root
+from orchestrator.notify import NotifySpec
 from orchestrator.runbook import RunbookError, load_runbook
 from orchestrator.state import Decision, Metrics, Night, PlanRecord, State, now_iso, parse_iso
 from trainer.config import Config, ConfigError, format_validation_error, load_raw
 from trainer.events import EVENTS_FILE, read_events
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-PLANS_DIR = PROJECT_ROOT / "configs" / "plans"
+PLANS_DIR = shipped_root() / "configs" / "plans"
 ENDED = ("succeeded", "partial", "failed", "skipped")
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([hms])")
@@ -108,6 +110,7 @@ class Plan(_Strict):
     description: str = ""
     report_at: str | None = Field("06:30", description="Morning report HH:MM, or null.")
     late_start_min: str = Field("2h", description="Least window left to start a night late.")
+    notify: NotifySpec | None = Field(None, description="Command run on night end/fallback.")
     nights: list[NightSpec] = Field(min_length=1)
 
     @field_validator("report_at")
@@ -137,22 +140,24 @@ class Plan(_Strict):
 # ------------------------------------------------------------------------------------------
 # loading
 def resolve_plan_path(name_or_path: str) -> Path:
-    """A plan name (``configs/plans/NAME.yaml``) or a path to a plan file."""
+    """A path to a plan file, or a plan name looked up in ``./configs/plans`` then in the
+    shipped plans (:func:`orchestrator.datafiles.plan_dirs`)."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.is_file():
         if not p.is_file():
             raise PlanError(f"{p}: plan file not found")
         return p.resolve()
-    named = PLANS_DIR / f"{name_or_path}.yaml"
-    if not named.is_file():
-        known = sorted(f.stem for f in PLANS_DIR.glob("*.yaml"))
-        raise PlanError(f"plan {name_or_path!r} not found in {PLANS_DIR} (known: {known})")
-    return named
+    for d in plan_dirs():
+        if (d / f"{name_or_path}.yaml").is_file():
+            return d / f"{name_or_path}.yaml"
+    known = sorted({f.stem for d in plan_dirs() for f in d.glob("*.yaml")})
+    where = " or ".join(str(d) for d in plan_dirs())
+    raise PlanError(f"plan {name_or_path!r} not found in {where} (known: {known})")
 
 
 def project_path(path: str) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() else PROJECT_ROOT / p
+    """A config or runbook path: the working directory's copy first, then the shipped one."""
+    return resolve_data(path)
 
 
 def load_plan(path: str | Path) -> Plan:

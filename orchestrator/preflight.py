@@ -37,9 +37,24 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.plan import PROJECT_ROOT, parse_duration
+from orchestrator.fit import (
+    ApplyError,
+    BatchTrial,
+    NightFit,
+    apply_overrides,
+    breaks,
+    choose_micro,
+    estimate_checkpoint_s,
+    estimate_eval_s,
+    fit_epochs,
+    night_seconds,
+    probe_order,
+    record_fit,
+)
+from orchestrator.plan import PROJECT_ROOT, parse_duration, project_path
 from orchestrator.runbook import Runbook, RunbookError, default_runbook_for, load_runbook
 from trainer.config import Config, ConfigError, load_config
+from trainer.events import EXIT_CODE_OF_KIND
 
 GB = 1024**3
 STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red"}
@@ -119,19 +134,179 @@ def check_dataset(cfg: Config) -> Check:
     return Check("dataset", "pass", "; ".join(f"{k}: {v}" for k, v in found.items()))
 
 
-def run_probe(args: argparse.Namespace, steps: int) -> dict[str, Any]:
-    """The worker's ``--probe`` JSON line (raises RuntimeError with the stderr tail)."""
+def run_probe(
+    args: argparse.Namespace, steps: int, extra: list[str] | None = None
+) -> dict[str, Any]:
+    """The worker's ``--probe`` JSON line, with ``extra`` ``--set`` items after the user's.
+
+    An OOM in the worker (exit code 10) returns ``{"oom": True}``; any other failure raises
+    RuntimeError with the stderr tail."""
     with tempfile.TemporaryDirectory(prefix="hjepa-preflight-") as run_dir:
-        cmd = [sys.executable, "-m", "trainer", "--config", args.config, "--run-dir", run_dir,
-               "--probe", str(steps)]  # fmt: skip
-        for item in args.overrides:
+        cmd = [
+            sys.executable,
+            "-m",
+            "trainer",
+            "--config",
+            str(Path(args.config).resolve()),
+            "--run-dir",
+            run_dir,
+            "--probe",
+            str(steps),
+        ]
+        for item in [*args.overrides, *(extra or [])]:
             cmd += ["--set", item]
         out = subprocess.run(cmd, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=1800)
     for line in reversed(out.stdout.splitlines()):
         if line.startswith("{") and "ms_per_step" in line:
             return dict(json.loads(line))
+    if out.returncode == EXIT_CODE_OF_KIND["oom"]:
+        return {"oom": True}
     tail = (out.stderr or out.stdout).strip().splitlines()[-3:]
     raise RuntimeError(f"probe exited {out.returncode}: {' | '.join(tail)}")
+
+
+def _config_path(config: str) -> Path:
+    """A config path as given (relative to the working directory), else the project's."""
+    p = Path(config)
+    return p.resolve() if p.exists() else project_path(config)
+
+
+def peak_bytes(probe: dict[str, Any]) -> int | None:
+    """Peak device memory of a probe (CUDA peak allocated; MPS driver; CPU process RSS)."""
+    mem = probe.get("memory") or {}
+    for key in ("peak", "driver", "allocated"):
+        if isinstance(mem.get(key), int | float):
+            return int(mem[key])
+    return None
+
+
+def probe_batches(
+    args: argparse.Namespace, cfg: Config, rb: Runbook, status: Any = None
+) -> tuple[list[BatchTrial], dict[str, dict[str, Any]]]:
+    """Grow the micro-batch over the effective batch's divisors until an OOM or the memory
+    ceiling; walk down when the recipe's own micro-batch breaks. Returns the trials and the
+    probe JSON per micro-batch that ran."""
+    eff = cfg.effective_batch
+    ceiling = rb.memory.ceiling_gb * GB
+    grow, shrink = probe_order(cfg.data.batch_size, eff)
+    trials: list[BatchTrial] = []
+    probes: dict[str, dict[str, Any]] = {}
+
+    def one(micro: int) -> BatchTrial:
+        if status is not None:
+            status.update(
+                f"timing probe: micro-batch {micro} x {eff // micro}, "
+                f"{args.probe_steps} steps after warm-up..."
+            )
+        sets = [f"data.batch_size={micro}", f"training.accumulation_steps={eff // micro}"]
+        res = run_probe(args, args.probe_steps, sets)
+        if res.get("oom"):
+            trial = BatchTrial(micro, None, oom=True)
+        else:
+            probes[str(micro)] = res
+            trial = BatchTrial(micro, peak_bytes(res), ms_per_step=float(res["ms_per_step"]))
+        trials.append(trial)
+        return trial
+
+    for micro in grow:
+        if breaks(one(micro), ceiling):
+            break
+    if choose_micro(trials, ceiling, args.margin) is None:
+        for micro in shrink:
+            if choose_micro([one(micro)], ceiling, args.margin) is not None:
+                break
+    return trials, probes
+
+
+def plan_night(
+    args: argparse.Namespace, cfg: Config, rb: Runbook, window_s: float, status: Any = None
+) -> tuple[NightFit | None, str]:
+    """Probe, choose the micro-batch, fit the epochs. (None, why) when no micro-batch fits."""
+    trials, probes = probe_batches(args, cfg, rb, status)
+    micro = choose_micro(trials, rb.memory.ceiling_gb * GB, args.margin)
+    if micro is None:
+        seen = ", ".join(f"{t.micro}: {'OOM' if t.oom else _gb(t.peak)}" for t in trials)
+        return None, f"no micro-batch fits under {rb.memory.ceiling_gb:g} GB ({seen})"
+    probe = probes[str(micro)]
+    epoch_s = float(probe["epoch_seconds"])
+    ev = cfg.evaluation
+    eval_s = estimate_eval_s(
+        float(probe["img_per_s"]),
+        ev.max_train_samples + ev.max_test_samples,
+        ev.linear_probe.epochs,
+    )
+    ckpt_s = estimate_checkpoint_s(checkpoint_bytes(cfg))
+    epochs = fit_epochs(
+        recipe_epochs=cfg.training.epochs,
+        epoch_s=epoch_s,
+        eval_s=eval_s,
+        eval_every=ev.eval_frequency,
+        checkpoint_s=ckpt_s,
+        window_s=window_s,
+        final_eval_s=rb.final_eval_s,
+        margin=args.margin,
+    )
+    eff = cfg.effective_batch
+    night_s = night_seconds(epochs, epoch_s, eval_s, ev.eval_frequency, ckpt_s, rb.final_eval_s)
+    fit = NightFit(
+        recipe_micro=cfg.data.batch_size,
+        recipe_accum=cfg.training.accumulation_steps,
+        recipe_epochs=cfg.training.epochs,
+        micro=micro,
+        accum=eff // micro,
+        epochs=epochs,
+        epoch_s=epoch_s,
+        eval_s=eval_s,
+        checkpoint_s=ckpt_s,
+        night_s=night_s,
+        window_s=window_s,
+        trials=trials,
+        probe=probe,
+    )
+    return fit, ""
+
+
+def _gb(n: float | None) -> str:
+    return "N/A" if n is None else f"{n / GB:.2f} GB"
+
+
+def fit_table(fit: NightFit, cfg: Config, rb: Runbook) -> Table:
+    """Recipe vs what fits vs the projected finish."""
+    t = Table(title="night plan (measured on this machine)")
+    for col in ("", "recipe", "fits here"):
+        t.add_column(col)
+    t.add_row(
+        "micro-batch x accumulation",
+        f"{fit.recipe_micro} x {fit.recipe_accum}",
+        f"{fit.micro} x {fit.accum} (effective {cfg.effective_batch} kept)",
+    )
+    recipe_s = night_seconds(
+        fit.recipe_epochs,
+        fit.epoch_s,
+        fit.eval_s,
+        cfg.evaluation.eval_frequency,
+        fit.checkpoint_s,
+        rb.final_eval_s,
+    )
+    t.add_row("epochs", str(fit.recipe_epochs), str(fit.epochs))
+    t.add_row("epoch time", f"{fit.epoch_s:.1f} s", f"{fit.epoch_s:.1f} s (measured)")
+    t.add_row("eval / checkpoint", "", f"~{fit.eval_s:.1f} s / ~{fit.checkpoint_s:.1f} s (est.)")
+    t.add_row("final-eval reserve; spare", "", f"{rb.final_eval_s:.0f} s; {args_margin_text(fit)}")
+    t.add_row("projected night", _hms(recipe_s), f"{_hms(fit.night_s)} of {_hms(fit.window_s)}")
+    trials = ", ".join(f"{tr.micro}: {'OOM' if tr.oom else _gb(tr.peak)}" for tr in fit.trials)
+    t.add_row("batch probes (peak)", "", trials)
+    return t
+
+
+def args_margin_text(fit: NightFit) -> str:
+    return f"{max(0.0, fit.window_s - fit.night_s):.0f} s spare"
+
+
+def _hms(s: float) -> str:
+    s = round(s)
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s"
+    return f"{s // 60}m{s % 60:02d}s"
 
 
 def judge_timing(probe: dict[str, Any], cfg: Config, rb: Runbook, window_s: float) -> list[Check]:
@@ -186,12 +361,19 @@ def run_checks(args: argparse.Namespace, out: Console) -> list[Check]:
     if checks[2].result == "fail" or checks[-1].result == "fail":
         checks.append(Check("timing probe", "fail", "skipped: dataset or device failed above"))
         return checks
-    with out.status(f"timing probe: {args.probe_steps} steps after warm-up..."):
+    window_s = parse_duration(args.window)
+    with out.status("timing probe...") as status:
         try:
-            probe = run_probe(args, args.probe_steps)
+            fit, why = plan_night(args, cfg, rb, window_s, status)
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
             return [*checks, Check("timing probe", "fail", str(exc), "run the worker alone")]
-    return checks + judge_timing(probe, cfg, rb, parse_duration(args.window))
+    if fit is None:
+        return [*checks, Check("batch fit", "fail", why, "a smaller model or a higher ceiling")]
+    args.fit = fit
+    planned = cfg.model_copy(
+        update={"training": cfg.training.model_copy(update={"epochs": fit.epochs})}
+    )
+    return checks + judge_timing(fit.probe, planned, rb, window_s)
 
 
 def cmd_preflight(args: argparse.Namespace) -> int:
@@ -201,6 +383,7 @@ def cmd_preflight(args: argparse.Namespace) -> int:
     except ValueError as exc:
         out.print(f"[red]--window: {exc}[/]")
         return 2
+    args.fit = None
     checks = run_checks(args, out)
     table = Table(title=f"pre-flight: {args.config}", show_lines=False)
     for col in ("check", "result", "evidence", "fix"):
@@ -208,6 +391,76 @@ def cmd_preflight(args: argparse.Namespace) -> int:
     for c in checks:
         table.add_row(c.name, f"[{STYLE[c.result]}]{c.result}[/]", c.detail, c.fix)
     out.print(table)
+    fit: NightFit | None = args.fit
+    if fit is not None:
+        out.print(fit_table(fit, load_config(args.config, list(args.overrides)), _runbook(args)))
     failed = [c.name for c in checks if c.result == "fail"]
     out.print("[red]not ready: " + ", ".join(failed) + "[/]" if failed else "[green]ready[/]")
+    if args.apply is not None and fit is not None and not failed:
+        target = args.apply or str(Path(args.state_dir) / "state.json")
+        try:
+            names = apply_overrides(target, args.config, fit.overrides())
+        except ApplyError as exc:
+            out.print(f"[red]{exc}[/]")
+            return 2
+        state_dir = Path(target).parent if target.endswith(".json") else Path(args.state_dir)
+        record_fit(state_dir, args.config, fit, target)
+        sets = " ".join(f"{k}={v}" for k, v in fit.overrides().items())
+        out.print(f"applied to {target} ({', '.join(names)}): {sets}")
     return 1 if failed else 0
+
+
+def _runbook(args: argparse.Namespace) -> Runbook:
+    path = Path(args.runbook) if args.runbook else default_runbook_for(args.config)
+    try:
+        return load_runbook(path)
+    except RunbookError:
+        return Runbook.model_validate({"name": "defaults"})
+
+
+def fit_plan(args: argparse.Namespace) -> str:
+    """``start --plan P --fit``: plan every night of P on this machine and return the path of a
+    fitted copy (``STATE_DIR/plans/<name>-fitted.yaml``, the nights' base overrides extended
+    with micro-batch, accumulation and epochs) for the daemon to run. A state dir already
+    holding this plan is resumed as it is (the fit of a started plan is already in its state).
+    Fault-injection overrides (``faults.*``) are left out of the probes: they test the
+    fallbacks, they are not the machine. Raises ApplyError when a night cannot be fitted."""
+    from orchestrator.plan import load_plan, resolve_plan_path
+    from orchestrator.state import StateStore
+
+    plan_path = resolve_plan_path(args.plan)
+    plan = load_plan(plan_path)
+    state = StateStore(args.state_dir).load(set_aside=False)
+    if state.plan is not None:
+        print(f"--fit: {args.state_dir} already holds plan {state.plan.name!r}; resuming as is")
+        return str(plan_path)
+    out = Console()
+    fitted = Path(args.state_dir) / "plans" / f"{plan.name}-fitted.yaml"
+    fitted.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(plan_path, fitted)
+    for night in plan.nights:
+        sets = [f"{k}={v}" for k, v in night.overrides.items() if not k.startswith("faults.")]
+        ns = argparse.Namespace(config=night.config, overrides=sets, probe_steps=args.probe_steps,
+                                margin=args.margin)  # fmt: skip
+        cfg = load_config(project_path(night.config), sets)
+        rb = load_runbook(project_path(night.runbook))
+        window_s = night.window_s
+        with out.status(f"fitting night {night.name!r}...") as status:
+            fit, why = plan_night(ns, cfg, rb, window_s, status)
+        if fit is None:
+            raise ApplyError(f"--fit: night {night.name!r}: {why}")
+        out.print(fit_table(fit, cfg, rb))
+        _apply_night(fitted, night.name, fit.overrides())
+        record_fit(args.state_dir, night.config, fit, str(fitted))
+    out.print(f"fitted plan: {fitted}")
+    return str(fitted)
+
+
+def _apply_night(plan_file: Path, name: str, overrides: dict[str, Any]) -> None:
+    import yaml
+
+    doc = yaml.safe_load(plan_file.read_text())
+    for night in doc["nights"]:
+        if night.get("name") == name:
+            night.setdefault("overrides", {}).update(overrides)
+    plan_file.write_text(yaml.safe_dump(doc, sort_keys=False))

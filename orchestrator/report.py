@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import plots
+from orchestrator.fit import read_fits
+from orchestrator.notify import report_lines as notify_report_lines
 from orchestrator.snapshot import (
     RunView,
     Thresholds,
@@ -532,6 +534,27 @@ def _time_and_resources(f: NightFacts) -> list[str]:
     ]
 
 
+def _fitted(f: NightFacts) -> list[str]:
+    """Preflight's plan (``STATE_DIR/preflight.jsonl``) next to what the night measured."""
+    n = f.night
+    rows = [r for r in read_fits(f.state_dir) if Path(str(r.get("config"))).name
+            == Path(n.config).name]  # fmt: skip
+    if not rows:
+        return []
+    r = rows[-1]
+    micro = n.overrides.get("data.batch_size", r.get("micro"))
+    accum = n.overrides.get("training.accumulation_steps", r.get("accum"))
+    used = f.used_s
+    table = _table(["", "planned (preflight)", "measured"], [
+        ["epochs", f"{r.get('epochs')} (recipe {r.get('recipe_epochs')})",
+         f"{n.epochs_done if n.epochs_done is not None else NA} done"],
+        ["micro-batch x accum.", f"{r.get('micro')} x {r.get('accum')}", f"{micro} x {accum}"],
+        ["night length", f"{float(r.get('night_s', 0)) / 60:.1f} min of "
+         f"{float(r.get('window_s', 0)) / 60:.1f}", NA if used is None else f"{used / 60:.1f} min"],
+    ])  # fmt: skip
+    return ["### Planned by preflight vs measured", "", *table]
+
+
 def _metrics(f: NightFacts) -> list[str]:
     fin, base = f.final, f.base
     if fin is None and base is None:
@@ -713,10 +736,12 @@ def report_text(state_dir: Path, state: State, nights: list[Night], out: Path) -
         lines += _what_ran(f)
         lines += ["### Timeline", "", *_timeline(f)]
         lines += ["### Time, throughput and memory", "", *_time_and_resources(f)]
+        lines += _fitted(f)
         lines += ["### Final metrics vs the random-initialised encoder", "", *_metrics(f)]
         lines += ["### Checkpoint and commands", "", *_commands(f, stamp)]
         lines += ["### Plots", "", *_plots(f, out)]
     lines += _side_by_side(facts)
+    lines += notify_report_lines(state_dir)
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from orchestrator.datafiles import resolve_data, shipped_root
 from trainer.config import Config, ConfigError, format_validation_error, load_raw
 
 FEATURE_KEYS: dict[str, str] = {
@@ -53,7 +54,7 @@ MetricName = Literal[
     "feature_std",
     "effective_rank",
 ]
-RUNBOOK_DIR = Path(__file__).resolve().parent.parent / "runbooks"
+RUNBOOK_DIR = shipped_root() / "runbooks"  # shipped; ./runbooks wins (default_runbook_for)
 
 
 class RunbookError(ValueError):
@@ -232,10 +233,12 @@ def load_runbook(path: str | Path) -> Runbook:
 
 
 def default_runbook_for(config_path: str | Path) -> Path:
-    """``demo_*`` → demo.yaml, ``*aggressive*`` → aggressive.yaml, else conservative.yaml."""
+    """``demo_*`` → demo.yaml, ``*aggressive*`` → aggressive.yaml, else conservative.yaml;
+    from ``./runbooks`` when the working directory has that file, else the shipped one."""
     stem = Path(config_path).stem
+    name = "conservative.yaml"
     if stem.startswith("demo_"):
-        return RUNBOOK_DIR / "demo.yaml"
-    if "aggressive" in stem:
-        return RUNBOOK_DIR / "aggressive.yaml"
-    return RUNBOOK_DIR / "conservative.yaml"
+        name = "demo.yaml"
+    elif "aggressive" in stem:
+        name = "aggressive.yaml"
+    return resolve_data(Path("runbooks") / name)  # ./runbooks first, then RUNBOOK_DIR

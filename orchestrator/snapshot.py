@@ -337,7 +337,10 @@ def read_night_run(state_dir: Path, night: Night, history: int | None = None) ->
 # the snapshot
 @dataclass(frozen=True)
 class Forecast:
-    """When training ends vs the deadline. ``source``: "supervisor" (state) or "estimate"."""
+    """When the night's work ends vs the deadline. ``finish_ts`` is the end of training *plus*
+    the final evaluation (the supervisor's ``projected_finish`` already includes it; the
+    estimate adds the runbook's reserve once). ``source``: "supervisor", "estimate" or "ended".
+    """
 
     finish_ts: float | None = None
     deadline_ts: float | None = None
@@ -347,10 +350,10 @@ class Forecast:
 
     @property
     def margin_s(self) -> float | None:
-        """Deadline − (finish + final eval); negative = late."""
+        """Deadline − finish (final eval included once); negative = late."""
         if self.finish_ts is None or self.deadline_ts is None:
             return None
-        return self.deadline_ts - self.finish_ts - 60.0 * (self.final_eval_minutes or 0.0)
+        return self.deadline_ts - self.finish_ts
 
 
 @dataclass(frozen=True)
@@ -404,7 +407,9 @@ def make_forecast(night: Night | None, run: RunView, th: Thresholds, now: float)
     per_epoch = run.recent_epoch_seconds()
     if finish is None and total and per_epoch and run.epochs:
         remaining = max(total - done, 0)
-        finish, source = float(run.epochs[-1]["ts"]) + remaining * per_epoch, "estimate"
+        reserve = 60.0 * (th.final_eval_minutes or 0.0)
+        finish = float(run.epochs[-1]["ts"]) + remaining * per_epoch + reserve
+        source = "estimate"
     pace = None
     if deadline is not None and total and total > done:
         budget = deadline - 60.0 * (th.final_eval_minutes or 0.0) - now

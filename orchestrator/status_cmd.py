@@ -1,6 +1,6 @@
 """``hjepa-night status``: the live status screen, one frame, or the state as JSON.
 
-    hjepa-night status [--state-dir var] [--once] [--json]
+    hjepa-night status [--state-dir var] [--once] [--json] [--width N]
 
 ``--json`` prints the state snapshot (``orchestrator/state.py`` documents every key: ``plan``,
 ``current_night``, ``next_start``, ``daemon``, ``nights``...) plus ``daemon_alive`` (whether
@@ -48,4 +48,4 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     from orchestrator.tui import run_status
 
-    return int(run_status(state_dir, bool(args.once)))
+    return int(run_status(state_dir, bool(args.once), getattr(args, "width", None)))

@@ -578,7 +578,7 @@ class Worker:
         return {"ms_per_step": ms, "steps_per_epoch": self.steps_per_epoch,
                 "epoch_seconds": ms / 1000 * self.steps_per_epoch,
                 "img_per_s": self.eff / (ms / 1000), "device": str(self.device),
-                "micro_batch": self.micro, "accum_steps": self.accum}
+                "micro_batch": self.micro, "accum_steps": self.accum, "memory": self.mem()}
 
 
 # ---------------------------------------------------------------------------------- RNG

@@ -93,3 +93,33 @@ def test_status_screen_updates_live_in_tmux(tmp_path: Path) -> None:
             writer.kill()
             writer.wait()
         subprocess.run([TMUX, "-L", socket, "kill-server"], check=False)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(TMUX is None, reason="tmux is not installed (apt-get install -y tmux)")
+def test_status_screen_at_80x24_and_resized_live(tmp_path: Path) -> None:
+    var = tmp_path / "var"
+    shutil.copytree(FIXTURES / "night-running", var)
+    socket = f"hjepa-test-small-{os.getpid()}"
+    cmd = (
+        f"cd {ROOT} && env -u COLUMNS -u LINES PYTHONPATH={ROOT} {sys.executable} "
+        f"-m orchestrator.cli status --state-dir {var}"
+    )
+    new = ["new-session", "-d", "-s", "status", "-x", "80", "-y", "24", cmd]
+    subprocess.run([TMUX, "-L", socket, "-f", "/dev/null", *new], check=True)
+    try:
+        wait_for(socket, r"fallback \d\d:\d\d oom:")
+        screen = capture(socket)
+        lines = screen.splitlines()
+        assert len(lines) <= 24 and all(len(ln) <= 80 for ln in lines)
+        assert any("1 conservative" in ln and "running" in ln for ln in lines)
+        assert any("2 aggressive" in ln and "pending" in ln for ln in lines)
+        for pattern in (r"epoch 13/50 · step \d+", r"deadline 06:00 · LATE by", r"img/s",
+                        r"/ ceiling 28 GB"):  # fmt: skip
+            assert re.search(pattern, screen), pattern
+        # a bigger pane gets the full panels on the next frame, without a restart
+        subprocess.run([TMUX, "-L", socket, "resize-window", "-t", "status", "-x", "150",
+                        "-y", "50"], check=True)  # fmt: skip
+        wait_for(socket, r"fallbacks, newest first \(1\)")
+    finally:
+        subprocess.run([TMUX, "-L", socket, "kill-server"], check=False)

@@ -79,6 +79,8 @@ def test_unknown_plan_name_lists_the_known_ones() -> None:
         ({"report_at": "6:30am"}, "report_at"),
         ({"late_start_min": "soon"}, "late_start_min"),
         ({"nights": []}, "nights"),
+        ({"notify": {"command": "x", "on": ["sunrise"]}}, "notify.on"),
+        ({"notify": {"cmd": "x"}}, "notify"),
     ],
 )
 def test_plan_errors_name_file_and_key(tmp_path: Path, changes: dict, expected: str) -> None:
@@ -225,3 +227,11 @@ def test_passed_windows_become_skipped_partial_or_failed(tmp_path: Path) -> None
     assert n2.status == "skipped" and "passed while no daemon" in (n2.reason or "")
     assert n3.status == "failed"  # started, but only the epoch-0 eval of a random encoder
     assert reconcile(state, at(13, 8)) == []
+
+
+def test_plan_notify_section(tmp_path: Path) -> None:
+    path = write_plan(tmp_path, notify={"command": "ntfy publish t", "on": ["failed"]})
+    plan = load_plan(path)
+    assert plan.notify is not None and plan.notify.on == ["failed"]
+    assert plan.notify.timeout_s == 10
+    assert load_plan(write_plan(tmp_path)).notify is None

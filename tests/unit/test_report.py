@@ -135,3 +135,19 @@ def test_cmd_report_exit_codes(tmp_path: Path, capsys) -> None:  # type: ignore[
     assert "report written:" in out and "FAILED" in out
     assert cmd_report(argparse.Namespace(state_dir=str(tmp_path / "none"), night=None,
                                          out=None)) == 1
+
+
+def test_preflight_plan_beside_the_measured_night(tmp_path: Path) -> None:
+    var = copy("plan-success", tmp_path)
+    state = json.loads((var / "state.json").read_text())
+    config = state["nights"][0]["config"]
+    row = {"config": config, "applied_to": "plan.yaml", "epochs": 47, "micro": 32, "accum": 1,
+           "recipe_epochs": 50, "epoch_s": 540.0, "night_s": 27000.0, "window_s": 28800.0}
+    (var / "preflight.jsonl").write_text(json.dumps(row) + "\n")
+    text = write_report(var, night=1).read_text()
+    assert "### Planned by preflight vs measured" in text
+    assert "| epochs | 47 (recipe 50) |" in text
+    assert "| night length | 450.0 min of 480.0 |" in text
+    # without the file the section is absent
+    (var / "preflight.jsonl").unlink()
+    assert "Planned by preflight" not in write_report(var, night=1).read_text()

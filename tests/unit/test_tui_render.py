@@ -30,7 +30,7 @@ def test_running_night_frame_answers_is_it_ok_and_will_it_finish() -> None:
         "attempt    2 of 2 (from ckpt-e0001-s00000100.pt)",
         "data.batch_size=24",  # overrides in force
         "epoch 13/50 (12 done)",
-        "LATE by 55m00s",  # forecast vs deadline
+        "LATE by 35m00s",  # forecast (final eval included once) vs deadline
         "pace needed",
         "img/s",
         "kNN 1/5/20",
@@ -90,3 +90,51 @@ def test_sparkline_scales_and_resamples() -> None:
     assert sparkline([1.0, 2.0, 3.0]) == "▁▅█"
     assert len(sparkline([float(i) for i in range(1000)], width=20)) == 20
     assert sparkline([2.0, 2.0]) == "▄▄"
+
+
+def compact(state_dir: Path, width: int = 80, height: int = 24) -> str:
+    now_file = state_dir / "NOW"
+    now = float(now_file.read_text()) if now_file.exists() else None
+    console = Console(record=True, width=width, height=height)
+    console.print(render(SnapshotSource(state_dir).take(now=now), (width, height)))
+    return console.export_text()
+
+
+def test_compact_layout_fits_80x24_without_wrapping() -> None:
+    text = compact(FIXTURES / "night-running")
+    lines = text.rstrip("\n").splitlines()
+    assert len(lines) <= 24
+    assert all(len(line) <= 80 for line in lines)
+    for expected in (
+        "plan sequential",
+        "1 conservative",  # whole names, one line per night
+        "2 aggressive",
+        "22:00→06:00",  # window
+        "epoch 13/50 · step",
+        "deadline 06:00 · LATE by 35m00s",  # forecast against the deadline
+        "img/s",
+        "/ ceiling 28 GB",  # memory against the ceiling
+        "fallback 22:16 oom:",  # the newest fallback
+    ):
+        assert expected in text, expected
+    # every night on exactly one line: the status follows the name on the same line
+    assert any("conservative" in ln and "running" in ln for ln in lines)
+    # the full layout is kept for large terminals
+    big = compact(FIXTURES / "night-running", width=150, height=50)
+    assert "fallbacks, newest first" in big and "fallbacks, newest first" not in text
+
+
+def test_compact_layout_cuts_long_names_instead_of_wrapping() -> None:
+    text = compact(FIXTURES / "night-fallbacks", width=60, height=20)
+    lines = text.rstrip("\n").splitlines()
+    assert all(len(line) <= 60 for line in lines)
+    assert any(ln.startswith("1 aggressive") and "partial" in ln for ln in lines)
+    assert "…" in text  # the reason is cut at the edge
+
+
+def test_width_flag_forces_the_layout(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    state_dir = tmp_path / "s"
+    shutil.copytree(FIXTURES / "night-running", state_dir)
+    assert run_status(state_dir, once=True, width=80) == 0
+    out = capsys.readouterr().out
+    assert "1 conservative" in out and max(len(x) for x in out.splitlines()) <= 80

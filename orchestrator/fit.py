@@ -1,0 +1,246 @@
+"""Fit a night to this machine before it starts: micro-batch, accumulation and epochs.
+
+    hjepa-night preflight --config configs/demo_conservative.yaml --window 4m --apply var/state.json
+
+Pure planning (no I/O) plus the one place that writes a plan into a plan file or a state file.
+
+- **Micro-batch**: the candidates are the divisors of the recipe's effective batch
+  (micro-batch × accumulation), so accumulation = effective / micro keeps the effective batch
+  exactly. The caller probes them in ascending order from the recipe's own micro-batch and stops
+  at the first OOM or the first peak over the memory ceiling ("grow until it breaks"); when the
+  recipe's micro-batch itself breaks, it walks down. ``choose_micro`` then backs off: the largest
+  probed candidate whose peak stays under ``ceiling × (1 - margin)``.
+- **Epochs**: ``fit_epochs`` counts the epochs whose train time + periodic evals + checkpoints
+  fit into ``window - final-eval reserve - margin × window``, never more than the recipe asks
+  (a plan shortens a night; it does not lengthen a recipe) and never fewer than 1.
+- **Apply**: ``apply_overrides`` writes ``data.batch_size``, ``training.accumulation_steps`` and
+  ``training.epochs`` as base overrides of every not-yet-started night that runs the config, in
+  a plan file (``nights[i].overrides``) or a state file (``nights[i].overrides``), so the worker's
+  LR and EMA schedules are planned for the real length from step 0.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator.plan import PROJECT_ROOT
+
+GB = 1024**3
+FIT_LOG = "preflight.jsonl"
+
+
+@dataclass(frozen=True)
+class BatchTrial:
+    """One probe at a micro-batch: peak memory in bytes (None = unreadable) or an OOM."""
+
+    micro: int
+    peak: int | None
+    oom: bool = False
+    ms_per_step: float | None = None
+
+
+@dataclass
+class NightFit:
+    """What the recipe asks vs what fits, with the measurements behind it."""
+
+    recipe_micro: int
+    recipe_accum: int
+    recipe_epochs: int
+    micro: int
+    accum: int
+    epochs: int
+    epoch_s: float
+    eval_s: float
+    checkpoint_s: float
+    night_s: float
+    window_s: float
+    trials: list[BatchTrial] = field(default_factory=list)
+    probe: dict[str, Any] = field(default_factory=dict)  # the worker's --probe JSON at ``micro``
+
+    def overrides(self) -> dict[str, Any]:
+        return {
+            "data.batch_size": self.micro,
+            "training.accumulation_steps": self.accum,
+            "training.epochs": self.epochs,
+        }
+
+
+def micro_candidates(effective: int) -> list[int]:
+    """Divisors of the effective batch, ascending (each keeps it exactly with accumulation)."""
+    return [d for d in range(1, effective + 1) if effective % d == 0]
+
+
+def probe_order(recipe_micro: int, effective: int) -> tuple[list[int], list[int]]:
+    """(grow: candidates ≥ the recipe's micro-batch, ascending; shrink: the rest, descending)."""
+    cands = micro_candidates(effective)
+    grow = [c for c in cands if c >= recipe_micro]
+    shrink = sorted((c for c in cands if c < recipe_micro), reverse=True)
+    return grow, shrink
+
+
+def breaks(trial: BatchTrial, ceiling_bytes: float) -> bool:
+    return trial.oom or (trial.peak is not None and trial.peak > ceiling_bytes)
+
+
+def choose_micro(trials: list[BatchTrial], ceiling_bytes: float, margin: float) -> int | None:
+    """Largest probed micro-batch that did not OOM and peaked under ceiling × (1 - margin).
+
+    A trial without a memory reading counts as fitting only if it did not OOM. None when
+    nothing fits.
+    """
+    limit = ceiling_bytes * (1.0 - margin)
+    ok = [t.micro for t in trials if not t.oom and (t.peak is None or t.peak <= limit)]
+    return max(ok) if ok else None
+
+
+def fit_epochs(
+    *,
+    recipe_epochs: int,
+    epoch_s: float,
+    eval_s: float,
+    eval_every: int,
+    checkpoint_s: float,
+    window_s: float,
+    final_eval_s: float,
+    margin: float,
+) -> int:
+    """Epochs that fit: per epoch ``epoch_s + checkpoint_s`` plus ``eval_s`` every ``eval_every``
+    epochs and once before training (the random-encoder baseline); the budget is the window less
+    the final-eval reserve and ``margin × window``. Capped at the recipe; at least 1."""
+    budget = window_s * (1.0 - margin) - final_eval_s - eval_s
+    best = 1
+    for n in range(1, recipe_epochs + 1):
+        cost = n * (epoch_s + checkpoint_s) + (n // max(1, eval_every)) * eval_s
+        if cost <= budget:
+            best = n
+    return best
+
+
+def night_seconds(
+    epochs: int,
+    epoch_s: float,
+    eval_s: float,
+    eval_every: int,
+    checkpoint_s: float,
+    final_eval_s: float,
+) -> float:
+    """Projected length of a night of ``epochs`` (the same cost model as ``fit_epochs``)."""
+    evals = 1 + epochs // max(1, eval_every)
+    return epochs * (epoch_s + checkpoint_s) + evals * eval_s + final_eval_s
+
+
+def estimate_eval_s(img_per_s: float, eval_images: int, probe_epochs: int) -> float:
+    """Rough eval cost: forward passes over the eval images (a forward costs about a third of a
+    training step per image) plus the linear probe's epochs over the features (cheap)."""
+    if img_per_s <= 0:
+        return 0.0
+    forward = eval_images / (3.0 * img_per_s)
+    return forward * (1.0 + 0.02 * probe_epochs)
+
+
+def estimate_checkpoint_s(nbytes: int, write_bytes_per_s: float = 200e6) -> float:
+    return nbytes / write_bytes_per_s
+
+
+# ------------------------------------------------------------------------------------ apply
+class ApplyError(RuntimeError):
+    pass
+
+
+def _same_config(a: str, b: str) -> bool:
+    def norm(p: str) -> Path:
+        q = Path(p)
+        return (q if q.is_absolute() else PROJECT_ROOT / q).resolve()
+
+    return norm(a) == norm(b)
+
+
+def apply_overrides(target: str | Path, config: str, overrides: dict[str, Any]) -> list[str]:
+    """Write ``overrides`` into every pending night of ``target`` (a plan YAML or a state JSON)
+    that runs ``config``; returns the names of the nights changed. Raises ApplyError naming the
+    file when it cannot be read or no pending night runs the config."""
+    path = Path(target)
+    if not path.is_file():
+        raise ApplyError(f"--apply: {path} does not exist (a plan file or a state.json)")
+    if path.suffix == ".json":
+        return _apply_state(path, config, overrides)
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ApplyError(f"--apply: {path} is not valid YAML: {exc}") from exc
+    nights = doc.get("nights") if isinstance(doc, dict) else None
+    if not isinstance(nights, list):
+        raise ApplyError(f"--apply: {path} has no 'nights' list")
+    changed = []
+    for i, night in enumerate(nights):
+        if isinstance(night, dict) and _same_config(str(night.get("config", "")), config):
+            night.setdefault("overrides", {}).update(overrides)
+            changed.append(str(night.get("name", f"night {i + 1}")))
+    if not changed:
+        raise ApplyError(f"--apply: no night in {path} runs {config}")
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
+    tmp.replace(path)
+    return changed
+
+
+def _apply_state(path: Path, config: str, overrides: dict[str, Any]) -> list[str]:
+    from orchestrator.state import StateError, StateStore
+
+    store = StateStore(path.parent)
+    if store.path.resolve() != path.resolve():
+        raise ApplyError(f"--apply: {path} is not the state file of {path.parent}")
+    try:
+        state = store.load(set_aside=False)
+    except StateError as exc:
+        raise ApplyError(f"--apply: {exc}") from exc
+    changed = []
+    for night in state.nights:
+        if night.status == "pending" and _same_config(night.config, config):
+            night.overrides.update(overrides)
+            changed.append(night.name)
+    if not changed:
+        raise ApplyError(f"--apply: no pending night in {path} runs {config}")
+    store.save(state)
+    return changed
+
+
+def record_fit(state_dir: str | Path, night_config: str, fit: NightFit, target: str) -> None:
+    """Append what preflight planned to ``STATE_DIR/preflight.jsonl`` (the report's source for
+    "planned vs measured")."""
+    d = Path(state_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    row = {
+        "config": night_config,
+        "applied_to": target,
+        "epochs": fit.epochs,
+        "micro": fit.micro,
+        "accum": fit.accum,
+        "recipe_epochs": fit.recipe_epochs,
+        "epoch_s": round(fit.epoch_s, 2),
+        "night_s": round(fit.night_s, 1),
+        "window_s": fit.window_s,
+    }
+    with (d / FIT_LOG).open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row) + "\n")
+
+
+def read_fits(state_dir: str | Path) -> list[dict[str, Any]]:
+    """The rows ``record_fit`` wrote (unreadable lines skipped)."""
+    path = Path(state_dir) / FIT_LOG
+    rows: list[dict[str, Any]] = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return rows
+    for line in lines:
+        try:
+            rows.append(dict(json.loads(line)))
+        except (ValueError, TypeError):
+            continue
+    return rows

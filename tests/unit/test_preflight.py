@@ -1,0 +1,115 @@
+"""Preflight planning: micro-batch choice, epochs that fit, --apply into plan and state files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator import preflight
+from orchestrator.fit import (
+    GB,
+    ApplyError,
+    BatchTrial,
+    apply_overrides,
+    choose_micro,
+    fit_epochs,
+    micro_candidates,
+    night_seconds,
+    probe_order,
+    read_fits,
+)
+from orchestrator.state import Night, State, StateStore
+
+
+def test_candidates_keep_the_effective_batch() -> None:
+    assert micro_candidates(64) == [1, 2, 4, 8, 16, 32, 64]
+    grow, shrink = probe_order(32, 64)
+    assert grow == [32, 64]
+    assert shrink == [16, 8, 4, 2, 1]
+
+
+def test_choose_micro_backs_off_from_oom_and_ceiling() -> None:
+    ceiling = 10 * GB
+    trials = [BatchTrial(16, 4 * GB), BatchTrial(32, int(9.5 * GB)), BatchTrial(64, None, oom=True)]
+    # 32 peaks under the ceiling but inside the 10% margin: back off to 16
+    assert choose_micro(trials, ceiling, 0.1) == 16
+    assert choose_micro(trials, ceiling, 0.0) == 32
+    assert choose_micro([BatchTrial(8, None, oom=True)], ceiling, 0.1) is None
+    assert choose_micro([BatchTrial(8, None)], ceiling, 0.1) == 8
+
+
+def test_fit_epochs_reserves_final_eval_and_margin_once() -> None:
+    kw = dict(epoch_s=30.0, eval_s=8.0, eval_every=2, checkpoint_s=0.0, final_eval_s=30.0)
+    # 240 s window, 10% margin: budget 240*0.9 - 30 - 8 = 178 s; 5 epochs cost 150 + 2*8 = 166
+    assert fit_epochs(recipe_epochs=6, window_s=240, margin=0.1, **kw) == 5
+    assert fit_epochs(recipe_epochs=3, window_s=240, margin=0.1, **kw) == 3  # capped at recipe
+    assert fit_epochs(recipe_epochs=6, window_s=10, margin=0.1, **kw) == 1  # at least one
+    night = night_seconds(5, 30.0, 8.0, 2, 0.0, 30.0)
+    assert night == pytest.approx(5 * 30 + 3 * 8 + 30)
+    assert night <= 240
+
+
+def test_apply_to_plan_sets_only_matching_nights(tmp_path: Path) -> None:
+    plan = tmp_path / "p.yaml"
+    plan.write_text(yaml.safe_dump({"name": "p", "nights": [
+        {"name": "a", "config": "configs/demo_conservative.yaml", "runbook": "runbooks/demo.yaml"},
+        {"name": "b", "config": "configs/demo_aggressive.yaml", "runbook": "runbooks/demo.yaml",
+         "overrides": {"faults.nonfinite_at_step": 100}},
+    ]}))  # fmt: skip
+    over = {"data.batch_size": 32, "training.accumulation_steps": 2, "training.epochs": 4}
+    assert apply_overrides(plan, "configs/demo_aggressive.yaml", over) == ["b"]
+    doc = yaml.safe_load(plan.read_text())
+    assert "overrides" not in doc["nights"][0]
+    assert doc["nights"][1]["overrides"] == {"faults.nonfinite_at_step": 100, **over}
+    with pytest.raises(ApplyError, match="no night"):
+        apply_overrides(plan, "configs/overnight_training_conservative.yaml", over)
+    with pytest.raises(ApplyError, match="does not exist"):
+        apply_overrides(tmp_path / "missing.yaml", "x.yaml", over)
+
+
+def test_apply_to_state_touches_pending_nights_only(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    cfg = "configs/demo_conservative.yaml"
+    store.save(State(nights=[
+        Night(name="done", index=0, config=cfg, runbook="r", status="succeeded"),
+        Night(name="next", index=1, config=cfg, runbook="r", overrides={"training.lr": 1e-3}),
+    ]))  # fmt: skip
+    assert apply_overrides(store.path, cfg, {"training.epochs": 3}) == ["next"]
+    state = store.load()
+    assert state.nights[0].overrides == {}
+    assert state.nights[1].overrides == {"training.lr": 1e-3, "training.epochs": 3}
+
+
+def test_preflight_probes_plans_and_applies(tmp_path: Path, monkeypatch) -> None:
+    """The whole command over a recording probe: grows 32 -> 64, stops at the OOM, applies."""
+    seen: list[list[str]] = []
+
+    def fake_probe(args, steps, extra=None):
+        seen.append(list(extra or []))
+        micro = int(extra[0].split("=")[1])
+        if micro > 32:
+            return {"oom": True}
+        return {"ms_per_step": 500.0, "steps_per_epoch": 64, "epoch_seconds": 32.0,
+                "img_per_s": 128.0, "device": "cpu", "memory": {"allocated": GB}}  # fmt: skip
+
+    monkeypatch.setattr(preflight, "run_probe", fake_probe)
+    plan = tmp_path / "demo.yaml"
+    plan.write_text(Path("configs/plans/demo.yaml").read_text())
+    args = argparse.Namespace(config="configs/demo_aggressive.yaml", runbook=None, overrides=[],
+                              probe_steps=2, window="5m", margin=0.1, apply=str(plan),
+                              state_dir=str(tmp_path / "var"))  # fmt: skip
+    assert preflight.cmd_preflight(args) == 0
+    assert seen == [["data.batch_size=32", "training.accumulation_steps=2"],
+                    ["data.batch_size=64", "training.accumulation_steps=1"]]  # fmt: skip
+    night = yaml.safe_load(plan.read_text())["nights"][1]
+    assert night["overrides"]["data.batch_size"] == 32
+    assert night["overrides"]["training.accumulation_steps"] == 2
+    # 300 s * 0.9 - 30 s reserve - baseline eval: all 6 epochs of 32 s fit with their evals
+    assert night["overrides"]["training.epochs"] == 6
+    fits = read_fits(tmp_path / "var")
+    assert fits and fits[0]["epochs"] == night["overrides"]["training.epochs"]
+    assert json.dumps(fits[0])
