@@ -839,6 +839,21 @@ class NightDisplay:
         return t
 
 
+def observers(display: NightDisplay, args: Any, store: StateStore) -> Callable[[State], None]:
+    """What watches each state save of a ``run``: the display, and the ``--notify`` command."""
+    if not getattr(args, "notify", None):
+        return display.update
+    from orchestrator.notify import Notifier, NotifySpec
+
+    notifier = Notifier(NotifySpec(command=args.notify), store.dir)
+
+    def both(state: State) -> None:
+        display.update(state)
+        notifier(state)
+
+    return both
+
+
 def cmd_run(args: Any) -> int:
     """``hjepa-night run``: one night in the foreground, then the morning report.
 
@@ -894,7 +909,7 @@ def _run_locked(args: Any) -> int:
     display = NightDisplay(tui=not args.no_tui and sys.stdout.isatty())
     try:
         with display:
-            night = run_night(store, 0, stop=stop, on_update=display.update)
+            night = run_night(store, 0, stop=stop, on_update=observers(display, args, store))
     finally:
         signal.signal(signal.SIGINT, previous)
     if night.status == "running":
