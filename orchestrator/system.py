@@ -152,6 +152,16 @@ class System:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
 
+    def group_members(self, pgid: int) -> list[int]:
+        """Live (non-zombie) processes of process group ``pgid``, leader included."""
+        found = []
+        for proc in psutil.process_iter(["pid", "status"]):
+            with contextlib.suppress(ProcessLookupError, PermissionError, psutil.Error):
+                if (proc.info.get("status") != psutil.STATUS_ZOMBIE
+                        and os.getpgid(proc.pid) == pgid):
+                    found.append(proc.pid)
+        return found
+
     def create_time(self, pid: int) -> float | None:
         try:
             return psutil.Process(pid).create_time()
@@ -173,21 +183,43 @@ class System:
         return found
 
     def stop_group(self, pid: int, create_time: float | None, waits: tuple[float, ...],
-                   ) -> bool:
+                   leftover_grace_s: float = 2.0) -> bool:
         """Escalate on the process group led by ``pid`` while that process is alive (pid +
         create time): wait ``waits[0]`` (a control-file stop may already be under way), then
         SIGTERM and wait ``waits[1]``, then SIGKILL and wait ``waits[2]``. True once it is gone.
+
+        Once the leader is gone, the rest of its group (DataLoader workers that outlive it, or
+        are still dying of the same SIGTERM) gets ``leftover_grace_s`` and then SIGKILL, and
+        the call returns only when the group is empty (bounded by ``waits[-1]``): the next
+        attempt must not start beside the last one's loaders and their memory.
         """
         steps = list(zip(waits, (None, signal.SIGTERM, signal.SIGKILL), strict=False))
+        signalled = False
         for wait_s, sig in steps:
             if not self.is_alive(pid, create_time):
-                return True
+                break
             if sig is not None:
                 self.signal_group(pid, sig)
+                signalled = True
             end = self.monotonic() + wait_s
             while self.is_alive(pid, create_time) and self.monotonic() < end:
                 self.sleep(0.2)
-        return not self.is_alive(pid, create_time)
+        if self.is_alive(pid, create_time):
+            return False
+        if signalled:
+            self._drain_group(pid, leftover_grace_s, waits[-1] if waits else 10.0)
+        return True
+
+    def _drain_group(self, pgid: int, grace_s: float, kill_wait_s: float) -> None:
+        """Wait ``grace_s`` for a leaderless group to empty, then SIGKILL it and wait."""
+        for wait_s, kill in ((grace_s, False), (kill_wait_s, True)):
+            if not self.group_members(pgid):
+                return
+            if kill:
+                self.kill_group_leftovers(pgid)
+            end = self.monotonic() + wait_s
+            while self.group_members(pgid) and self.monotonic() < end:
+                self.sleep(0.1)
 
     # -- sampling -------------------------------------------------------------------------
     def sample(self, pid: int) -> MemSample:

@@ -109,17 +109,21 @@ def test_liveness_needs_the_create_time() -> None:
 
 CHILD = """
 import subprocess, sys, time
-child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-print(child.pid, flush=True)
+subprocess.Popen([sys.executable, "-c", {code!r}])  # prints its pid once it is set up
 time.sleep(600)
 """
+PLAIN = "import os, time; print(os.getpid(), flush=True); time.sleep(600)"
+DEAF = ("import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print(os.getpid(), flush=True); time.sleep(600)")
 
 
-def test_orphans_are_stopped_as_a_whole_process_group(tmp_path: Path) -> None:
-    """A worker left by a dead daemon, with a DataLoader-like child: both go."""
+@pytest.mark.parametrize("child_code", [PLAIN, DEAF], ids=["plain-child", "child-ignores-term"])
+def test_orphans_are_stopped_as_a_whole_process_group(tmp_path: Path, child_code: str) -> None:
+    """A worker left by a dead daemon, with a DataLoader-like child: both go, even a child that
+    ignores SIGTERM and outlives its leader (it gets SIGKILL once the leader is gone)."""
     system = System()
     log = tmp_path / "worker.log"
-    pid = system.spawn([sys.executable, "-c", CHILD], tmp_path, log)
+    pid = system.spawn([sys.executable, "-c", CHILD.format(code=child_code)], tmp_path, log)
     for _ in range(100):
         if log.read_text().strip():
             break
