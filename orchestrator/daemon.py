@@ -37,7 +37,6 @@ import logging
 import os
 import queue
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -47,7 +46,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import psutil
 from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -66,9 +64,10 @@ from orchestrator.plan import (
     reconcile,
     resolve_plan_path,
 )
+from orchestrator.policy.recovery import deadline_grace_s, unended_reason
 from orchestrator.state import DaemonRecord, Night, State, StateError, StateStore, now_iso
 from orchestrator.state import parse_iso as _iso
-from orchestrator.system import System, process_alive
+from orchestrator.system import System
 
 LOCK_FILE = "daemon.lock"
 LOG_FILE = "daemon.log"
@@ -99,10 +98,10 @@ class DaemonLock:
                     fh.close()
                     return False
                 time.sleep(0.05)
-        me = psutil.Process()
+        pid, create_time = System().me()
         fh.seek(0)
         fh.truncate()
-        fh.write(json.dumps({"pid": me.pid, "create_time": me.create_time(), "since": now_iso()}))
+        fh.write(json.dumps({"pid": pid, "create_time": create_time, "since": now_iso()}))
         fh.flush()
         self._fh = fh
         return True
@@ -130,15 +129,6 @@ def lock_owner(state_dir: Path) -> dict[str, Any] | None:
             except json.JSONDecodeError:
                 return {"pid": None}
         fcntl.flock(fh, fcntl.LOCK_UN)
-        return None
-
-
-def _live_process(pid: int | None, create_time: float | None) -> psutil.Process | None:
-    if not process_alive(pid, create_time):
-        return None
-    try:
-        return psutil.Process(pid)
-    except psutil.Error:
         return None
 
 
@@ -195,10 +185,8 @@ class Daemon:
             self.messages.put(("missed", int(index)))
 
     def _grace(self, night: Night) -> float:
-        if self.deadline_grace_s is not None:
-            return self.deadline_grace_s
         span = (_iso(night.deadline or "") - _iso(night.window_start or "")).total_seconds()
-        return max(60.0, 0.05 * span)
+        return deadline_grace_s(span, self.deadline_grace_s)
 
     def schedule(self, state: State, now: datetime) -> None:
         """Rebuild every job from the state (the state is the source of truth)."""
@@ -347,18 +335,14 @@ class Daemon:
         self._thread, self._running = None, None
         state = self.store.load()
         night = state.nights[index]
+        error = self._error.strip().splitlines()[-1] if self._error is not None else None
         if self._error is not None:
             log.error("night runner failed:\n%s", self._error)
+        if error is not None or (self._deadline_hit and night.status not in ENDED):
             stop_orphan_workers(night)
-            reason = self._error.strip().splitlines()[-1]
-            if night.status not in ENDED:
-                close_night(night, f"the night runner crashed: {reason}")
-        elif night.status not in ENDED:
-            if self._deadline_hit:
-                stop_orphan_workers(night)
-                close_night(night, "still running past its deadline; stopped by the daemon")
-            elif not self.stop_requested:
-                close_night(night, "the night runner returned without ending the night")
+        reason = unended_reason(error, self._deadline_hit, self.stop_requested)
+        if night.status not in ENDED and reason is not None:
+            close_night(night, reason)
         state.current_night = None
         if not self.stop_requested:
             self.advance(state, now)
@@ -481,9 +465,9 @@ def run_foreground(
             from orchestrator.notify import Notifier, with_notifier
 
             night_fn = with_notifier(night_fn, Notifier(plan.notify, state_dir))
-        me = psutil.Process()
+        pid, create_time = System().me()
         record = DaemonRecord(
-            pid=me.pid, create_time=me.create_time(), started_at=now_iso(), log=str(log_path)
+            pid=pid, create_time=create_time, started_at=now_iso(), log=str(log_path)
         )
         daemon = Daemon(store, plan, night_fn=night_fn, report_fn=_report_fn())
         if tui:
@@ -538,32 +522,25 @@ def _spawn(args: argparse.Namespace, plan_path: Path) -> int:
     ]
     if args.now:
         cmd.append("--now")
-    env = dict(os.environ)
-    env[DETACHED_ENV] = "1"
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
+    env = {DETACHED_ENV: "1", "PYTHONPATH": os.pathsep.join(
+        p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)}
     offset = log_path.stat().st_size if log_path.exists() else 0
-    with log_path.open("ab") as out:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env=env,
-        )
+    sys_ = System()
+    pid = sys_.spawn(cmd, os.getcwd(), log_path, env=env)  # its own session: survives the shell
     end = time.monotonic() + 60
     while time.monotonic() < end:
-        if proc.poll() is not None:
+        exited, code = sys_.poll(pid)
+        if exited:
             with log_path.open("rb") as fh:
                 fh.seek(offset)
                 print(fh.read().decode(errors="replace").rstrip(), file=sys.stderr)
-            return proc.returncode or 1
+            return code or 1
         owner = lock_owner(state_dir)
-        if owner and owner.get("pid") == proc.pid:
+        if owner and owner.get("pid") == pid:
             break
         time.sleep(0.1)
     print(
-        f"hjepa-night daemon started: pid {proc.pid}\n"
+        f"hjepa-night daemon started: pid {pid}\n"
         f"  log:   {log_path}\n"
         f"  watch: hjepa-night status --state-dir {args.state_dir}\n"
         f"  stop:  hjepa-night stop --state-dir {args.state_dir}"
@@ -598,15 +575,15 @@ def cmd_stop(args: argparse.Namespace) -> int:
     if owner is None:
         print(f"no daemon is running for {state_dir}")
         return 0
-    proc = _live_process(owner.get("pid"), owner.get("create_time"))
-    if proc is None:
+    pid = owner.get("pid")
+    if not isinstance(pid, int) or not System().signal(pid, signal.SIGTERM,
+                                                       owner.get("create_time")):
         print(
             f"hjepa-night: cannot tell which process owns {state_dir / LOCK_FILE}", file=sys.stderr
         )
         return 1
-    proc.send_signal(signal.SIGTERM)
     print(
-        f"asked daemon pid {proc.pid} to stop; waiting up to {args.timeout:g}s "
+        f"asked daemon pid {pid} to stop; waiting up to {args.timeout:g}s "
         "(the worker checkpoints first)"
     )
     end = time.monotonic() + args.timeout
@@ -614,7 +591,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
         time.sleep(0.2)
     if lock_owner(state_dir) is not None:
         print(
-            f"hjepa-night: daemon pid {proc.pid} still running after {args.timeout:g}s; "
+            f"hjepa-night: daemon pid {pid} still running after {args.timeout:g}s; "
             "wait, or run stop again",
             file=sys.stderr,
         )

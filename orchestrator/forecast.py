@@ -9,9 +9,12 @@
 Model: an epoch costs the mean of its most recent ``RECENT`` measured training times (the first
 epoch is dropped once there are later ones: it carries warm-up), plus the evaluation and
 checkpoint time measured so far spread over the epochs done. The projection is anchored at the
-newest ``epoch_end`` (not at "now"), so it does not drift within an epoch. The night's recorded
-``projected_finish`` is the training end plus one final evaluation (the mean measured eval,
-if any); the forecast error is projected minus actual finish (positive: finished early).
+newest ``epoch_end`` (not at "now"), so it does not drift within an epoch. The projected
+finish (:func:`finish`) is the training end plus one final evaluation: the mean measured eval,
+or the runbook's final-eval reserve before any was measured. The night runner records it at
+every ``epoch_end``, the status screen shows that record (or, before the first one, the same
+function on what it has folded), and the policy cuts epochs on the same epoch cost — one model.
+The forecast error is projected minus actual finish (positive: finished early).
 """
 
 from __future__ import annotations
@@ -57,6 +60,34 @@ def projected_finish(
 ) -> float:
     """Training end plus the final evaluation: when the worker's ``finished`` should come."""
     return projected_training_end(anchor, epochs_done, total_epochs, per_epoch_s) + final_eval_s
+
+
+def finish(
+    epoch_seconds: Sequence[float],
+    eval_seconds: Sequence[float],
+    checkpoint_seconds: Sequence[float],
+    epoch_end_ts: float | None,
+    epochs_done: int,
+    total_epochs: int,
+    final_eval_reserve_s: float,
+) -> float | None:
+    """Projected finish (training end + one final evaluation), or None before an epoch ended.
+    ``epoch_seconds`` etc. are one attempt's (or a night's) measured times, oldest first."""
+    per = epoch_cost(epoch_seconds, eval_seconds, checkpoint_seconds, len(epoch_seconds))
+    if per is None or epoch_end_ts is None:
+        return None
+    final_eval = sum(eval_seconds) / len(eval_seconds) if eval_seconds else final_eval_reserve_s
+    return projected_finish(epoch_end_ts, epochs_done, total_epochs, per, final_eval)
+
+
+def pace_needed(deadline: float, final_eval_reserve_s: float, now: float, epochs_done: int,
+                total_epochs: int) -> float | None:
+    """Seconds per remaining epoch that still end in time; None when nothing is left or the
+    time already ran out."""
+    if total_epochs <= epochs_done:
+        return None
+    budget = deadline - final_eval_reserve_s - now
+    return budget / (total_epochs - epochs_done) if budget > 0 else None
 
 
 def epochs_that_fit(anchor: float, epochs_done: int, per_epoch_s: float, limit: float) -> int:

@@ -40,13 +40,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from orchestrator import forecast
+from orchestrator.fold import RunFold, RunView, fold_run_dir, metrics_of
 from orchestrator.policy import (
-    CONTINUE,
     CheckpointRef,
     ConfigFacts,
     Decision,
@@ -54,10 +55,16 @@ from orchestrator.policy import (
     NightHistory,
     Observation,
     decide,
-    heartbeat_timeout,
     judge,
-    silence,
 )
+from orchestrator.policy.recovery import (
+    Health,
+    end_status,
+    final_eval_decide,
+    recovered_ending,
+    recovery_action,
+)
+from orchestrator.policy.recovery import orphan_health as policy_orphan_health
 from orchestrator.runbook import (
     FEATURE_KEYS,
     Runbook,
@@ -69,15 +76,15 @@ from orchestrator.state import (
     Attempt,
     Fallback,
     Forecast,
-    Metrics,
     Night,
     State,
     StateStore,
+    Success,
     now_iso,
     parse_iso,
 )
 from orchestrator.state import Decision as DecisionRecord
-from orchestrator.supervisor import AttemptOutcome, AttemptView, Supervisor
+from orchestrator.supervisor import AttemptOutcome, Supervisor
 from orchestrator.system import System
 from trainer.config import Config, ConfigError, load_config
 from trainer.events import (
@@ -94,7 +101,6 @@ FINISHED_KINDS = ("succeeded", "partial", "failed", "skipped")
 RUNG_SKIPPED = "rung_skipped"  # a rung whose overrides the recipe's config schema rejects
 RUNNER_ERROR = "runner_error"  # an exception inside the night runner itself
 MAX_RUNG_SKIPS = 20
-PROGRESS_EVENTS = ("started", "heartbeat", "step", "epoch_end", "eval", "checkpoint")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,11 +126,9 @@ def config_facts(cfg: Config) -> ConfigFacts:
     )
 
 
-def attempt_view(att: Attempt) -> AttemptView:
-    view = AttemptView()
-    for ev in read_events(Path(att.run_dir) / EVENTS_FILE):
-        view.update(ev)
-    return view
+def attempt_view(att: Attempt) -> RunView:
+    """Every event of ``att`` so far, folded (:mod:`orchestrator.fold`)."""
+    return fold_run_dir(att.run_dir, att.index)
 
 
 def lineage(night: Night) -> list[CheckpointRef]:
@@ -204,43 +208,26 @@ def build_history(night: Night, cfg: Config, base_cfg: Config) -> NightHistory:
 
 def orphan_health(events: list[dict[str, Any]], rb: Runbook, now_mono: float, now_wall: float,
                   created_at: float | None) -> dict[str, Any]:
-    """Whether a worker left running by a dead supervisor still makes progress.
+    """Whether a worker left running by a dead supervisor still makes progress (the policy's
+    :func:`~orchestrator.policy.recovery.orphan_health` on what its events say).
 
-    Silence = now − the newest progress sign (``PROGRESS_EVENTS``; a heartbeat counts at
-    ``mono − progress_age_s``), measured on the events' ``mono`` (the worker's
-    ``time.monotonic()``, system-wide on Linux/macOS) against ``now_mono``; an event without
-    ``mono`` falls back to ``ts`` against ``now_wall``. No progress event at all: silence since
-    the process was created (``created_at``, wall; unknown → never healthy). The allowed
-    silence is the policy's :func:`heartbeat_timeout` for the worker's last phase (startup,
-    step — adapted to the run's ``step_s`` — or slow phase). Returns ``{healthy, silent_s,
-    timeout_s, phase, step}``."""
-    silent: float | None = None
-    phase, step, step_s = "startup", 0, None
-    for ev in events:
-        kind = ev.get("type")
-        if kind not in PROGRESS_EVENTS:
-            continue
-        age = ev.get("progress_age_s") if kind == "heartbeat" else 0.0
-        age = float(age) if isinstance(age, (int, float)) else 0.0
-        mono = ev.get("mono")
-        if isinstance(mono, (int, float)):
-            quiet = now_mono - (float(mono) - age)
-        else:
-            quiet = now_wall - (float(ev.get("ts", 0.0)) - age)
-        silent = quiet if silent is None else min(silent, quiet)
-        if kind == "heartbeat":
-            phase = str(ev.get("phase", phase))
-        elif kind == "step":
-            phase, step = "train", int(ev.get("step", step))
-        if kind in ("heartbeat", "step") and isinstance(ev.get("step_s"), (int, float)):
-            step_s = float(ev["step_s"])
-    if silent is None:
-        silent = now_wall - created_at if created_at is not None else float("inf")
-    obs = Observation(running=True, started_at=0.0, silent_s=silent, recent_step_s=step_s,
-                      phase=phase, step=step)
-    timeout, phase_name = heartbeat_timeout(obs, rb)
-    return {"healthy": silent <= timeout, "silent_s": round(silent, 1),
-            "timeout_s": round(timeout, 1), "phase": phase_name, "step": step}
+    Silence = now − the newest progress sign (:mod:`orchestrator.fold`), on the events' ``mono``
+    clock (the worker's ``time.monotonic()``, system-wide on Linux/macOS) against ``now_mono``;
+    events without ``mono`` count on the wall clock against ``now_wall``; no progress event at
+    all: silence since the process was created (``created_at``, wall; unknown → never
+    healthy). Returns ``{healthy, silent_s, timeout_s, phase, step}``."""
+    fold = RunFold()
+    fold.feed(1, events)
+    v = fold.view()
+    if v.progress_mono is not None:
+        silent: float | None = now_mono - v.progress_mono
+    elif v.progress_ts is not None:
+        silent = now_wall - v.progress_ts
+    else:
+        silent = now_wall - created_at if created_at is not None else None
+    obs = Observation(running=True, started_at=0.0, silent_s=silent, recent_step_s=v.step_s,
+                      phase=v.phase or "startup", step=v.step or 0)
+    return policy_orphan_health(obs, rb).as_json()
 
 
 def _stop_reason(night: Night, attempt_index: int) -> str | None:
@@ -257,16 +244,16 @@ def _stop_reason(night: Night, attempt_index: int) -> str | None:
     return reason
 
 
-def ended_observation(att: Attempt, view: AttemptView, stop_reason: str | None) -> Observation:
+def ended_observation(att: Attempt, view: RunView, stop_reason: str | None) -> Observation:
     fatal = view.fatal or {}
     return Observation(
         running=False,
         started_at=parse_iso(att.started_at).timestamp() if att.started_at else 0.0,
         last_heartbeat_at=view.progress_ts,
-        phase=view.phase,
-        epoch=view.epoch,
-        step=view.step,
-        total_epochs=view.total_epochs,
+        phase=view.phase or "startup",
+        epoch=view.epochs_done or 0,
+        step=view.step or 0,
+        total_epochs=view.total_epochs or 0,
         stop_reason=stop_reason,
         exit_kind=att.exit_kind,
         exit_code=att.exit_code,
@@ -274,17 +261,6 @@ def ended_observation(att: Attempt, view: AttemptView, stop_reason: str | None) 
         fatal_feature=fatal.get("feature"),
         fatal_step=fatal.get("step"),
         finished_reason=(view.finished or {}).get("reason"),
-    )
-
-
-def _metrics(ev: dict[str, Any]) -> Metrics:
-    return Metrics(
-        epoch=ev.get("epoch"),
-        knn={str(k): float(v) for k, v in (ev.get("knn") or {}).items()},
-        linear_probe=ev.get("linear_probe"),
-        feature_std=ev.get("feature_std"),
-        effective_rank=ev.get("effective_rank"),
-        val_loss=ev.get("val_loss"),
     )
 
 
@@ -358,15 +334,15 @@ class NightRunner:
                                         evidence=ev, effect=d.effect, attempt=attempt))
         self.save()
 
-    def on_event(self, ev: dict[str, Any], view: AttemptView) -> None:
+    def on_event(self, ev: dict[str, Any], view: Callable[[], RunView]) -> None:
         n, kind = self.night, ev.get("type")
         if kind == "started":
             n.device = str(ev.get("device"))
             n.epochs_planned = int(ev.get("epochs", 0)) or n.epochs_planned
         elif kind == "eval" and int(ev.get("epoch", -1)) == 0 and n.baseline_metrics is None:
-            n.baseline_metrics = _metrics(ev)
+            n.baseline_metrics = metrics_of(ev)
         elif kind == "eval":
-            n.final_metrics = _metrics(ev)
+            n.final_metrics = metrics_of(ev)
         elif kind == "best":
             n.best_checkpoint = str(ev.get("path"))
         elif kind == "control" and ev.get("epochs"):
@@ -374,19 +350,18 @@ class NightRunner:
         elif kind == "epoch_end":
             n.epochs_done = int(ev["epoch"])
             n.epochs_planned = int(ev.get("total_epochs", n.epochs_planned or 0))
-            self._forecast(view)
+            self._forecast(view())
         else:
             return
         self.save()
 
-    def _forecast(self, v: AttemptView) -> None:
-        per = forecast.epoch_cost(v.epoch_seconds, v.eval_seconds, v.checkpoint_seconds,
-                                  len(v.epoch_seconds))
-        if per is None or v.epoch_end_ts is None:
+    def _forecast(self, v: RunView) -> None:
+        end = forecast.finish(v.epoch_seconds, v.eval_seconds, v.checkpoint_seconds,
+                              v.epoch_end_ts, v.epochs_done or 0, v.total_epochs or 0,
+                              self.rb.final_eval_s)
+        if end is None:
             return
-        final_eval = sum(v.eval_seconds) / len(v.eval_seconds) if v.eval_seconds else 0.0
-        end = forecast.projected_finish(v.epoch_end_ts, v.epoch, v.total_epochs, per, final_eval)
-        self.night.forecasts.append(Forecast(at=now_iso(), epoch=v.epoch,
+        self.night.forecasts.append(Forecast(at=now_iso(), epoch=v.epochs_done or 0,
                                              projected_finish=now_iso(end),
                                              deadline=self.night.deadline))
 
@@ -436,7 +411,7 @@ class NightRunner:
         def on_event(ev: dict[str, Any]) -> None:
             seen[0] += 1
             if seen[0] > already_folded:
-                self.on_event(ev, sup.view)
+                self.on_event(ev, lambda: sup.view)
 
         def on_decision(d: Decision) -> None:
             self.record(d, att.index)
@@ -454,10 +429,10 @@ class NightRunner:
         return out
 
     def _close_attempt(self, att: Attempt, code: int | None, kind: str, message: str,
-                       view: AttemptView) -> None:
+                       view: RunView) -> None:
         att.exit_code, att.exit_kind, att.message = code, kind, message  # type: ignore[assignment]
         att.ended_at = now_iso()
-        att.last_epoch, att.last_step = view.epoch, view.step
+        att.last_epoch, att.last_step = view.epochs_done or 0, view.step or 0
         self.save()
 
     def adopt_unrecorded(self, att: Attempt) -> bool:
@@ -481,38 +456,34 @@ class NightRunner:
 
     # -- crash recovery -------------------------------------------------------------------
     def recover(self, att: Attempt) -> None:
-        """The last attempt has no ending (its supervisor died): re-attach to its worker if it
-        is alive, not ours and healthy; else stop it if it still runs, and record it."""
+        """The last attempt has no ending (its supervisor died): the policy's
+        :func:`~orchestrator.policy.recovery.recovery_action` says re-attach, stop (control →
+        TERM → KILL), kill (TERM → KILL: a silent worker never reads the control file) or
+        close; the attempt is then recorded as its events say it ended."""
         hb = self.rb.heartbeat
         alive = att.pid is not None and self.sys.is_alive(att.pid, att.pid_create_time)
+        ours = att.pid is not None and self.sys.owns(att.pid)
         health: dict[str, Any] | None = None
-        if alive and att.pid is not None and not self.sys.owns(att.pid):
+        if alive and not ours:
             health = orphan_health(read_events(Path(att.run_dir) / EVENTS_FILE), self.rb,
                                    self.sys.monotonic(), self.sys.wall(), att.pid_create_time)
-            if health["healthy"] and att.index not in self._reattached:
-                self._reattached.add(att.index)
-                self.reattach(att, health)
-                return
-        if alive and att.pid is not None:
-            hung = health is not None and not health["healthy"]
-            if not hung:  # a hung worker never reads the control file: straight to SIGTERM
+        h = Health(**health) if health is not None else None
+        action = recovery_action(alive, ours, h, att.index in self._reattached)
+        if action == "reattach" and health is not None:
+            self._reattached.add(att.index)
+            self.reattach(att, health)
+            return
+        if action in ("stop", "kill") and att.pid is not None:
+            if action == "stop":
                 write_control(att.run_dir, Control(seq=10**6, epochs=None, stop=True))
-            first_wait = 0.0 if hung else max(hb.slow_phase_timeout_s, 60)
+            first_wait = 0.0 if action == "kill" else max(hb.slow_phase_timeout_s, 60)
             self.sys.stop_group(att.pid, att.pid_create_time,
                                 (first_wait, hb.term_grace_s, hb.term_grace_s + 10.0))
         view = attempt_view(att)
-        if view.finished and view.finished.get("reason") == "completed":
-            kind, msg = "finished", "completed (seen after a supervisor restart)"
-        elif view.fatal:
-            kind, msg = str(view.fatal.get("kind", "crash")), str(view.fatal.get("message", ""))
-        else:
-            kind = "stopped"
-            msg = "stopped after a supervisor restart" if alive else (
-                "worker gone after a supervisor restart")
-            if health is not None and not health["healthy"]:
-                msg = (f"stopped after a supervisor restart: no progress for "
-                       f"{health['silent_s']:.0f} s in phase {health['phase']} (limit "
-                       f"{health['timeout_s']:.0f} s)")
+        fatal = view.fatal or {}
+        kind, msg = recovered_ending((view.finished or {}).get("reason"),
+                                     str(fatal.get("kind", "crash")) if view.fatal else None,
+                                     str(fatal.get("message", "")), alive, h)
         evidence: dict[str, Any] = {"reason": "recovered", "was_alive": alive}
         if health is not None:
             evidence["health"] = health
@@ -566,9 +537,7 @@ class NightRunner:
         try:
             self.finalise(Decision(DecisionKind.END_NIGHT, RUNNER_ERROR, reason, reason=reason))
         except Exception as again:  # the state must still say the night ended, and why
-            n.status = "failed"
-            n.reason = f"{reason}; finalising failed too: {type(again).__name__}: {again}"
-            n.ended_at = now_iso()
+            n.end("failed", f"{reason}; finalising failed too: {type(again).__name__}: {again}")
             if self.state.current_night == self.index:
                 self.state.current_night = None
             self.save()
@@ -578,7 +547,7 @@ class NightRunner:
         n = self.night
         if n.status in FINISHED_KINDS:
             return n
-        n.status, n.started_at = "running", n.started_at or now_iso()
+        n.start()
         self.state.current_night = self.index
         self.save()
         while True:
@@ -660,11 +629,11 @@ class NightRunner:
         final_ev = max(evals, key=lambda p: float(p[0].get("ts", 0)))[0] if evals else None
         if top is not None and (final_ev is None or int(final_ev["epoch"]) < top.epoch):
             final_ev = self.eval_only(top) or final_ev
-        n.final_metrics = _metrics(final_ev) if final_ev else None
+        n.final_metrics = metrics_of(final_ev) if final_ev else None
         if n.baseline_metrics is None:  # e.g. epoch 0 ran under a supervisor that died
             zero = [ev for att in n.attempts for ev in attempt_view(att).evals
                     if int(ev.get("epoch", -1)) == 0]
-            n.baseline_metrics = _metrics(zero[0]) if zero else None
+            n.baseline_metrics = metrics_of(zero[0]) if zero else None
         last = n.attempts[-1] if n.attempts else None
         finished_ts = None
         if last is not None:
@@ -673,21 +642,16 @@ class NightRunner:
         completed = d.trigger == "completed"
         in_window = completed and finished_ts is not None and finished_ts <= self.deadline
         unrecovered = last is not None and last.exit_kind == "nonfinite"
-        n.success = judge(self.rb.success, n.final_metrics, n.baseline_metrics,
-                          finished_in_window=in_window,
-                          no_unrecovered_nonfinite=not unrecovered and n.final_metrics is not None)
+        verdict = judge(self.rb.success, n.final_metrics, n.baseline_metrics,
+                        finished_in_window=in_window,
+                        no_unrecovered_nonfinite=not unrecovered and n.final_metrics is not None)
+        n.success = Success.model_validate(asdict(verdict))
         actual = finished_ts or time.time()
         projections = [parse_iso(f.projected_finish).timestamp() for f in n.forecasts]
         n.forecast_errors_s = forecast.forecast_errors(projections, actual)
         n.forecast_error_s = n.forecast_errors_s[0] if n.forecast_errors_s else None
-        if completed and n.success.level != "none":
-            n.status = "succeeded"
-        elif n.final_metrics is not None:
-            n.status = "partial"
-        else:
-            n.status = "failed"
-        n.reason = f"{d.reason} (success level: {n.success.level})"
-        n.ended_at = now_iso()
+        n.end(end_status(completed, verdict.level, n.final_metrics is not None),  # type: ignore[arg-type]
+              f"{d.reason} (success level: {verdict.level})")
         if self.state.current_night == self.index:
             self.state.current_night = None
         self.save()
@@ -702,15 +666,10 @@ class NightRunner:
         for item in self.worker_sets():
             argv += ["--set", item]
 
-        def only_hang(obs: Observation) -> Decision:
-            timeout, _ = heartbeat_timeout(obs, self.rb)
-            if silence(obs, self.sys.wall()) > timeout:
-                return Decision(DecisionKind.RESTART, "hang", "final eval hung: kill it")
-            return CONTINUE
-
         sup = Supervisor(self.sys, self.rb, run_dir=run_dir, argv=argv, cwd=os.getcwd(),
-                         deadline=self.deadline, decide=only_hang, stop=self.stop,
-                         env=worker_env())
+                         deadline=self.deadline,
+                         decide=lambda obs: final_eval_decide(obs, self.rb, self.sys.wall()),
+                         stop=self.stop, env=worker_env())
         sup.launch()
         out = sup.run()
         evals = [ev for ev in out.view.evals]
@@ -743,8 +702,7 @@ def run_night(store: StateStore, night_index: int, *, stop: threading.Event | No
         n = state.nights[night_index]
         if n.status in FINISHED_KINDS:
             return n
-        n.status, n.ended_at = "failed", now_iso()
-        n.reason = f"the night could not be set up: {exc}"
+        n.end("failed", f"the night could not be set up: {exc}")
         if state.current_night == night_index:
             state.current_night = None
         store.save(state)

@@ -15,7 +15,8 @@ State after every save, derives the notifications the state implies (:func:`pend
 pure: one per fallback recorded, one ``night_end`` per ended night, one ``failed`` per failed
 night, each with a stable key), and sends the ones it has not sent. What it sends is appended
 to ``STATE_DIR/notify.jsonl`` *before* the command starts, so a restarted daemon does not
-resend. The command runs in its own thread with a timeout; a failure, a timeout or a missing
+resend. The commands run one at a time, in the order the notes arose, on a sender thread of
+their own, each with a timeout (the night never waits for them); a failure, a timeout or a missing
 program is logged (and recorded in the log file) and never reaches the night.
 """
 
@@ -104,6 +105,8 @@ class Notifier:
         self.sent = {str(r.get("key")) for r in read_sent(self.state_dir)}
         self.threads: list[threading.Thread] = []
         self._lock = threading.Lock()
+        self._queue: list[tuple[Note, dict[str, str]]] = []  # to send, oldest first
+        self._sender: threading.Thread | None = None
 
     def __call__(self, state: State) -> None:
         try:
@@ -128,9 +131,23 @@ class Notifier:
                     "HJEPA_NIGHT_INDEX": str(note.night.index + 1),
                     "HJEPA_STATUS": note.night.status, "HJEPA_MESSAGE": note.message,
                     "HJEPA_STATE_DIR": str(self.state_dir), **dict(note.extra)})  # fmt: skip
-        t = threading.Thread(target=self._run, args=(note, env), name=f"notify-{note.key}")
-        t.start()  # not a daemon thread: a night_end sent as the process ends still runs
-        self.threads.append(t)
+        self._queue.append((note, env))
+        if self._sender is None or not self._sender.is_alive():
+            # One sender at a time, so messages arrive in the order things happened (a fallback
+            # before the night's end); not a daemon thread: a night_end queued as the process
+            # ends is still sent. It exits when the queue is empty.
+            self._sender = threading.Thread(target=self._drain, name="notify-sender")
+            self._sender.start()
+            self.threads.append(self._sender)
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._sender = None
+                    return
+                note, env = self._queue.pop(0)
+            self._run(note, env)
 
     def _run(self, note: Note, env: dict[str, str]) -> None:
         cmd = ["/bin/sh", "-c", self.spec.command + ' "$@"', "hjepa-notify", note.message]
@@ -148,8 +165,8 @@ class Notifier:
             log.warning("notify %s: command exited %d: %s", note.key, out.returncode, tail[0])
 
     def wait(self, timeout: float | None = None) -> None:
-        """Join the command threads (tests, and a clean exit)."""
-        for t in self.threads:
+        """Join the sender threads (tests, and a clean exit)."""
+        for t in list(self.threads):
             t.join(timeout)
 
 

@@ -40,11 +40,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from orchestrator.datafiles import PROJECT_ROOT as PROJECT_ROOT
 from orchestrator.datafiles import plan_dirs, resolve_data, shipped_root
+from orchestrator.fold import fold_run_dir, metrics_of
 from orchestrator.notify import NotifySpec
 from orchestrator.runbook import RunbookError, load_runbook
 from orchestrator.state import Decision, Metrics, Night, PlanRecord, State, now_iso, parse_iso
 from trainer.config import Config, ConfigError, format_validation_error, load_raw
-from trainer.events import EVENTS_FILE, read_events
 
 PLANS_DIR = shipped_root() / "configs" / "plans"
 ENDED = ("succeeded", "partial", "failed", "skipped")
@@ -315,8 +315,7 @@ def decide_night(state: State, plan: Plan, index: int, now: datetime) -> Decisio
         action = f"run {night.name} as planned ({Path(night.config).name})"
     elif spec.otherwise == "skip" or prev is None:
         trigger = f"{prev.name} ended {prev.status}" if prev else "no previous night"
-        night.status = "skipped"  # pending -> skipped
-        night.reason = f"{trigger}; the plan skips {spec.name} in that case"
+        night.end("skipped", f"{trigger}; the plan skips {spec.name} in that case")
         action = f"skip {night.name}"
     else:
         learned = {k: v for k, v in prev.overrides.items() if not k.startswith("faults.")}
@@ -340,22 +339,12 @@ def evaluated_checkpoint(night: Night) -> tuple[str, Metrics] | None:
     """Newest verified checkpoint whose epoch was evaluated (from the attempts' events)."""
     best: tuple[int, str, Metrics] | None = None
     for attempt in night.attempts:
-        events = read_events(Path(attempt.run_dir) / EVENTS_FILE)
-        ckpts = {
-            e["epoch"]: e["path"] for e in events if e["type"] == "checkpoint" and e.get("verified")
-        }
-        for e in events:
-            if e["type"] == "eval" and e.get("epoch", 0) in ckpts and e["epoch"] > 0:
-                metrics = Metrics(
-                    epoch=e["epoch"],
-                    knn=e.get("knn", {}),
-                    linear_probe=e.get("linear_probe"),
-                    feature_std=e.get("feature_std"),
-                    effective_rank=e.get("effective_rank"),
-                    val_loss=e.get("val_loss"),
-                )
-                if best is None or e["epoch"] >= best[0]:
-                    best = (e["epoch"], ckpts[e["epoch"]], metrics)
+        run = fold_run_dir(attempt.run_dir, attempt.index)
+        ckpts = {e["epoch"]: e["path"] for e in run.checkpoints if e.get("verified")}
+        for e in run.evals:
+            epoch = e.get("epoch", 0)
+            if epoch in ckpts and epoch > 0 and (best is None or epoch >= best[0]):
+                best = (epoch, ckpts[epoch], metrics_of(e))
     return None if best is None else (best[1], best[2])
 
 
@@ -364,13 +353,9 @@ def close_night(night: Night, reason: str) -> None:
     failed."""
     found = evaluated_checkpoint(night)
     if found is not None:
-        night.status = "partial"  # running -> partial
         night.best_checkpoint = night.best_checkpoint or found[0]
         night.final_metrics = night.final_metrics or found[1]
-    else:
-        night.status = "failed"  # running -> failed
-    night.reason = reason
-    night.ended_at = night.ended_at or now_iso()
+    night.end("partial" if found is not None else "failed", reason, keep_ended_at=True)
 
 
 def reconcile(state: State, now: datetime) -> list[str]:
@@ -381,8 +366,7 @@ def reconcile(state: State, now: datetime) -> list[str]:
             continue
         window = f"{night.window_start} – {night.deadline}"
         if night.status == "pending" and not night.attempts:
-            night.status = "skipped"  # pending -> skipped
-            night.reason = f"its window {window} passed while no daemon was running"
+            night.end("skipped", f"its window {window} passed while no daemon was running")
         else:
             close_night(night, f"its window {window} passed while no daemon was running")
         changed.append(f"{night.name}: {night.status} ({night.reason})")

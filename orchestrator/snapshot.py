@@ -8,7 +8,8 @@ Sources, and nothing else (the worker is never contacted):
 - ``STATE_DIR/state.json`` through :func:`orchestrator.state.read_snapshot` (re-read on every
   ``take``; a read that fails mid-replace keeps the previous state and sets ``stale``);
 - each attempt's ``events.jsonl``, tailed incrementally with :class:`trainer.events.EventTail`
-  (a 100 MB file is read once, then only its new bytes), folded by :class:`RunTracker`;
+  (a 100 MB file is read once, then only its new bytes), folded by
+  :class:`orchestrator.fold.RunFold` (the one fold the supervisor and the report use too);
 - each attempt's ``samples.jsonl`` (supervisor memory samples: ``ts``, ``worker_rss``,
   ``tree_rss``, ``sys_available``, ``swap_used``, ``gpu_used``, ``tree_mem`` with its
   ``tree_measure`` pss|uss|rss; bytes), folded the same way;
@@ -21,20 +22,19 @@ and the project root — so a state dir can be moved or copied and still be read
 
 from __future__ import annotations
 
-import json
-import statistics
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from orchestrator import forecast
+from orchestrator.fold import SAMPLES_FILE, RunFold, RunView, num, sample_tail
+from orchestrator.fold import mem_value as mem_value
 from orchestrator.state import Attempt, Fallback, Night, State, parse_iso, read_snapshot
 from trainer.events import EVENTS_FILE, EventTail
 
-SAMPLES_FILE = "samples.jsonl"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 GB = 1024**3
 
@@ -93,10 +93,6 @@ def _get(obj: Any, *keys: str) -> Any:
     return obj
 
 
-def _num(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
 def load_thresholds(path: Path | None) -> Thresholds:
     """Thresholds of a runbook file, read with ``orchestrator.runbook.load_runbook`` (plain YAML
     of the same shape while that module is absent). Never raises: a problem → all None."""
@@ -109,7 +105,7 @@ def load_thresholds(path: Path | None) -> Thresholds:
             rb: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
         else:
             rb = load_runbook(path)
-        n = _num
+        n = num
         return Thresholds(
             name=_get(rb, "name"),
             memory_good_gb=n(_get(rb, "memory", "good_gb")),
@@ -130,205 +126,15 @@ def load_thresholds(path: Path | None) -> Thresholds:
 
 
 # ---------------------------------------------------------------------------------------------
-# events of a night, folded
-@dataclass(frozen=True)
-class StepPoint:
-    ts: float
-    attempt: int
-    epoch: int
-    step: int
-    loss: float
-    levels: tuple[float, ...]
-    grad_norm: float | None
-    lr: float | None
-    img_per_s: float | None
-
-
-@dataclass(frozen=True)
-class RunView:
-    """What the events (and samples) of a night's attempts say, up to now."""
-
-    started: dict[str, Any] | None = None  # latest ``started`` event
-    steps: tuple[StepPoint, ...] = ()
-    epochs: tuple[dict[str, Any], ...] = ()  # epoch_end events (+ "attempt")
-    evals: tuple[dict[str, Any], ...] = ()  # eval events (+ "attempt")
-    checkpoints: tuple[dict[str, Any], ...] = ()
-    fatal: dict[str, Any] | None = None  # of the latest attempt, if it died
-    fatals: tuple[dict[str, Any], ...] = ()  # every fatal event (+ "attempt")
-    finished: dict[str, Any] | None = None  # of the latest attempt, if it finished
-    total_epochs: int | None = None  # latest known (started, control, epoch_end)
-    epoch: int | None = None  # epoch in progress (or last seen)
-    step: int | None = None
-    epochs_done: int | None = None  # last epoch_end's epoch
-    device_mem: dict[str, int] = field(default_factory=dict)
-    device_mem_peak: int | None = None
-    device_series: tuple[tuple[float, int], ...] = ()  # (ts, largest device_mem reading)
-    phase: str | None = None
-    last_heartbeat_ts: float | None = None
-    last_event_ts: float | None = None
-    samples: tuple[dict[str, Any], ...] = ()
-    sample_peaks: dict[str, int] = field(default_factory=dict)
-    swap_first: int | None = None
-
-    @property
-    def last_step(self) -> StepPoint | None:
-        return self.steps[-1] if self.steps else None
-
-    @property
-    def last_eval(self) -> dict[str, Any] | None:
-        return self.evals[-1] if self.evals else None
-
-    @property
-    def last_sample(self) -> dict[str, Any] | None:
-        return self.samples[-1] if self.samples else None
-
-    def recent_epoch_seconds(self, n: int = 3) -> float | None:
-        secs = [e["seconds"] for e in self.epochs[-n:] if _num(e.get("seconds")) is not None]
-        return statistics.fmean(secs) if secs else None
-
-
-def mem_value(device_mem: dict[str, Any] | None) -> int | None:
-    """The largest reading of a ``device_mem`` dict (reserved/driver/allocated), or None."""
-    vals = [v for v in (device_mem or {}).values() if _num(v) is not None]
-    return int(max(vals)) if vals else None
-
-
-class RunTracker:
-    """Folds events and samples of one night's attempts into a :class:`RunView`.
-
-    ``history`` bounds the step/sample series kept (the status screen keeps the recent past;
-    the report passes None and keeps everything). Feed attempts in index order."""
-
-    def __init__(self, history: int | None = None) -> None:
-        self._steps: deque[StepPoint] = deque(maxlen=history)
-        self._samples: deque[dict[str, Any]] = deque(maxlen=history)
-        self._epochs: list[dict[str, Any]] = []
-        self._evals: list[dict[str, Any]] = []
-        self._ckpts: deque[dict[str, Any]] = deque(maxlen=history)
-        self._dev: deque[tuple[float, int]] = deque(maxlen=history)
-        self._fatals: list[dict[str, Any]] = []
-        self._v: dict[str, Any] = {"sample_peaks": {}}
-
-    def feed_events(self, attempt: int, events: list[dict[str, Any]]) -> None:
-        v = self._v
-        for ev in events:
-            kind = ev.get("type")
-            ts = _num(ev.get("ts"))
-            v["last_event_ts"] = ts
-            mem = ev.get("device_mem") if isinstance(ev.get("device_mem"), dict) else None
-            if mem:
-                v["device_mem"] = dict(mem)
-                peak = mem_value(mem)
-                if peak is not None and ts is not None:
-                    self._dev.append((ts, peak))
-                if peak is not None:
-                    v["device_mem_peak"] = max(peak, v.get("device_mem_peak") or 0)
-            if kind in ("started", "heartbeat", "step", "epoch_end", "eval", "resumed"):
-                if isinstance(ev.get("epoch"), int):
-                    v["epoch"] = ev["epoch"]
-                if isinstance(ev.get("step"), int):
-                    v["step"] = ev["step"]
-            if kind == "started":
-                v.update(started=ev, fatal=None, finished=None, phase="startup")
-                v["total_epochs"] = ev.get("epochs", v.get("total_epochs"))
-                v["last_heartbeat_ts"] = ts
-                v["epoch"] = ev.get("start_epoch", v.get("epoch"))
-            elif kind == "heartbeat":
-                v.update(phase=ev.get("phase"), last_heartbeat_ts=ts)
-            elif kind == "step" and _num(ev.get("loss")) is not None:
-                levels = tuple(x for x in ev.get("loss_levels") or [] if _num(x) is not None)
-                self._steps.append(
-                    StepPoint(
-                        ts or 0.0,
-                        attempt,
-                        int(ev.get("epoch") or 0),
-                        int(ev.get("step") or 0),
-                        float(ev["loss"]),
-                        levels,
-                        _num(ev.get("grad_norm")),
-                        _num(ev.get("lr")),
-                        _num(ev.get("img_per_s")),
-                    )
-                )
-                v.update(phase="train", last_heartbeat_ts=ts)
-            elif kind == "epoch_end":
-                self._epochs.append({**ev, "attempt": attempt})
-                v["epochs_done"] = ev.get("epoch")
-                v["total_epochs"] = ev.get("total_epochs", v.get("total_epochs"))
-            elif kind == "eval":
-                self._evals.append({**ev, "attempt": attempt})
-            elif kind == "checkpoint":
-                self._ckpts.append({**ev, "attempt": attempt})
-            elif kind == "control" and isinstance(ev.get("epochs"), int):
-                v["total_epochs"] = ev["epochs"]
-            elif kind == "fatal":
-                v["fatal"] = {**ev, "attempt": attempt}
-                self._fatals.append(v["fatal"])
-            elif kind == "finished":
-                v["finished"] = {**ev, "attempt": attempt}
-
-    def feed_samples(self, samples: list[dict[str, Any]]) -> None:
-        peaks = self._v["sample_peaks"]
-        for s in samples:
-            self._samples.append(s)
-            for key in ("worker_rss", "tree_rss", "tree_mem", "gpu_used", "swap_used"):
-                if _num(s.get(key)) is not None:
-                    peaks[key] = max(int(s[key]), peaks.get(key, 0))
-            avail = _num(s.get("sys_available"))
-            if avail is not None:
-                peaks["sys_available_min"] = min(int(avail), peaks.get("sys_available_min", 2**62))
-            if self._v.get("swap_first") is None and _num(s.get("swap_used")) is not None:
-                self._v["swap_first"] = int(s["swap_used"])
-
-    def view(self) -> RunView:
-        v = self._v
-        return RunView(
-            started=v.get("started"),
-            steps=tuple(self._steps),
-            epochs=tuple(self._epochs),
-            evals=tuple(self._evals),
-            checkpoints=tuple(self._ckpts),
-            fatal=v.get("fatal"),
-            fatals=tuple(self._fatals),
-            finished=v.get("finished"),
-            total_epochs=v.get("total_epochs"),
-            epoch=v.get("epoch"),
-            step=v.get("step"),
-            epochs_done=v.get("epochs_done"),
-            device_mem=dict(v.get("device_mem") or {}),
-            device_mem_peak=v.get("device_mem_peak"),
-            device_series=tuple(self._dev),
-            phase=v.get("phase"),
-            last_heartbeat_ts=v.get("last_heartbeat_ts"),
-            last_event_ts=v.get("last_event_ts"),
-            samples=tuple(self._samples),
-            sample_peaks=dict(v["sample_peaks"]),
-            swap_first=v.get("swap_first"),
-        )
-
-
-def parse_sample(line: str) -> dict[str, Any] | None:
-    """One ``samples.jsonl`` line → dict with a numeric ``ts``, or None (bad lines skipped)."""
-    try:
-        obj = json.loads(line)
-    except ValueError:
-        return None
-    return obj if isinstance(obj, dict) and _num(obj.get("ts")) is not None else None
-
-
-def sample_tail(path: Path) -> EventTail:
-    """Incremental reader of ``samples.jsonl``."""
-    return EventTail(path, parse=parse_sample)
-
-
+# events of a night, folded (orchestrator.fold)
 def read_night_run(state_dir: Path, night: Night, history: int | None = None) -> RunView:
     """All events and samples of a night's attempts, read once (for the report)."""
-    tracker = RunTracker(history)
+    tracker = RunFold(history)
     for att in night.attempts:
         run_dir = resolve_path(state_dir, att.run_dir)
         if run_dir is None:
             continue
-        tracker.feed_events(att.index, EventTail(run_dir / EVENTS_FILE).poll())
+        tracker.feed(att.index, EventTail(run_dir / EVENTS_FILE).poll())
         tracker.feed_samples(sample_tail(run_dir / SAMPLES_FILE).poll())
     return tracker.view()
 
@@ -395,25 +201,24 @@ def daemon_alive(state: State) -> bool | None:
 
 
 def make_forecast(night: Night | None, run: RunView, th: Thresholds, now: float) -> Forecast:
-    """The supervisor's latest forecast if there is one, else an estimate from epoch times."""
+    """The night runner's latest recorded forecast if there is one, else the same model
+    (:func:`orchestrator.forecast.finish`) on what the screen has folded."""
     if night is None:
         return Forecast()
     deadline = iso_ts(night.deadline)
+    reserve = 60.0 * (th.final_eval_minutes or 0.0)
     finish, source = None, None
     if night.forecasts:
         finish, source = iso_ts(night.forecasts[-1].projected_finish), "supervisor"
-    total = run.total_epochs or night.epochs_planned
+    total = run.total_epochs or night.epochs_planned or 0
     done = run.epochs_done or 0
-    per_epoch = run.recent_epoch_seconds()
-    if finish is None and total and per_epoch and run.epochs:
-        remaining = max(total - done, 0)
-        reserve = 60.0 * (th.final_eval_minutes or 0.0)
-        finish = float(run.epochs[-1]["ts"]) + remaining * per_epoch + reserve
-        source = "estimate"
+    if finish is None:
+        finish = forecast.finish(run.epoch_seconds, run.eval_seconds, run.checkpoint_seconds,
+                                 run.epoch_end_ts, done, total, reserve)
+        source = "estimate" if finish is not None else None
     pace = None
-    if deadline is not None and total and total > done:
-        budget = deadline - 60.0 * (th.final_eval_minutes or 0.0) - now
-        pace = budget / (total - done) if budget > 0 else None
+    if deadline is not None:
+        pace = forecast.pace_needed(deadline, reserve, now, done, total)
     if night.status not in ("running", "pending"):
         finish, source, pace = iso_ts(night.ended_at), "ended", None
     return Forecast(finish, deadline, th.final_eval_minutes, source, pace)
@@ -429,7 +234,7 @@ class SnapshotSource:
         self.history = history
         self._state: State | None = None
         self._night_key: tuple[int, str] | None = None
-        self._tracker = RunTracker(history)
+        self._tracker = RunFold(history)
         self._tails: dict[int, tuple[EventTail, EventTail]] = {}
         self._thresholds: dict[str, Thresholds] = {}
 
@@ -463,7 +268,7 @@ class SnapshotSource:
             return Snapshot(now, self.state_dir, state, problem="the plan has no nights")
         key = (night.index, night.name)
         if key != self._night_key:
-            self._night_key, self._tracker, self._tails = key, RunTracker(self.history), {}
+            self._night_key, self._tracker, self._tails = key, RunFold(self.history), {}
         run_dir = None
         for att in night.attempts:
             path = resolve_path(self.state_dir, att.run_dir)
@@ -476,7 +281,7 @@ class SnapshotSource:
                     sample_tail(path / SAMPLES_FILE),
                 )
             events, samples = self._tails[att.index]
-            self._tracker.feed_events(att.index, events.poll())
+            self._tracker.feed(att.index, events.poll())
             self._tracker.feed_samples(samples.poll())
         run = self._tracker.view()
         if night.runbook not in self._thresholds:

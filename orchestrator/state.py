@@ -160,6 +160,34 @@ class Night(_M):
     epochs_planned: int | None = None
     epochs_done: int | None = None
 
+    # Every change of ``status`` goes through these two methods (``TRANSITIONS``).
+    def start(self) -> None:
+        """pending|running → running (a resumed night keeps its first ``started_at``)."""
+        self._move("running")
+        self.started_at = self.started_at or now_iso()
+
+    def end(self, status: NightStatus, reason: str, keep_ended_at: bool = False) -> None:
+        """→ an ending (succeeded, partial, failed, skipped) with the reason a person reads."""
+        self._move(status)
+        self.reason = reason
+        self.ended_at = (self.ended_at if keep_ended_at else None) or now_iso()
+
+    def _move(self, to: NightStatus) -> None:
+        if to not in TRANSITIONS[self.status]:
+            raise StateError(f"night {self.name}: {self.status} -> {to} is not a transition")
+        self.status = to
+
+
+# The night's life: the only status changes there are (Night.start / Night.end).
+TRANSITIONS: dict[str, tuple[str, ...]] = {
+    "pending": ("running", "skipped", "partial", "failed"),
+    "running": ("running", "succeeded", "partial", "failed", "skipped"),
+    "succeeded": (),
+    "partial": (),
+    "failed": (),
+    "skipped": (),
+}
+
 
 class PlanRecord(_M):
     name: str

@@ -47,11 +47,12 @@ import json
 import signal
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from orchestrator.fold import SAMPLES_FILE, RunFold, RunView
 from orchestrator.policy import Decision, DecisionKind, Observation, classify_exit
 from orchestrator.runbook import Runbook
 from orchestrator.system import MemSample, System
@@ -66,11 +67,12 @@ from trainer.events import (
     write_control,
 )
 
-SAMPLES_FILE = "samples.jsonl"
 LOG_TAIL_BYTES = 8192
 
 
-class Phase(str, Enum):
+class Stage(str, Enum):
+    """Where the supervisor is on the way from running to exited (see the module docstring)."""
+
     RUNNING = "running"
     STOPPING = "stopping"  # control stop written, waiting for exit 3
     TERMINATING = "terminating"  # SIGTERM sent to the group
@@ -79,97 +81,11 @@ class Phase(str, Enum):
 
 
 @dataclass
-class AttemptView:
-    """What the events of one attempt say, folded incrementally."""
-
-    started: dict[str, Any] | None = None
-    phase: str = "startup"
-    epoch: int = 0
-    step: int = 0
-    total_epochs: int = 0
-    progress_ts: float | None = None  # wall ts of the newest progress sign
-    progress_mono: float | None = None  # the same on the monotonic clock (see the docstring)
-    step_s: float | None = None  # the worker's recent seconds per optimizer step
-    epoch_end_ts: float | None = None
-    epoch_seconds: list[float] = field(default_factory=list)
-    eval_seconds: list[float] = field(default_factory=list)
-    checkpoint_seconds: list[float] = field(default_factory=list)
-    checkpoints: list[dict[str, Any]] = field(default_factory=list)
-    bests: list[dict[str, Any]] = field(default_factory=list)  # ``best`` events, oldest first
-    evals: list[dict[str, Any]] = field(default_factory=list)
-    device_mem: int | None = None
-    fatal: dict[str, Any] | None = None
-    finished: dict[str, Any] | None = None
-    last_step: dict[str, Any] | None = None
-
-    def update(self, ev: dict[str, Any], read_mono: float | None = None) -> None:
-        """Fold one event; ``read_mono``: the reader's monotonic time (for events without
-        ``mono``)."""
-        kind, ts = ev.get("type"), float(ev.get("ts", 0.0))
-        mono = ev.get("mono")
-        mono = float(mono) if isinstance(mono, (int, float)) else read_mono
-        if kind in ("started", "step", "epoch_end", "eval", "checkpoint") and mono is not None:
-            self._progress_at(mono)
-        if isinstance(ev.get("step_s"), (int, float)):
-            self.step_s = float(ev["step_s"])
-        if kind == "started":
-            self.started = ev
-            self.epoch = int(ev.get("start_epoch", 1)) - 1
-            self.step = int(ev.get("start_step", 0))
-            self.total_epochs = int(ev.get("epochs", 0))
-            self.progress_ts = ts
-        elif kind == "heartbeat":
-            self.phase = str(ev.get("phase", self.phase))
-            age = ev.get("progress_age_s")
-            lag = float(age) if isinstance(age, (int, float)) else 0.0
-            seen = ts - lag
-            self.progress_ts = max(self.progress_ts or seen, seen)
-            if mono is not None:
-                self._progress_at(mono - lag)
-            self._mem(ev)
-        elif kind == "step":
-            self.phase, self.step, self.last_step = "train", int(ev["step"]), ev
-            self.progress_ts = max(self.progress_ts or ts, ts)
-            self._mem(ev)
-        elif kind == "epoch_end":
-            self.epoch, self.epoch_end_ts = int(ev["epoch"]), ts
-            self.epoch_seconds.append(float(ev.get("seconds", 0.0)))
-            self.total_epochs = int(ev.get("total_epochs", self.total_epochs))
-            self.progress_ts = ts
-        elif kind == "eval":
-            self.evals.append(ev)
-            if int(ev.get("epoch", 0)) > 0:
-                self.eval_seconds.append(float(ev.get("seconds", 0.0)))
-            self.progress_ts = ts
-        elif kind == "checkpoint":
-            self.checkpoints.append(ev)
-            self.checkpoint_seconds.append(float(ev.get("seconds", 0.0)))
-            self.progress_ts = ts
-        elif kind == "best":
-            self.bests.append(ev)
-        elif kind == "control" and ev.get("epochs"):
-            self.total_epochs = int(ev["epochs"])
-        elif kind == "fatal":
-            self.fatal = ev
-        elif kind == "finished":
-            self.finished = ev
-
-    def _progress_at(self, mono: float) -> None:
-        self.progress_mono = max(self.progress_mono or mono, mono)
-
-    def _mem(self, ev: dict[str, Any]) -> None:
-        mem = ev.get("device_mem") or {}
-        values = [int(v) for v in mem.values() if isinstance(v, (int, float))]
-        if values:
-            self.device_mem = max(values)
-
-
-@dataclass
 class AttemptOutcome:
     exit_code: int | None
     exit_kind: str
     message: str
-    view: AttemptView
+    view: RunView
     stop_reason: str | None
     pid: int
 
@@ -198,8 +114,8 @@ class Supervisor:
         self.on_decision = on_decision or (lambda d: None)
         self.stop = stop or threading.Event()
         self.poll_s, self.env = poll_s, env
-        self.view = AttemptView()
-        self.state = Phase.RUNNING
+        self.fold = RunFold(history=256)  # this attempt's events (series kept short)
+        self.state = Stage.RUNNING
         self.pid = 0
         self.stop_reason: str | None = None
         self._kill_for: str | None = None
@@ -255,19 +171,24 @@ class Supervisor:
             return self._finish(code)
         if self.stop.is_set() and self.stop_reason is None:
             self.request_stop("daemon", now_m)
-        if self.state is Phase.STOPPING:
+        if self.state is Stage.STOPPING:
             waited = now_m - self._state_since
             if waited > max(self.rb.heartbeat.slow_phase_timeout_s, 60) or now_w > self.deadline:
                 self._signal(signal.SIGTERM, now_m)  # STOPPING -> TERMINATING
-        if self.state is Phase.TERMINATING:
+        if self.state is Stage.TERMINATING:
             if now_m - self._state_since > self.rb.heartbeat.term_grace_s:
                 self._signal(signal.SIGKILL, now_m)  # TERMINATING -> KILLING
             return None
-        if self.state is Phase.KILLING:
+        if self.state is Stage.KILLING:
             return None
         decision = self.decide(self.observation(now_w))
         self._act(decision, now_m)
         return None
+
+    @property
+    def view(self) -> RunView:
+        """What this attempt's events say so far (:mod:`orchestrator.fold`)."""
+        return self.fold.view()
 
     # -- observation ----------------------------------------------------------------------
     def observation(self, now_w: float) -> Observation:
@@ -283,10 +204,10 @@ class Supervisor:
             last_heartbeat_at=v.progress_ts,
             silent_s=max(0.0, now_m - since),
             recent_step_s=v.step_s,
-            phase=v.phase,
-            epoch=v.epoch,
-            step=v.step,
-            total_epochs=v.total_epochs,
+            phase=v.phase or "startup",
+            epoch=v.epochs_done or 0,
+            step=v.step or 0,
+            total_epochs=v.total_epochs or 0,
             epoch_end_ts=v.epoch_end_ts,
             epoch_seconds=tuple(v.epoch_seconds),
             eval_seconds=tuple(v.eval_seconds),
@@ -295,7 +216,7 @@ class Supervisor:
             tree_mem=(s.tree_mem if s.tree_mem is not None else s.tree_rss) if s else None,
             tree_measure=(s.tree_measure or "rss") if s and s.tree_mem is not None else "rss",
             gpu_used=s.gpu_used if s else None,
-            device_mem=v.device_mem,
+            device_mem=v.device_mem_now,
             swap_growth=swap,
         )
 
@@ -308,7 +229,7 @@ class Supervisor:
         self.on_decision(d)
         if d.kind is DecisionKind.SET_EPOCHS and d.epochs is not None:
             self._control(epochs=d.epochs)
-            self.view.total_epochs = d.epochs
+            self.fold.cut_epochs(d.epochs)
         elif d.kind is DecisionKind.STOP_FOR_DEADLINE:
             self.request_stop("deadline", now_m, final_eval=True)
         elif d.kind is DecisionKind.RESTART and d.trigger == "hang":
@@ -324,11 +245,11 @@ class Supervisor:
     def request_stop(self, reason: str, now_m: float | None = None, final_eval: bool = False
                      ) -> None:
         """Ask the worker to checkpoint (and evaluate) and exit 3; escalation follows if not."""
-        if self.stop_reason is not None and self.state is not Phase.RUNNING:
+        if self.stop_reason is not None and self.state is not Stage.RUNNING:
             return
         self.stop_reason = reason
         self._control(stop=True, final_eval=final_eval)
-        self.state = Phase.STOPPING  # RUNNING -> STOPPING
+        self.state = Stage.STOPPING  # RUNNING -> STOPPING
         self._state_since = self.sys.monotonic() if now_m is None else now_m
 
     def _control(self, epochs: int | None = None, stop: bool = False, final_eval: bool = False
@@ -343,14 +264,14 @@ class Supervisor:
     def _signal(self, sig: int, now_m: float) -> None:
         self.sys.signal_group(self.pid, sig)
         self._last_signal = sig
-        self.state = Phase.TERMINATING if sig == signal.SIGTERM else Phase.KILLING
+        self.state = Stage.TERMINATING if sig == signal.SIGTERM else Stage.KILLING
         self._state_since = now_m
 
     # -- reading --------------------------------------------------------------------------
     def _read_events(self) -> None:
         read_mono = self.sys.monotonic()
         for ev in self._tail.poll():
-            self.view.update(ev, read_mono)
+            self.fold.feed(1, (ev,), read_mono)
             self.on_event(ev)
 
     def _sample(self, now_m: float) -> None:
@@ -363,7 +284,7 @@ class Supervisor:
             fh.write(json.dumps(s.as_json()) + "\n")
 
     def _finish(self, code: int | None) -> AttemptOutcome:
-        self.state = Phase.EXITED  # any -> EXITED
+        self.state = Stage.EXITED  # any -> EXITED
         self.sys.kill_group_leftovers(self.pid)
         self._read_events()
         if self.attached and code is None:

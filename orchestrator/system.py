@@ -137,6 +137,21 @@ class System:
         except psutil.NoSuchProcess:
             return True, None
 
+    def me(self) -> tuple[int, float]:
+        """This process's pid and create time (what a lock file or the state records)."""
+        proc = psutil.Process()
+        return proc.pid, proc.create_time()
+
+    def signal(self, pid: int, sig: int, create_time: float | None) -> bool:
+        """Signal one process if it is still the one that started at ``create_time``."""
+        if not self.is_alive(pid, create_time):
+            return False
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+
     def signal_group(self, pid: int, sig: int) -> None:
         """Signal the process group led by ``pid`` (falls back to the pid alone)."""
         try:

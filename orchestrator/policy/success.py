@@ -1,7 +1,8 @@
 """Judge a night against its runbook's success criteria. Pure.
 
 ``judge(criteria, final, baseline, finished_in_window=..., no_unrecovered_nonfinite=...)``
-returns a ``state.Success``: one check per criterion with its value and threshold, and the
+returns a :class:`~orchestrator.policy.types.Verdict` (the state file records it as its
+``Success``): one check per criterion with its value and threshold, and the
 highest level whose checks all pass (``must`` < ``should`` < ``stretch``; ``none`` when a must
 check fails). A metric that is missing (no final eval, no linear probe) fails its check
 (``passed: null`` is never used for a metric we could not measure: a missing result is not a
@@ -13,8 +14,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from orchestrator.policy.types import CheckResult, MetricsFacts, Verdict
 from orchestrator.runbook import Check, SuccessCriteria
-from orchestrator.state import Metrics, Success, SuccessCheck
 
 _OPS = {
     ">": lambda a, b: a > b,
@@ -24,7 +25,7 @@ _OPS = {
 }
 
 
-def metric_value(metric: str, m: Metrics | None) -> float | None:
+def metric_value(metric: str, m: MetricsFacts | None) -> float | None:
     if m is None:
         return None
     if metric.startswith("knn_"):
@@ -37,35 +38,35 @@ Level = Literal["must", "should", "stretch"]
 
 
 def _one(
-    check: Check, level: Level, final: Metrics | None, baseline: Metrics | None,
+    check: Check, level: Level, final: MetricsFacts | None, baseline: MetricsFacts | None,
     flags: dict[str, bool],
-) -> SuccessCheck:
+) -> CheckResult:
     if check.metric in flags:
         ok = flags[check.metric]
-        return SuccessCheck(name=check.name, level=level, passed=ok, value=ok, threshold=True)
+        return CheckResult(name=check.name, level=level, passed=ok, value=ok, threshold=True)
     value = metric_value(check.metric, final)
     if value is not None and check.relative:
         base = metric_value(check.metric, baseline)
         value = None if base is None else value - base
     passed = value is not None and _OPS[check.op or ">"](value, check.value)
     shown = None if value is None else round(value, 4)
-    return SuccessCheck(name=check.name, level=level, passed=passed, value=shown,
+    return CheckResult(name=check.name, level=level, passed=passed, value=shown,
                         threshold=check.value)
 
 
 def judge(
     criteria: SuccessCriteria,
-    final: Metrics | None,
-    baseline: Metrics | None,
+    final: MetricsFacts | None,
+    baseline: MetricsFacts | None,
     *,
     finished_in_window: bool,
     no_unrecovered_nonfinite: bool,
-) -> Success:
+) -> Verdict:
     flags = {
         "finished_in_window": finished_in_window,
         "no_unrecovered_nonfinite": no_unrecovered_nonfinite,
     }
-    checks: list[SuccessCheck] = []
+    checks: list[CheckResult] = []
     level = "none"
     climbing = True
     names: tuple[Level, ...] = ("must", "should", "stretch")
@@ -76,4 +77,4 @@ def judge(
             level = name
         else:
             climbing = False
-    return Success(level=level, checks=checks)  # type: ignore[arg-type]
+    return Verdict(level=level, checks=tuple(checks))  # type: ignore[arg-type]

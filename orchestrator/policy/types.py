@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Literal, Protocol
 
 
 class DecisionKind(str, Enum):
@@ -121,3 +121,30 @@ class Decision:
 
 
 CONTINUE = Decision(DecisionKind.CONTINUE, trigger="", action="")
+
+
+class MetricsFacts(Protocol):
+    """What the success checks read of an evaluation (the state's ``Metrics`` is one)."""
+
+    knn: dict[str, float]
+    linear_probe: float | None
+    feature_std: float | None
+    effective_rank: float | None
+    val_loss: float | None
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    level: Literal["must", "should", "stretch"]
+    passed: bool | None
+    value: Any = None
+    threshold: Any = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The success level reached (``none`` when a must check fails) and every check."""
+
+    level: Literal["must", "should", "stretch", "none"]
+    checks: tuple[CheckResult, ...] = ()

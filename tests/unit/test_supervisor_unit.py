@@ -14,7 +14,7 @@ from typing import Any
 
 from orchestrator.policy import ConfigFacts, NightHistory, decide
 from orchestrator.runbook import load_runbook
-from orchestrator.supervisor import SAMPLES_FILE, Phase, Supervisor
+from orchestrator.supervisor import SAMPLES_FILE, Stage, Supervisor
 from orchestrator.system import MemSample, System
 from trainer.events import read_control
 
@@ -107,7 +107,7 @@ def test_hang_escalates_term_then_kill_to_the_group(tmp_path: Path) -> None:
          step_s=1.0)
     assert run_for(sup, fs, 19.0) is None and fs.signals() == []
     run_for(sup, fs, 2.0)
-    assert fs.signals() == [signal.SIGTERM] and sup.state is Phase.TERMINATING
+    assert fs.signals() == [signal.SIGTERM] and sup.state is Stage.TERMINATING
     assert decisions[-1].trigger == "hang"
     run_for(sup, fs, 5.5)  # it ignores SIGTERM: SIGKILL after term_grace_s
     assert fs.signals() == [signal.SIGTERM, signal.SIGKILL]
@@ -130,7 +130,7 @@ def test_deadline_asks_for_checkpoint_eval_and_stop(tmp_path: Path) -> None:
     run_for(sup, fs, 11.0)
     ctl = read_control(tmp_path)
     assert ctl is not None and ctl.stop and ctl.final_eval
-    assert decisions[-1].kind.value == "stop_for_deadline" and sup.state is Phase.STOPPING
+    assert decisions[-1].kind.value == "stop_for_deadline" and sup.state is Stage.STOPPING
     emit(tmp_path, fs, type="finished", reason="stopped", epoch=1, step=5)
     fs.exit = 3
     out = run_for(sup, fs, 1.0)

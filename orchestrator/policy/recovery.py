@@ -1,0 +1,112 @@
+"""Decisions around the edges of a night: after a supervisor or daemon died, during a separate
+final evaluation, and when a night must end. Pure, like the rest of the policy.
+
+- :func:`orphan_health`: is a worker left running by a dead supervisor still making progress?
+  (silence against the phase's timeout, :func:`~orchestrator.policy.decide.heartbeat_timeout`)
+- :func:`recovery_action`: what to do with the last attempt of a night that has no ending —
+  ``reattach`` (alive, not this runner's child, healthy, not re-attached before), ``stop``
+  (alive: ask it to checkpoint, then TERM → KILL), ``kill`` (alive but silent: it would never
+  read the control file, so straight to SIGTERM), or ``close`` (gone).
+- :func:`recovered_ending`: how such an attempt is recorded (finished, its fatal kind, stopped).
+- :func:`final_eval_decide`: the separate final evaluation is only ever stopped for a hang.
+- :func:`deadline_grace_s`: how long past its deadline the daemon lets a night runner finish
+  before it stops it (5% of the window, at least a minute).
+- :func:`unended_reason`: why a night whose runner returned without ending it is closed.
+- :func:`end_status`: the status a finished night gets from how it ended and its verdict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from orchestrator.policy.decide import heartbeat_timeout, silence
+from orchestrator.policy.types import CONTINUE, Decision, DecisionKind, Observation
+from orchestrator.runbook import Runbook
+
+RecoveryAction = Literal["reattach", "stop", "kill", "close"]
+
+
+@dataclass(frozen=True)
+class Health:
+    healthy: bool
+    silent_s: float
+    timeout_s: float
+    phase: str
+    step: int
+
+    def as_json(self) -> dict[str, object]:
+        return {"healthy": self.healthy, "silent_s": round(self.silent_s, 1),
+                "timeout_s": round(self.timeout_s, 1), "phase": self.phase, "step": self.step}
+
+
+def orphan_health(obs: Observation, rb: Runbook) -> Health:
+    """``obs.silent_s``: seconds since the newest progress sign (or since the process started
+    when there is none; unknown → infinite). Healthy while within the phase's timeout."""
+    silent = obs.silent_s if obs.silent_s is not None else float("inf")
+    timeout, phase = heartbeat_timeout(obs, rb)
+    return Health(silent <= timeout, silent, timeout, phase, obs.step)
+
+
+def recovery_action(alive: bool, ours: bool, health: Health | None,
+                    reattached_before: bool) -> RecoveryAction:
+    if not alive:
+        return "close"
+    if not ours and health is not None and health.healthy and not reattached_before:
+        return "reattach"
+    if health is not None and not health.healthy:
+        return "kill"
+    return "stop"
+
+
+def recovered_ending(finished_reason: str | None, fatal_kind: str | None,
+                     fatal_message: str | None, alive: bool,
+                     health: Health | None) -> tuple[str, str]:
+    """``(exit_kind, message)`` of an attempt whose supervisor died, from its events."""
+    if finished_reason == "completed":
+        return "finished", "completed (seen after a supervisor restart)"
+    if fatal_kind is not None:
+        return fatal_kind, fatal_message or ""
+    if health is not None and not health.healthy:
+        return "stopped", (f"stopped after a supervisor restart: no progress for "
+                           f"{health.silent_s:.0f} s in phase {health.phase} (limit "
+                           f"{health.timeout_s:.0f} s)")
+    if alive:
+        return "stopped", "stopped after a supervisor restart"
+    return "stopped", "worker gone after a supervisor restart"
+
+
+def final_eval_decide(obs: Observation, rb: Runbook, now: float) -> Decision:
+    """A separate final evaluation has no ladders and no epochs to cut: only a hang stops it."""
+    timeout, _ = heartbeat_timeout(obs, rb)
+    if silence(obs, now) > timeout:
+        return Decision(DecisionKind.RESTART, "hang", "final eval hung: kill it")
+    return CONTINUE
+
+
+def deadline_grace_s(window_s: float, override_s: float | None = None) -> float:
+    """Seconds after a night's deadline before the daemon stops a runner still busy."""
+    if override_s is not None:
+        return override_s
+    return max(60.0, 0.05 * window_s)
+
+
+def unended_reason(runner_error: str | None, deadline_hit: bool,
+                   stop_requested: bool) -> str | None:
+    """Why the daemon closes a night its runner left without an ending (None: leave it
+    ``running``, to be resumed — the daemon itself was asked to stop)."""
+    if runner_error is not None:
+        return f"the night runner crashed: {runner_error}"
+    if deadline_hit:
+        return "still running past its deadline; stopped by the daemon"
+    if stop_requested:
+        return None
+    return "the night runner returned without ending the night"
+
+
+def end_status(completed: bool, success_level: str, evaluated: bool) -> str:
+    """``succeeded`` (trained to the end and met at least ``must``), ``partial`` (an evaluated
+    model, but not that), else ``failed``."""
+    if completed and success_level != "none":
+        return "succeeded"
+    return "partial" if evaluated else "failed"
