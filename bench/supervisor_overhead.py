@@ -4,7 +4,7 @@
         [--runbook runbooks/demo.yaml] [--repeats 2] [--set key=value ...] [--json OUT]
 
 Runs the worker (``python -m trainer``) alternately bare (a plain subprocess, nobody reading
-its events) and under :class:`orchestrator.supervisor.Supervisor` (tailing events every 0.5 s,
+its events) and under :class:`orchestrator.night.supervisor.Supervisor` (tailing events every 0.5 s,
 sampling the process tree every ``sampling_interval_s``, asking the policy each tick), the
 same number of times, interleaved (the order flips every repeat) so that drifting machine
 load hits both alike. For each run
@@ -30,10 +30,10 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from orchestrator.core.runbook import default_runbook_for, load_runbook  # noqa: E402
+from orchestrator.core.system import System  # noqa: E402
+from orchestrator.night.supervisor import Supervisor  # noqa: E402
 from orchestrator.policy import ConfigFacts, NightHistory, decide  # noqa: E402
-from orchestrator.runbook import default_runbook_for, load_runbook  # noqa: E402
-from orchestrator.supervisor import Supervisor  # noqa: E402
-from orchestrator.system import System  # noqa: E402
 from trainer.events import read_events  # noqa: E402
 
 

@@ -18,13 +18,13 @@ import importlib
 import sys
 
 VERBS = {
-    "start": "orchestrator.daemon",
-    "stop": "orchestrator.daemon",
+    "start": "orchestrator.schedule.commands",
+    "stop": "orchestrator.schedule.commands",
     "status": "orchestrator.status_cmd",
     "report": "orchestrator.report",
-    "run": "orchestrator.night",
+    "run": "orchestrator.night.run_cmd",
     "preflight": "orchestrator.preflight",
-    "init": "orchestrator.datafiles",
+    "init": "orchestrator.core.datafiles",
 }
 
 

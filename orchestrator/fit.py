@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from orchestrator.plan import PROJECT_ROOT
+from orchestrator.schedule.plan import PROJECT_ROOT
 
 GB = 1024**3
 FIT_LOG = "preflight.jsonl"
@@ -190,7 +190,7 @@ def apply_overrides(target: str | Path, config: str, overrides: dict[str, Any]) 
 
 
 def _apply_state(path: Path, config: str, overrides: dict[str, Any]) -> list[str]:
-    from orchestrator.state import StateError, StateStore
+    from orchestrator.core.state import StateError, StateStore
 
     store = StateStore(path.parent)
     if store.path.resolve() != path.resolve():

@@ -2,7 +2,7 @@
 
     path = plot_loss(Path("var/reports/x-loss.png"), run, markers)
 
-Each function takes a night's :class:`~orchestrator.snapshot.RunView` (all events and samples
+Each function takes a night's :class:`~orchestrator.views.snapshot.RunView` (all events and samples
 of its attempts) and writes one PNG, returning its path — or None, writing nothing, when there
 is no data to draw (the report then says so instead of linking an empty picture).
 """
@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from orchestrator.snapshot import GB, RunView
+from orchestrator.views.snapshot import GB, RunView
 
 LEVEL_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:purple")
 MARKER_COLOURS = {"oom": "tab:red", "nonfinite": "tab:purple", "slow": "tab:olive"}

@@ -7,7 +7,7 @@ Each check prints pass / warn / fail with its evidence and a one-line fix; exit 
 failed, 1 otherwise. The checks (upstream's pre-flight list, with numbers from this machine):
 
 - config: the worker config (with ``--set``) validates; runbook: it loads (default: the one
-  ``orchestrator.runbook.default_runbook_for`` picks for the config).
+  ``orchestrator.core.runbook.default_runbook_for`` picks for the config).
 - dataset: every training dataset opens (``trainer.data.describe``); a missing one names the
   expected path and the setting or command that fetches it.
 - disk: free space where the runs go vs the checkpoints kept (``keep_last_k`` + best + one being
@@ -37,6 +37,7 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator.core.runbook import Runbook, RunbookError, default_runbook_for, load_runbook
 from orchestrator.fit import (
     ApplyError,
     BatchTrial,
@@ -51,8 +52,7 @@ from orchestrator.fit import (
     probe_order,
     record_fit,
 )
-from orchestrator.plan import PROJECT_ROOT, parse_duration, project_path
-from orchestrator.runbook import Runbook, RunbookError, default_runbook_for, load_runbook
+from orchestrator.schedule.plan import PROJECT_ROOT, parse_duration, project_path
 from trainer.config import Config, ConfigError, load_config
 from trainer.events import EXIT_CODE_OF_KIND
 
@@ -425,8 +425,8 @@ def fit_plan(args: argparse.Namespace) -> str:
     holding this plan is resumed as it is (the fit of a started plan is already in its state).
     Fault-injection overrides (``faults.*``) are left out of the probes: they test the
     fallbacks, they are not the machine. Raises ApplyError when a night cannot be fitted."""
-    from orchestrator.plan import load_plan, resolve_plan_path
-    from orchestrator.state import StateStore
+    from orchestrator.core.state import StateStore
+    from orchestrator.schedule.plan import load_plan, resolve_plan_path
 
     plan_path = resolve_plan_path(args.plan)
     plan = load_plan(plan_path)

@@ -32,9 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import plots
+from orchestrator.core.state import Metrics, Night, State, SuccessCheck, read_snapshot
 from orchestrator.fit import read_fits
-from orchestrator.notify import report_lines as notify_report_lines
-from orchestrator.snapshot import (
+from orchestrator.schedule.notify import report_lines as notify_report_lines
+from orchestrator.tui import NA, fmt_clock, fmt_dur, fmt_gb, fmt_num, fmt_pct
+from orchestrator.views.snapshot import (
     RunView,
     Thresholds,
     iso_ts,
@@ -42,8 +44,6 @@ from orchestrator.snapshot import (
     read_night_run,
     resolve_path,
 )
-from orchestrator.state import Metrics, Night, State, SuccessCheck, read_snapshot
-from orchestrator.tui import NA, fmt_clock, fmt_dur, fmt_gb, fmt_num, fmt_pct
 from trainer.events import (
     EVENTS_FILE,
     RESOLVED_CONFIG_FILE,

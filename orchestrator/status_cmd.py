@@ -2,7 +2,7 @@
 
     hjepa-night status [--state-dir var] [--once] [--json] [--width N]
 
-``--json`` prints the state snapshot (``orchestrator/state.py`` documents every key: ``plan``,
+``--json`` prints the state snapshot (``orchestrator/core/state.py`` documents every key: ``plan``,
 ``current_night``, ``next_start``, ``daemon``, ``nights``...) plus ``daemon_alive`` (whether
 the daemon recorded in it still runs, from the lock). It reads the file only — it works with no
 daemon, during a night and after a crash — and never moves a file aside. No state file yet:
@@ -17,8 +17,8 @@ import json
 import sys
 from pathlib import Path
 
-from orchestrator.daemon import lock_owner
-from orchestrator.state import State, StateStore, read_snapshot
+from orchestrator.core.state import State, StateStore, read_snapshot
+from orchestrator.schedule.lock import lock_owner
 
 
 def snapshot_json(state_dir: Path) -> str | None:

@@ -3,7 +3,7 @@
     run_status(Path("var"), once=False)   # rich Live, one frame a second, Ctrl-C to leave
     console.print(render(SnapshotSource(Path("var")).take()))
 
-``render`` draws one immutable :class:`~orchestrator.snapshot.Snapshot` (gathered off the draw
+``render`` draws one immutable :class:`~orchestrator.views.snapshot.Snapshot` (gathered off the draw
 path) and answers "is it OK, and will it finish by morning?": plan and nights, the current
 attempt and its overrides, progress with the forecast finish against the deadline, loss
 sparklines (total and per level), throughput, memory coloured by the runbook thresholds, the
@@ -31,7 +31,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.snapshot import GB, Snapshot, SnapshotSource, iso_ts, mem_value
+from orchestrator.views.snapshot import GB, Snapshot, SnapshotSource, iso_ts, mem_value
 
 NA = "N/A"
 BLOCKS = "▁▂▃▄▅▆▇█"

@@ -1,6 +1,6 @@
 """How an attempt ended: exit code + ``fatal`` event + stderr tail → an exit kind.
 
-The kinds are those of ``orchestrator.state.ExitKind``. Rules, first match wins:
+The kinds are those of ``orchestrator.core.state.ExitKind``. Rules, first match wins:
 
 1. The supervisor ended it on purpose: ``hang`` or ``memory`` (what it killed it for), or a stop
    it requested that ended in exit 3 → ``stopped``.

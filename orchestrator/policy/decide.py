@@ -46,8 +46,8 @@ Ended worker (``obs.exit_kind`` set):
 
 from __future__ import annotations
 
-from orchestrator import forecast
-from orchestrator.policy import ladders
+from orchestrator.core.runbook import Runbook
+from orchestrator.policy import forecast, ladders
 from orchestrator.policy.types import (
     CONTINUE,
     Decision,
@@ -55,7 +55,6 @@ from orchestrator.policy.types import (
     NightHistory,
     Observation,
 )
-from orchestrator.runbook import Runbook
 
 GB = 1024**3
 K = DecisionKind

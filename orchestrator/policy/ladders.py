@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator.core.runbook import FEATURE_KEYS, Runbook, Rung
 from orchestrator.policy.types import NightHistory
-from orchestrator.runbook import FEATURE_KEYS, Runbook, Rung
 
 BATCH = "data.batch_size"
 ACCUM = "training.accumulation_steps"

@@ -20,9 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from orchestrator.core.runbook import Runbook
 from orchestrator.policy.decide import heartbeat_timeout, silence
 from orchestrator.policy.types import CONTINUE, Decision, DecisionKind, Observation
-from orchestrator.runbook import Runbook
 
 RecoveryAction = Literal["reattach", "stop", "kill", "close"]
 

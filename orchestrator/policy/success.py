@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from orchestrator.core.runbook import Check, SuccessCriteria
 from orchestrator.policy.types import CheckResult, MetricsFacts, Verdict
-from orchestrator.runbook import Check, SuccessCriteria
 
 _OPS = {
     ">": lambda a, b: a > b,

@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 import yaml
 
-from orchestrator.night import new_single_night, run_night
-from orchestrator.state import State, StateStore, parse_iso
+from orchestrator.core.state import State, StateStore, parse_iso
+from orchestrator.night.run_cmd import new_single_night
+from orchestrator.night.runner import run_night
 from trainer.events import read_events
 
 ROOT = Path(__file__).resolve().parents[2]

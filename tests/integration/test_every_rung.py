@@ -22,10 +22,11 @@ from typing import Any
 
 import pytest
 
-from orchestrator.night import config_facts, override_args
+from orchestrator.core.runbook import FEATURE_KEYS, Runbook, default_runbook_for, load_runbook
+from orchestrator.night.history import config_facts
+from orchestrator.night.runner import override_args
 from orchestrator.policy import NightHistory
 from orchestrator.policy import ladders as L
-from orchestrator.runbook import FEATURE_KEYS, Runbook, default_runbook_for, load_runbook
 from tests.helpers.fake_datasets import write_cifar10, write_imagenet100, write_stl10
 from tests.workerutil import ROOT, env, events, wait_for
 from trainer.config import Config, load_config

@@ -17,7 +17,7 @@ import psutil
 import pytest
 import yaml
 
-from orchestrator.plan import local_now
+from orchestrator.schedule.plan import local_now
 
 ROOT = Path(__file__).resolve().parents[2]
 

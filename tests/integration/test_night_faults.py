@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 import yaml
 
-from orchestrator.night import NightRunner, new_single_night, run_night
-from orchestrator.state import Attempt, Night, StateStore, now_iso
-from orchestrator.system import System
+from orchestrator.core.state import Attempt, Night, StateStore, now_iso
+from orchestrator.core.system import System
+from orchestrator.night.run_cmd import new_single_night
+from orchestrator.night.runner import NightRunner, run_night
 from trainer.events import read_events
 
 ROOT = Path(__file__).resolve().parents[2]

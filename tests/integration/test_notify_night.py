@@ -7,10 +7,10 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from orchestrator.night import NightRunner
-from orchestrator.notify import Notifier, NotifySpec
+from orchestrator.core.system import System
+from orchestrator.night.runner import NightRunner
 from orchestrator.report import write_report
-from orchestrator.system import System
+from orchestrator.schedule.notify import Notifier, NotifySpec
 from tests.integration.test_night_faults import FAKE, night
 from tests.unit.test_notify import received, recorder
 

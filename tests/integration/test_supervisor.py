@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from orchestrator.core.runbook import load_runbook
+from orchestrator.core.system import System
+from orchestrator.night.supervisor import SAMPLES_FILE, Supervisor
 from orchestrator.policy import ConfigFacts, NightHistory, decide
-from orchestrator.runbook import load_runbook
-from orchestrator.supervisor import SAMPLES_FILE, Supervisor
-from orchestrator.system import System
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKE = ROOT / "tests/integration/fixtures/fake_worker.py"

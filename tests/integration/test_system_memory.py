@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from orchestrator.system import System
+from orchestrator.core.system import System
 
 MB = 1024**2
 SIZE = 192 * MB

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.datafiles import init_dir, resolve_data, shipped_root
-from orchestrator.plan import PlanError, resolve_plan_path
-from orchestrator.runbook import default_runbook_for
+from orchestrator.core.datafiles import init_dir, resolve_data, shipped_root
+from orchestrator.core.runbook import default_runbook_for
+from orchestrator.schedule.plan import PlanError, resolve_plan_path
 
 
 def test_local_copies_win_and_init_writes_them(tmp_path: Path, monkeypatch) -> None:

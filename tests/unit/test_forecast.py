@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator import forecast
+from orchestrator.policy import forecast
 
 
 def test_epoch_cost_drops_warmup_epoch_and_spreads_eval() -> None:

@@ -9,8 +9,14 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from orchestrator.notify import Notifier, NotifySpec, pending_notes, read_sent, report_lines
-from orchestrator.state import Fallback, Night, State, Success
+from orchestrator.core.state import Fallback, Night, State, Success
+from orchestrator.schedule.notify import (
+    Notifier,
+    NotifySpec,
+    pending_notes,
+    read_sent,
+    report_lines,
+)
 
 RECORDER = """
 import json, os, sys
@@ -113,7 +119,7 @@ def test_spec_rejects_unknown_events_and_keys() -> None:
 
 
 def test_with_notifier_attaches_the_observer_to_the_night_runner(tmp_path: Path) -> None:
-    from orchestrator.notify import with_notifier
+    from orchestrator.schedule.notify import with_notifier
 
     cmd, got = recorder(tmp_path)
     notifier = Notifier(NotifySpec(command=cmd), tmp_path / "var")

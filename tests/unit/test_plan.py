@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.plan import (
+from orchestrator.core.state import Attempt, Success
+from orchestrator.schedule.plan import (
     PLANS_DIR,
     PlanError,
     build_state,
@@ -20,7 +21,6 @@ from orchestrator.plan import (
     reconcile,
     resolve_plan_path,
 )
-from orchestrator.state import Attempt, Success
 
 TZ = datetime.now().astimezone().tzinfo
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from orchestrator.core.runbook import load_runbook
 from orchestrator.policy import (
     CheckpointRef,
     ConfigFacts,
@@ -18,7 +19,6 @@ from orchestrator.policy import (
     decide,
     is_oom_text,
 )
-from orchestrator.runbook import load_runbook
 
 ROOT = Path(__file__).resolve().parents[2]
 CONS = load_runbook(ROOT / "runbooks/conservative.yaml")

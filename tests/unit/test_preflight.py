@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from orchestrator import preflight
+from orchestrator.core.state import Night, State, StateStore
 from orchestrator.fit import (
     GB,
     ApplyError,
@@ -22,7 +23,6 @@ from orchestrator.fit import (
     probe_order,
     read_fits,
 )
-from orchestrator.state import Night, State, StateStore
 
 
 def test_candidates_keep_the_effective_batch() -> None:

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from orchestrator.night import orphan_health
+from orchestrator.core.runbook import load_runbook
+from orchestrator.core.system import MemSample, System
+from orchestrator.night.history import orphan_health
+from orchestrator.night.supervisor import Supervisor
 from orchestrator.policy import ConfigFacts, NightHistory, decide
-from orchestrator.runbook import load_runbook
-from orchestrator.supervisor import Supervisor
-from orchestrator.system import MemSample, System
 
 ROOT = Path(__file__).resolve().parents[2]
 RB = load_runbook(ROOT / "runbooks/demo.yaml")

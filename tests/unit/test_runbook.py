@@ -7,15 +7,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.policy import judge
-from orchestrator.runbook import (
+from orchestrator.core.runbook import (
     RunbookError,
     config_key_exists,
     default_runbook_for,
     load_runbook,
     parse_runbook,
 )
-from orchestrator.state import Metrics
+from orchestrator.core.state import Metrics
+from orchestrator.policy import judge
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.snapshot import SnapshotSource, load_thresholds, read_night_run
-from orchestrator.state import read_snapshot
+from orchestrator.core.state import read_snapshot
+from orchestrator.views.snapshot import SnapshotSource, load_thresholds, read_night_run
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "states"
 EVENTS = Path("runs/conservative/attempt-02/events.jsonl")

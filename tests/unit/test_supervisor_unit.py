@@ -12,10 +12,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from orchestrator.core.runbook import load_runbook
+from orchestrator.core.system import MemSample, System
+from orchestrator.night.supervisor import SAMPLES_FILE, Stage, Supervisor
 from orchestrator.policy import ConfigFacts, NightHistory, decide
-from orchestrator.runbook import load_runbook
-from orchestrator.supervisor import SAMPLES_FILE, Stage, Supervisor
-from orchestrator.system import MemSample, System
 from trainer.events import read_control
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,8 +13,8 @@ import argparse
 import shutil
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-PACKAGE_DATA = Path(__file__).resolve().parent / "shipped"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_DATA = Path(__file__).resolve().parents[1] / "shipped"
 KINDS = ("configs", "runbooks")
 
 

@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.state import Night, State, now_iso
+from orchestrator.core.state import Night, State, now_iso
 
 log = logging.getLogger(__name__)
 NOTIFY_LOG = "notify.jsonl"

@@ -5,11 +5,11 @@
 
 Sources, and nothing else (the worker is never contacted):
 
-- ``STATE_DIR/state.json`` through :func:`orchestrator.state.read_snapshot` (re-read on every
+- ``STATE_DIR/state.json`` through :func:`orchestrator.core.state.read_snapshot` (re-read on every
   ``take``; a read that fails mid-replace keeps the previous state and sets ``stale``);
 - each attempt's ``events.jsonl``, tailed incrementally with :class:`trainer.events.EventTail`
   (a 100 MB file is read once, then only its new bytes), folded by
-  :class:`orchestrator.fold.RunFold` (the one fold the supervisor and the report use too);
+  :class:`orchestrator.core.fold.RunFold` (the one fold the supervisor and the report use too);
 - each attempt's ``samples.jsonl`` (supervisor memory samples: ``ts``, ``worker_rss``,
   ``tree_rss``, ``sys_available``, ``swap_used``, ``gpu_used``, ``tree_mem`` with its
   ``tree_measure`` pss|uss|rss; bytes), folded the same way;
@@ -29,13 +29,13 @@ from typing import Any
 
 import yaml
 
-from orchestrator import forecast
-from orchestrator.fold import SAMPLES_FILE, RunFold, RunView, num, sample_tail
-from orchestrator.fold import mem_value as mem_value
-from orchestrator.state import Attempt, Fallback, Night, State, parse_iso, read_snapshot
+from orchestrator.core.fold import SAMPLES_FILE, RunFold, RunView, num, sample_tail
+from orchestrator.core.fold import mem_value as mem_value
+from orchestrator.core.state import Attempt, Fallback, Night, State, parse_iso, read_snapshot
+from orchestrator.policy import forecast
 from trainer.events import EVENTS_FILE, EventTail
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 GB = 1024**3
 
 
@@ -94,13 +94,14 @@ def _get(obj: Any, *keys: str) -> Any:
 
 
 def load_thresholds(path: Path | None) -> Thresholds:
-    """Thresholds of a runbook file, read with ``orchestrator.runbook.load_runbook`` (plain YAML
-    of the same shape while that module is absent). Never raises: a problem → all None."""
+    """Thresholds of a runbook file, read with :func:`orchestrator.core.runbook.load_runbook`
+    (plain YAML of the same shape while that module is absent). Never raises: a problem → all
+    None."""
     if path is None:
         return Thresholds(problem="runbook not found")
     try:
         try:
-            from orchestrator.runbook import load_runbook
+            from orchestrator.core.runbook import load_runbook
         except ImportError:
             rb: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
         else:
@@ -126,7 +127,7 @@ def load_thresholds(path: Path | None) -> Thresholds:
 
 
 # ---------------------------------------------------------------------------------------------
-# events of a night, folded (orchestrator.fold)
+# events of a night, folded (orchestrator.core.fold)
 def read_night_run(state_dir: Path, night: Night, history: int | None = None) -> RunView:
     """All events and samples of a night's attempts, read once (for the report)."""
     tracker = RunFold(history)
@@ -195,14 +196,14 @@ def daemon_alive(state: State) -> bool | None:
     """Whether the daemon recorded in the state is alive (pid + create time); None if none."""
     if state.daemon is None:
         return None
-    from orchestrator.system import process_alive
+    from orchestrator.core.system import process_alive
 
     return process_alive(state.daemon.pid, state.daemon.create_time)
 
 
 def make_forecast(night: Night | None, run: RunView, th: Thresholds, now: float) -> Forecast:
     """The night runner's latest recorded forecast if there is one, else the same model
-    (:func:`orchestrator.forecast.finish`) on what the screen has folded."""
+    (:func:`orchestrator.policy.forecast.finish`) on what the screen has folded."""
     if night is None:
         return Forecast()
     deadline = iso_ts(night.deadline)

@@ -38,37 +38,22 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from orchestrator.datafiles import PROJECT_ROOT as PROJECT_ROOT
-from orchestrator.datafiles import plan_dirs, resolve_data, shipped_root
-from orchestrator.fold import fold_run_dir, metrics_of
-from orchestrator.notify import NotifySpec
-from orchestrator.runbook import RunbookError, load_runbook
-from orchestrator.state import Decision, Metrics, Night, PlanRecord, State, now_iso, parse_iso
+from orchestrator.core.datafiles import PROJECT_ROOT as PROJECT_ROOT
+from orchestrator.core.datafiles import plan_dirs, resolve_data, shipped_root
+from orchestrator.core.durations import parse_duration
+from orchestrator.core.fold import fold_run_dir, metrics_of
+from orchestrator.core.runbook import RunbookError, load_runbook
+from orchestrator.core.state import Decision, Metrics, Night, PlanRecord, State, now_iso, parse_iso
+from orchestrator.schedule.notify import NotifySpec
 from trainer.config import Config, ConfigError, format_validation_error, load_raw
 
 PLANS_DIR = shipped_root() / "configs" / "plans"
 ENDED = ("succeeded", "partial", "failed", "skipped")
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([hms])")
 
 
 class PlanError(ValueError):
     """A plan problem; the message names the plan file and the key."""
-
-
-def parse_duration(text: str | float | int) -> float:
-    """'8h', '90m', '300s', '1h30m' or a number of seconds → seconds (> 0)."""
-    if isinstance(text, (int, float)):
-        seconds = float(text)
-    else:
-        s = text.strip().lower()
-        parts = _DURATION.findall(s)
-        if not parts or _DURATION.sub("", s).strip():
-            raise ValueError(f"{text!r} is not a duration (use e.g. 8h, 90m, 300s, 1h30m)")
-        seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
-    if seconds <= 0:
-        raise ValueError(f"{text!r}: a duration must be > 0")
-    return seconds
 
 
 class _Strict(BaseModel):
@@ -141,7 +126,7 @@ class Plan(_Strict):
 # loading
 def resolve_plan_path(name_or_path: str) -> Path:
     """A path to a plan file, or a plan name looked up in ``./configs/plans`` then in the
-    shipped plans (:func:`orchestrator.datafiles.plan_dirs`)."""
+    shipped plans (:func:`orchestrator.core.datafiles.plan_dirs`)."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.is_file():
         if not p.is_file():

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.state import Metrics
+from orchestrator.core.state import Metrics
 from trainer.events import EVENTS_FILE, EventTail, read_events
 
 SAMPLES_FILE = "samples.jsonl"

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from orchestrator.datafiles import resolve_data, shipped_root
+from orchestrator.core.datafiles import resolve_data, shipped_root
 from trainer.config import Config, ConfigError, format_validation_error, load_raw
 
 FEATURE_KEYS: dict[str, str] = {

@@ -22,7 +22,7 @@ States (every transition is in :meth:`Supervisor.tick` / the request helpers, wi
   Before any event, silence counts from the launch. The Observation carries it as ``silent_s``
   with the run's recent seconds per step (``step_s``), and the policy compares it with the
   phase's timeout — a wall-clock jump (NTP, a laptop waking up) never looks like a hang.
-- Memory: every ``runbook.sampling_interval_s`` one :class:`orchestrator.system.MemSample` is
+- Memory: every ``runbook.sampling_interval_s`` one :class:`orchestrator.core.system.MemSample` is
   appended to ``RUN_DIR/samples.jsonl`` ({ts, worker_rss, tree_rss, sys_available, swap_used,
   gpu_used, tree_mem, tree_measure}); the policy's memory check gets ``tree_mem`` (PSS/USS:
   what the tree really owns: ``Observation.tree_mem``), RSS only where the OS
@@ -52,10 +52,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from orchestrator.fold import SAMPLES_FILE, RunFold, RunView
+from orchestrator.core.fold import SAMPLES_FILE, RunFold, RunView
+from orchestrator.core.runbook import Runbook
+from orchestrator.core.system import MemSample, System
 from orchestrator.policy import Decision, DecisionKind, Observation, classify_exit
-from orchestrator.runbook import Runbook
-from orchestrator.system import MemSample, System
 from trainer.events import (
     EXIT_CODE_OF_KIND,
     EXIT_OK,
@@ -187,7 +187,7 @@ class Supervisor:
 
     @property
     def view(self) -> RunView:
-        """What this attempt's events say so far (:mod:`orchestrator.fold`)."""
+        """What this attempt's events say so far (:mod:`orchestrator.core.fold`)."""
         return self.fold.view()
 
     # -- observation ----------------------------------------------------------------------

@@ -1,0 +1,22 @@
+"""Durations as people write them in plans, runbooks and on the command line."""
+
+from __future__ import annotations
+
+import re
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([hms])")
+
+
+def parse_duration(text: str | float | int) -> float:
+    """'8h', '90m', '300s', '1h30m' or a number of seconds → seconds (> 0)."""
+    if isinstance(text, (int, float)):
+        seconds = float(text)
+    else:
+        s = text.strip().lower()
+        parts = _DURATION.findall(s)
+        if not parts or _DURATION.sub("", s).strip():
+            raise ValueError(f"{text!r} is not a duration (use e.g. 8h, 90m, 300s, 1h30m)")
+        seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+    if seconds <= 0:
+        raise ValueError(f"{text!r}: a duration must be > 0")
+    return seconds

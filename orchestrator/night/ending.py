@@ -1,0 +1,128 @@
+"""How a night ends: the best checkpoint, the final metrics (a separate evaluation when the last
+checkpoint has none), the verdict against the runbook's success criteria, the forecast errors and
+the status (:func:`orchestrator.policy.recovery.end_status`) — and, when the runner itself
+failed, a recorded ``runner_error`` and an ending all the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from orchestrator.core.fold import metrics_of
+from orchestrator.core.state import (
+    Night,
+    Success,
+    parse_iso,
+)
+from orchestrator.night.attempts import RUNNER_ERROR, NightBase, worker_env
+from orchestrator.night.history import (
+    attempt_view,
+    best_of,
+    lineage,
+    newest,
+)
+from orchestrator.night.supervisor import Supervisor
+from orchestrator.policy import (
+    CheckpointRef,
+    Decision,
+    DecisionKind,
+    forecast,
+    judge,
+)
+from orchestrator.policy.recovery import (
+    end_status,
+    final_eval_decide,
+)
+
+
+class Ending(NightBase):
+    """The night runner's ending (see the module docstring)."""
+
+    def _runner_failed(self, exc: Exception) -> Night:
+        import traceback
+
+        n = self.night
+        where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+        text = f"{type(exc).__name__}: {exc}".strip()
+        at = f" ({Path(where.filename).name}:{where.lineno})" if where else ""
+        reason = f"the night runner failed: {text}{at}"
+        with contextlib.suppress(Exception):
+            self.record(Decision(DecisionKind.END_NIGHT, RUNNER_ERROR, reason,
+                                 {"error": text, "where": at.strip(" ()")}),
+                        n.attempts[-1].index if n.attempts else None, kind=RUNNER_ERROR)
+        with contextlib.suppress(Exception):
+            last = n.attempts[-1] if n.attempts else None
+            if last is not None and last.exit_kind is None:
+                self.recover(last)
+        try:
+            self.finalise(Decision(DecisionKind.END_NIGHT, RUNNER_ERROR, reason, reason=reason))
+        except Exception as again:  # the state must still say the night ended, and why
+            n.end("failed", f"{reason}; finalising failed too: {type(again).__name__}: {again}")
+            if self.state.current_night == self.index:
+                self.state.current_night = None
+            self.save()
+        return n
+
+    def finalise(self, d: Decision) -> None:
+        n = self.night
+        refs = lineage(n)
+        top = newest(refs)
+        n.best_checkpoint = best_of(n, refs) or (top.path if top else None)
+        evals = [(ev, att) for att in n.attempts for ev in attempt_view(att).evals
+                 if int(ev.get("epoch", 0)) > 0]
+        final_ev = max(evals, key=lambda p: float(p[0].get("ts", 0)))[0] if evals else None
+        if top is not None and (final_ev is None or int(final_ev["epoch"]) < top.epoch):
+            final_ev = self.eval_only(top) or final_ev
+        n.final_metrics = metrics_of(final_ev) if final_ev else None
+        if n.baseline_metrics is None:  # e.g. epoch 0 ran under a supervisor that died
+            zero = [ev for att in n.attempts for ev in attempt_view(att).evals
+                    if int(ev.get("epoch", -1)) == 0]
+            n.baseline_metrics = metrics_of(zero[0]) if zero else None
+        last = n.attempts[-1] if n.attempts else None
+        finished_ts = None
+        if last is not None:
+            fin = attempt_view(last).finished
+            finished_ts = float(fin["ts"]) if fin else None
+        completed = d.trigger == "completed"
+        in_window = completed and finished_ts is not None and finished_ts <= self.deadline
+        unrecovered = last is not None and last.exit_kind == "nonfinite"
+        verdict = judge(self.rb.success, n.final_metrics, n.baseline_metrics,
+                        finished_in_window=in_window,
+                        no_unrecovered_nonfinite=not unrecovered and n.final_metrics is not None)
+        n.success = Success.model_validate(asdict(verdict))
+        actual = finished_ts or time.time()
+        projections = [parse_iso(f.projected_finish).timestamp() for f in n.forecasts]
+        n.forecast_errors_s = forecast.forecast_errors(projections, actual)
+        n.forecast_error_s = n.forecast_errors_s[0] if n.forecast_errors_s else None
+        n.end(end_status(completed, verdict.level, n.final_metrics is not None),  # type: ignore[arg-type]
+              f"{d.reason} (success level: {verdict.level})")
+        if self.state.current_night == self.index:
+            self.state.current_night = None
+        self.save()
+
+    def eval_only(self, ref: CheckpointRef) -> dict[str, Any] | None:
+        """Evaluate a checkpoint that has no eval (the worker died before its final eval)."""
+        if self.sys.wall() >= self.deadline or self.stop.is_set():
+            return None
+        run_dir = self.runs / "final-eval"
+        argv = [*self.worker, "--config", str(Path(self.night.config).resolve()),
+                "--run-dir", str(run_dir), "--resume", ref.path, "--eval-only"]
+        for item in self.worker_sets():
+            argv += ["--set", item]
+
+        sup = Supervisor(self.sys, self.rb, run_dir=run_dir, argv=argv, cwd=os.getcwd(),
+                         deadline=self.deadline,
+                         decide=lambda obs: final_eval_decide(obs, self.rb, self.sys.wall()),
+                         stop=self.stop, env=worker_env())
+        sup.launch()
+        out = sup.run()
+        evals = [ev for ev in out.view.evals]
+        self.record(Decision(DecisionKind.CONTINUE, "final_eval",
+                             f"evaluated {Path(ref.path).name} separately: {out.exit_kind}",
+                             {"checkpoint": ref.path}), None, kind="eval_only")
+        return evals[-1] if evals else None

@@ -1,0 +1,202 @@
+"""A night read back from the state file and its attempts' events: what the policy needs.
+
+- ``override_args``: overrides → the worker's ``--set`` items; ``config_facts``: a config as the
+  policy sees it.
+- ``attempt_view``: one attempt's events, folded (:mod:`orchestrator.core.fold`).
+- ``lineage`` / ``newest`` / ``best_of``: the usable checkpoints of the current lineage (an
+  attempt that resumed from step S abandons every later checkpoint), the newest one, and the
+  best one by the config's metric.
+- ``build_history``: the :class:`~orchestrator.policy.NightHistory` (rungs taken, features
+  disabled, attempts without progress, checkpoints) derived from the state alone.
+- ``orphan_health`` / ``ended_observation`` / ``stop_reason_of``: the observations the policy
+  judges after an attempt ended or its supervisor died.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from orchestrator.core.fold import RunFold, RunView, fold_run_dir
+from orchestrator.core.runbook import (
+    FEATURE_KEYS,
+    Runbook,
+)
+from orchestrator.core.state import (
+    Attempt,
+    Night,
+    parse_iso,
+)
+from orchestrator.policy import (
+    CheckpointRef,
+    ConfigFacts,
+    NightHistory,
+    Observation,
+)
+from orchestrator.policy.recovery import orphan_health as policy_orphan_health
+from trainer.config import Config
+
+RUNG_SKIPPED = "rung_skipped"  # a rung whose overrides the recipe's config schema rejects
+
+
+# ---------------------------------------------------------------------------------------------
+# reading the night back from the state file
+def override_args(overrides: dict[str, Any]) -> list[str]:
+    """{key: value} → ["key=<json>"] (JSON is YAML, so the worker's --set parses it back)."""
+    return [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
+
+
+def config_facts(cfg: Config) -> ConfigFacts:
+    on = {}
+    for feature, key in FEATURE_KEYS.items():
+        section, name = key.split(".")
+        on[feature] = bool(getattr(getattr(cfg, section), name))
+    return ConfigFacts(
+        micro_batch=cfg.data.batch_size,
+        accum_steps=cfg.training.accumulation_steps,
+        lr=cfg.training.lr,
+        epochs=cfg.training.epochs,
+        eval_frequency=cfg.evaluation.eval_frequency,
+        features=on,
+        datasets=tuple(d.name for d in cfg.data.datasets),
+    )
+
+
+def attempt_view(att: Attempt) -> RunView:
+    """Every event of ``att`` so far, folded (:mod:`orchestrator.core.fold`)."""
+    return fold_run_dir(att.run_dir, att.index)
+
+
+def lineage(night: Night) -> list[CheckpointRef]:
+    """Usable checkpoints of the current lineage (see the module docstring), oldest first."""
+    refs: list[CheckpointRef] = []
+    for att in night.attempts:
+        if att.resume_from is None:
+            refs = []
+        else:
+            start = next((r for r in refs if r.path == att.resume_from), None)
+            if start is not None:
+                refs = [r for r in refs if r.step <= start.step]
+        for ev in attempt_view(att).checkpoints:
+            if ev.get("verified", True) and Path(str(ev["path"])).is_file():
+                refs.append(CheckpointRef(str(ev["path"]), int(ev["epoch"]), int(ev["step"]),
+                                          float(ev.get("ts", 0.0))))
+    return [r for r in refs if Path(r.path).is_file()]
+
+
+def newest(refs: list[CheckpointRef]) -> CheckpointRef | None:
+    return max(refs, key=lambda r: (r.step, r.ts)) if refs else None
+
+
+def best_of(night: Night, refs: list[CheckpointRef]) -> str | None:
+    """The best checkpoint by the config's ``checkpoint.metric`` among the lineage's usable
+    ones: the newest ``best`` event (the worker compares by metric and mode) whose checkpoint
+    is still in the lineage, else that attempt's ``best.pt`` copy (pruning may have removed the
+    original); None when no attempt reported one."""
+    usable = {r.path for r in refs}
+    for att in reversed(night.attempts):
+        for ev in reversed(attempt_view(att).bests):
+            path = str(ev.get("path"))
+            if path in usable:
+                return path
+            copy = Path(path).parent / "best.pt"
+            if copy.is_file():
+                return str(copy)
+    return None
+
+
+def build_history(night: Night, cfg: Config, base_cfg: Config) -> NightHistory:
+    rungs: dict[str, int] = {}
+    disabled: list[str] = []
+    taken = [fb.evidence for fb in night.fallbacks]
+    taken += [d.evidence for d in night.decisions if d.kind == RUNG_SKIPPED]
+    for evidence in taken:
+        ladder, rung = evidence.get("ladder"), evidence.get("rung")
+        if isinstance(ladder, str) and isinstance(rung, int):
+            rungs[ladder] = max(rungs.get(ladder, 0), rung + 1)
+        if ladder == "features" and isinstance(evidence.get("feature"), str):
+            disabled.append(evidence["feature"])
+    best, without = -1, 0
+    for att in night.attempts:
+        steps = [int(c["step"]) for c in attempt_view(att).checkpoints]
+        top = max(steps, default=-1)
+        if att.exit_kind in (None, "finished"):
+            continue
+        if top > best:
+            best, without = top, 0
+        elif att.exit_kind not in ("stopped",):
+            without += 1
+    refs = lineage(night)
+    top_ref = newest(refs)
+    return NightHistory(
+        attempts=len(night.attempts),
+        attempts_without_progress=without,
+        config=config_facts(cfg),
+        base_effective_batch=base_cfg.effective_batch,
+        overrides=dict(night.overrides),
+        rungs_used=rungs,
+        disabled_features=tuple(disabled),
+        checkpoints=tuple(refs),
+        best_checkpoint=top_ref.path if top_ref else None,
+        memory_warned=any(d.trigger == "memory" and d.kind == "continue" for d in night.decisions),
+    )
+
+
+def orphan_health(events: list[dict[str, Any]], rb: Runbook, now_mono: float, now_wall: float,
+                  created_at: float | None) -> dict[str, Any]:
+    """Whether a worker left running by a dead supervisor still makes progress (the policy's
+    :func:`~orchestrator.policy.recovery.orphan_health` on what its events say).
+
+    Silence = now − the newest progress sign (:mod:`orchestrator.core.fold`), on the events'
+    ``mono`` clock (the worker's ``time.monotonic()``, system-wide on Linux/macOS) against
+    ``now_mono``; events without ``mono`` count on the wall clock against ``now_wall``; no
+    progress event at all: silence since the process was created (``created_at``, wall;
+    unknown → never healthy). Returns ``{healthy, silent_s, timeout_s, phase, step}``."""
+    fold = RunFold()
+    fold.feed(1, events)
+    v = fold.view()
+    if v.progress_mono is not None:
+        silent: float | None = now_mono - v.progress_mono
+    elif v.progress_ts is not None:
+        silent = now_wall - v.progress_ts
+    else:
+        silent = now_wall - created_at if created_at is not None else None
+    obs = Observation(running=True, started_at=0.0, silent_s=silent, recent_step_s=v.step_s,
+                      phase=v.phase or "startup", step=v.step or 0)
+    return policy_orphan_health(obs, rb).as_json()
+
+
+def stop_reason_of(night: Night, attempt_index: int) -> str | None:
+    reason = None
+    for d in night.decisions:
+        if d.evidence.get("attempt") != attempt_index:
+            continue
+        if d.kind == "stop_for_deadline":
+            reason = "deadline"
+        elif d.kind == "stop":
+            reason = str(d.evidence.get("reason", "daemon"))
+        elif d.kind == "restart" and d.trigger in ("slow", "memory", "hang"):
+            reason = d.trigger
+    return reason
+
+
+def ended_observation(att: Attempt, view: RunView, stop_reason: str | None) -> Observation:
+    fatal = view.fatal or {}
+    return Observation(
+        running=False,
+        started_at=parse_iso(att.started_at).timestamp() if att.started_at else 0.0,
+        last_heartbeat_at=view.progress_ts,
+        phase=view.phase or "startup",
+        epoch=view.epochs_done or 0,
+        step=view.step or 0,
+        total_epochs=view.total_epochs or 0,
+        stop_reason=stop_reason,
+        exit_kind=att.exit_kind,
+        exit_code=att.exit_code,
+        message=att.message or "",
+        fatal_feature=fatal.get("feature"),
+        fatal_step=fatal.get("step"),
+        finished_reason=(view.finished or {}).get("reason"),
+    )
+
