@@ -28,6 +28,7 @@ from orchestrator.policy import (
 )
 from orchestrator.policy.recovery import (
     Health,
+    escalation,
     recovered_ending,
     recovery_action,
 )
@@ -58,7 +59,6 @@ class Recovery(NightBase):
         :func:`~orchestrator.policy.recovery.recovery_action` says re-attach, stop (control →
         TERM → KILL), kill (TERM → KILL: a silent worker never reads the control file) or
         close; the attempt is then recorded as its events say it ended."""
-        hb = self.rb.heartbeat
         alive = att.pid is not None and self.sys.is_alive(att.pid, att.pid_create_time)
         ours = att.pid is not None and self.sys.owns(att.pid)
         health: dict[str, Any] | None = None
@@ -74,9 +74,8 @@ class Recovery(NightBase):
         if action in ("stop", "kill") and att.pid is not None:
             if action == "stop":
                 write_control(att.run_dir, Control(seq=10**6, epochs=None, stop=True))
-            first_wait = 0.0 if action == "kill" else max(hb.slow_phase_timeout_s, 60)
-            self.sys.stop_group(att.pid, att.pid_create_time,
-                                (first_wait, hb.term_grace_s, hb.term_grace_s + 10.0))
+            waits = escalation(self.rb, hung=action == "kill").waits
+            self.sys.stop_group(att.pid, att.pid_create_time, waits)
         view = attempt_view(att)
         fatal = view.fatal or {}
         kind, msg = recovered_ending((view.finished or {}).get("reason"),

@@ -35,8 +35,10 @@ States (every transition is in :meth:`Supervisor.tick` / the request helpers, wi
   None (``crash``, or the kind it was killed for).
 - Graceful stops (deadline, daemon stop, memory, slow) go through the control file (the worker
   checkpoints, optionally evaluates, and exits 3); a hang goes straight to SIGTERM. A stop not
-  honoured within ``slow_phase_timeout_s`` (or by the deadline itself) escalates to SIGTERM,
-  then SIGKILL after ``term_grace_s``, always to the whole process group.
+  honoured in time (:func:`orchestrator.policy.recovery.escalation`: ``slow_phase_timeout_s``,
+  at least 60 s, or by the deadline itself) escalates to SIGTERM, then SIGKILL after
+  ``term_grace_s``, always to the whole process group — the same schedule crash recovery runs
+  blocking through :meth:`orchestrator.core.system.System.stop_group`.
 - Cost: one incremental read of events.jsonl per tick (``poll_s``, default 0.5 s) and one psutil
   sample per interval; nothing touches the worker's process except signals.
 """
@@ -56,6 +58,7 @@ from orchestrator.core.fold import SAMPLES_FILE, RunFold, RunView
 from orchestrator.core.runbook import Runbook
 from orchestrator.core.system import MemSample, System
 from orchestrator.policy import Decision, DecisionKind, Observation, classify_exit
+from orchestrator.policy.recovery import escalation
 from trainer.events import (
     EXIT_CODE_OF_KIND,
     EXIT_OK,
@@ -108,6 +111,7 @@ class Supervisor:
         env: dict[str, str] | None = None,
     ) -> None:
         self.sys, self.rb = system, runbook
+        self._escalation = escalation(runbook)  # the one stop → TERM → KILL schedule
         self.run_dir, self.argv, self.cwd = Path(run_dir), argv, cwd
         self.deadline, self.decide = deadline, decide
         self.on_event = on_event or (lambda ev: None)
@@ -173,10 +177,10 @@ class Supervisor:
             self.request_stop("daemon", now_m)
         if self.state is Stage.STOPPING:
             waited = now_m - self._state_since
-            if waited > max(self.rb.heartbeat.slow_phase_timeout_s, 60) or now_w > self.deadline:
+            if waited > self._escalation.stop_s or now_w > self.deadline:
                 self._signal(signal.SIGTERM, now_m)  # STOPPING -> TERMINATING
         if self.state is Stage.TERMINATING:
-            if now_m - self._state_since > self.rb.heartbeat.term_grace_s:
+            if now_m - self._state_since > self._escalation.term_s:
                 self._signal(signal.SIGKILL, now_m)  # TERMINATING -> KILLING
             return None
         if self.state is Stage.KILLING:

@@ -9,6 +9,9 @@ final evaluation, and when a night must end. Pure, like the rest of the policy.
   read the control file, so straight to SIGTERM), or ``close`` (gone).
 - :func:`recovered_ending`: how such an attempt is recorded (finished, its fatal kind, stopped).
 - :func:`final_eval_decide`: the separate final evaluation is only ever stopped for a hang.
+- :func:`escalation`: the one stop escalation — how long a graceful stop (control file) may
+  take, then SIGTERM's grace, then how long to wait after SIGKILL — used by the supervisor's
+  live escalation, by crash recovery and (with its own grace) by the daemon's orphan stop.
 - :func:`deadline_grace_s`: how long past its deadline the daemon lets a night runner finish
   before it stops it (5% of the window, at least a minute).
 - :func:`unended_reason`: why a night whose runner returned without ending it is closed.
@@ -82,6 +85,25 @@ def final_eval_decide(obs: Observation, rb: Runbook, now: float) -> Decision:
     if silence(obs, now) > timeout:
         return Decision(DecisionKind.RESTART, "hang", "final eval hung: kill it")
     return CONTINUE
+
+
+@dataclass(frozen=True)
+class Escalation:
+    stop_s: float  # control-file stop → SIGTERM (0: straight to SIGTERM)
+    term_s: float  # SIGTERM → SIGKILL
+    kill_s: float  # after SIGKILL, how long to wait for the exit
+
+    @property
+    def waits(self) -> tuple[float, float, float]:
+        return self.stop_s, self.term_s, self.kill_s
+
+
+def escalation(rb: Runbook, hung: bool = False) -> Escalation:
+    """A worker asked to stop checkpoints first, which may take a slow phase (at least a
+    minute); a hung one never reads the control file, so it goes straight to SIGTERM."""
+    hb = rb.heartbeat
+    stop = 0.0 if hung else max(hb.slow_phase_timeout_s, 60.0)
+    return Escalation(stop, hb.term_grace_s, hb.term_grace_s + 10.0)
 
 
 def deadline_grace_s(window_s: float, override_s: float | None = None) -> float:
