@@ -1,0 +1,10 @@
+"""What every room of the orchestrator shares.
+
+- ``state``: the state file (``STATE_DIR/state.json``), written atomically; every night's status
+  change goes through ``Night.start`` / ``Night.end``.
+- ``system``: the one seam to the operating system — spawn, signal, liveness (pid + create
+  time), the TERM → KILL escalation of a process group, memory sampling, clocks.
+- ``fold``: the one fold of a worker's ``events.jsonl`` into facts (:class:`fold.RunView`).
+- ``runbook``: fallback ladders, thresholds and success criteria, loaded and validated.
+- ``durations``, ``datafiles``: ``8h``/``90m``; where shipped configs, plans and runbooks are.
+"""

@@ -16,6 +16,8 @@ final evaluation, and when a night must end. Pure, like the rest of the policy.
   before it stops it (5% of the window, at least a minute).
 - :func:`unended_reason`: why a night whose runner returned without ending it is closed.
 - :func:`end_status`: the status a finished night gets from how it ended and its verdict.
+- :func:`next_night`: the plan's gate once the previous night ended — run the planned night,
+  skip it, or repeat the previous recipe with what its fallbacks settled on.
 """
 
 from __future__ import annotations
@@ -132,3 +134,19 @@ def end_status(completed: bool, success_level: str, evaluated: bool) -> str:
     if completed and success_level != "none":
         return "succeeded"
     return "partial" if evaluated else "failed"
+
+
+def next_night(requires: str, otherwise: str, previous_status: str | None) -> str:
+    """``run`` (``requires: none``, or the previous night succeeded), else ``skip`` or
+    ``repeat`` as the plan's ``otherwise`` says (``skip`` when there is no previous night)."""
+    if requires == "none" or previous_status == "succeeded":
+        return "run"
+    if otherwise == "skip" or previous_status is None:
+        return "skip"
+    return "repeat"
+
+
+def learned_overrides(overrides: dict[str, object]) -> dict[str, object]:
+    """What a repeated night keeps of the previous one's final overrides: everything its
+    fallbacks settled on, never an injected fault."""
+    return {k: v for k, v in overrides.items() if not k.startswith("faults.")}

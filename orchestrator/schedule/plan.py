@@ -44,6 +44,7 @@ from orchestrator.core.durations import parse_duration
 from orchestrator.core.fold import fold_run_dir, metrics_of
 from orchestrator.core.runbook import RunbookError, load_runbook
 from orchestrator.core.state import Decision, Metrics, Night, PlanRecord, State, now_iso, parse_iso
+from orchestrator.policy.recovery import learned_overrides, next_night
 from orchestrator.schedule.notify import NotifySpec
 from trainer.config import Config, ConfigError, format_validation_error, load_raw
 
@@ -294,16 +295,16 @@ def decide_night(state: State, plan: Plan, index: int, now: datetime) -> Decisio
     if spec.start == "after_previous" or not night.window_start:
         start = now if spec.start == "after_previous" else at_or_after(spec.start, now)
         _set_window(night, start, spec.window_s)
-    met = spec.requires == "none" or (prev is not None and prev.status == "succeeded")
-    if met:
+    action_kind = next_night(spec.requires, spec.otherwise, prev.status if prev else None)
+    if action_kind == "run":
         trigger = f"{prev.name} succeeded" if prev and spec.requires != "none" else "no condition"
         action = f"run {night.name} as planned ({Path(night.config).name})"
-    elif spec.otherwise == "skip" or prev is None:
+    elif action_kind == "skip" or prev is None:
         trigger = f"{prev.name} ended {prev.status}" if prev else "no previous night"
         night.end("skipped", f"{trigger}; the plan skips {spec.name} in that case")
         action = f"skip {night.name}"
     else:
-        learned = {k: v for k, v in prev.overrides.items() if not k.startswith("faults.")}
+        learned = learned_overrides(prev.overrides)
         base = re.sub(r"^n\d+-", "", prev.name)
         night.name = f"n{index + 1}-{base}"
         night.config, night.runbook, night.overrides = prev.config, prev.runbook, learned

@@ -17,6 +17,8 @@ from orchestrator.policy.recovery import (
     end_status,
     escalation,
     final_eval_decide,
+    learned_overrides,
+    next_night,
     orphan_health,
     recovered_ending,
     recovery_action,
@@ -125,3 +127,26 @@ def test_night_status_changes_only_along_its_transitions() -> None:
     skipped = Night(name="m", index=1, config="c", runbook="r")
     skipped.end("skipped", "night 1 failed")
     assert skipped.status == "skipped"
+
+
+@pytest.mark.parametrize(
+    ("requires", "otherwise", "previous", "action"),
+    [
+        ("none", "skip", None, "run"),
+        ("none", "skip", "failed", "run"),
+        ("previous_succeeded", "skip", "succeeded", "run"),
+        ("previous_succeeded", "skip", "partial", "skip"),
+        ("previous_succeeded", "repeat_previous", "partial", "repeat"),
+        ("previous_succeeded", "repeat_previous", "failed", "repeat"),
+        ("previous_succeeded", "repeat_previous", None, "skip"),
+    ],
+)
+def test_the_plan_gate(requires: str, otherwise: str, previous: str | None,
+                       action: str) -> None:
+    assert next_night(requires, otherwise, previous) == action
+
+
+def test_a_repeated_night_keeps_its_fallbacks_never_its_faults() -> None:
+    got = learned_overrides({"data.batch_size": 24, "training.lr": 1e-4,
+                             "faults.nonfinite_at_step": 100})
+    assert got == {"data.batch_size": 24, "training.lr": 1e-4}
