@@ -35,7 +35,7 @@ from orchestrator import plots
 from orchestrator.core.state import Metrics, Night, State, SuccessCheck, read_snapshot
 from orchestrator.fit import read_fits
 from orchestrator.schedule.notify import report_lines as notify_report_lines
-from orchestrator.tui import NA, fmt_clock, fmt_dur, fmt_gb, fmt_num, fmt_pct
+from orchestrator.views.fmt import NA, fmt_clock, fmt_dur, fmt_gb, fmt_num, fmt_pct
 from orchestrator.views.snapshot import (
     RunView,
     Thresholds,

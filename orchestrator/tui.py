@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,44 +30,11 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from orchestrator.views.fmt import NA, fmt_clock, fmt_dur, fmt_gb, fmt_num, fmt_pct
 from orchestrator.views.snapshot import GB, Snapshot, SnapshotSource, iso_ts, mem_value
 
-NA = "N/A"
 BLOCKS = "▁▂▃▄▅▆▇█"
 STYLE = {"good": "green", "warning": "yellow", "critical": "bold red", None: ""}
-
-
-# ---------------------------------------------------------------------------------------------
-# formatting shared with the report
-def fmt_gb(value: float | None) -> str:
-    return NA if value is None else f"{value / GB:.1f} GB"
-
-
-def fmt_pct(value: float | None) -> str:
-    return NA if value is None else f"{100 * value:.1f}%"
-
-
-def fmt_num(value: float | None, spec: str = ".3g") -> str:
-    return NA if value is None else format(value, spec)
-
-
-def fmt_dur(seconds: float | None) -> str:
-    """1h05m / 12m30s / 45s; negative durations get a minus sign."""
-    if seconds is None:
-        return NA
-    sign, s = ("-" if seconds < 0 else ""), round(abs(seconds))
-    if s >= 3600:
-        return f"{sign}{s // 3600}h{s % 3600 // 60:02d}m"
-    if s >= 60:
-        return f"{sign}{s // 60}m{s % 60:02d}s"
-    return f"{sign}{s}s"
-
-
-def fmt_clock(ts: float | None, with_date: bool = False, seconds: bool = True) -> str:
-    if ts is None:
-        return NA
-    fmt = "%a %H:%M" if with_date else "%H:%M:%S" if seconds else "%H:%M"
-    return datetime.fromtimestamp(ts).strftime(fmt)
 
 
 def level_high_bad(value: float | None, good: float | None, warning: float | None) -> str | None:

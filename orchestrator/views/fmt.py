@@ -1,0 +1,46 @@
+"""Text formatters shared by the status screen and the morning report.
+
+    fmt_dur(3930) == "1h05m"    fmt_gb(2 * GB) == "2.0 GB"    fmt_pct(0.631) == "63.1%"
+
+Every formatter takes None for a missing reading and returns :data:`NA` ("N/A") for it, so a
+view never crashes on a reading it does not have. Clock times are local time.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from orchestrator.views.snapshot import GB
+
+NA = "N/A"
+
+
+def fmt_gb(value: float | None) -> str:
+    return NA if value is None else f"{value / GB:.1f} GB"
+
+
+def fmt_pct(value: float | None) -> str:
+    return NA if value is None else f"{100 * value:.1f}%"
+
+
+def fmt_num(value: float | None, spec: str = ".3g") -> str:
+    return NA if value is None else format(value, spec)
+
+
+def fmt_dur(seconds: float | None) -> str:
+    """1h05m / 12m30s / 45s; negative durations get a minus sign."""
+    if seconds is None:
+        return NA
+    sign, s = ("-" if seconds < 0 else ""), round(abs(seconds))
+    if s >= 3600:
+        return f"{sign}{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{sign}{s // 60}m{s % 60:02d}s"
+    return f"{sign}{s}s"
+
+
+def fmt_clock(ts: float | None, with_date: bool = False, seconds: bool = True) -> str:
+    if ts is None:
+        return NA
+    fmt = "%a %H:%M" if with_date else "%H:%M:%S" if seconds else "%H:%M"
+    return datetime.fromtimestamp(ts).strftime(fmt)
