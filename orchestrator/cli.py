@@ -20,7 +20,7 @@ import sys
 VERBS = {
     "start": "orchestrator.schedule.commands",
     "stop": "orchestrator.schedule.commands",
-    "status": "orchestrator.status_cmd",
+    "status": "orchestrator.views.status",
     "report": "orchestrator.report",
     "run": "orchestrator.night.run_cmd",
     "preflight": "orchestrator.preflight",

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from orchestrator.tui import render, run_status, sparkline
+from orchestrator.views.screen.live import render, run_status
+from orchestrator.views.screen.panels import sparkline
 from orchestrator.views.snapshot import SnapshotSource
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "states"

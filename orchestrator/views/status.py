@@ -7,7 +7,7 @@
 the daemon recorded in it still runs, from the lock). It reads the file only — it works with no
 daemon, during a night and after a crash — and never moves a file aside. No state file yet:
 the empty state (``nights: []``), exit 0. A file that cannot be read: a message, exit 1.
-Otherwise it hands over to the status screen, ``orchestrator.tui.run_status``.
+Otherwise it hands over to the status screen, ``orchestrator.views.screen.live.run_status``.
 """
 
 from __future__ import annotations
@@ -46,6 +46,6 @@ def cmd_status(args: argparse.Namespace) -> int:
             return 1
         print(text)
         return 0
-    from orchestrator.tui import run_status
+    from orchestrator.views.screen.live import run_status
 
     return int(run_status(state_dir, bool(args.once), getattr(args, "width", None)))
