@@ -21,7 +21,7 @@ VERBS = {
     "start": "orchestrator.schedule.commands",
     "stop": "orchestrator.schedule.commands",
     "status": "orchestrator.views.status",
-    "report": "orchestrator.report",
+    "report": "orchestrator.views.report.write",
     "run": "orchestrator.night.run_cmd",
     "preflight": "orchestrator.preflight",
     "init": "orchestrator.core.datafiles",

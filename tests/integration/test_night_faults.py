@@ -202,7 +202,7 @@ def test_a_rung_the_recipe_rejects_is_skipped_and_the_night_goes_on(tmp_path: Pa
     assert len(skipped) == 1 and "data.batch_size" in skipped[0].evidence["error"]
     assert [a.exit_kind for a in n.attempts] == ["oom", "finished"]
     assert n.attempts[-1].overrides["data.batch_size"] == 16
-    from orchestrator.report import write_report
+    from orchestrator.views.report.write import write_report
 
     text = write_report(store.dir).read_text()
     assert "rung skipped: " in text and "does not apply to this recipe" in text
@@ -239,7 +239,7 @@ def test_an_error_inside_the_runner_still_ends_the_night(tmp_path: Path,
     assert any(d.kind == "runner_error" for d in store.load().nights[0].decisions)
     assert not System().is_alive(raised[0], n.attempts[0].pid_create_time)
     assert store.load().nights[0].status == n.status
-    from orchestrator.report import write_report
+    from orchestrator.views.report.write import write_report
 
     text = write_report(store.dir).read_text()
     assert "**runner error**: the night runner failed: RuntimeError: observer broke" in text
@@ -371,7 +371,7 @@ def test_real_aggressive_feature_rungs_resume_mid_run(tmp_path: Path, feature: s
     if feature == "fpn":
         partial = [e for e in evs if e["type"] == "resume_partial"]
         assert partial and any("fpn" in k for k in partial[0]["dropped"]), partial
-        from orchestrator.report import write_report
+        from orchestrator.views.report.write import write_report
 
         text = write_report(store.dir).read_text()
         assert "attempt 2 resumed `ckpt-e0001-s00000002.pt` partially: dropped" in text
@@ -386,7 +386,7 @@ def test_real_fp16_overflow_is_skipped_not_a_fallback(tmp_path: Path) -> None:
                         "faults.grad_overflow_steps": 3, "logging.log_frequency": 1})
     assert [a.exit_kind for a in n.attempts] == ["finished"], n.reason
     assert not n.fallbacks
-    from orchestrator.report import write_report
+    from orchestrator.views.report.write import write_report
     from trainer.events import read_events
 
     steps = [e for e in read_events(Path(n.attempts[0].run_dir) / "events.jsonl")

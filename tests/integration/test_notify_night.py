@@ -9,8 +9,8 @@ from pathlib import Path
 
 from orchestrator.core.system import System
 from orchestrator.night.runner import NightRunner
-from orchestrator.report import write_report
 from orchestrator.schedule.notify import Notifier, NotifySpec
+from orchestrator.views.report.write import write_report
 from tests.integration.test_night_faults import FAKE, night
 from tests.unit.test_notify import received, recorder
 

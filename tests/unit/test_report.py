@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from orchestrator.report import ReportError, cmd_report, write_report
+from orchestrator.views.report.write import ReportError, cmd_report, write_report
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "states"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
