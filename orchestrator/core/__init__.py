@@ -6,5 +6,6 @@
   time), the TERM → KILL escalation of a process group, memory sampling, clocks.
 - ``fold``: the one fold of a worker's ``events.jsonl`` into facts (:class:`fold.RunView`).
 - ``runbook``: fallback ladders, thresholds and success criteria, loaded and validated.
+- ``lock``: one owner per state dir (the daemon, or ``hjepa-night run``), readable by all.
 - ``durations``, ``datafiles``: ``8h``/``90m``; where shipped configs, plans and runbooks are.
 """

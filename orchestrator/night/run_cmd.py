@@ -130,7 +130,7 @@ def cmd_run(args: Any) -> int:
     It takes the daemon's lock on the state dir (``STATE_DIR/daemon.lock``) for its whole life:
     a second ``run`` or a ``start`` on the same state dir is refused, naming the owner, instead
     of two runners overwriting one state file."""
-    from orchestrator.schedule.lock import DaemonLock, lock_owner
+    from orchestrator.core.lock import DaemonLock, lock_owner
 
     state_dir = Path(args.state_dir)
     lock = DaemonLock(state_dir)
@@ -190,7 +190,7 @@ def _run_locked(args: Any) -> int:
         print(f"stopped; the night is resumable (state in {store.path})")
         return 130
     try:
-        from orchestrator.report import write_report
+        from orchestrator.views.report.write import write_report
 
         report = write_report(store.dir, night=None)
         print(f"morning report: {report}")

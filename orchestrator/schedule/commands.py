@@ -25,10 +25,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from orchestrator.core.lock import LOCK_FILE, DaemonLock, lock_owner
 from orchestrator.core.state import DaemonRecord, StateError, StateStore, now_iso
 from orchestrator.core.system import System
 from orchestrator.schedule.daemon import Daemon, NightFn
-from orchestrator.schedule.lock import LOCK_FILE, DaemonLock, lock_owner
 from orchestrator.schedule.plan import (
     ENDED,
     PROJECT_ROOT,
@@ -146,7 +146,7 @@ def _run_night(store: StateStore, index: int, **kw: Any) -> Any:
 
 def _report_fn() -> Callable[[Path], Any]:
     def write(state_dir: Path) -> Any:
-        from orchestrator.report import write_report
+        from orchestrator.views.report.write import write_report
 
         return write_report(state_dir)
 
@@ -155,7 +155,7 @@ def _report_fn() -> Callable[[Path], Any]:
 
 def _run_tui(state_dir: Path) -> None:
     try:
-        from orchestrator.tui import run_status
+        from orchestrator.views.screen.live import run_status
 
         run_status(state_dir, False)
     except Exception:

@@ -17,8 +17,8 @@ import json
 import sys
 from pathlib import Path
 
+from orchestrator.core.lock import lock_owner
 from orchestrator.core.state import State, StateStore, read_snapshot
-from orchestrator.schedule.lock import lock_owner
 
 
 def snapshot_json(state_dir: Path) -> str | None:

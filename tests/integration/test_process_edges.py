@@ -16,11 +16,11 @@ from typing import Any
 import psutil
 import pytest
 
+from orchestrator.core.lock import DaemonLock
 from orchestrator.core.state import Attempt, Night, StateStore, now_iso
 from orchestrator.core.system import System, process_alive
 from orchestrator.night.runner import NightRunner
 from orchestrator.schedule.daemon import stop_orphan_workers
-from orchestrator.schedule.lock import DaemonLock
 from tests.integration.test_night_faults import CONFIG, FAKE, night
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,9 +12,9 @@ from typing import Any
 
 import yaml
 
+from orchestrator.core.lock import DaemonLock, lock_owner
 from orchestrator.core.state import DaemonRecord, StateStore, now_iso
 from orchestrator.schedule.daemon import Daemon
-from orchestrator.schedule.lock import DaemonLock, lock_owner
 from orchestrator.schedule.plan import build_state, load_plan, local_now
 
 RECORD = DaemonRecord(pid=os.getpid(), started_at=now_iso())

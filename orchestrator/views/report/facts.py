@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from orchestrator.core.fold import metrics_of
 from orchestrator.core.state import Metrics, Night, State
 from orchestrator.views.snapshot import (
     RunView,
@@ -64,25 +65,12 @@ class NightFacts:
         self.last_run_dir = resolve_path(state_dir, last.run_dir) if last else None
         self.final: Metrics | None = night.final_metrics
         if self.final is None and self.run.evals and self.run.evals[-1].get("epoch"):
-            ev = self.run.evals[-1]
-            self.final = Metrics(
-                epoch=ev.get("epoch"),
-                knn=ev.get("knn") or {},
-                linear_probe=ev.get("linear_probe"),
-                feature_std=ev.get("feature_std"),
-                effective_rank=ev.get("effective_rank"),
-            )
+            self.final = metrics_of(self.run.evals[-1])
         self.base: Metrics | None = night.baseline_metrics
         if self.base is None:
             zero = [e for e in self.run.evals if e.get("epoch") == 0]
             if zero:
-                self.base = Metrics(
-                    epoch=0,
-                    knn=zero[0].get("knn") or {},
-                    linear_probe=zero[0].get("linear_probe"),
-                    feature_std=zero[0].get("feature_std"),
-                    effective_rank=zero[0].get("effective_rank"),
-                )
+                self.base = metrics_of(zero[0])
 
     def attempt_events(self, kind: str) -> list[tuple[int, dict[str, Any]]]:
         """(attempt index, event) for every event of ``kind`` in the night's attempts."""

@@ -24,6 +24,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from orchestrator.core.fold import metrics_of
 from orchestrator.views.fmt import NA, fmt_clock, fmt_dur, fmt_gb, fmt_num, fmt_pct
 from orchestrator.views.screen.levels import NIGHT_STYLE, level_high_bad, level_low_bad, styled
 from orchestrator.views.snapshot import GB, Snapshot, iso_ts, mem_value
@@ -294,11 +295,11 @@ def _eval(s: Snapshot) -> RenderableType:
     base = s.night.baseline_metrics if s.night else None
     if ev is None:
         return Panel(Text(f"{NA} (no evaluation yet)"), title="last eval", title_align="left")
-    knn = ev.get("knn") or {}
-    std = ev.get("feature_std")
+    m = metrics_of(ev)
+    std = m.feature_std
     rows: list[tuple[str, RenderableType | str]] = [
-        ("kNN 1/5/20", " / ".join(fmt_pct(knn.get(k)) for k in ("1", "5", "20"))),
-        ("linear probe", fmt_pct(ev.get("linear_probe"))),
+        ("kNN 1/5/20", " / ".join(fmt_pct(m.knn.get(k)) for k in ("1", "5", "20"))),
+        ("linear probe", fmt_pct(m.linear_probe)),
         (
             "feature std",
             styled(
