@@ -6,7 +6,6 @@ failed, a recorded ``runner_error`` and an ending all the same.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from dataclasses import asdict
@@ -15,11 +14,10 @@ from typing import Any
 
 from orchestrator.core.fold import metrics_of
 from orchestrator.core.state import (
-    Night,
     Success,
     parse_iso,
 )
-from orchestrator.night.attempts import RUNNER_ERROR, NightBase, worker_env
+from orchestrator.night.attempts import NightBase, worker_env
 from orchestrator.night.history import (
     attempt_view,
     best_of,
@@ -42,31 +40,6 @@ from orchestrator.policy.recovery import (
 
 class Ending(NightBase):
     """The night runner's ending (see the module docstring)."""
-
-    def _runner_failed(self, exc: Exception) -> Night:
-        import traceback
-
-        n = self.night
-        where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
-        text = f"{type(exc).__name__}: {exc}".strip()
-        at = f" ({Path(where.filename).name}:{where.lineno})" if where else ""
-        reason = f"the night runner failed: {text}{at}"
-        with contextlib.suppress(Exception):
-            self.record(Decision(DecisionKind.END_NIGHT, RUNNER_ERROR, reason,
-                                 {"error": text, "where": at.strip(" ()")}),
-                        n.attempts[-1].index if n.attempts else None, kind=RUNNER_ERROR)
-        with contextlib.suppress(Exception):
-            last = n.attempts[-1] if n.attempts else None
-            if last is not None and last.exit_kind is None:
-                self.recover(last)
-        try:
-            self.finalise(Decision(DecisionKind.END_NIGHT, RUNNER_ERROR, reason, reason=reason))
-        except Exception as again:  # the state must still say the night ended, and why
-            n.end("failed", f"{reason}; finalising failed too: {type(again).__name__}: {again}")
-            if self.state.current_night == self.index:
-                self.state.current_night = None
-            self.save()
-        return n
 
     def finalise(self, d: Decision) -> None:
         n = self.night

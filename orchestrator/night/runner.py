@@ -31,8 +31,10 @@ Resume rules:
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 from orchestrator.core.runbook import (
     RunbookError,
@@ -44,7 +46,7 @@ from orchestrator.core.state import (
     StateStore,
 )
 from orchestrator.core.system import System
-from orchestrator.night.attempts import FINISHED_KINDS, MAX_RUNG_SKIPS
+from orchestrator.night.attempts import FINISHED_KINDS, MAX_RUNG_SKIPS, RUNNER_ERROR
 from orchestrator.night.ending import Ending
 from orchestrator.night.history import (
     RUNG_SKIPPED,
@@ -79,6 +81,31 @@ class NightRunner(Recovery, Ending):
             return self._run()
         except Exception as exc:
             return self._runner_failed(exc)
+
+    def _runner_failed(self, exc: Exception) -> Night:
+        import traceback
+
+        n = self.night
+        where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+        text = f"{type(exc).__name__}: {exc}".strip()
+        at = f" ({Path(where.filename).name}:{where.lineno})" if where else ""
+        reason = f"the night runner failed: {text}{at}"
+        with contextlib.suppress(Exception):
+            self.record(Decision(DecisionKind.END_NIGHT, RUNNER_ERROR, reason,
+                                 {"error": text, "where": at.strip(" ()")}),
+                        n.attempts[-1].index if n.attempts else None, kind=RUNNER_ERROR)
+        with contextlib.suppress(Exception):
+            last = n.attempts[-1] if n.attempts else None
+            if last is not None and last.exit_kind is None:
+                self.recover(last)
+        try:
+            self.finalise(Decision(DecisionKind.END_NIGHT, RUNNER_ERROR, reason, reason=reason))
+        except Exception as again:  # the state must still say the night ended, and why
+            n.end("failed", f"{reason}; finalising failed too: {type(again).__name__}: {again}")
+            if self.state.current_night == self.index:
+                self.state.current_night = None
+            self.save()
+        return n
 
     def _run(self) -> Night:
         n = self.night

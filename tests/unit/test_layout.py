@@ -75,3 +75,9 @@ def test_a_night_never_imports_the_views() -> None:
         if used:
             bad[rel(p)] = sorted(used)
     assert not bad, bad
+
+
+def test_the_orchestrator_type_checks() -> None:
+    out = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
