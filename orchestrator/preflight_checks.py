@@ -126,11 +126,16 @@ def worker_facts(config: str, overrides: list[str]) -> dict[str, Any]:
     return doc
 
 
+def _why(facts: dict[str, Any], what: str) -> str:
+    """The last line of why a --check document holds no ``what``."""
+    why = str(facts.get("error") or f"the worker's --check reported no {what}").strip()
+    return why.splitlines()[-1].strip()
+
+
 def check_device(facts: dict[str, Any], requested: str) -> Check:
     dev = facts.get("device")
     if not isinstance(dev, dict):
-        why = str(facts.get("error") or "the worker's --check reported no device")
-        return Check("device", "fail", why.splitlines()[-1], "run python -m trainer --check")
+        return Check("device", "fail", _why(facts, "device"), "run python -m trainer --check")
     if dev.get("error"):
         fix = "set device: auto, or install a matching torch"
         return Check("device", "fail", str(dev["error"]), fix)
@@ -145,8 +150,7 @@ def check_device(facts: dict[str, Any], requested: str) -> Check:
 def check_dataset(facts: dict[str, Any]) -> Check:
     rows = facts.get("datasets")
     if not isinstance(rows, list):
-        why = str(facts.get("error") or "the worker's --check reported no datasets")
-        return Check("dataset", "fail", why.splitlines()[-1], "check data.* paths")
+        return Check("dataset", "fail", _why(facts, "datasets"), "check data.* paths")
     for row in rows:
         if row["status"] == "missing":
             first = row["message"].splitlines()[0]
