@@ -14,7 +14,7 @@ from __future__ import annotations
 import signal
 from typing import Any
 
-from trainer.events import ControlApplied, read_control
+from trainer.events import CONTROL_FILE, ControlApplied, read_control
 
 
 class ControlPolling:
@@ -25,7 +25,7 @@ class ControlPolling:
         self.stop_flag = signal.Signals(signum).name
 
     def poll_control(self) -> None:
-        path = self.run_dir / "control.json"
+        path = self.run_dir / CONTROL_FILE
         try:
             mtime = path.stat().st_mtime_ns
         except FileNotFoundError:
