@@ -226,6 +226,7 @@ def _hms(s: float) -> str:
         return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s"
     return f"{s // 60}m{s % 60:02d}s"
 
+
 def run_checks(args: argparse.Namespace, out: Console) -> list[Check]:
     checks: list[Check] = []
     try:

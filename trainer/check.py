@@ -43,15 +43,22 @@ def device_facts(requested: str) -> dict[str, Any]:
 
     from trainer.device import select_device
 
-    facts: dict[str, Any] = {"requested": requested, "device": None, "type": None,
-                             "name": None, "memory_bytes": None, "error": None}
+    facts: dict[str, Any] = {
+        "requested": requested,
+        "device": None,
+        "type": None,
+        "name": None,
+        "memory_bytes": None,
+        "error": None,
+    }
     try:
         dev = select_device(requested)
     except ConfigError as exc:
         facts["error"] = str(exc)
         return facts
-    facts.update(device=str(dev), type=dev.type,
-                 name=platform.processor() or platform.machine() or None)
+    facts.update(
+        device=str(dev), type=dev.type, name=platform.processor() or platform.machine() or None
+    )
     if dev.type == "cuda":
         props = torch.cuda.get_device_properties(dev)
         facts.update(name=props.name, memory_bytes=int(props.total_memory))
@@ -65,8 +72,14 @@ def dataset_facts(cfg: Config) -> list[dict[str, Any]]:
 
     out: list[dict[str, Any]] = []
     for key, spec in named_datasets(cfg):
-        row: dict[str, Any] = {"key": key, "name": spec.name, "path": spec.path, "status": "ok",
-                               "description": None, "message": None}
+        row: dict[str, Any] = {
+            "key": key,
+            "name": spec.name,
+            "path": spec.path,
+            "status": "ok",
+            "description": None,
+            "message": None,
+        }
         try:
             row["description"] = describe_dataset(spec, cfg)
         except DataMissingError as exc:
@@ -82,8 +95,13 @@ def check(cfg: Config, source: str) -> dict[str, Any]:
     device = device_facts(cfg.device)
     datasets = dataset_facts(cfg)
     ok = device["error"] is None and all(d["status"] == "ok" for d in datasets)
-    return {"config": source, "config_hash": cfg.hash(), "ok": ok, "device": device,
-            "datasets": datasets}
+    return {
+        "config": source,
+        "config_hash": cfg.hash(),
+        "ok": ok,
+        "device": device,
+        "datasets": datasets,
+    }
 
 
 def config_failure(source: str, exc: ConfigError) -> dict[str, Any]:

@@ -20,6 +20,7 @@ ENCODER_PRESETS: dict[str, dict[str, int]] = {
     "vit_base_patch16_224": {"embed_dim": 768, "depth": 12, "num_heads": 12, "patch_size": 16},
 }
 
+
 class FPNConfig(Strict):
     use_fpn: bool | None = Field(None, description="Alias of model.use_fpn (upstream spelling).")
     feature_dim: int | None = Field(None, description="FPN width; default: encoder embed_dim.")
@@ -105,12 +106,16 @@ class MaskingConfig(Strict):
     context_scale: tuple[float, float] = (0.85, 1.0)
     min_keep: int = Field(4, ge=1, description="Fewest context tokens kept.")
     context_tokens: int | None = Field(
-        None, ge=1, description="Context patches per image, the same for every batch (static "
-        "shapes); unset: the 5% quantile of the context size drawn from the scales."
+        None,
+        ge=1,
+        description="Context patches per image, the same for every batch (static "
+        "shapes); unset: the 5% quantile of the context size drawn from the scales.",
     )
     target_tokens: int | None = Field(
-        None, ge=1, description="Patches per target block, the same for every batch; unset: "
-        "round(mean(mask_scale) * patches)."
+        None,
+        ge=1,
+        description="Patches per target block, the same for every batch; unset: "
+        "round(mean(mask_scale) * patches).",
     )
 
 

@@ -59,8 +59,9 @@ class TrainingConfig(Strict):
     )
     accumulation_steps: int = Field(1, ge=1)
     compile: bool = Field(
-        False, description="torch.compile (inductor) the step's forward + backward; CUDA and "
-        "CPU (needs a C++ compiler), refused on MPS."
+        False,
+        description="torch.compile (inductor) the step's forward + backward; CUDA and "
+        "CPU (needs a C++ compiler), refused on MPS.",
     )
 
     @model_validator(mode="after")

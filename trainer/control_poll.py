@@ -49,5 +49,8 @@ class ControlPolling:
             self.stop_flag = "control"
             self.final_eval_on_stop = ctl.final_eval
             applied.append("stop" + (" after final eval" if ctl.final_eval else ""))
-        self.ev.emit(ControlApplied(seq=ctl.seq, epochs=ctl.epochs, stop=ctl.stop,
-                                    applied=", ".join(applied)))
+        self.ev.emit(
+            ControlApplied(
+                seq=ctl.seq, epochs=ctl.epochs, stop=ctl.stop, applied=", ".join(applied)
+            )
+        )

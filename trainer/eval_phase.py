@@ -25,13 +25,26 @@ class EvalPhase:
     def evaluate(self, epoch: int) -> EvalResult:
         self.ev.progress(phase="eval", epoch=epoch, step=self.step)
         hb = lambda: self.ev.progress(phase="eval")  # noqa: E731
-        res = evaluate(self.model, self.cfg, self.eval_data, self.device, heartbeat=hb,
-                       val_loss_fn=self.val_loss if self.cfg.checkpoint.metric == "val_loss"
-                       else None)
-        self.ev.emit(Eval(epoch=epoch, knn=res.knn, linear_probe=res.linear_probe,
-                          feature_std=res.feature_std, effective_rank=res.effective_rank,
-                          val_loss=res.val_loss, seconds=res.seconds,
-                          num_samples=res.num_samples))
+        res = evaluate(
+            self.model,
+            self.cfg,
+            self.eval_data,
+            self.device,
+            heartbeat=hb,
+            val_loss_fn=self.val_loss if self.cfg.checkpoint.metric == "val_loss" else None,
+        )
+        self.ev.emit(
+            Eval(
+                epoch=epoch,
+                knn=res.knn,
+                linear_probe=res.linear_probe,
+                feature_std=res.feature_std,
+                effective_rank=res.effective_rank,
+                val_loss=res.val_loss,
+                seconds=res.seconds,
+                num_samples=res.num_samples,
+            )
+        )
         if self.cfg.logging.log_images:
             self.save_mask_image(epoch)
         self.ev.progress(phase="train")
@@ -46,8 +59,9 @@ class EvalPhase:
         items = [test[i] for i in range(min(8, len(test)))]
         if self.cfg.loss.use_contrastive:
             items = [((x, x), y) for x, y in items]
-        masks = MaskCollator(self.cfg.masking, self.cfg.data.image_size,
-                             self.cfg.model.patch_size, seed=epoch)
+        masks = MaskCollator(
+            self.cfg.masking, self.cfg.data.image_size, self.cfg.model.patch_size, seed=epoch
+        )
         batch = masks(items)
         img = batch.images.clone()
         lo, hi = img.amin(dim=(1, 2, 3), keepdim=True), img.amax(dim=(1, 2, 3), keepdim=True)
@@ -71,8 +85,9 @@ class EvalPhase:
     def val_loss(self) -> float:
         """Mean training objective on held-out images (fixed masks), for checkpoint.metric."""
         _, test = self.eval_data
-        masks = MaskCollator(self.cfg.masking, self.cfg.data.image_size,
-                             self.cfg.model.patch_size, seed=12345)
+        masks = MaskCollator(
+            self.cfg.masking, self.cfg.data.image_size, self.cfg.model.patch_size, seed=12345
+        )
         was = self.model.training
         self.model.eval()
         n = min(len(test), 4 * self.micro)

@@ -98,8 +98,11 @@ class FaultInjection:
                 f"CUDA out of memory. Tried to allocate 2.00 GiB (injected: "
                 f"faults.oom_at_step={nxt})"
             )
-        if f.raise_in_feature and f.raise_in_feature_after_step is not None and \
-                nxt >= f.raise_in_feature_after_step:
+        if (
+            f.raise_in_feature
+            and f.raise_in_feature_after_step is not None
+            and nxt >= f.raise_in_feature_after_step
+        ):
             set_injected_feature(f.raise_in_feature)
         if f.nonfinite_at_step == nxt and "nonfinite" not in self.fired:
             self.mark_fired("nonfinite")

@@ -92,8 +92,7 @@ class Worker(TrainState, ControlPolling, FaultInjection, EvalPhase):
         cfg = self.cfg
         seed_everything(cfg.experiment.seed)
         self.device = select_device(cfg.device)
-        self.precision = select_precision(self.device, cfg.training.use_amp,
-                                          cfg.training.precision)
+        self.precision = select_precision(self.device, cfg.training.use_amp, cfg.training.precision)
         self.ev.progress(phase="data")
         self.train_data = build_train_data(cfg)
         self.eval_data = build_eval_data(cfg)
@@ -125,8 +124,7 @@ class Worker(TrainState, ControlPolling, FaultInjection, EvalPhase):
         self.resumed_from: str | None = None
         self.fired = self.load_fired()
         f = cfg.faults
-        set_injected_feature(f.raise_in_feature if f.raise_in_feature_after_step is None
-                             else None)
+        set_injected_feature(f.raise_in_feature if f.raise_in_feature_after_step is None else None)
         self.overflow_steps = 0  # skipped for gradient overflow, this attempt
         self.overflow_run = 0  # consecutive ones
         self._overflow_fault_left = 0
@@ -137,16 +135,28 @@ class Worker(TrainState, ControlPolling, FaultInjection, EvalPhase):
     def started(self) -> None:
         n_total = sum(p.numel() for p in self.model.parameters())
         n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        self.ev.emit(Started(
-            pid=os.getpid(), config_hash=self.cfg.hash(), device=str(self.device),
-            precision=self.precision.name, params_total=n_total, params_trainable=n_train,
-            features=self.model.feature_status(), micro_batch=self.micro,
-            accum_steps=self.accum, epochs=self.total_epochs,
-            steps_per_epoch=self.steps_per_epoch, epoch_size=self.epoch_size,
-            datasets=dict(self.train_data.sizes) if self.cfg.logging.log_dataset_distribution
-            else {}, start_epoch=self.epoch, start_step=self.step,
-            resumed_from=self.resumed_from,
-        ))
+        self.ev.emit(
+            Started(
+                pid=os.getpid(),
+                config_hash=self.cfg.hash(),
+                device=str(self.device),
+                precision=self.precision.name,
+                params_total=n_total,
+                params_trainable=n_train,
+                features=self.model.feature_status(),
+                micro_batch=self.micro,
+                accum_steps=self.accum,
+                epochs=self.total_epochs,
+                steps_per_epoch=self.steps_per_epoch,
+                epoch_size=self.epoch_size,
+                datasets=dict(self.train_data.sizes)
+                if self.cfg.logging.log_dataset_distribution
+                else {},
+                start_epoch=self.epoch,
+                start_step=self.step,
+                resumed_from=self.resumed_from,
+            )
+        )
 
     def mem(self) -> dict[str, int]:
         return memory_readings(self.device)
@@ -178,8 +188,9 @@ class Worker(TrainState, ControlPolling, FaultInjection, EvalPhase):
             e_float = self.progress()
             lr, mom = self.schedule.lr_at(e_float), self.schedule.ema_at(e_float)
             log_now = nxt == 1 or nxt % cfg.logging.log_frequency == 0
-            res = self.step_fn(micro, lr=lr, momentum=mom,
-                               grad_norms=log_now and cfg.logging.log_gradients)
+            res = self.step_fn(
+                micro, lr=lr, momentum=mom, grad_norms=log_now and cfg.logging.log_gradients
+            )
             self.step_fn.poison_next = self.step_fn.overflow_next = False
             if not res.finite:
                 raise NonFiniteLossError(
@@ -212,9 +223,15 @@ class Worker(TrainState, ControlPolling, FaultInjection, EvalPhase):
             self.poll_control()
             if self.stop_flag:
                 raise StopRequestedError(self.stop_flag)
-        self.ev.emit(EpochEnd(epoch=epoch, seconds=time.monotonic() - t_epoch,
-                              steps=len(losses), total_epochs=self.total_epochs,
-                              mean_loss=sum(losses) / len(losses) if losses else None))
+        self.ev.emit(
+            EpochEnd(
+                epoch=epoch,
+                seconds=time.monotonic() - t_epoch,
+                steps=len(losses),
+                total_epochs=self.total_epochs,
+                mean_loss=sum(losses) / len(losses) if losses else None,
+            )
+        )
 
     def step_s(self) -> float | None:
         """Recent seconds per step: the median of the last 20 (data wait included)."""
@@ -239,10 +256,19 @@ class Worker(TrainState, ControlPolling, FaultInjection, EvalPhase):
 
     def emit_step(self, res: Any, lr: float, img_per_s: float) -> None:
         event = Step(
-            epoch=self.epoch, step=self.step, loss=res.loss, loss_levels=res.levels,
-            loss_parts=res.parts, grad_norm=res.grad_norm, lr=lr, img_per_s=img_per_s,
-            micro_batch=self.micro, accum_steps=self.accum, device_mem=self.mem(),
-            step_s=self.step_s(), overflow_steps=self.overflow_steps,
+            epoch=self.epoch,
+            step=self.step,
+            loss=res.loss,
+            loss_levels=res.levels,
+            loss_parts=res.parts,
+            grad_norm=res.grad_norm,
+            lr=lr,
+            img_per_s=img_per_s,
+            micro_batch=self.micro,
+            accum_steps=self.accum,
+            device_mem=self.mem(),
+            step_s=self.step_s(),
+            overflow_steps=self.overflow_steps,
             loss_scale=self.step_fn.loss_scale(),
         )
         if res.grad_norms is not None:
@@ -255,8 +281,12 @@ class Worker(TrainState, ControlPolling, FaultInjection, EvalPhase):
         self.resume()
         self.started()
         try:
-            if self.step == 0 and self.samples_in_epoch == 0 and self.epoch == 1 and \
-                    self.cfg.evaluation.eval_at_start:
+            if (
+                self.step == 0
+                and self.samples_in_epoch == 0
+                and self.epoch == 1
+                and self.cfg.evaluation.eval_at_start
+            ):
                 self.evaluate(0)
             while self.epoch <= self.total_epochs:
                 self.train_epoch()
@@ -265,8 +295,7 @@ class Worker(TrainState, ControlPolling, FaultInjection, EvalPhase):
                 res = None
                 if should_eval(done, self.total_epochs, self.cfg.evaluation.eval_frequency):
                     res = self.evaluate(done)
-                if last or should_save(done, self.total_epochs,
-                                       self.cfg.experiment.save_frequency):
+                if last or should_save(done, self.total_epochs, self.cfg.experiment.save_frequency):
                     saved = self.save("final" if last else "epoch")
                     if res is not None:
                         self.track_best(res, saved)
@@ -286,11 +315,23 @@ class Worker(TrainState, ControlPolling, FaultInjection, EvalPhase):
             if self.final_eval_on_stop:
                 res = self.evaluate(self.epoch)
                 self.track_best(res, saved)
-            self.ev.emit(Finished(reason="stopped", epoch=self.epoch, step=self.step,
-                                  seconds=time.monotonic() - self.t0))
+            self.ev.emit(
+                Finished(
+                    reason="stopped",
+                    epoch=self.epoch,
+                    step=self.step,
+                    seconds=time.monotonic() - self.t0,
+                )
+            )
             return EXIT_STOPPED
-        self.ev.emit(Finished(reason="completed", epoch=self.epoch, step=self.step,
-                              seconds=time.monotonic() - self.t0))
+        self.ev.emit(
+            Finished(
+                reason="completed",
+                epoch=self.epoch,
+                step=self.step,
+                seconds=time.monotonic() - self.t0,
+            )
+        )
         return EXIT_OK
 
     def eval_only(self) -> int:
@@ -301,8 +342,11 @@ class Worker(TrainState, ControlPolling, FaultInjection, EvalPhase):
         self.started()
         epoch = self.epoch - 1 if self.samples_in_epoch == 0 else self.epoch
         self.evaluate(epoch)
-        self.ev.emit(Finished(reason="completed", epoch=epoch, step=self.step,
-                              seconds=time.monotonic() - self.t0))
+        self.ev.emit(
+            Finished(
+                reason="completed", epoch=epoch, step=self.step, seconds=time.monotonic() - self.t0
+            )
+        )
         return EXIT_OK
 
     def probe(self, steps: int, warmup: int = 2) -> dict[str, float]:
@@ -319,7 +363,13 @@ class Worker(TrainState, ControlPolling, FaultInjection, EvalPhase):
                 times.append(time.monotonic() - t)
             self.ev.progress(phase="train", step=i + 1)
         ms = 1000 * sum(times) / len(times)
-        return {"ms_per_step": ms, "steps_per_epoch": self.steps_per_epoch,
-                "epoch_seconds": ms / 1000 * self.steps_per_epoch,
-                "img_per_s": self.eff / (ms / 1000), "device": str(self.device),
-                "micro_batch": self.micro, "accum_steps": self.accum, "memory": self.mem()}
+        return {
+            "ms_per_step": ms,
+            "steps_per_epoch": self.steps_per_epoch,
+            "epoch_seconds": ms / 1000 * self.steps_per_epoch,
+            "img_per_s": self.eff / (ms / 1000),
+            "device": str(self.device),
+            "micro_batch": self.micro,
+            "accum_steps": self.accum,
+            "memory": self.mem(),
+        }

@@ -57,16 +57,23 @@ class TrainState:
             self.ev.emit(CheckpointRejected(path=str(path), reason=reason))
 
         path, state = ckpt.resolve(self.resume_request, self.run_dir / CHECKPOINT_DIR, reject)
-        off = {name for name, status in self.model.feature_status().items()
-               if status.startswith("off")}
+        off = {
+            name for name, status in self.model.feature_status().items() if status.startswith("off")
+        }
         report = load_model_state(self.model, state["model"], off)
         opt = load_optimizer_state(self.step_fn.optimizer, state, self.model, report.partial)
         if report.partial or opt == "reset":
             what = f"features off: {', '.join(sorted(off)) or 'none'}"
-            self.ev.emit(ResumePartial(
-                path=str(path), dropped=report.dropped, missing=report.missing, optimizer=opt,
-                message=f"loaded every key that fits ({what}); {len(report.dropped)} dropped, "
-                f"{len(report.missing)} missing; optimizer state {opt}"))
+            self.ev.emit(
+                ResumePartial(
+                    path=str(path),
+                    dropped=report.dropped,
+                    missing=report.missing,
+                    optimizer=opt,
+                    message=f"loaded every key that fits ({what}); {len(report.dropped)} dropped, "
+                    f"{len(report.missing)} missing; optimizer state {opt}",
+                )
+            )
         if self.step_fn.scaler is not None and state.get("scaler"):
             self.step_fn.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
@@ -79,8 +86,14 @@ class TrainState:
             self.epoch, self.samples_in_epoch = self.epoch + 1, 0
         self.resume_schedule(state)
         self.resumed_from = str(path)
-        self.ev.emit(Resumed(path=str(path), epoch=self.epoch, step=self.step,
-                             samples_in_epoch=self.samples_in_epoch))
+        self.ev.emit(
+            Resumed(
+                path=str(path),
+                epoch=self.epoch,
+                step=self.step,
+                samples_in_epoch=self.samples_in_epoch,
+            )
+        )
 
     def resume_schedule(self, state: dict[str, Any]) -> None:
         """The checkpoint's curve; a cut at the resume position if training.epochs differs."""
@@ -97,16 +110,26 @@ class TrainState:
         c = self.cfg.checkpoint
         if not c.save_best or not saved.verified:
             return
-        value = {"val_loss": res.val_loss, "knn": res.knn.get("20"),
-                 "linear_probe": res.linear_probe}[c.metric]
+        value = {
+            "val_loss": res.val_loss,
+            "knn": res.knn.get("20"),
+            "linear_probe": res.linear_probe,
+        }[c.metric]
         if value is None:
             return
         better = self.best is None or (value < self.best if c.mode == "min" else value > self.best)
         if better:
             self.best = value
             self.writer.mark_best(saved.path, c.metric, value)
-            self.ev.emit(Best(path=str(saved.path), metric=c.metric, value=float(value),
-                              epoch=self.epoch, step=self.step))
+            self.ev.emit(
+                Best(
+                    path=str(saved.path),
+                    metric=c.metric,
+                    value=float(value),
+                    epoch=self.epoch,
+                    step=self.step,
+                )
+            )
 
     # -------------------------------------------------------------------------- checkpoint
     def save(self, reason: str) -> ckpt.Saved:
@@ -127,14 +150,26 @@ class TrainState:
             "rng": rng_state(),
             "config": self.cfg.to_yaml_dict(),
         }
-        meta = {"epoch": self.epoch, "step": self.step, "samples_in_epoch": self.samples_in_epoch,
-                "config_hash": self.cfg.hash(), "reason": reason,
-                "micro_batch": self.micro, "accum_steps": self.accum,
-                "total_epochs": self.total_epochs}
+        meta = {
+            "epoch": self.epoch,
+            "step": self.step,
+            "samples_in_epoch": self.samples_in_epoch,
+            "config_hash": self.cfg.hash(),
+            "reason": reason,
+            "micro_batch": self.micro,
+            "accum_steps": self.accum,
+            "total_epochs": self.total_epochs,
+        }
         saved = self.writer.save(state, meta)
         self.last_save = time.monotonic()
-        event = Checkpoint(path=str(saved.path), epoch=self.epoch, step=self.step,
-                           verified=saved.verified, seconds=time.monotonic() - t, reason=reason)
+        event = Checkpoint(
+            path=str(saved.path),
+            epoch=self.epoch,
+            step=self.step,
+            verified=saved.verified,
+            seconds=time.monotonic() - t,
+            reason=reason,
+        )
         if saved.problem:
             event.problem = saved.problem  # type: ignore[attr-defined]
         self.ev.emit(event)
@@ -154,8 +189,12 @@ def rng_state() -> dict[str, Any]:
     out: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),
-        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "numpy": {
+            "key": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "gauss": float(np_state[4]),
+        },
     }
     if torch.cuda.is_available():
         out["cuda"] = torch.cuda.get_rng_state_all()
@@ -167,7 +206,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"],
-                         n["has_gauss"], n["gauss"]))
+    np.random.set_state(
+        ("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
+    )
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -37,10 +37,17 @@ def test_dataset_lines() -> None:
     synth = ok | {"key": "synthetic", "name": "synthetic", "description": "synthetic (64 train)"}
     c = check_dataset({"datasets": [ok, synth]})
     assert (c.result, c.detail) == (
-        "pass", "cifar10: data/cifar-10-batches-py (50000 train); synthetic: synthetic (64 train)")
-    missing = ok | {"key": "stl10", "name": "stl10", "path": "data/stl10_binary",
-                    "status": "missing", "description": None,
-                    "message": "stl10: not found at data/stl10_binary — set download: true"}
+        "pass",
+        "cifar10: data/cifar-10-batches-py (50000 train); synthetic: synthetic (64 train)",
+    )
+    missing = ok | {
+        "key": "stl10",
+        "name": "stl10",
+        "path": "data/stl10_binary",
+        "status": "missing",
+        "description": None,
+        "message": "stl10: not found at data/stl10_binary — set download: true",
+    }
     c = check_dataset({"datasets": [ok, missing, missing | {"name": "later"}]})
     assert c.result == "fail" and c.detail == missing["message"]
     assert c.fix == f"stl10 expected at data/stl10_binary: {missing['message']}"
@@ -74,4 +81,5 @@ def test_preflight_imports_only_the_worker_contracts() -> None:
     mods = out.stdout.split()
     assert "torch" not in mods
     assert {m for m in mods if m not in ("trainer", "trainer.events")} <= {
-        m for m in mods if m == "trainer.config" or m.startswith("trainer.config_")}
+        m for m in mods if m == "trainer.config" or m.startswith("trainer.config_")
+    }
