@@ -121,8 +121,8 @@ def worker_facts(config: str, overrides: list[str]) -> dict[str, Any]:
         return {"ok": False, "error": f"python -m trainer --check: {exc}"}
     doc = last_json(out.stdout, "ok")
     if doc is None:
-        return {"ok": False, "error": f"python -m trainer --check exited {out.returncode}: "
-                f"{tail(out)}"}  # fmt: skip
+        why = f"python -m trainer --check exited {out.returncode}: {tail(out)}"
+        return {"ok": False, "error": why}
     return doc
 
 
