@@ -2,6 +2,7 @@
 
     python -m trainer --config configs/demo_conservative.yaml --run-dir var/runs/x
         [--resume auto|PATH] [--set key.path=value ...] [--eval-only] [--probe N]
+    python -m trainer --check --config configs/demo_conservative.yaml [--set key.path=value ...]
 
 Writes events to ``RUN_DIR/events.jsonl`` and the resolved config to
 ``RUN_DIR/config.resolved.yaml``; exits with a code per outcome (``trainer/events.py``):
@@ -12,6 +13,9 @@ missing, 14 crash, 15 no usable checkpoint (or one lacking weights of a module s
 ``--eval-only`` evaluates the ``--resume`` checkpoint (an ``eval`` event) and exits.
 ``--probe N`` times N optimizer steps after warm-up and prints one JSON line
 ({ms_per_step, steps_per_epoch, epoch_seconds, img_per_s, ...}); nothing is saved.
+``--check`` (no ``--run-dir``, nothing written) prints one JSON document: the device the config
+resolves to and every training dataset's description or why it is missing; exit 0 when all is
+usable, 1 when not, 2 when the config does not load (``trainer/check.py`` has the shape).
 """
 
 from __future__ import annotations
@@ -37,13 +41,18 @@ from trainer.events import (
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m trainer", description="H-JEPA training worker")
     p.add_argument("--config", required=True, help="YAML config file")
-    p.add_argument("--run-dir", required=True, help="where events, checkpoints and logs go")
+    p.add_argument("--run-dir", help="where events, checkpoints and logs go (not with --check)")
     p.add_argument("--resume", default=None, help="auto (newest good checkpoint) or a path")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (YAML value), e.g. training.lr=1e-4")
     p.add_argument("--eval-only", action="store_true", help="evaluate the --resume checkpoint")
     p.add_argument("--probe", type=int, default=0, metavar="N", help="time N steps and exit")
-    return p.parse_args(argv)
+    p.add_argument("--check", action="store_true",
+                   help="print the device and datasets this config finds, as JSON, and exit")
+    args = p.parse_args(argv)
+    if not args.check and args.run_dir is None:
+        p.error("the following arguments are required: --run-dir")
+    return args
 
 
 def classify(exc: BaseException) -> tuple[str, str | None]:
@@ -69,8 +78,25 @@ def classify(exc: BaseException) -> tuple[str, str | None]:
     return "crash", None
 
 
+def check_main(args: argparse.Namespace) -> int:
+    """``--check``: one JSON document on stdout (see ``trainer/check.py``), nothing written."""
+    from trainer.check import check, config_failure
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(json.dumps(config_failure(args.config, exc)), flush=True)
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    doc = check(cfg, args.config)
+    print(json.dumps(doc), flush=True)
+    return 0 if doc["ok"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.check:
+        return check_main(args)
     run_dir = Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     try:

@@ -40,7 +40,7 @@ from trainer.transforms import TwoViews, eval_transform, train_transform
 
 __all__ = [
     "DataMissingError", "TrainData", "build_eval_data", "build_train_data", "describe",
-    "train_loader",
+    "describe_dataset", "named_datasets", "train_loader",
 ]
 
 EVAL_SUBSET_SEED = 20240601  # fixed: eval subsets must not move with experiment.seed
@@ -158,14 +158,21 @@ def describe(cfg: Config) -> dict[str, str]:
     """One line per training dataset for pre-flight, e.g. ``{"cifar10":
     "data/cifar-10-batches-py (50000 train)"}``. Opens each dataset (without transforms), so a
     missing one raises :class:`DataMissingError` exactly as training would."""
-    out: dict[str, str] = {}
-    for key, spec in zip(_keys(cfg.data.datasets), cfg.data.datasets, strict=True):
-        n = len(open_split(spec, "ssl", None, cfg.data))  # type: ignore[arg-type]
-        where = location(spec)
-        if where is None:
-            s = cfg.data.synthetic
-            out[key] = (f"synthetic (generated in memory, seed {s.seed}, {s.num_classes} classes)"
-                        f" ({n} train)")
-        else:
-            out[key] = f"{where} ({n} train)"
-    return out
+    return {key: describe_dataset(spec, cfg) for key, spec in named_datasets(cfg)}
+
+
+def named_datasets(cfg: Config) -> list[tuple[str, DatasetSpec]]:
+    """``data.datasets`` with their keys (a repeated name gets ``#i``, as in ``TrainData``)."""
+    specs = cfg.data.datasets
+    return list(zip(_keys(specs), specs, strict=True))
+
+
+def describe_dataset(spec: DatasetSpec, cfg: Config) -> str:
+    """One dataset's line for :func:`describe`; raises :class:`DataMissingError` when missing."""
+    n = len(open_split(spec, "ssl", None, cfg.data))  # type: ignore[arg-type]
+    where = location(spec)
+    if where is None:
+        s = cfg.data.synthetic
+        return (f"synthetic (generated in memory, seed {s.seed}, {s.num_classes} classes)"
+                f" ({n} train)")
+    return f"{where} ({n} train)"

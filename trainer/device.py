@@ -18,7 +18,8 @@ Contracts:
 - ``memory_readings`` is cheap (no device sync) and never raises: it feeds heartbeats, and a
   missing reading must not kill the worker.
 - ``is_oom`` recognises every out-of-memory shape we know (CUDA, HIP, both MPS variants, cuDNN,
-  cuBLAS, the CPU allocator, ``MemoryError``) and not a bare "Killed".
+  cuBLAS, the CPU allocator, ``MemoryError``) and not a bare "Killed"; the texts are
+  ``trainer.events.OOM_TEXTS``, the list the supervisor matches too.
 """
 
 from __future__ import annotations
@@ -31,16 +32,7 @@ from typing import Any
 import torch
 
 from trainer.config import ConfigError
-
-# Text that marks an exception as memory exhaustion (matched on the lower-cased message).
-# "out of memory" covers "CUDA out of memory", "CUDA error: out of memory", "HIP out of memory"
-# and both MPS variants ("MPS backend out of memory (MPS allocated: ...").
-_OOM_TEXT: tuple[str, ...] = (
-    "out of memory",
-    "cudnn_status_not_supported",
-    "cublas_status_alloc_failed",
-    "defaultcpuallocator: can't allocate memory",
-)
+from trainer.events import OOM_TEXTS
 
 # fp16 autocast works on MPS since torch 2.5, but GradScaler (needed so fp16 gradients do not
 # underflow) only works there from torch 2.8 (pytorch/pytorch#142397).
@@ -314,7 +306,7 @@ def is_oom(exc: BaseException) -> bool:
     if isinstance(exc, (oom_type, MemoryError)):
         return True
     text = str(exc).lower()
-    return any(marker in text for marker in _OOM_TEXT)
+    return any(marker in text for marker in OOM_TEXTS)
 
 
 def optimizer_kwargs(device: torch.device) -> dict[str, Any]:

@@ -100,6 +100,20 @@ EXIT_CODE_OF_KIND: dict[str, int] = {
 }
 KIND_OF_EXIT_CODE: dict[int, str] = {v: k for k, v in EXIT_CODE_OF_KIND.items()}
 
+# Out-of-memory texts, the one list: the worker finds them in an exception's lower-cased message
+# (``trainer.device.is_oom``), the supervisor in a fatal message or stderr tail, where the
+# OOM_LOG_PATTERNS regexes count too (``orchestrator.policy.classify``). "Killed" alone never does.
+OOM_TEXTS: tuple[str, ...] = (
+    "out of memory",  # CUDA, "CUDA error: out of memory", HIP, XPU, both MPS variants
+    "cudnn_status_not_supported",
+    "cublas_status_alloc_failed",
+    "defaultcpuallocator: can't allocate memory",
+)
+OOM_LOG_PATTERNS: tuple[str, ...] = (
+    r"^\s*MemoryError\b",  # a Python MemoryError's traceback line
+    r"DataLoader worker \(pid \d+\) is killed by signal",  # the host OOM killer's usual victim
+)
+
 # "loader": waiting for the first batch of an epoch (loader workers starting); "data": waiting for
 # a batch mid-epoch (judged by the step timeout: a data stall is a stalled step).
 Phase = Literal["startup", "loader", "data", "train", "eval", "checkpoint"]

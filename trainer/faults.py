@@ -14,12 +14,22 @@ Other faults are applied by the training loop: ``nonfinite_at_step`` (the loss �
 (K consecutive steps with non-finite gradients and a finite loss: skipped steps),
 ``hang_at_step`` — each one-shot, remembered in ``faults.fired.json`` so a restart from an
 earlier checkpoint passes it — and ``oom_above_micro_batch`` and ``step_delay_s`` (always).
+:class:`FaultInjection` (a base class of :class:`trainer.loop.Worker`) applies them before each
+optimizer step, except ``step_delay_s``, which the loop sleeps after it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer.events import FAULTS_FIRED_FILE, atomic_write_text
 
 _INJECT: dict[str, str | None] = {"feature": None}
 
@@ -51,3 +61,61 @@ def feature_scope(name: str) -> Iterator[None]:
         if is_oom(exc):  # memory exhaustion is not the feature's fault
             raise
         raise FeatureError(name, f"{type(exc).__name__}: {exc}") from exc
+
+
+class FaultInjection:
+    """The step faults for the Worker (uses its ``cfg``, ``micro``, ``run_dir``, ``step_fn``,
+    ``ev`` and keeps ``fired`` and ``_overflow_fault_left``)."""
+
+    def load_fired(self, extra_dir: Path | None = None) -> set[str]:
+        fired: set[str] = set()
+        for d in filter(None, [self.run_dir, extra_dir]):
+            p = d / FAULTS_FIRED_FILE
+            if p.exists():
+                fired |= set(json.loads(p.read_text()))
+        return fired
+
+    def carry_fired(self, previous_run_dir: Path) -> None:
+        """A previous attempt's one-shot faults stay fired (the fault "passes" on restart)."""
+        self.fired |= self.load_fired(previous_run_dir)
+        if self.fired:
+            atomic_write_text(self.run_dir / FAULTS_FIRED_FILE, json.dumps(sorted(self.fired)))
+
+    def mark_fired(self, name: str) -> None:
+        self.fired.add(name)
+        atomic_write_text(self.run_dir / FAULTS_FIRED_FILE, json.dumps(sorted(self.fired)))
+
+    def inject_faults(self, nxt: int, micro: list[Any]) -> None:
+        f = self.cfg.faults
+        if f.oom_above_micro_batch is not None and self.micro > f.oom_above_micro_batch:
+            raise torch.OutOfMemoryError(
+                f"CUDA out of memory. Tried to allocate 2.00 GiB (injected: micro-batch "
+                f"{self.micro} > faults.oom_above_micro_batch={f.oom_above_micro_batch})"
+            )
+        if f.oom_at_step == nxt and "oom" not in self.fired:
+            self.mark_fired("oom")
+            raise torch.OutOfMemoryError(
+                f"CUDA out of memory. Tried to allocate 2.00 GiB (injected: "
+                f"faults.oom_at_step={nxt})"
+            )
+        if (
+            f.raise_in_feature
+            and f.raise_in_feature_after_step is not None
+            and nxt >= f.raise_in_feature_after_step
+        ):
+            set_injected_feature(f.raise_in_feature)
+        if f.nonfinite_at_step == nxt and "nonfinite" not in self.fired:
+            self.mark_fired("nonfinite")
+            self.step_fn.poison_next = True
+        if f.grad_overflow_at_step == nxt and "grad_overflow" not in self.fired:
+            self.mark_fired("grad_overflow")
+            self._overflow_fault_left = f.grad_overflow_steps
+        if self._overflow_fault_left > 0:
+            self._overflow_fault_left -= 1
+            self.step_fn.overflow_next = True
+        if f.hang_at_step == nxt and "hang" not in self.fired:
+            self.mark_fired("hang")
+            self.ev.beat()  # the phase it hangs in (train) is known, then silence
+            self.ev.freeze()
+            while True:  # stuck: no progress, no heartbeat, until killed
+                time.sleep(3600)

@@ -12,10 +12,10 @@ The kinds are those of ``orchestrator.core.state.ExitKind``. Rules, first match 
 4. Any other code: a ``fatal`` event's kind if there is one, else ``oom`` on an OOM text in
    stderr, else ``crash``.
 
-OOM texts (lower-cased match): "out of memory" (CUDA, HIP, XPU, both MPS variants, "CUDA error:
-out of memory"), ``CUDNN_STATUS_NOT_SUPPORTED``, ``CUBLAS_STATUS_ALLOC_FAILED``,
-``DefaultCPUAllocator: can't allocate memory``, ``MemoryError``, and a DataLoader worker killed by
-a signal. The bare word "Killed" is never matched.
+OOM texts (``trainer.events.OOM_TEXTS`` in any case, plus ``OOM_LOG_PATTERNS``): "out of memory"
+(CUDA, HIP, XPU, both MPS variants, "CUDA error: out of memory"), ``CUDNN_STATUS_NOT_SUPPORTED``,
+``CUBLAS_STATUS_ALLOC_FAILED``, ``DefaultCPUAllocator: can't allocate memory``, ``MemoryError``,
+and a DataLoader worker killed by a signal. The bare word "Killed" is never matched.
 """
 
 from __future__ import annotations
@@ -28,15 +28,13 @@ from trainer.events import (
     EXIT_OK,
     EXIT_STOPPED,
     KIND_OF_EXIT_CODE,
+    OOM_LOG_PATTERNS,
+    OOM_TEXTS,
 )
 
 _OOM_PATTERNS = (
-    re.compile(r"out of memory", re.IGNORECASE),
-    re.compile(r"CUDNN_STATUS_NOT_SUPPORTED"),
-    re.compile(r"CUBLAS_STATUS_ALLOC_FAILED"),
-    re.compile(r"DefaultCPUAllocator: can't allocate memory"),
-    re.compile(r"^\s*MemoryError\b", re.MULTILINE),
-    re.compile(r"DataLoader worker \(pid \d+\) is killed by signal"),
+    *(re.compile(re.escape(text), re.IGNORECASE) for text in OOM_TEXTS),
+    *(re.compile(pattern, re.MULTILINE) for pattern in OOM_LOG_PATTERNS),
 )
 SIGKILL = 9
 

@@ -1,0 +1,109 @@
+"""What the worker finds on this machine for a config, without training: ``--check``.
+
+    python -m trainer --check --config configs/demo_conservative.yaml [--set key=value ...]
+
+prints one JSON document (the orchestrator's preflight reads it; it imports no torch itself)::
+
+    {"config": "configs/demo_conservative.yaml", "config_hash": "…", "ok": true,
+     "device": {"requested": "auto", "device": "cuda", "type": "cuda",
+                "name": "NVIDIA H100 80GB HBM3", "memory_bytes": 85045379072, "error": null},
+     "datasets": [
+        {"key": "cifar10", "name": "cifar10", "path": "./data", "status": "ok",
+         "description": "data/cifar-10-batches-py (50000 train)", "message": null},
+        {"key": "stl10", "name": "stl10", "path": "data/stl10_binary", "status": "missing",
+         "description": null, "message": "stl10: not found at … — set download: true …"}]}
+
+- ``device``: what ``device`` (``auto`` or explicit) resolves to (``trainer.device``). ``name``
+  is the GPU's name on CUDA, the host's processor otherwise; ``memory_bytes`` the GPU's total
+  memory on CUDA, else null. A device that is not available: ``device``/``type`` null and
+  ``error`` the reason (the torch build).
+- ``datasets``: every ``data.datasets`` entry, in order, opened as training opens it
+  (``trainer.data.describe_dataset``). ``status`` ``ok`` with a one-line ``description``;
+  ``missing`` (``trainer.datasets.DataMissingError``): ``name`` and the expected ``path`` from
+  the error, ``message`` its text, which says how to get the dataset; ``error``: any other
+  exception, ``message`` as ``Type: text``.
+- ``ok``: the device resolved and every dataset opened.
+
+A config that does not load prints ``{"config": …, "ok": false, "error": "<file: key: why>"}``
+instead (the message names the file and the key). Exit codes: 0 ok, 1 the document reports a
+problem, 2 (``EXIT_USAGE``) the config does not load.
+"""
+
+from __future__ import annotations
+
+import platform
+from typing import Any
+
+from trainer.config import Config, ConfigError
+
+
+def device_facts(requested: str) -> dict[str, Any]:
+    """The device ``requested`` resolves to, with its facts (see the module docstring)."""
+    import torch
+
+    from trainer.device import select_device
+
+    facts: dict[str, Any] = {
+        "requested": requested,
+        "device": None,
+        "type": None,
+        "name": None,
+        "memory_bytes": None,
+        "error": None,
+    }
+    try:
+        dev = select_device(requested)
+    except ConfigError as exc:
+        facts["error"] = str(exc)
+        return facts
+    facts.update(
+        device=str(dev), type=dev.type, name=platform.processor() or platform.machine() or None
+    )
+    if dev.type == "cuda":
+        props = torch.cuda.get_device_properties(dev)
+        facts.update(name=props.name, memory_bytes=int(props.total_memory))
+    return facts
+
+
+def dataset_facts(cfg: Config) -> list[dict[str, Any]]:
+    """Every training dataset's description, or why it cannot be opened."""
+    from trainer.data import describe_dataset, named_datasets
+    from trainer.datasets import DataMissingError
+
+    out: list[dict[str, Any]] = []
+    for key, spec in named_datasets(cfg):
+        row: dict[str, Any] = {
+            "key": key,
+            "name": spec.name,
+            "path": spec.path,
+            "status": "ok",
+            "description": None,
+            "message": None,
+        }
+        try:
+            row["description"] = describe_dataset(spec, cfg)
+        except DataMissingError as exc:
+            row.update(status="missing", name=exc.dataset, path=exc.path, message=str(exc))
+        except Exception as exc:
+            row.update(status="error", message=f"{type(exc).__name__}: {exc}")
+        out.append(row)
+    return out
+
+
+def check(cfg: Config, source: str) -> dict[str, Any]:
+    """The ``--check`` document for a loaded config (``source``: the config path as given)."""
+    device = device_facts(cfg.device)
+    datasets = dataset_facts(cfg)
+    ok = device["error"] is None and all(d["status"] == "ok" for d in datasets)
+    return {
+        "config": source,
+        "config_hash": cfg.hash(),
+        "ok": ok,
+        "device": device,
+        "datasets": datasets,
+    }
+
+
+def config_failure(source: str, exc: ConfigError) -> dict[str, Any]:
+    """The ``--check`` document when the config does not load."""
+    return {"config": source, "ok": False, "error": str(exc)}
