@@ -23,7 +23,7 @@ VERBS = {
     "status": "orchestrator.views.status",
     "report": "orchestrator.views.report.write",
     "run": "orchestrator.night.run_cmd",
-    "preflight": "orchestrator.preflight",
+    "preflight": "orchestrator.preflight.command",
     "init": "orchestrator.core.datafiles",
 }
 
@@ -92,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.verb == "start" and args.fit:
-        from orchestrator.fit import ApplyError
-        from orchestrator.preflight import fit_plan
+        from orchestrator.preflight.command import fit_plan
+        from orchestrator.preflight.fit import ApplyError
 
         try:
             args.plan = fit_plan(args)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.preflight_checks import check_dataset, check_device, worker_facts
+from orchestrator.preflight.checks import check_dataset, check_device, worker_facts
 from tests.workerutil import DEMO, ROOT, TINY, env
 from trainer.events import EXIT_USAGE
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator import preflight
 from orchestrator.core.state import Night, State, StateStore
-from orchestrator.fit import (
+from orchestrator.preflight import command as preflight
+from orchestrator.preflight.fit import (
     GB,
     ApplyError,
     BatchTrial,

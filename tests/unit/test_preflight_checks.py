@@ -6,8 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from orchestrator import preflight_checks as pc
-from orchestrator.preflight_checks import GB, check_dataset, check_device, worker_facts
+from orchestrator.preflight import checks as pc
+from orchestrator.preflight.checks import GB, check_dataset, check_device, worker_facts
 
 
 def device(**kw) -> dict:
@@ -72,7 +72,8 @@ def test_worker_facts_without_a_document(monkeypatch) -> None:
 
 def test_preflight_imports_only_the_worker_contracts() -> None:
     code = (
-        "import sys, orchestrator.preflight, orchestrator.preflight_checks, orchestrator.policy\n"
+        "import sys, orchestrator.preflight.command, orchestrator.preflight.checks\n"
+        "import orchestrator.policy\n"
         "mods = sorted(m for m in sys.modules if m.split('.')[0] in ('trainer', 'torch'))\n"
         "print(' '.join(mods))"
     )

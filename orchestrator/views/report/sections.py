@@ -15,7 +15,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from orchestrator.fit import read_fits
+from orchestrator.preflight.fit import read_fits
 from orchestrator.views import plots
 from orchestrator.views.fmt import NA, fmt_clock, fmt_dur, fmt_gb, fmt_num, fmt_pct
 from orchestrator.views.report.facts import NightFacts

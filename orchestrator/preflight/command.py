@@ -35,21 +35,7 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator.core.runbook import Runbook, RunbookError, default_runbook_for, load_runbook
-from orchestrator.fit import (
-    ApplyError,
-    BatchTrial,
-    NightFit,
-    apply_overrides,
-    breaks,
-    choose_micro,
-    estimate_checkpoint_s,
-    estimate_eval_s,
-    fit_epochs,
-    night_seconds,
-    probe_order,
-    record_fit,
-)
-from orchestrator.preflight_checks import (
+from orchestrator.preflight.checks import (
     GB,
     Check,
     check_dataset,
@@ -62,6 +48,20 @@ from orchestrator.preflight_checks import (
     run_worker,
     tail,
     worker_facts,
+)
+from orchestrator.preflight.fit import (
+    ApplyError,
+    BatchTrial,
+    NightFit,
+    apply_overrides,
+    breaks,
+    choose_micro,
+    estimate_checkpoint_s,
+    estimate_eval_s,
+    fit_epochs,
+    night_seconds,
+    probe_order,
+    record_fit,
 )
 from orchestrator.schedule.plan import PROJECT_ROOT, parse_duration, project_path
 from trainer.config import Config, ConfigError, load_config

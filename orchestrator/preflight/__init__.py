@@ -1,0 +1,10 @@
+"""Before bed: ``hjepa-night preflight`` (and ``start --fit``).
+
+- ``command``: the verb — runs the checks, probes the micro-batch and the step time with the
+  real worker (``python -m trainer --probe``), plans the night and prints the table; ``--apply``
+  writes the plan into a plan file or a state file.
+- ``checks``: config, runbook, dataset and device (from the worker's ``--check`` document), disk,
+  memory, and the timing verdict.
+- ``fit``: the pure arithmetic of a fitted night (micro-batch, accumulation, epochs that fit the
+  window with the final-eval reserve and a margin) and its record (``preflight.jsonl``).
+"""
