@@ -32,8 +32,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 # ../shared/reference-bench next to the checkout (or next to its parent, for a worktree)
-_REF_CANDIDATES = [d / "shared" / "reference-bench" / "reference_step.py"
-                   for d in (ROOT.parent, ROOT.parent.parent)]
+_REF_CANDIDATES = [
+    d / "shared" / "reference-bench" / "reference_step.py"
+    for d in (ROOT.parent, ROOT.parent.parent)
+]
 REFERENCE = next((p for p in _REF_CANDIDATES if p.is_file()), _REF_CANDIDATES[0])
 CONFIG = ROOT / "configs" / "overnight_training_conservative.yaml"
 
@@ -75,17 +77,43 @@ def run_reference(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_ours(a: argparse.Namespace, compiled: bool) -> dict[str, Any]:
-    cmd = [sys.executable, str(ROOT / "bench" / "throughput.py"), "--config", a.config,
-           "--device", "cpu", "--batch", str(a.batch), "--steps", str(a.steps),
-           "--warmup", str(max(a.warmup, 2 if compiled else 1)), "--threads", str(a.threads)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench" / "throughput.py"),
+        "--config",
+        a.config,
+        "--device",
+        "cpu",
+        "--batch",
+        str(a.batch),
+        "--steps",
+        str(a.steps),
+        "--warmup",
+        str(max(a.warmup, 2 if compiled else 1)),
+        "--threads",
+        str(a.threads),
+    ]
     if compiled:
         cmd += ["--set", "training.compile=true"]
     out, usage = timed(cmd, a.threads)
     res = json.loads(out.strip().splitlines()[-1])
-    keep = ("img_per_s", "mfu", "flops_per_img", "wall_s", "process_cpu_s", "first_step_s",
-            "context_tokens", "target_tokens", "torch")
-    return {**{k: res[k] for k in keep}, "timed_wall_s": res["wall_s"],
-            "timed_cpu_s": res["process_cpu_s"], **usage}
+    keep = (
+        "img_per_s",
+        "mfu",
+        "flops_per_img",
+        "wall_s",
+        "process_cpu_s",
+        "first_step_s",
+        "context_tokens",
+        "target_tokens",
+        "torch",
+    )
+    return {
+        **{k: res[k] for k in keep},
+        "timed_wall_s": res["wall_s"],
+        "timed_cpu_s": res["process_cpu_s"],
+        **usage,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,33 +129,51 @@ def main(argv: list[str] | None = None) -> int:
             row["ratio_compiled"] = round(row["ours_compiled"]["img_per_s"] / best_ref, 3)
         rounds.append(row)
         ref, ours = row["reference"], row["ours"]
-        line = (f"round {r + 1}: reference naive {ref['naive']:.2f} / sdpa {ref['sdpa']:.2f} "
-                f"img/s (process {ref['wall_s']} s wall, {ref['cpu_s']} s CPU, load "
-                f"{ref['load1']}) | ours {ours['img_per_s']:.2f} img/s, MFU {ours['mfu']} "
-                f"(timed {ours['timed_wall_s']} s wall, {ours['timed_cpu_s']} s CPU, load "
-                f"{ours['load1']}) | ratio {row['ratio']}")
+        line = (
+            f"round {r + 1}: reference naive {ref['naive']:.2f} / sdpa {ref['sdpa']:.2f} "
+            f"img/s (process {ref['wall_s']} s wall, {ref['cpu_s']} s CPU, load "
+            f"{ref['load1']}) | ours {ours['img_per_s']:.2f} img/s, MFU {ours['mfu']} "
+            f"(timed {ours['timed_wall_s']} s wall, {ours['timed_cpu_s']} s CPU, load "
+            f"{ours['load1']}) | ratio {row['ratio']}"
+        )
         if a.compiled:
             c = row["ours_compiled"]
-            line += (f" | compiled {c['img_per_s']:.2f} img/s (first step {c['first_step_s']} s)"
-                     f", ratio {row['ratio_compiled']}")
+            line += (
+                f" | compiled {c['img_per_s']:.2f} img/s (first step {c['first_step_s']} s)"
+                f", ratio {row['ratio_compiled']}"
+            )
         print(line, flush=True)
     best_ref = max(max(r["reference"]["naive"], r["reference"]["sdpa"]) for r in rounds)
     best_ours = max(r["ours"]["img_per_s"] for r in rounds)
     summary = {
-        "batch": a.batch, "threads": a.threads, "steps": a.steps, "warmup": a.warmup,
+        "batch": a.batch,
+        "threads": a.threads,
+        "steps": a.steps,
+        "warmup": a.warmup,
         "median_ratio": round(statistics.median(r["ratio"] for r in rounds), 3),
-        "best_reference": best_ref, "best_ours": best_ours,
+        "best_reference": best_ref,
+        "best_ours": best_ours,
         "best_ratio": round(best_ours / best_ref, 3),
         "median_ratio_compiled": round(statistics.median(r["ratio_compiled"] for r in rounds), 3)
-        if a.compiled else None,
-        "best_ratio_compiled": round(max(r["ours_compiled"]["img_per_s"] for r in rounds)
-                                     / best_ref, 3) if a.compiled else None,
+        if a.compiled
+        else None,
+        "best_ratio_compiled": round(
+            max(r["ours_compiled"]["img_per_s"] for r in rounds) / best_ref, 3
+        )
+        if a.compiled
+        else None,
         "rounds": rounds,
     }
-    print(f"ours / best reference: median of rounds {summary['median_ratio']}, best of rounds "
-          f"{summary['best_ratio']} ({best_ours:.2f} / {best_ref:.2f} img/s)"
-          + (f"; compiled: median {summary['median_ratio_compiled']}, best "
-             f"{summary['best_ratio_compiled']}" if a.compiled else ""))
+    print(
+        f"ours / best reference: median of rounds {summary['median_ratio']}, best of rounds "
+        f"{summary['best_ratio']} ({best_ours:.2f} / {best_ref:.2f} img/s)"
+        + (
+            f"; compiled: median {summary['median_ratio_compiled']}, best "
+            f"{summary['best_ratio_compiled']}"
+            if a.compiled
+            else ""
+        )
+    )
     if a.out:
         Path(a.out).write_text(json.dumps(summary, indent=1))
     return 0

@@ -17,8 +17,18 @@ from pathlib import Path
 import numpy as np
 
 _TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
-_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
-            "dog", "frog", "horse", "ship", "truck"]
+_CLASSES = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+]
 
 
 def _write(path: Path, rng: np.random.Generator, n: int) -> None:
@@ -32,8 +42,9 @@ def _write(path: Path, rng: np.random.Generator, n: int) -> None:
         pickle.dump(entry, f, protocol=4)
 
 
-def write_fake_cifar(root: str | Path, train: int = 50000, test: int = 10000,
-                     seed: int = 0) -> Path:
+def write_fake_cifar(
+    root: str | Path, train: int = 50000, test: int = 10000, seed: int = 0
+) -> Path:
     """Create ``root/cifar-10-batches-py`` if absent; returns that folder."""
     folder = Path(root) / "cifar-10-batches-py"
     folder.mkdir(parents=True, exist_ok=True)
@@ -48,8 +59,11 @@ def write_fake_cifar(root: str | Path, train: int = 50000, test: int = 10000,
     meta = folder / "batches.meta"
     if not meta.exists():
         with meta.open("wb") as f:
-            pickle.dump({"label_names": _CLASSES, "num_cases_per_batch": per_file,
-                         "num_vis": 3072}, f, protocol=4)
+            pickle.dump(
+                {"label_names": _CLASSES, "num_cases_per_batch": per_file, "num_vis": 3072},
+                f,
+                protocol=4,
+            )
     return folder
 
 

@@ -50,8 +50,10 @@ print(json.dumps({"img_per_s": r["img_per_s"], "ms_per_step": r["ms_per_step"],
 def find_reference() -> Path | None:
     env = os.environ.get("REFERENCE_STEP")
     candidates = [Path(env)] if env else []
-    candidates += [d / "shared" / "reference-bench" / "reference_step.py"
-                   for d in (ROOT, ROOT.parent, ROOT.parent.parent)]
+    candidates += [
+        d / "shared" / "reference-bench" / "reference_step.py"
+        for d in (ROOT, ROOT.parent, ROOT.parent.parent)
+    ]
     return next((p for p in candidates if p.is_file()), None)
 
 
@@ -59,8 +61,9 @@ def run_json(cmd: list[str], timeout: float) -> tuple[dict[str, Any] | None, str
     """(last stdout line as JSON, or None; error text)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=timeout)
+        proc = subprocess.run(
+            cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        )
     except subprocess.TimeoutExpired:
         return None, f"timed out after {timeout:.0f} s"
     if proc.returncode:
@@ -71,44 +74,81 @@ def run_json(cmd: list[str], timeout: float) -> tuple[dict[str, Any] | None, str
         return None, f"no JSON in output: {proc.stdout[-300:]} {proc.stderr[-300:]}"
 
 
-def reference_row(name: str, ref: Path | None, flash: bool, a: argparse.Namespace,
-                  peak: float | None) -> dict[str, Any]:
+def reference_row(
+    name: str, ref: Path | None, flash: bool, a: argparse.Namespace, peak: float | None
+) -> dict[str, Any]:
     if ref is None:
         return {"run": name, "error": "reference not found (see the module docstring)"}
-    cmd = [sys.executable, "-c", _REF_SNIPPET, str(ref.parent), str(a.batch),
-           "1" if flash else "0", str(a.steps), str(a.warmup)]
+    cmd = [
+        sys.executable,
+        "-c",
+        _REF_SNIPPET,
+        str(ref.parent),
+        str(a.batch),
+        "1" if flash else "0",
+        str(a.steps),
+        str(a.warmup),
+    ]
     res, err = run_json(cmd, timeout=150)
     if res is None:
         return {"run": name, "error": err}
     flops = res["flops_per_step"] if isinstance(res["flops_per_step"], (int, float)) else None
     mfu = (flops / (res["ms_per_step"] / 1000) / (peak * 1e12)) if flops and peak else None
-    return {"run": name, "img_per_s": res["img_per_s"], "ms_per_step": res["ms_per_step"],
-            "mfu": mfu, "gflop_per_img": flops / a.batch / 1e9 if flops else None,
-            "peak_mem_gib": res["peak_mem_gib"], "notes": "reference_step.py"}
+    return {
+        "run": name,
+        "img_per_s": res["img_per_s"],
+        "ms_per_step": res["ms_per_step"],
+        "mfu": mfu,
+        "gflop_per_img": flops / a.batch / 1e9 if flops else None,
+        "peak_mem_gib": res["peak_mem_gib"],
+        "notes": "reference_step.py",
+    }
 
 
-def ours_row(name: str, a: argparse.Namespace, extra: list[str], timeout: float,
-             notes: str) -> dict[str, Any]:
-    cmd = [sys.executable, str(ROOT / "bench" / "throughput.py"), "--config", str(a.config),
-           "--device", a.device, "--batch", str(a.batch), "--steps", str(a.steps),
-           "--warmup", str(a.warmup), *extra]
+def ours_row(
+    name: str, a: argparse.Namespace, extra: list[str], timeout: float, notes: str
+) -> dict[str, Any]:
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench" / "throughput.py"),
+        "--config",
+        str(a.config),
+        "--device",
+        a.device,
+        "--batch",
+        str(a.batch),
+        "--steps",
+        str(a.steps),
+        "--warmup",
+        str(a.warmup),
+        *extra,
+    ]
     res, err = run_json(cmd, timeout)
     if res is None:
         return {"run": name, "error": err}
-    return {"run": name, "img_per_s": res["img_per_s"], "ms_per_step": res["ms_per_step"]["mean"],
-            "mfu": res["mfu"], "gflop_per_img": res["flops_per_img"] / 1e9,
-            "peak_mem_gib": res["peak_memory_bytes"] / 2**30,
-            "notes": f"{res['precision']}, {notes}; first step {res['first_step_s']} s; "
-                     f"Nc={res['context_tokens']}"
-                     f" Nt={res['target_tokens']}"}
+    return {
+        "run": name,
+        "img_per_s": res["img_per_s"],
+        "ms_per_step": res["ms_per_step"]["mean"],
+        "mfu": res["mfu"],
+        "gflop_per_img": res["flops_per_img"] / 1e9,
+        "peak_mem_gib": res["peak_memory_bytes"] / 2**30,
+        "notes": f"{res['precision']}, {notes}; first step {res['first_step_s']} s; "
+        f"Nc={res['context_tokens']}"
+        f" Nt={res['target_tokens']}",
+    }
 
 
 def table(rows: list[dict[str, Any]], title: str) -> str:
-    best_ref = max((r.get("img_per_s") or 0 for r in rows if r["run"].startswith("reference")),
-                   default=0)
-    lines = [f"### {title}", "",
-             "| run | img/s | × best reference | MFU | GFLOP/img | ms/step | peak GiB | notes |",
-             "|---|---|---|---|---|---|---|---|"]
+    best_ref = max(
+        (r.get("img_per_s") or 0 for r in rows if r["run"].startswith("reference")), default=0
+    )
+    lines = [
+        f"### {title}",
+        "",
+        "| run | img/s | × best reference | MFU | GFLOP/img | ms/step | peak GiB | notes |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if "error" in r:
             error = " ".join(r["error"].split()).replace("|", "/")
@@ -118,8 +158,10 @@ def table(rows: list[dict[str, Any]], title: str) -> str:
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "–"
         gf = f"{r['gflop_per_img']:.1f}" if r.get("gflop_per_img") else "–"
         mem = f"{r['peak_mem_gib']:.1f}" if r.get("peak_mem_gib") else "–"
-        lines.append(f"| {r['run']} | {r['img_per_s']:,.0f} | {ratio} | {mfu} | {gf} | "
-                     f"{r['ms_per_step']:.1f} | {mem} | {r.get('notes', '')} |")
+        lines.append(
+            f"| {r['run']} | {r['img_per_s']:,.0f} | {ratio} | {mfu} | {gf} | "
+            f"{r['ms_per_step']:.1f} | {mem} | {r.get('notes', '')} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -141,8 +183,9 @@ def main(argv: list[str] | None = None) -> int:
 
     device = torch.device(a.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("no CUDA device: this script measures a GPU (--device cpu: smoke run)",
-              file=sys.stderr)
+        print(
+            "no CUDA device: this script measures a GPU (--device cpu: smoke run)", file=sys.stderr
+        )
         return 2
     cuda = device.type == "cuda"
     peak, peak_source = peak_tflops(device, "bf16" if cuda else "fp32")
@@ -158,33 +201,65 @@ def main(argv: list[str] | None = None) -> int:
     log(reference_row("reference naive", ref, False, a, peak))
     log(reference_row("reference SDPA", ref, True, a, peak))
     log(ours_row("ours eager", a, [], 120, "eager"))
-    log(ours_row("ours compiled", a, ["--set", "training.compile=true"], 240,
-                 "torch.compile fwd+bwd, static shapes"))
+    log(
+        ours_row(
+            "ours compiled",
+            a,
+            ["--set", "training.compile=true"],
+            240,
+            "torch.compile fwd+bwd, static shapes",
+        )
+    )
     data_root = Path(os.environ.get("HJEPA_DATA", tempfile.gettempdir())) / "hjepa-fake-data"
     real = Path("data") / "cifar-10-batches-py"
     root = Path("data") if real.is_dir() else write_fake_cifar(data_root).parent
     compiled_faster = (rows[3].get("img_per_s") or 0) > (rows[2].get("img_per_s") or 0)
-    sets = ["--data", "real",
-            "--set", f"data.datasets=[{{name: cifar10, path: {root}}}]",
-            "--set", "data.use_multi_dataset=false",
-            "--set", f"data.num_workers={a.workers}"]
+    sets = [
+        "--data",
+        "real",
+        "--set",
+        f"data.datasets=[{{name: cifar10, path: {root}}}]",
+        "--set",
+        "data.use_multi_dataset=false",
+        "--set",
+        f"data.num_workers={a.workers}",
+    ]
     if compiled_faster:
         sets += ["--set", "training.compile=true"]
     kind = "real CIFAR-10" if real.is_dir() else "fake CIFAR-10 (random uint8, CIFAR format)"
-    log(ours_row("ours, real data pipeline", a, sets, 240,
-                 f"{kind}, {a.workers} workers, {'compiled' if compiled_faster else 'eager'}"))
+    log(
+        ours_row(
+            "ours, real data pipeline",
+            a,
+            sets,
+            240,
+            f"{kind}, {a.workers} workers, {'compiled' if compiled_faster else 'eager'}",
+        )
+    )
 
-    title = (f"{name}, torch {torch.__version__}, batch {a.batch}, ours: {Path(a.config).name}, "
-             f"{'bf16' if cuda else 'fp32'} "
-             f"(peak {peak} TFLOP/s: {peak_source})")
+    title = (
+        f"{name}, torch {torch.__version__}, batch {a.batch}, ours: {Path(a.config).name}, "
+        f"{'bf16' if cuda else 'fp32'} "
+        f"(peak {peak} TFLOP/s: {peak_source})"
+    )
     md = table(rows, title)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_measure.md").write_text(md)
-    (out / "gpu_measure.json").write_text(json.dumps(
-        {"device": name, "torch": torch.__version__, "batch": a.batch, "peak_tflops": peak,
-         "peak_source": peak_source, "seconds": round(time.monotonic() - t0, 1),
-         "rows": rows}, indent=1))
+    (out / "gpu_measure.json").write_text(
+        json.dumps(
+            {
+                "device": name,
+                "torch": torch.__version__,
+                "batch": a.batch,
+                "peak_tflops": peak,
+                "peak_source": peak_source,
+                "seconds": round(time.monotonic() - t0, 1),
+                "rows": rows,
+            },
+            indent=1,
+        )
+    )
     print(md)
     return 0
 

@@ -54,18 +54,42 @@ def reference_step(ref_dir: Path, batch: int, flash: bool) -> Any:
     attention = R.vit.Attention
     forward = R.sdpa_forward if flash else R.NAIVE_FORWARD
     torch.manual_seed(0)
-    enc, pred = init_model(device="cpu", patch_size=16, crop_size=224, pred_depth=6,
-                           pred_emb_dim=384, model_name="vit_small")
+    enc, pred = init_model(
+        device="cpu",
+        patch_size=16,
+        crop_size=224,
+        pred_depth=6,
+        pred_emb_dim=384,
+        model_name="vit_small",
+    )
     tgt = copy.deepcopy(enc)
     for p in tgt.parameters():
         p.requires_grad = False
     opt, _scaler, sched, wd_sched = init_opt(
-        encoder=enc, predictor=pred, wd=0.04, final_wd=0.4, start_lr=2e-4, ref_lr=1e-3,
-        final_lr=1e-6, iterations_per_epoch=1000, warmup=1, num_epochs=10, ipe_scale=1.0,
-        use_bfloat16=False)
-    coll = MaskCollator(input_size=(224, 224), patch_size=16, enc_mask_scale=(0.85, 1.0),
-                        pred_mask_scale=(0.15, 0.2), aspect_ratio=(0.75, 1.5), nenc=1, npred=4,
-                        min_keep=10, allow_overlap=False)
+        encoder=enc,
+        predictor=pred,
+        wd=0.04,
+        final_wd=0.4,
+        start_lr=2e-4,
+        ref_lr=1e-3,
+        final_lr=1e-6,
+        iterations_per_epoch=1000,
+        warmup=1,
+        num_epochs=10,
+        ipe_scale=1.0,
+        use_bfloat16=False,
+    )
+    coll = MaskCollator(
+        input_size=(224, 224),
+        patch_size=16,
+        enc_mask_scale=(0.85, 1.0),
+        pred_mask_scale=(0.15, 0.2),
+        aspect_ratio=(0.75, 1.5),
+        nenc=1,
+        npred=4,
+        min_keep=10,
+        allow_overlap=False,
+    )
     batches = []
     for _ in range(4):
         _imgs, m_enc, m_pred = coll([(torch.zeros(3, 224, 224), 0) for _ in range(batch)])
@@ -95,8 +119,10 @@ def reference_step(ref_dir: Path, batch: int, flash: bool) -> Any:
 
 
 def ours_step(batch: int, compiled: bool) -> Any:
-    cfg = load_config(ROOT / "configs" / "overnight_training_conservative.yaml",
-                      [f"data.batch_size={batch}", "device=cpu"])
+    cfg = load_config(
+        ROOT / "configs" / "overnight_training_conservative.yaml",
+        [f"data.batch_size={batch}", "device=cpu"],
+    )
     device = torch.device("cpu")
     torch.manual_seed(cfg.experiment.seed)
     model = build_model(cfg)
@@ -145,13 +171,20 @@ def main(argv: list[str] | None = None) -> int:
             step(a.warmup + r)
             times[name].append(time.perf_counter() - t)
             cpu[name] += time.process_time() - c
-    out: dict[str, Any] = {"batch": a.batch, "threads": a.threads, "rounds": a.rounds,
-                           "torch": torch.__version__}
+    out: dict[str, Any] = {
+        "batch": a.batch,
+        "threads": a.threads,
+        "rounds": a.rounds,
+        "torch": torch.__version__,
+    }
     for name, ts in times.items():
         med = statistics.median(ts)
-        out[name] = {"median_s": round(med, 3), "best_s": round(min(ts), 3),
-                     "img_per_s": round(a.batch / med, 3),
-                     "cpu_s_per_step": round(cpu[name] / a.rounds, 3)}
+        out[name] = {
+            "median_s": round(med, 3),
+            "best_s": round(min(ts), 3),
+            "img_per_s": round(a.batch / med, 3),
+            "cpu_s_per_step": round(cpu[name] / a.rounds, 3),
+        }
     best_ref = max(out["reference_naive"]["img_per_s"], out["reference_sdpa"]["img_per_s"])
     best_ref_best = a.batch / min(min(times["reference_naive"]), min(times["reference_sdpa"]))
     for name in [n for n in steps if n.startswith("ours")]:

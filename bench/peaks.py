@@ -62,9 +62,7 @@ def cpu_peak_tflops() -> tuple[float | None, str]:
     per_cycle = 64 if "avx512f" in flags else 32 if {"avx2", "fma"} <= flags else 8
     threads = torch.get_num_threads()
     tflops = threads * mhz * 1e6 * per_cycle / 1e12
-    return tflops, (
-        f"estimate: {threads} threads x {mhz:.0f} MHz x {per_cycle} fp32 FLOP/cycle"
-    )
+    return tflops, (f"estimate: {threads} threads x {mhz:.0f} MHz x {per_cycle} fp32 FLOP/cycle")
 
 
 def peak_tflops(device: torch.device, precision: str) -> tuple[float | None, str]:

@@ -46,22 +46,36 @@ def throughput(run_dir: Path) -> float | None:
 def bare(argv: list[str], run_dir: Path) -> tuple[float | None, float]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     with open(run_dir / "worker.log", "wb") as log:
-        subprocess.run([*argv, "--run-dir", str(run_dir)], cwd=ROOT, env=env, stdout=log,
-                       stderr=subprocess.STDOUT, check=False)
+        subprocess.run(
+            [*argv, "--run-dir", str(run_dir)],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
     return throughput(run_dir), 0.0
 
 
 def supervised(argv: list[str], run_dir: Path, rb_path: str) -> tuple[float | None, float]:
     rb = load_runbook(rb_path)
     facts = ConfigFacts(micro_batch=1, accum_steps=1, lr=1.0, epochs=1, eval_frequency=1)
-    hist = NightHistory(attempts=1, attempts_without_progress=0, config=facts,
-                        base_effective_batch=1)
+    hist = NightHistory(
+        attempts=1, attempts_without_progress=0, config=facts, base_effective_batch=1
+    )
     deadline = time.time() + 10 * 3600
     me = psutil.Process()
     cpu0 = sum(me.cpu_times()[:2])
-    sup = Supervisor(System(), rb, run_dir=run_dir, argv=[*argv, "--run-dir", str(run_dir)],
-                     cwd=ROOT, deadline=deadline, env={"PYTHONPATH": str(ROOT)},
-                     decide=lambda o: decide(o, hist, rb, time.time(), deadline))
+    sup = Supervisor(
+        System(),
+        rb,
+        run_dir=run_dir,
+        argv=[*argv, "--run-dir", str(run_dir)],
+        cwd=ROOT,
+        deadline=deadline,
+        env={"PYTHONPATH": str(ROOT)},
+        decide=lambda o: decide(o, hist, rb, time.time(), deadline),
+    )
     sup.launch()
     out = sup.run()
     cpu = sum(me.cpu_times()[:2]) - cpu0
@@ -95,23 +109,50 @@ def main() -> int:
                 else:
                     ips, cpu = supervised(argv, run_dir, rb)
                 wall = time.monotonic() - t0
-                rows.append({"mode": mode, "repeat": i, "img_per_s": ips, "wall_s": wall,
-                             "supervisor_cpu_s": cpu})
-                print(f"{mode:>10} #{i}: {ips or float('nan'):8.2f} img/s  wall {wall:6.1f} s"
-                      + (f"  supervisor CPU {cpu:.2f} s" if mode == "supervised" else ""))
-    mean = {m: statistics.fmean([float(r["img_per_s"]) for r in rows  # type: ignore[arg-type]
-                                 if r["mode"] == m and r["img_per_s"]]) for m in
-            ("bare", "supervised")}
+                rows.append(
+                    {
+                        "mode": mode,
+                        "repeat": i,
+                        "img_per_s": ips,
+                        "wall_s": wall,
+                        "supervisor_cpu_s": cpu,
+                    }
+                )
+                print(
+                    f"{mode:>10} #{i}: {ips or float('nan'):8.2f} img/s  wall {wall:6.1f} s"
+                    + (f"  supervisor CPU {cpu:.2f} s" if mode == "supervised" else "")
+                )
+    mean = {
+        m: statistics.fmean(
+            [
+                float(r["img_per_s"])
+                for r in rows  # type: ignore[arg-type]
+                if r["mode"] == m and r["img_per_s"]
+            ]
+        )
+        for m in ("bare", "supervised")
+    }
     sup_rows = [r for r in rows if r["mode"] == "supervised"]
     cpu_share = statistics.fmean(
-        float(r["supervisor_cpu_s"]) / float(r["wall_s"]) for r in sup_rows)  # type: ignore[arg-type]
+        float(r["supervisor_cpu_s"]) / float(r["wall_s"]) for r in sup_rows
+    )  # type: ignore[arg-type]
     delta = (mean["supervised"] - mean["bare"]) / mean["bare"] * 100
-    print(f"bare {mean['bare']:.2f} img/s, supervised {mean['supervised']:.2f} img/s "
-          f"({delta:+.1f}%); supervisor CPU {cpu_share * 100:.2f}% of one core")
+    print(
+        f"bare {mean['bare']:.2f} img/s, supervised {mean['supervised']:.2f} img/s "
+        f"({delta:+.1f}%); supervisor CPU {cpu_share * 100:.2f}% of one core"
+    )
     if a.json:
-        Path(a.json).write_text(json.dumps({"rows": rows, "mean_img_per_s": mean,
-                                            "delta_percent": delta,
-                                            "supervisor_cpu_share": cpu_share}, indent=2))
+        Path(a.json).write_text(
+            json.dumps(
+                {
+                    "rows": rows,
+                    "mean_img_per_s": mean,
+                    "delta_percent": delta,
+                    "supervisor_cpu_share": cpu_share,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

@@ -78,10 +78,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=20, help="timed optimizer steps")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    ap.add_argument("--data", choices=("synthetic", "real"), default="synthetic",
-                    help="synthetic: pre-built batches; real: the worker's DataLoader")
-    ap.add_argument("--peak-tflops", type=float, default=None,
-                    help="peak TFLOP/s for MFU (default: bench/peaks.py)")
+    ap.add_argument(
+        "--data",
+        choices=("synthetic", "real"),
+        default="synthetic",
+        help="synthetic: pre-built batches; real: the worker's DataLoader",
+    )
+    ap.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="peak TFLOP/s for MFU (default: bench/peaks.py)",
+    )
     ap.add_argument(
         "--set",
         dest="overrides",
@@ -120,8 +128,9 @@ def real_steps(cfg: Any, device: torch.device, accum: int) -> Callable[[int], li
     """``next_step(i)``: the next ``accum`` micro-batches from the worker's own DataLoader
     (epochs follow each other as in training), copied to ``device`` without blocking."""
     train = build_train_data(cfg)
-    masks = MaskCollator(cfg.masking, cfg.data.image_size, cfg.model.patch_size,
-                         seed=cfg.experiment.seed)
+    masks = MaskCollator(
+        cfg.masking, cfg.data.image_size, cfg.model.patch_size, seed=cfg.experiment.seed
+    )
 
     def batches() -> Iterator[Any]:
         for epoch in itertools.count(1):
@@ -222,8 +231,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "config": str(args.config),
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
-        else device.type,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
         "precision": precision.name,
         "torch": torch.__version__,
         "data": args.data,

@@ -68,8 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     state_dir(sp)
     sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     sp.add_argument("--no-tui", action="store_true", help="log lines instead of the live display")
-    sp.add_argument("--notify", default=None, metavar="CMD",
-                    help="run CMD (message appended) when the night ends, fails or falls back")
+    sp.add_argument(
+        "--notify",
+        default=None,
+        metavar="CMD",
+        help="run CMD (message appended) when the night ends, fails or falls back",
+    )
 
     sp = sub.add_parser("preflight", help="pre-flight checklist for a config")
     sp.add_argument("--config", required=True)

@@ -49,17 +49,34 @@ def env() -> dict[str, str]:
     return e
 
 
-def run_worker(run_dir: Path, sets: list[str] | None = None, *extra: str,
-               config: Path = DEMO, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run(worker_cmd(config, run_dir, TINY + list(sets or []), *extra),
-                          capture_output=True, text=True, timeout=timeout, env=env(), cwd=ROOT)
+def run_worker(
+    run_dir: Path,
+    sets: list[str] | None = None,
+    *extra: str,
+    config: Path = DEMO,
+    timeout: float = 240,
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        worker_cmd(config, run_dir, TINY + list(sets or []), *extra),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env(),
+        cwd=ROOT,
+    )
 
 
-def start_worker(run_dir: Path, sets: list[str] | None = None, *extra: str,
-                 config: Path = DEMO) -> subprocess.Popen:
-    return subprocess.Popen(worker_cmd(config, run_dir, TINY + list(sets or []), *extra),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
-                            cwd=ROOT)
+def start_worker(
+    run_dir: Path, sets: list[str] | None = None, *extra: str, config: Path = DEMO
+) -> subprocess.Popen:
+    return subprocess.Popen(
+        worker_cmd(config, run_dir, TINY + list(sets or []), *extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(),
+        cwd=ROOT,
+    )
 
 
 def events(run_dir: Path, kind: str | None = None) -> list[dict]:

@@ -43,12 +43,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", required=True, help="YAML config file")
     p.add_argument("--run-dir", help="where events, checkpoints and logs go (not with --check)")
     p.add_argument("--resume", default=None, help="auto (newest good checkpoint) or a path")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key (YAML value), e.g. training.lr=1e-4")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (YAML value), e.g. training.lr=1e-4",
+    )
     p.add_argument("--eval-only", action="store_true", help="evaluate the --resume checkpoint")
     p.add_argument("--probe", type=int, default=0, metavar="N", help="time N steps and exit")
-    p.add_argument("--check", action="store_true",
-                   help="print the device and datasets this config finds, as JSON, and exit")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="print the device and datasets this config finds, as JSON, and exit",
+    )
     args = p.parse_args(argv)
     if not args.check and args.run_dir is None:
         p.error("the following arguments are required: --run-dir")
@@ -127,9 +136,15 @@ def main(argv: list[str] | None = None) -> int:
             raise
         kind, feature = classify(exc)
         message = f"{type(exc).__name__}: {exc}"
-        emitter.emit(Fatal(kind=kind, message=message, feature=feature,  # type: ignore[arg-type]
-                           epoch=getattr(worker, "epoch", None),
-                           step=getattr(worker, "step", None)))
+        emitter.emit(
+            Fatal(
+                kind=kind,
+                message=message,
+                feature=feature,  # type: ignore[arg-type]
+                epoch=getattr(worker, "epoch", None),
+                step=getattr(worker, "step", None),
+            )
+        )
         traceback.print_exc(file=sys.stderr)
         print(f"fatal ({kind}): {message}", file=sys.stderr)
         return EXIT_CODE_OF_KIND[kind]

@@ -39,8 +39,14 @@ from trainer.sampling import EpochSampler
 from trainer.transforms import TwoViews, eval_transform, train_transform
 
 __all__ = [
-    "DataMissingError", "TrainData", "build_eval_data", "build_train_data", "describe",
-    "describe_dataset", "named_datasets", "train_loader",
+    "DataMissingError",
+    "TrainData",
+    "build_eval_data",
+    "build_train_data",
+    "describe",
+    "describe_dataset",
+    "named_datasets",
+    "train_loader",
 ]
 
 EVAL_SUBSET_SEED = 20240601  # fixed: eval subsets must not move with experiment.seed
@@ -94,8 +100,9 @@ def build_train_data(cfg: Config, two_views: bool | None = None) -> TrainData:
     for key, n in sizes.items():
         if n == 0:
             spec = specs[keys.index(key)]
-            raise DataMissingError(spec.name, spec.path,
-                                   f"{key}: {location(spec)} holds no training images")
+            raise DataMissingError(
+                spec.name, spec.path, f"{key}: {location(spec)} holds no training images"
+            )
     dataset: Dataset = members[0] if len(members) == 1 else ConcatDataset(members)
     return TrainData(
         dataset=dataset,
@@ -126,11 +133,16 @@ def train_loader(
     sampler = PositionalSampler(order, cfg.experiment.seed, epoch, start, steps * eff)
     cuda = device.type == "cuda"
     return DataLoader(
-        SeededDataset(train.dataset), batch_size=d.batch_size, sampler=sampler, drop_last=True,
-        num_workers=d.num_workers, pin_memory=d.pin_memory or cuda,
+        SeededDataset(train.dataset),
+        batch_size=d.batch_size,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=d.num_workers,
+        pin_memory=d.pin_memory or cuda,
         collate_fn=SeededCollate(masks),
         generator=torch.Generator().manual_seed(cfg.experiment.seed + epoch),
-        persistent_workers=False, prefetch_factor=(4 if cuda else 2) if d.num_workers else None,
+        persistent_workers=False,
+        prefetch_factor=(4 if cuda else 2) if d.num_workers else None,
     )
 
 
@@ -173,6 +185,7 @@ def describe_dataset(spec: DatasetSpec, cfg: Config) -> str:
     where = location(spec)
     if where is None:
         s = cfg.data.synthetic
-        return (f"synthetic (generated in memory, seed {s.seed}, {s.num_classes} classes)"
-                f" ({n} train)")
+        return (
+            f"synthetic (generated in memory, seed {s.seed}, {s.num_classes} classes) ({n} train)"
+        )
     return f"{where} ({n} train)"

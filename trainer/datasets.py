@@ -79,7 +79,8 @@ def _open_cifar10(spec: DatasetSpec, split: str, transform: Any) -> Dataset:
         missing = [n for n in needed if not (folder / n).is_file()]
     if missing:
         raise DataMissingError(
-            "cifar10", folder,
+            "cifar10",
+            folder,
             f"cifar10: not found at {folder} (missing {', '.join(missing)}) — set download: true"
             " in data.datasets (needs internet), or put torchvision's CIFAR-10 python version"
             " there (data_batch_1..5, test_batch, batches.meta)",
@@ -147,7 +148,8 @@ def _open_stl10(spec: DatasetSpec, split: str, transform: Any) -> Dataset:
     missing = [n for n in needed if not (folder / n).is_file()]
     if missing and spec.download:
         _download(
-            "stl10", spec.path,
+            "stl10",
+            spec.path,
             lambda: download_and_extract_archive(
                 tvd.STL10.url, spec.path, filename=tvd.STL10.filename, md5=tvd.STL10.tgz_md5
             ),
@@ -155,7 +157,8 @@ def _open_stl10(spec: DatasetSpec, split: str, transform: Any) -> Dataset:
         missing = [n for n in needed if not (folder / n).is_file()]
     if missing:
         raise DataMissingError(
-            "stl10", folder,
+            "stl10",
+            folder,
             f"stl10: not found at {folder} (missing {', '.join(missing)}) — set download: true"
             " in data.datasets (needs internet, 2.6 GB), or extract torchvision's"
             " stl10_binary.tar.gz there",
@@ -200,21 +203,24 @@ def _open_imagenet100(spec: DatasetSpec, split: str, transform: Any, data: DataC
     list_file = class_list_path(data)
     if not root.is_dir():
         raise DataMissingError(
-            "imagenet100", root,
+            "imagenet100",
+            root,
             f"imagenet100: not found at {root} — expected {spec.path}/train/<wnid>/ and"
             f" {spec.path}/val/<wnid>/ for the classes in {list_file} (ImageNet-100 is not"
             " downloadable: copy those class folders from ILSVRC-2012, with the validation"
             " images sorted into class folders)",
         )
     if not list_file.is_file():
-        raise DataMissingError("imagenet100", list_file,
-                               f"imagenet100: class list {list_file} not found")
+        raise DataMissingError(
+            "imagenet100", list_file, f"imagenet100: class list {list_file} not found"
+        )
     classes = read_class_list(list_file)
     missing = [c for c in classes if not (root / c).is_dir()]
     if missing:
         shown = ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else "")
         raise DataMissingError(
-            "imagenet100", root,
+            "imagenet100",
+            root,
             f"imagenet100: {len(missing)} of {len(classes)} class folders missing under {root}:"
             f" {shown} (class list {list_file})",
         )
@@ -225,7 +231,8 @@ def _open_imagefolder(spec: DatasetSpec, split: str, transform: Any) -> Dataset:
     root = _folder_root(spec, split)
     if not root.is_dir() or not any(e.is_dir() for e in os.scandir(root)):
         raise DataMissingError(
-            "imagefolder", root,
+            "imagefolder",
+            root,
             f"imagefolder: not found at {root} — expected {spec.path}/train/<class>/ and"
             f" {spec.path}/val/<class>/ folders of images",
         )
@@ -271,7 +278,9 @@ def open_split(spec: DatasetSpec, split: str, transform: Any, data: DataConfig) 
     except (OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:  # present, unreadable
         where = location(spec, split)
         raise DataMissingError(
-            spec.name, where or "", f"{spec.name}: cannot read {where} ({type(exc).__name__}:"
+            spec.name,
+            where or "",
+            f"{spec.name}: cannot read {where} ({type(exc).__name__}:"
             f" {exc}) — the files are damaged or not in the expected format; delete them and"
             " download again",
         ) from exc

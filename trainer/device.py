@@ -139,8 +139,10 @@ def select_precision(device: torch.device, use_amp: bool, requested: str = "auto
                 f"training.precision: fp16 on MPS needs torch >= 2.8 for its GradScaler "
                 f"(this is torch {torch.__version__}); use auto or fp32"
             )
-        if requested == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported(
-            including_emulation=False
+        if (
+            requested == "bf16"
+            and device.type == "cuda"
+            and not torch.cuda.is_bf16_supported(including_emulation=False)
         ):
             raise ConfigError("training.precision: bf16 is not supported by this GPU; use fp16")
         return PRECISIONS[requested]

@@ -58,8 +58,9 @@ class Emitter:
             self._fh.flush()
 
     # -- progress / heartbeat ----------------------------------------------------------------
-    def progress(self, phase: str | None = None, epoch: int | None = None,
-                 step: int | None = None) -> None:
+    def progress(
+        self, phase: str | None = None, epoch: int | None = None, step: int | None = None
+    ) -> None:
         """Called by the main loop whenever it makes progress (cheap: no I/O)."""
         if phase is not None:
             self.phase = phase
@@ -75,8 +76,13 @@ class Emitter:
 
     def beat(self) -> None:
         age = time.monotonic() - self._last_progress
-        hb = Heartbeat(phase=self.phase, epoch=self.epoch, step=self.step,  # type: ignore[arg-type]
-                       device_mem=self._memory(), step_s=self.step_s)
+        hb = Heartbeat(
+            phase=self.phase,
+            epoch=self.epoch,
+            step=self.step,  # type: ignore[arg-type]
+            device_mem=self._memory(),
+            step_s=self.step_s,
+        )
         obj = hb.model_dump(mode="json")
         obj["progress_age_s"] = round(age, 2)
         self.emit(obj)

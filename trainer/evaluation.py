@@ -256,8 +256,9 @@ def evaluate(
     ev = cfg.evaluation
     t0 = time.monotonic()
     was_training = model.training
-    precision = dev.select_precision(device, cfg.training.use_amp,
-                                     getattr(cfg.training, "precision", "auto"))
+    precision = dev.select_precision(
+        device, cfg.training.use_amp, getattr(cfg.training, "precision", "auto")
+    )
     model.eval()
     try:
 

@@ -208,7 +208,11 @@ class MaskCollator:
         return (rows * g + cols).reshape(*count, h * w)[..., :n]
 
     def _draw(
-        self, rng: np.random.Generator, k: int, hw: tuple[int, int], chw: tuple[int, int],
+        self,
+        rng: np.random.Generator,
+        k: int,
+        hw: tuple[int, int],
+        chw: tuple[int, int],
         whole_grid: bool,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Targets [k, M, Nt] and context masks [k, N] (bool) for k images."""

@@ -40,22 +40,34 @@ class LoadReport:
         return bool(self.dropped or self.missing)
 
 
-def owned_by_off_feature(key: str, off_features: set[str],
-                         prefixes: dict[str, tuple[str, ...]] = FEATURE_KEY_PREFIXES) -> bool:
+def owned_by_off_feature(
+    key: str, off_features: set[str], prefixes: dict[str, tuple[str, ...]] = FEATURE_KEY_PREFIXES
+) -> bool:
     return any(key.startswith(p) for f in off_features for p in prefixes.get(f, ()))
 
 
-def load_model_state(model: nn.Module, saved: dict[str, torch.Tensor], off_features: set[str],
-                     prefixes: dict[str, tuple[str, ...]] = FEATURE_KEY_PREFIXES) -> LoadReport:
+def load_model_state(
+    model: nn.Module,
+    saved: dict[str, torch.Tensor],
+    off_features: set[str],
+    prefixes: dict[str, tuple[str, ...]] = FEATURE_KEY_PREFIXES,
+) -> LoadReport:
     own = model.state_dict()
     fits = {k: v for k, v in saved.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
-    report = LoadReport(dropped=sorted(k for k in saved if k not in fits),
-                        missing=sorted(k for k in own if k not in fits))
+    report = LoadReport(
+        dropped=sorted(k for k in saved if k not in fits),
+        missing=sorted(k for k in own if k not in fits),
+    )
     if not report.partial:
         model.load_state_dict(saved)
         return report
-    bad = sorted({k for k in report.dropped + report.missing
-                  if not owned_by_off_feature(k, off_features, prefixes)})
+    bad = sorted(
+        {
+            k
+            for k in report.dropped + report.missing
+            if not owned_by_off_feature(k, off_features, prefixes)
+        }
+    )
     if bad:
         shown = ", ".join(bad[:8]) + (f" (+{len(bad) - 8} more)" if len(bad) > 8 else "")
         raise IncompatibleCheckpointError(
@@ -73,8 +85,9 @@ def optimizer_param_names(model: nn.Module, optimizer: torch.optim.Optimizer) ->
     return [[name_of[id(p)] for p in g["params"]] for g in optimizer.param_groups]
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any],
-                         model: nn.Module, partial: bool) -> str:
+def load_optimizer_state(
+    optimizer: torch.optim.Optimizer, state: dict[str, Any], model: nn.Module, partial: bool
+) -> str:
     saved = state.get("optimizer")
     if not saved:
         return "reset"
@@ -95,8 +108,12 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]
     return "restored"
 
 
-def _remap_by_name(saved: dict[str, Any], saved_names: list[list[str]],
-                   optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, Any]:
+def _remap_by_name(
+    saved: dict[str, Any],
+    saved_names: list[list[str]],
+    optimizer: torch.optim.Optimizer,
+    model: nn.Module,
+) -> dict[str, Any]:
     old: dict[str, Any] = {}
     for group, names in zip(saved["param_groups"], saved_names, strict=True):
         for idx, name in zip(group["params"], names, strict=True):

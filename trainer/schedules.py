@@ -80,8 +80,11 @@ class Schedule:
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint stores (plain numbers: loads with ``weights_only``)."""
-        return {"base_epochs": self.base_epochs, "total_epochs": self.total_epochs,
-                "cuts": [[c.at, c.total] for c in self.cuts]}
+        return {
+            "base_epochs": self.base_epochs,
+            "total_epochs": self.total_epochs,
+            "cuts": [[c.at, c.total] for c in self.cuts],
+        }
 
     # -- base curves ---------------------------------------------------------------------------
     def _base_lr(self, e: float) -> float:
@@ -103,8 +106,9 @@ class Schedule:
         return self.ema_start + (self.ema_end - self.ema_start) * t
 
 
-def make_schedule(cfg: Config, base_epochs: int | None = None,
-                  cuts: tuple[Cut, ...] = ()) -> Schedule:
+def make_schedule(
+    cfg: Config, base_epochs: int | None = None, cuts: tuple[Cut, ...] = ()
+) -> Schedule:
     """The config's curves over ``base_epochs`` (default ``training.epochs``) with ``cuts``."""
     t, ema = cfg.training, cfg.model.ema
     return Schedule(
@@ -120,8 +124,9 @@ def make_schedule(cfg: Config, base_epochs: int | None = None,
     )
 
 
-def schedule_from_state(cfg: Config, state: dict[str, Any] | None,
-                        legacy_total: int | None = None) -> Schedule:
+def schedule_from_state(
+    cfg: Config, state: dict[str, Any] | None, legacy_total: int | None = None
+) -> Schedule:
     """The config's curves (LR, warm-up, EMA: a restart rung may have changed them) laid over
     the checkpoint's ``base_epochs`` and cuts. A checkpoint without a schedule (older format)
     gives its ``legacy_total`` as the base, no cuts."""

@@ -110,17 +110,27 @@ class TrainStep:
         # The one host sync of the step: loss, grad norm, levels and parts together.
         levels_t = levels_sum or [loss_sum]
         names = list(parts_sum)
-        stats = torch.stack(
-            [loss_sum, grad_norm.float().to(loss_sum.device), *levels_t,
-             *(parts_sum[name] for name in names), *modules.values()]
-        ).cpu().tolist()
+        stats = (
+            torch.stack(
+                [
+                    loss_sum,
+                    grad_norm.float().to(loss_sum.device),
+                    *levels_t,
+                    *(parts_sum[name] for name in names),
+                    *modules.values(),
+                ]
+            )
+            .cpu()
+            .tolist()
+        )
         loss_v, gn_v = stats[0], stats[1]
         if not math.isfinite(loss_v) or not math.isfinite(gn_v):
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
                 self.scaler.update()  # an overflow: the scale backs off
-            return StepResult(math.isfinite(loss_v), loss_v, [], {}, gn_v,
-                              overflow=math.isfinite(loss_v))
+            return StepResult(
+                math.isfinite(loss_v), loss_v, [], {}, gn_v, overflow=math.isfinite(loss_v)
+            )
         self.optimizer.step()  # gradients are unscaled and known finite
         if self.scaler is not None:
             self.scaler.update()

@@ -55,8 +55,11 @@ def make_glyphs(num_classes: int, tile: int, seed: int) -> torch.Tensor:
         g = (torch.rand(tile, tile, generator=gen) < DENSITY).to(torch.uint8)
         if not 2 <= int(g.sum()) <= tile * tile - 2:
             continue
-        shifts = {torch.roll(g, (dy, dx), (0, 1)).numpy().tobytes()
-                  for dy in range(tile) for dx in range(tile)}
+        shifts = {
+            torch.roll(g, (dy, dx), (0, 1)).numpy().tobytes()
+            for dy in range(tile)
+            for dx in range(tile)
+        }
         if shifts & seen:
             continue
         seen |= shifts
@@ -64,8 +67,7 @@ def make_glyphs(num_classes: int, tile: int, seed: int) -> torch.Tensor:
     return torch.stack(glyphs).float()
 
 
-def render(labels: torch.Tensor, glyphs: torch.Tensor, size: int,
-           gen: torch.Generator) -> Rendered:
+def render(labels: torch.Tensor, glyphs: torch.Tensor, size: int, gen: torch.Generator) -> Rendered:
     tile = glyphs.shape[-1]
     offsets = torch.randint(0, tile, (len(labels), 2), generator=gen)
     chunks = [
@@ -75,8 +77,13 @@ def render(labels: torch.Tensor, glyphs: torch.Tensor, size: int,
     return Rendered(images=torch.cat(chunks), labels=labels.clone(), offsets=offsets)
 
 
-def _render_chunk(labels: torch.Tensor, offsets: torch.Tensor, glyphs: torch.Tensor,
-                  size: int, gen: torch.Generator) -> torch.Tensor:
+def _render_chunk(
+    labels: torch.Tensor,
+    offsets: torch.Tensor,
+    glyphs: torch.Tensor,
+    size: int,
+    gen: torch.Generator,
+) -> torch.Tensor:
     n, tile = len(labels), glyphs.shape[-1]
 
     def u(*shape: int, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:

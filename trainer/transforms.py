@@ -53,16 +53,16 @@ def train_transform(aug: AugmentationConfig, image_size: int) -> v2.Compose:
     cj = aug.color_jitter
     if cj > 0:
         steps.append(
-            v2.ColorJitter(brightness=0.4 * cj, contrast=0.4 * cj, saturation=0.2 * cj,
-                           hue=min(0.1 * cj, 0.5))
+            v2.ColorJitter(
+                brightness=0.4 * cj, contrast=0.4 * cj, saturation=0.2 * cj, hue=min(0.1 * cj, 0.5)
+            )
         )
     if aug.strategy == "deit3":
         d = aug.deit3
         if d.auto_augment:
             steps.append(v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET))
         else:
-            steps.append(v2.RandAugment(num_ops=d.rand_aug_num_ops,
-                                        magnitude=d.rand_aug_magnitude))
+            steps.append(v2.RandAugment(num_ops=d.rand_aug_num_ops, magnitude=d.rand_aug_magnitude))
     steps += _to_normalised_float()
     if aug.strategy == "deit3" and aug.deit3.random_erasing_prob > 0:
         steps.append(v2.RandomErasing(p=aug.deit3.random_erasing_prob, value=0))

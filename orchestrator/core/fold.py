@@ -151,13 +151,22 @@ class RunFold:
         self._ckpts: deque[dict[str, Any]] = deque(maxlen=history)
         self._dev: deque[tuple[float, int]] = deque(maxlen=history)
         self._lists: dict[str, list[Any]] = {
-            k: [] for k in ("epochs", "evals", "bests", "fatals", "epoch_seconds",
-                            "eval_seconds", "checkpoint_seconds")
+            k: []
+            for k in (
+                "epochs",
+                "evals",
+                "bests",
+                "fatals",
+                "epoch_seconds",
+                "eval_seconds",
+                "checkpoint_seconds",
+            )
         }
         self._v: dict[str, Any] = {"sample_peaks": {}}
 
-    def feed(self, attempt: int, events: Iterable[dict[str, Any]],
-             read_mono: float | None = None) -> None:
+    def feed(
+        self, attempt: int, events: Iterable[dict[str, Any]], read_mono: float | None = None
+    ) -> None:
         """Fold events of ``attempt``; ``read_mono``: the reader's monotonic time (counts for
         events that carry no ``mono``)."""
         for ev in events:
@@ -195,11 +204,19 @@ class RunFold:
         elif kind == "step":
             v.update(phase="train", last_heartbeat_ts=ts)
             if num(ev.get("loss")) is not None:
-                self._steps.append(StepPoint(
-                    ts or 0.0, attempt, int(ev.get("epoch") or 0), int(ev.get("step") or 0),
-                    float(ev["loss"]),
-                    tuple(x for x in ev.get("loss_levels") or [] if num(x) is not None),
-                    num(ev.get("grad_norm")), num(ev.get("lr")), num(ev.get("img_per_s"))))
+                self._steps.append(
+                    StepPoint(
+                        ts or 0.0,
+                        attempt,
+                        int(ev.get("epoch") or 0),
+                        int(ev.get("step") or 0),
+                        float(ev["loss"]),
+                        tuple(x for x in ev.get("loss_levels") or [] if num(x) is not None),
+                        num(ev.get("grad_norm")),
+                        num(ev.get("lr")),
+                        num(ev.get("img_per_s")),
+                    )
+                )
         elif kind == "epoch_end":
             lists["epochs"].append({**ev, "attempt": attempt})
             lists["epoch_seconds"].append(num(ev.get("seconds")) or 0.0)

@@ -73,4 +73,3 @@ def lock_owner(state_dir: Path) -> dict[str, Any] | None:
                 return {"pid": None}
         fcntl.flock(fh, fcntl.LOCK_UN)
         return None
-

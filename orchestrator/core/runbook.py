@@ -82,8 +82,10 @@ class Limits(_M):
 class HeartbeatTimeouts(_M):
     startup_timeout_s: float = Field(900, gt=0, description="Until the first train heartbeat.")
     step_timeout_s: float = Field(
-        180, gt=0, description="Silence allowed in phases train and data (a data stall is a "
-        "stalled step), at least; see step_timeout_factor."
+        180,
+        gt=0,
+        description="Silence allowed in phases train and data (a data stall is a "
+        "stalled step), at least; see step_timeout_factor.",
     )
     step_timeout_factor: float = Field(
         5.0,

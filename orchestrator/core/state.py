@@ -216,8 +216,10 @@ class State(_M):
 
 def now_iso(ts: float | None = None) -> str:
     """Local wall-clock time with offset, second precision (for display and schedules)."""
-    return datetime.fromtimestamp(time.time() if ts is None else ts).astimezone().isoformat(
-        timespec="seconds"
+    return (
+        datetime.fromtimestamp(time.time() if ts is None else ts)
+        .astimezone()
+        .isoformat(timespec="seconds")
     )
 
 

@@ -101,13 +101,20 @@ class System:
     def device_env(self) -> dict[str, str]:
         env: dict[str, str] = {"PYTHONUNBUFFERED": "1"}
         if sys.platform == "darwin":
-            for key, value in (("PYTORCH_MPS_HIGH_WATERMARK_RATIO", "1.0"),
-                               ("PYTORCH_MPS_LOW_WATERMARK_RATIO", "0.8")):
+            for key, value in (
+                ("PYTORCH_MPS_HIGH_WATERMARK_RATIO", "1.0"),
+                ("PYTORCH_MPS_LOW_WATERMARK_RATIO", "0.8"),
+            ):
                 env[key] = os.environ.get(key, value)
         return env
 
-    def spawn(self, argv: list[str], cwd: str | Path, log_path: str | Path,
-              env: dict[str, str] | None = None) -> int:
+    def spawn(
+        self,
+        argv: list[str],
+        cwd: str | Path,
+        log_path: str | Path,
+        env: dict[str, str] | None = None,
+    ) -> int:
         """Start ``argv`` in a new session; returns its pid (= its process group id)."""
         full_env = dict(os.environ)
         full_env.update(self.device_env())
@@ -115,8 +122,13 @@ class System:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
-                argv, cwd=str(cwd), env=full_env, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                argv,
+                cwd=str(cwd),
+                env=full_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         self._children[proc.pid] = proc
         return proc.pid
@@ -172,8 +184,7 @@ class System:
         found = []
         for proc in psutil.process_iter(["pid", "status"]):
             with contextlib.suppress(ProcessLookupError, PermissionError, psutil.Error):
-                if (proc.info.get("status") != psutil.STATUS_ZOMBIE
-                        and os.getpgid(proc.pid) == pgid):
+                if proc.info.get("status") != psutil.STATUS_ZOMBIE and os.getpgid(proc.pid) == pgid:
                     found.append(proc.pid)
         return found
 
@@ -197,8 +208,13 @@ class System:
                 found.append((int(proc.info["pid"]), float(proc.info["create_time"])))
         return found
 
-    def stop_group(self, pid: int, create_time: float | None, waits: tuple[float, ...],
-                   leftover_grace_s: float = 2.0) -> bool:
+    def stop_group(
+        self,
+        pid: int,
+        create_time: float | None,
+        waits: tuple[float, ...],
+        leftover_grace_s: float = 2.0,
+    ) -> bool:
         """Escalate on the process group led by ``pid`` while that process is alive (pid +
         create time): wait ``waits[0]`` (a control-file stop may already be under way), then
         SIGTERM and wait ``waits[1]``, then SIGKILL and wait ``waits[2]``. True once it is gone.
@@ -257,11 +273,20 @@ class System:
             avail = psutil.virtual_memory().available
             swap = psutil.swap_memory().used
         pids = [q.pid for q in procs]
-        return MemSample(self.wall(), worker, tree, avail, swap, self._gpu_used(pids),
-                         tree_mem=mem, tree_measure=measure)
+        return MemSample(
+            self.wall(),
+            worker,
+            tree,
+            avail,
+            swap,
+            self._gpu_used(pids),
+            tree_mem=mem,
+            tree_measure=measure,
+        )
 
-    def _tree_owned(self, procs: list[psutil.Process], rss: int | None
-                    ) -> tuple[int | None, str | None]:
+    def _tree_owned(
+        self, procs: list[psutil.Process], rss: int | None
+    ) -> tuple[int | None, str | None]:
         """(bytes the tree owns, measure name); see the module docstring for the cadence."""
         if rss is None or not procs:
             return None, None

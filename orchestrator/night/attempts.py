@@ -63,14 +63,18 @@ RUNNER_ERROR = "runner_error"  # an exception inside the night runner itself
 MAX_RUNG_SKIPS = 20
 
 
-
-
 class NightBase:
     """One night's moving parts (see the module docstring)."""
 
-    def __init__(self, store: StateStore, index: int, stop: threading.Event, system: System,
-                 on_update: Callable[[State], None] | None,
-                 worker: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        store: StateStore,
+        index: int,
+        stop: threading.Event,
+        system: System,
+        on_update: Callable[[State], None] | None,
+        worker: list[str] | None = None,
+    ) -> None:
         self.store, self.index, self.stop, self.sys = store, index, stop, system
         self.worker = worker or [sys.executable, "-m", "trainer"]  # the worker command
         self.on_update = on_update or (lambda s: None)
@@ -127,11 +131,22 @@ class NightBase:
         ev = dict(d.evidence, attempt=attempt)
         if d.overrides:
             ev.setdefault("overrides", dict(d.overrides))
-        n.decisions.append(DecisionRecord(kind=kind or d.kind.value, trigger=d.trigger,
-                                          action=d.action, at=at, evidence=ev))
+        n.decisions.append(
+            DecisionRecord(
+                kind=kind or d.kind.value, trigger=d.trigger, action=d.action, at=at, evidence=ev
+            )
+        )
         if d.fallback:
-            n.fallbacks.append(Fallback(trigger=d.trigger, action=d.action, at=at,
-                                        evidence=ev, effect=d.effect, attempt=attempt))
+            n.fallbacks.append(
+                Fallback(
+                    trigger=d.trigger,
+                    action=d.action,
+                    at=at,
+                    evidence=ev,
+                    effect=d.effect,
+                    attempt=attempt,
+                )
+            )
         self.save()
 
     def on_event(self, ev: dict[str, Any], view: Callable[[], RunView]) -> None:
@@ -156,14 +171,25 @@ class NightBase:
         self.save()
 
     def _forecast(self, v: RunView) -> None:
-        end = forecast.finish(v.epoch_seconds, v.eval_seconds, v.checkpoint_seconds,
-                              v.epoch_end_ts, v.epochs_done or 0, v.total_epochs or 0,
-                              self.rb.final_eval_s)
+        end = forecast.finish(
+            v.epoch_seconds,
+            v.eval_seconds,
+            v.checkpoint_seconds,
+            v.epoch_end_ts,
+            v.epochs_done or 0,
+            v.total_epochs or 0,
+            self.rb.final_eval_s,
+        )
         if end is None:
             return
-        self.night.forecasts.append(Forecast(at=now_iso(), epoch=v.epochs_done or 0,
-                                             projected_finish=now_iso(end),
-                                             deadline=self.night.deadline))
+        self.night.forecasts.append(
+            Forecast(
+                at=now_iso(),
+                epoch=v.epochs_done or 0,
+                projected_finish=now_iso(end),
+                deadline=self.night.deadline,
+            )
+        )
 
     # -- one attempt ----------------------------------------------------------------------
     def launch(self, resume_from: str | None) -> AttemptOutcome:
@@ -177,14 +203,18 @@ class NightBase:
         run_dir = self.runs / f"attempt-{idx:02d}"
         if run_dir.exists():
             run_dir.rename(run_dir.with_name(f"{run_dir.name}.stale-{int(time.time())}"))
-        argv = [*self.worker, "--config", str(Path(n.config).resolve()), "--run-dir",
-                str(run_dir)]
+        argv = [*self.worker, "--config", str(Path(n.config).resolve()), "--run-dir", str(run_dir)]
         if resume_from:
             argv += ["--resume", resume_from]
         for item in self.worker_sets():
             argv += ["--set", item]
-        att = Attempt(index=idx, run_dir=str(run_dir), overrides=dict(n.overrides),
-                      resume_from=resume_from, started_at=now_iso())
+        att = Attempt(
+            index=idx,
+            run_dir=str(run_dir),
+            overrides=dict(n.overrides),
+            resume_from=resume_from,
+            started_at=now_iso(),
+        )
         n.attempts.append(att)
         self.save()  # recorded before the spawn
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -201,10 +231,15 @@ class NightBase:
         previous runner recorded), its decisions recorded before they act."""
         history = [self.history()]
         sup = Supervisor(
-            self.sys, self.rb, run_dir=Path(att.run_dir), argv=argv, cwd=os.getcwd(),
+            self.sys,
+            self.rb,
+            run_dir=Path(att.run_dir),
+            argv=argv,
+            cwd=os.getcwd(),
             deadline=self.deadline,
             decide=lambda obs: decide(obs, history[0], self.rb, self.sys.wall(), self.deadline),
-            stop=self.stop, env=worker_env(),
+            stop=self.stop,
+            env=worker_env(),
         )
         seen = [0]
 
@@ -223,13 +258,22 @@ class NightBase:
     def _supervise(self, att: Attempt, sup: Supervisor) -> AttemptOutcome:
         out = sup.run()
         if out.stop_reason == "daemon":
-            self.record(Decision(DecisionKind.CONTINUE, "daemon", "stopped on request (daemon)",
-                                 {"reason": "daemon"}), att.index, kind="stop")
+            self.record(
+                Decision(
+                    DecisionKind.CONTINUE,
+                    "daemon",
+                    "stopped on request (daemon)",
+                    {"reason": "daemon"},
+                ),
+                att.index,
+                kind="stop",
+            )
         self._close_attempt(att, out.exit_code, out.exit_kind, out.message, out.view)
         return out
 
-    def _close_attempt(self, att: Attempt, code: int | None, kind: str, message: str,
-                       view: RunView) -> None:
+    def _close_attempt(
+        self, att: Attempt, code: int | None, kind: str, message: str, view: RunView
+    ) -> None:
         att.exit_code, att.exit_kind, att.message = code, kind, message  # type: ignore[assignment]
         att.ended_at = now_iso()
         att.last_epoch, att.last_step = view.epochs_done or 0, view.step or 0
@@ -248,5 +292,3 @@ def worker_env() -> dict[str, str]:
     """The project root on PYTHONPATH, so ``python -m trainer`` imports from any cwd."""
     old = os.environ.get("PYTHONPATH")
     return {"PYTHONPATH": str(ROOT) + (os.pathsep + old if old else "")}
-
-

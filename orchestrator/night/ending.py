@@ -46,15 +46,23 @@ class Ending(NightBase):
         refs = lineage(n)
         top = newest(refs)
         n.best_checkpoint = best_of(n, refs) or (top.path if top else None)
-        evals = [(ev, att) for att in n.attempts for ev in attempt_view(att).evals
-                 if int(ev.get("epoch", 0)) > 0]
+        evals = [
+            (ev, att)
+            for att in n.attempts
+            for ev in attempt_view(att).evals
+            if int(ev.get("epoch", 0)) > 0
+        ]
         final_ev = max(evals, key=lambda p: float(p[0].get("ts", 0)))[0] if evals else None
         if top is not None and (final_ev is None or int(final_ev["epoch"]) < top.epoch):
             final_ev = self.eval_only(top) or final_ev
         n.final_metrics = metrics_of(final_ev) if final_ev else None
         if n.baseline_metrics is None:  # e.g. epoch 0 ran under a supervisor that died
-            zero = [ev for att in n.attempts for ev in attempt_view(att).evals
-                    if int(ev.get("epoch", -1)) == 0]
+            zero = [
+                ev
+                for att in n.attempts
+                for ev in attempt_view(att).evals
+                if int(ev.get("epoch", -1)) == 0
+            ]
             n.baseline_metrics = metrics_of(zero[0]) if zero else None
         last = n.attempts[-1] if n.attempts else None
         finished_ts = None
@@ -64,16 +72,22 @@ class Ending(NightBase):
         completed = d.trigger == "completed"
         in_window = completed and finished_ts is not None and finished_ts <= self.deadline
         unrecovered = last is not None and last.exit_kind == "nonfinite"
-        verdict = judge(self.rb.success, n.final_metrics, n.baseline_metrics,
-                        finished_in_window=in_window,
-                        no_unrecovered_nonfinite=not unrecovered and n.final_metrics is not None)
+        verdict = judge(
+            self.rb.success,
+            n.final_metrics,
+            n.baseline_metrics,
+            finished_in_window=in_window,
+            no_unrecovered_nonfinite=not unrecovered and n.final_metrics is not None,
+        )
         n.success = Success.model_validate(asdict(verdict))
         actual = finished_ts or time.time()
         projections = [parse_iso(f.projected_finish).timestamp() for f in n.forecasts]
         n.forecast_errors_s = forecast.forecast_errors(projections, actual)
         n.forecast_error_s = n.forecast_errors_s[0] if n.forecast_errors_s else None
-        n.end(end_status(completed, verdict.level, n.final_metrics is not None),  # type: ignore[arg-type]
-              f"{d.reason} (success level: {verdict.level})")
+        n.end(
+            end_status(completed, verdict.level, n.final_metrics is not None),  # type: ignore[arg-type]
+            f"{d.reason} (success level: {verdict.level})",
+        )
         if self.state.current_night == self.index:
             self.state.current_night = None
         self.save()
@@ -83,19 +97,41 @@ class Ending(NightBase):
         if self.sys.wall() >= self.deadline or self.stop.is_set():
             return None
         run_dir = self.runs / "final-eval"
-        argv = [*self.worker, "--config", str(Path(self.night.config).resolve()),
-                "--run-dir", str(run_dir), "--resume", ref.path, "--eval-only"]
+        argv = [
+            *self.worker,
+            "--config",
+            str(Path(self.night.config).resolve()),
+            "--run-dir",
+            str(run_dir),
+            "--resume",
+            ref.path,
+            "--eval-only",
+        ]
         for item in self.worker_sets():
             argv += ["--set", item]
 
-        sup = Supervisor(self.sys, self.rb, run_dir=run_dir, argv=argv, cwd=os.getcwd(),
-                         deadline=self.deadline,
-                         decide=lambda obs: final_eval_decide(obs, self.rb, self.sys.wall()),
-                         stop=self.stop, env=worker_env())
+        sup = Supervisor(
+            self.sys,
+            self.rb,
+            run_dir=run_dir,
+            argv=argv,
+            cwd=os.getcwd(),
+            deadline=self.deadline,
+            decide=lambda obs: final_eval_decide(obs, self.rb, self.sys.wall()),
+            stop=self.stop,
+            env=worker_env(),
+        )
         sup.launch()
         out = sup.run()
         evals = [ev for ev in out.view.evals]
-        self.record(Decision(DecisionKind.CONTINUE, "final_eval",
-                             f"evaluated {Path(ref.path).name} separately: {out.exit_kind}",
-                             {"checkpoint": ref.path}), None, kind="eval_only")
+        self.record(
+            Decision(
+                DecisionKind.CONTINUE,
+                "final_eval",
+                f"evaluated {Path(ref.path).name} separately: {out.exit_kind}",
+                {"checkpoint": ref.path},
+            ),
+            None,
+            kind="eval_only",
+        )
         return evals[-1] if evals else None

@@ -80,8 +80,11 @@ def lineage(night: Night) -> list[CheckpointRef]:
                 refs = [r for r in refs if r.step <= start.step]
         for ev in attempt_view(att).checkpoints:
             if ev.get("verified", True) and Path(str(ev["path"])).is_file():
-                refs.append(CheckpointRef(str(ev["path"]), int(ev["epoch"]), int(ev["step"]),
-                                          float(ev.get("ts", 0.0))))
+                refs.append(
+                    CheckpointRef(
+                        str(ev["path"]), int(ev["epoch"]), int(ev["step"]), float(ev.get("ts", 0.0))
+                    )
+                )
     return [r for r in refs if Path(r.path).is_file()]
 
 
@@ -143,8 +146,13 @@ def build_history(night: Night, cfg: Config, base_cfg: Config) -> NightHistory:
     )
 
 
-def orphan_health(events: list[dict[str, Any]], rb: Runbook, now_mono: float, now_wall: float,
-                  created_at: float | None) -> dict[str, Any]:
+def orphan_health(
+    events: list[dict[str, Any]],
+    rb: Runbook,
+    now_mono: float,
+    now_wall: float,
+    created_at: float | None,
+) -> dict[str, Any]:
     """Whether a worker left running by a dead supervisor still makes progress (the policy's
     :func:`~orchestrator.policy.recovery.orphan_health` on what its events say).
 
@@ -162,8 +170,14 @@ def orphan_health(events: list[dict[str, Any]], rb: Runbook, now_mono: float, no
         silent = now_wall - v.progress_ts
     else:
         silent = now_wall - created_at if created_at is not None else None
-    obs = Observation(running=True, started_at=0.0, silent_s=silent, recent_step_s=v.step_s,
-                      phase=v.phase or "startup", step=v.step or 0)
+    obs = Observation(
+        running=True,
+        started_at=0.0,
+        silent_s=silent,
+        recent_step_s=v.step_s,
+        phase=v.phase or "startup",
+        step=v.step or 0,
+    )
     return policy_orphan_health(obs, rb).as_json()
 
 
@@ -199,4 +213,3 @@ def ended_observation(att: Attempt, view: RunView, stop_reason: str | None) -> O
         fatal_step=fatal.get("step"),
         finished_reason=(view.finished or {}).get("reason"),
     )
-

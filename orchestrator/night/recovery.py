@@ -63,8 +63,13 @@ class Recovery(NightBase):
         ours = att.pid is not None and self.sys.owns(att.pid)
         health: dict[str, Any] | None = None
         if alive and not ours:
-            health = orphan_health(read_events(Path(att.run_dir) / EVENTS_FILE), self.rb,
-                                   self.sys.monotonic(), self.sys.wall(), att.pid_create_time)
+            health = orphan_health(
+                read_events(Path(att.run_dir) / EVENTS_FILE),
+                self.rb,
+                self.sys.monotonic(),
+                self.sys.wall(),
+                att.pid_create_time,
+            )
         h = Health(**health) if health is not None else None
         action = recovery_action(alive, ours, h, att.index in self._reattached)
         if action == "reattach" and health is not None:
@@ -78,14 +83,19 @@ class Recovery(NightBase):
             self.sys.stop_group(att.pid, att.pid_create_time, waits)
         view = attempt_view(att)
         fatal = view.fatal or {}
-        kind, msg = recovered_ending((view.finished or {}).get("reason"),
-                                     str(fatal.get("kind", "crash")) if view.fatal else None,
-                                     str(fatal.get("message", "")), alive, h)
+        kind, msg = recovered_ending(
+            (view.finished or {}).get("reason"),
+            str(fatal.get("kind", "crash")) if view.fatal else None,
+            str(fatal.get("message", "")),
+            alive,
+            h,
+        )
         evidence: dict[str, Any] = {"reason": "recovered", "was_alive": alive}
         if health is not None:
             evidence["health"] = health
-        self.record(Decision(DecisionKind.CONTINUE, "recovered", msg, evidence),
-                    att.index, kind="stop")
+        self.record(
+            Decision(DecisionKind.CONTINUE, "recovered", msg, evidence), att.index, kind="stop"
+        )
         self._close_attempt(att, None, kind, msg, view)
 
     def reattach(self, att: Attempt, health: dict[str, Any]) -> AttemptOutcome:
@@ -94,12 +104,18 @@ class Recovery(NightBase):
         applied again; the supervisor's view still starts from the first event."""
         assert att.pid is not None
         idx, run_dir = att.index, Path(att.run_dir)
-        self.record(Decision(DecisionKind.CONTINUE, "recovered",
-                             f"re-attached to the running worker (pid {att.pid}, last progress "
-                             f"{health['silent_s']:.0f} s ago in phase {health['phase']}, "
-                             f"step {health['step']}) after a supervisor restart",
-                             {"reason": "reattached", "pid": att.pid, "health": health}),
-                    idx, kind="reattached")
+        self.record(
+            Decision(
+                DecisionKind.CONTINUE,
+                "recovered",
+                f"re-attached to the running worker (pid {att.pid}, last progress "
+                f"{health['silent_s']:.0f} s ago in phase {health['phase']}, "
+                f"step {health['step']}) after a supervisor restart",
+                {"reason": "reattached", "pid": att.pid, "health": health},
+            ),
+            idx,
+            kind="reattached",
+        )
         sup = self._supervisor(att, [], already_folded=len(read_events(run_dir / EVENTS_FILE)))
         sup.attach(att.pid, att.pid_create_time)
         return self._supervise(att, sup)

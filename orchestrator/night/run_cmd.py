@@ -35,12 +35,20 @@ from trainer.config import ConfigError, load_config
 
 # ---------------------------------------------------------------------------------------------
 # hjepa-night run
-def new_single_night(config: str, runbook: str, window: timedelta,
-                     overrides: dict[str, Any]) -> State:
+def new_single_night(
+    config: str, runbook: str, window: timedelta, overrides: dict[str, Any]
+) -> State:
     start = time.time()
     name = f"{Path(config).stem}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(start))}"
-    night = Night(name=name, index=0, config=config, runbook=runbook, overrides=overrides,
-                  window_start=now_iso(start), deadline=now_iso(start + window.total_seconds()))
+    night = Night(
+        name=name,
+        index=0,
+        config=config,
+        runbook=runbook,
+        overrides=overrides,
+        window_start=now_iso(start),
+        deadline=now_iso(start + window.total_seconds()),
+    )
     return State(plan=None, nights=[night])
 
 
@@ -78,7 +86,7 @@ class NightDisplay:
         if seen[0] > self._seen[0]:
             a = n.attempts[-1]
             self._log(f"attempt {a.index} started (resume: {a.resume_from or 'none'})")
-        for d in n.decisions[self._seen[1]:]:
+        for d in n.decisions[self._seen[1] :]:
             self._log(f"decision {d.kind} [{d.trigger}]: {d.action}")
         if seen[3] != self._seen[3] and n.epochs_done is not None:
             fc = n.forecasts[-1].projected_finish if n.forecasts else "n/a"
@@ -96,14 +104,20 @@ class NightDisplay:
         fc = n.forecasts[-1].projected_finish if n.forecasts else "N/A"
         rows = [
             ("deadline", n.deadline or "N/A"),
-            ("attempt", f"{a.index} (resume {Path(a.resume_from).name if a.resume_from else '-'})"
-             if a else "N/A"),
+            (
+                "attempt",
+                f"{a.index} (resume {Path(a.resume_from).name if a.resume_from else '-'})"
+                if a
+                else "N/A",
+            ),
             ("epochs", f"{n.epochs_done or 0}/{n.epochs_planned or '?'}"),
             ("projected finish", fc),
             ("overrides", ", ".join(f"{k}={v}" for k, v in n.overrides.items()) or "-"),
         ]
-        rows += [(f"fallback {i + 1}", f"[{f.trigger}] {f.action}")
-                 for i, f in enumerate(n.fallbacks[-5:])]
+        rows += [
+            (f"fallback {i + 1}", f"[{f.trigger}] {f.action}")
+            for i, f in enumerate(n.fallbacks[-5:])
+        ]
         for key, value in rows:
             t.add_row(key, str(value))
         return t
@@ -136,9 +150,12 @@ def cmd_run(args: Any) -> int:
     lock = DaemonLock(state_dir)
     if not lock.acquire():
         owner = lock_owner(state_dir) or {}
-        print(f"error: {state_dir} is in use by hjepa-night pid {owner.get('pid') or '?'} "
-              f"(since {owner.get('since', '?')}); watch it with `hjepa-night status "
-              f"--state-dir {state_dir}`, or use another --state-dir", file=sys.stderr)
+        print(
+            f"error: {state_dir} is in use by hjepa-night pid {owner.get('pid') or '?'} "
+            f"(since {owner.get('since', '?')}); watch it with `hjepa-night status "
+            f"--state-dir {state_dir}`, or use another --state-dir",
+            file=sys.stderr,
+        )
         return 2
     try:
         return _run_locked(args)
@@ -164,10 +181,13 @@ def _run_locked(args: Any) -> int:
         old = store.load()
         busy = [x for x in old.nights if x.status in ("pending", "running")]
         if old.plan is not None and busy:
-            print(f"error: {store.path} holds plan {old.plan.name!r} mid-way (night "
-                  f"{busy[0].name} is {busy[0].status}); finish it with `hjepa-night start "
-                  f"--plan {old.plan.name} --state-dir {args.state_dir}` or use another "
-                  "--state-dir", file=sys.stderr)
+            print(
+                f"error: {store.path} holds plan {old.plan.name!r} mid-way (night "
+                f"{busy[0].name} is {busy[0].status}); finish it with `hjepa-night start "
+                f"--plan {old.plan.name} --state-dir {args.state_dir}` or use another "
+                "--state-dir",
+                file=sys.stderr,
+            )
             return 2
     overrides: dict[str, Any] = {}
     from trainer.config import parse_override
@@ -198,4 +218,3 @@ def _run_locked(args: Any) -> int:
         print(f"warning: report not written: {exc}", file=sys.stderr)
     print(f"night {night.name}: {night.status} — {night.reason}")
     return 0 if night.status in ("succeeded", "partial") else 1
-

@@ -91,9 +91,16 @@ class NightRunner(Recovery, Ending):
         at = f" ({Path(where.filename).name}:{where.lineno})" if where else ""
         reason = f"the night runner failed: {text}{at}"
         with contextlib.suppress(Exception):
-            self.record(Decision(DecisionKind.END_NIGHT, RUNNER_ERROR, reason,
-                                 {"error": text, "where": at.strip(" ()")}),
-                        n.attempts[-1].index if n.attempts else None, kind=RUNNER_ERROR)
+            self.record(
+                Decision(
+                    DecisionKind.END_NIGHT,
+                    RUNNER_ERROR,
+                    reason,
+                    {"error": text, "where": at.strip(" ()")},
+                ),
+                n.attempts[-1].index if n.attempts else None,
+                kind=RUNNER_ERROR,
+            )
         with contextlib.suppress(Exception):
             last = n.attempts[-1] if n.attempts else None
             if last is not None and last.exit_kind is None:
@@ -119,9 +126,16 @@ class NightRunner(Recovery, Ending):
             if last is not None and last.exit_kind is None:
                 if last.pid is None and not self.adopt_unrecorded(last):
                     msg = "never started: the runner stopped between recording and spawning it"
-                    self.record(Decision(DecisionKind.CONTINUE, "recovered", msg,
-                                         {"reason": "recovered", "was_alive": False}),
-                                last.index, kind="stop")
+                    self.record(
+                        Decision(
+                            DecisionKind.CONTINUE,
+                            "recovered",
+                            msg,
+                            {"reason": "recovered", "was_alive": False},
+                        ),
+                        last.index,
+                        kind="stop",
+                    )
                     self._close_attempt(last, None, "stopped", msg, attempt_view(last))
                     continue
                 self.recover(last)
@@ -144,8 +158,7 @@ class NightRunner(Recovery, Ending):
         if d.kind is not DecisionKind.RESTART or not d.overrides:
             return None
         try:
-            load_config(self.night.config,
-                        override_args({**self.night.overrides, **d.overrides}))
+            load_config(self.night.config, override_args({**self.night.overrides, **d.overrides}))
         except ConfigError as exc:
             lines = [ln.strip() for ln in str(exc).strip().splitlines()]
             return "; ".join(lines[1:] or lines)
@@ -155,8 +168,12 @@ class NightRunner(Recovery, Ending):
         for rec in reversed(self.night.decisions):
             if rec.evidence.get("after_attempt") == last.index and rec.kind == "restart":
                 resume = rec.evidence.get("resume_from")
-                return Decision(DecisionKind.RESTART, rec.trigger, rec.action,
-                                resume_from=resume if isinstance(resume, str) else None)
+                return Decision(
+                    DecisionKind.RESTART,
+                    rec.trigger,
+                    rec.action,
+                    resume_from=resume if isinstance(resume, str) else None,
+                )
         return None
 
     def _decide_after(self, last: Attempt) -> Decision:
@@ -168,31 +185,55 @@ class NightRunner(Recovery, Ending):
             if problem is None:
                 break
             # The rung cannot apply to this recipe: record it as used and decide again.
-            self.record(Decision(DecisionKind.CONTINUE, d.trigger,
-                                 f"rung skipped: {d.effect or d.action} does not apply to "
-                                 f"this recipe ({problem})",
-                                 {"ladder": d.ladder, "rung": d.evidence.get("rung"),
-                                  "feature": d.evidence.get("feature"), "error": problem,
-                                  "after_attempt": last.index}),
-                        last.index, kind=RUNG_SKIPPED)
+            self.record(
+                Decision(
+                    DecisionKind.CONTINUE,
+                    d.trigger,
+                    f"rung skipped: {d.effect or d.action} does not apply to "
+                    f"this recipe ({problem})",
+                    {
+                        "ladder": d.ladder,
+                        "rung": d.evidence.get("rung"),
+                        "feature": d.evidence.get("feature"),
+                        "error": problem,
+                        "after_attempt": last.index,
+                    },
+                ),
+                last.index,
+                kind=RUNG_SKIPPED,
+            )
         if d.kind is DecisionKind.RESTART:
-            d = Decision(d.kind, d.trigger, d.action, dict(d.evidence, after_attempt=last.index),
-                         resume_from=d.resume_from, overrides=d.overrides, effect=d.effect,
-                         fallback=d.fallback, ladder=d.ladder)
+            d = Decision(
+                d.kind,
+                d.trigger,
+                d.action,
+                dict(d.evidence, after_attempt=last.index),
+                resume_from=d.resume_from,
+                overrides=d.overrides,
+                effect=d.effect,
+                fallback=d.fallback,
+                ladder=d.ladder,
+            )
         self.record(d, last.index)
         return d
 
 
-def run_night(store: StateStore, night_index: int, *, stop: threading.Event | None = None,
-              system: System | None = None,
-              on_update: Callable[[State], None] | None = None) -> Night:
+def run_night(
+    store: StateStore,
+    night_index: int,
+    *,
+    stop: threading.Event | None = None,
+    system: System | None = None,
+    on_update: Callable[[State], None] | None = None,
+) -> Night:
     """Run (or resume, or finalise) ``state.nights[night_index]``; returns the night record.
 
     A night that cannot even be set up (its runbook or its config with the recorded overrides
     no longer loads) ends ``failed`` with the reason in the state file, never half-open."""
     try:
-        runner = NightRunner(store, night_index, stop or threading.Event(), system or System(),
-                             on_update)
+        runner = NightRunner(
+            store, night_index, stop or threading.Event(), system or System(), on_update
+        )
     except (ConfigError, RunbookError, ValueError, OSError) as exc:
         state = store.load()
         if not 0 <= night_index < len(state.nights):
@@ -208,5 +249,3 @@ def run_night(store: StateStore, night_index: int, *, stop: threading.Event | No
             on_update(state)
         return n
     return runner.run()
-
-

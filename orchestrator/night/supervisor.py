@@ -246,8 +246,9 @@ class Supervisor:
         elif d.kind is DecisionKind.END_NIGHT:
             self.request_stop("end", now_m, final_eval=True)
 
-    def request_stop(self, reason: str, now_m: float | None = None, final_eval: bool = False
-                     ) -> None:
+    def request_stop(
+        self, reason: str, now_m: float | None = None, final_eval: bool = False
+    ) -> None:
         """Ask the worker to checkpoint (and evaluate) and exit 3; escalation follows if not."""
         if self.stop_reason is not None and self.state is not Stage.RUNNING:
             return
@@ -256,14 +257,16 @@ class Supervisor:
         self.state = Stage.STOPPING  # RUNNING -> STOPPING
         self._state_since = self.sys.monotonic() if now_m is None else now_m
 
-    def _control(self, epochs: int | None = None, stop: bool = False, final_eval: bool = False
-                 ) -> None:
+    def _control(
+        self, epochs: int | None = None, stop: bool = False, final_eval: bool = False
+    ) -> None:
         prev = read_control(self.run_dir)
         seq = (prev.seq if prev else 0) + 1
         if epochs is None and prev is not None:
             epochs = prev.epochs
-        write_control(self.run_dir, Control(seq=seq, epochs=epochs, stop=stop,
-                                            final_eval=final_eval))
+        write_control(
+            self.run_dir, Control(seq=seq, epochs=epochs, stop=stop, final_eval=final_eval)
+        )
 
     def _signal(self, sig: int, now_m: float) -> None:
         self.sys.signal_group(self.pid, sig)
@@ -295,7 +298,10 @@ class Supervisor:
             code = self._code_from_events()
         tail = _log_tail(self.run_dir / WORKER_LOG_FILE)
         kind, message = classify_exit(
-            code, self.view.fatal, tail, killed_for=self._kill_for,
+            code,
+            self.view.fatal,
+            tail,
+            killed_for=self._kill_for,
             stop_requested=self.stop_reason is not None,
         )
         return AttemptOutcome(code, kind, message, self.view, self.stop_reason, self.pid)

@@ -102,8 +102,13 @@ def _live(
             "hang",
             f"no progress for {silent:.0f} s in phase {phase} (limit {timeout:.0f} s): "
             "kill the worker (SIGTERM, then SIGKILL) and resume from the last checkpoint",
-            {"silent_s": round(silent, 1), "timeout_s": round(timeout, 1), "phase": phase,
-             "step": obs.step, "recent_step_s": obs.recent_step_s},
+            {
+                "silent_s": round(silent, 1),
+                "timeout_s": round(timeout, 1),
+                "phase": phase,
+                "step": obs.step,
+                "recent_step_s": obs.recent_step_s,
+            },
         )
     if obs.stopping:
         return CONTINUE
@@ -139,8 +144,11 @@ def _live(
 def _memory_trip(obs: Observation, rb: Runbook) -> dict[str, object] | None:
     ceiling = rb.memory.ceiling_gb * GB
     readings = {"tree_mem": obs.tree_mem, "gpu_used": obs.gpu_used, "device_mem": obs.device_mem}
-    label = {"tree_mem": f"worker tree memory ({obs.tree_measure})", "gpu_used": "GPU memory",
-             "device_mem": "device memory the worker reports"}
+    label = {
+        "tree_mem": f"worker tree memory ({obs.tree_measure})",
+        "gpu_used": "GPU memory",
+        "device_mem": "device memory the worker reports",
+    }
     for name, value in readings.items():
         if value is not None and value > ceiling:
             return {
@@ -181,8 +189,12 @@ def _slow(obs: Observation, history: NightHistory, rb: Runbook, deadline: float)
     target = ladders.epoch_cut(obs.total_epochs, fit, obs.epoch, preferred)
     then = ladders.slow_then_step(history, rb)
     if (
-        target is not None and preferred and target < min(preferred) and then is not None
-        and history.checkpoints and target - obs.epoch >= 2
+        target is not None
+        and preferred
+        and target < min(preferred)
+        and then is not None
+        and history.checkpoints
+        and target - obs.epoch >= 2
     ):
         return Decision(
             K.RESTART,
@@ -218,12 +230,14 @@ def _newest(history: NightHistory, before_step: int | None = None) -> str | None
 
 
 def _end(trigger: str, reason: str, evidence: dict[str, object] | None = None) -> Decision:
-    return Decision(K.END_NIGHT, trigger, f"end the night: {reason}", evidence or {},
-                    reason=reason)
+    return Decision(K.END_NIGHT, trigger, f"end the night: {reason}", evidence or {}, reason=reason)
 
 
 def _restart(
-    trigger: str, step: ladders.Step | None, resume: str | None, action: str,
+    trigger: str,
+    step: ladders.Step | None,
+    resume: str | None,
+    action: str,
     evidence: dict[str, object],
 ) -> Decision:
     ev = dict(evidence)
@@ -247,8 +261,12 @@ def _ended(
     obs: Observation, history: NightHistory, rb: Runbook, now: float, deadline: float
 ) -> Decision:
     kind = obs.exit_kind or "crash"
-    ev: dict[str, object] = {"exit_kind": kind, "exit_code": obs.exit_code, "step": obs.step,
-                             "epoch": obs.epoch}
+    ev: dict[str, object] = {
+        "exit_kind": kind,
+        "exit_code": obs.exit_code,
+        "step": obs.step,
+        "epoch": obs.epoch,
+    }
     if kind == "finished":
         return _end("completed", "training completed with its final evaluation", ev)
     if kind == "stopped" and obs.stop_reason == "deadline":
@@ -260,12 +278,16 @@ def _ended(
         return _end("deadline", f"{kind} too close to the deadline to try again", ev)
     if kind == "stopped" and obs.stop_reason in ("daemon", "recovered"):
         ev["resume_from"] = newest
-        return Decision(K.RESTART, "resume", "resume the night from the last checkpoint "
-                        f"(worker was stopped: {obs.stop_reason})", ev, resume_from=newest)
+        return Decision(
+            K.RESTART,
+            "resume",
+            f"resume the night from the last checkpoint (worker was stopped: {obs.stop_reason})",
+            ev,
+            resume_from=newest,
+        )
     lim = rb.limits
     if history.attempts >= lim.max_attempts:
-        return _end("limits", f"attempt limit reached ({history.attempts}/{lim.max_attempts})",
-                    ev)
+        return _end("limits", f"attempt limit reached ({history.attempts}/{lim.max_attempts})", ev)
     if history.attempts_without_progress >= lim.max_attempts_without_progress:
         return _end(
             "limits",
@@ -276,8 +298,11 @@ def _ended(
         step = ladders.oom_step(history, rb)
         if step is None:
             return _end(kind, "OOM ladder exhausted", ev)
-        what = {"oom": "out of memory", "killed": "killed by SIGKILL (host OOM?)",
-                "memory": "memory over the runbook limit"}[kind]
+        what = {
+            "oom": "out of memory",
+            "killed": "killed by SIGKILL (host OOM?)",
+            "memory": "memory over the runbook limit",
+        }[kind]
         return _restart(kind, step, newest, f"{what}: {step.effect}; resume", ev)
     if kind == "nonfinite":
         bad = (obs.fatal_step if obs.fatal_step is not None else obs.step) + 1
@@ -287,13 +312,19 @@ def _ended(
         back = _newest(history, before_step=bad)
         ev["bad_step"] = bad
         where = f"checkpoint before step {bad}" if back else "the start (no earlier checkpoint)"
-        return _restart(kind, step, back, f"non-finite loss at step {bad}: roll back to "
-                        f"{where}, {step.effect}", ev)
+        return _restart(
+            kind,
+            step,
+            back,
+            f"non-finite loss at step {bad}: roll back to {where}, {step.effect}",
+            ev,
+        )
     if kind == "feature":
         step = ladders.feature_step(history, rb, obs.fatal_feature)
         if step is None:
-            return _end(kind, f"feature failure ({obs.fatal_feature}) with no feature left "
-                        "to disable", ev)
+            return _end(
+                kind, f"feature failure ({obs.fatal_feature}) with no feature left to disable", ev
+            )
         return _restart(kind, step, newest, f"{step.effect}; resume", ev)
     if kind == "data":
         step = ladders.dataset_step(history, rb)
@@ -305,11 +336,16 @@ def _ended(
         if step is not None:
             totals = [t for t in (obs.total_epochs, history.config.epochs) if t]
             keep = {"training.epochs": min(totals)} if totals else {}
-            step = ladders.Step(step.ladder, step.rung, {**step.overrides, **keep},
-                                step.effect, step.evidence)
+            step = ladders.Step(
+                step.ladder, step.rung, {**step.overrides, **keep}, step.effect, step.evidence
+            )
             epochs = keep.get("training.epochs", obs.total_epochs)
-            return _restart("slow", step, newest, f"too slow: {step.effect}; resume with "
-                            f"{epochs} epochs", ev)
-    what = {"hang": "hung worker killed", "crash": f"crash ({obs.message})",
-            "stopped": "worker stopped without being asked"}.get(kind, kind)
+            return _restart(
+                "slow", step, newest, f"too slow: {step.effect}; resume with {epochs} epochs", ev
+            )
+    what = {
+        "hang": "hung worker killed",
+        "crash": f"crash ({obs.message})",
+        "stopped": "worker stopped without being asked",
+    }.get(kind, kind)
     return _restart(kind, None, newest, f"{what}: resume from the last checkpoint", ev)

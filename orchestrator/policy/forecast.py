@@ -80,8 +80,9 @@ def finish(
     return projected_finish(epoch_end_ts, epochs_done, total_epochs, per, final_eval)
 
 
-def pace_needed(deadline: float, final_eval_reserve_s: float, now: float, epochs_done: int,
-                total_epochs: int) -> float | None:
+def pace_needed(
+    deadline: float, final_eval_reserve_s: float, now: float, epochs_done: int, total_epochs: int
+) -> float | None:
     """Seconds per remaining epoch that still end in time; None when nothing is left or the
     time already ran out."""
     if total_epochs <= epochs_done:

@@ -96,9 +96,7 @@ def nonfinite_step(history: NightHistory, runbook: Runbook) -> Step | None:
     return None
 
 
-def feature_step(
-    history: NightHistory, runbook: Runbook, named: str | None
-) -> Step | None:
+def feature_step(history: NightHistory, runbook: Runbook, named: str | None) -> Step | None:
     """Disable the named feature if it is on, else the next enabled one in the runbook order."""
     on = history.config.features
     order = [f for f in runbook.ladders.features if f not in history.disabled_features]

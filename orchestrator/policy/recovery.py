@@ -41,8 +41,13 @@ class Health:
     step: int
 
     def as_json(self) -> dict[str, object]:
-        return {"healthy": self.healthy, "silent_s": round(self.silent_s, 1),
-                "timeout_s": round(self.timeout_s, 1), "phase": self.phase, "step": self.step}
+        return {
+            "healthy": self.healthy,
+            "silent_s": round(self.silent_s, 1),
+            "timeout_s": round(self.timeout_s, 1),
+            "phase": self.phase,
+            "step": self.step,
+        }
 
 
 def orphan_health(obs: Observation, rb: Runbook) -> Health:
@@ -53,8 +58,9 @@ def orphan_health(obs: Observation, rb: Runbook) -> Health:
     return Health(silent <= timeout, silent, timeout, phase, obs.step)
 
 
-def recovery_action(alive: bool, ours: bool, health: Health | None,
-                    reattached_before: bool) -> RecoveryAction:
+def recovery_action(
+    alive: bool, ours: bool, health: Health | None, reattached_before: bool
+) -> RecoveryAction:
     if not alive:
         return "close"
     if not ours and health is not None and health.healthy and not reattached_before:
@@ -64,18 +70,24 @@ def recovery_action(alive: bool, ours: bool, health: Health | None,
     return "stop"
 
 
-def recovered_ending(finished_reason: str | None, fatal_kind: str | None,
-                     fatal_message: str | None, alive: bool,
-                     health: Health | None) -> tuple[str, str]:
+def recovered_ending(
+    finished_reason: str | None,
+    fatal_kind: str | None,
+    fatal_message: str | None,
+    alive: bool,
+    health: Health | None,
+) -> tuple[str, str]:
     """``(exit_kind, message)`` of an attempt whose supervisor died, from its events."""
     if finished_reason == "completed":
         return "finished", "completed (seen after a supervisor restart)"
     if fatal_kind is not None:
         return fatal_kind, fatal_message or ""
     if health is not None and not health.healthy:
-        return "stopped", (f"stopped after a supervisor restart: no progress for "
-                           f"{health.silent_s:.0f} s in phase {health.phase} (limit "
-                           f"{health.timeout_s:.0f} s)")
+        return "stopped", (
+            f"stopped after a supervisor restart: no progress for "
+            f"{health.silent_s:.0f} s in phase {health.phase} (limit "
+            f"{health.timeout_s:.0f} s)"
+        )
     if alive:
         return "stopped", "stopped after a supervisor restart"
     return "stopped", "worker gone after a supervisor restart"
@@ -115,8 +127,9 @@ def deadline_grace_s(window_s: float, override_s: float | None = None) -> float:
     return max(60.0, 0.05 * window_s)
 
 
-def unended_reason(runner_error: str | None, deadline_hit: bool,
-                   stop_requested: bool) -> str | None:
+def unended_reason(
+    runner_error: str | None, deadline_hit: bool, stop_requested: bool
+) -> str | None:
     """Why the daemon closes a night its runner left without an ending (None: leave it
     ``running``, to be resumed — the daemon itself was asked to stop)."""
     if runner_error is not None:

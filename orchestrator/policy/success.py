@@ -38,7 +38,10 @@ Level = Literal["must", "should", "stretch"]
 
 
 def _one(
-    check: Check, level: Level, final: MetricsFacts | None, baseline: MetricsFacts | None,
+    check: Check,
+    level: Level,
+    final: MetricsFacts | None,
+    baseline: MetricsFacts | None,
     flags: dict[str, bool],
 ) -> CheckResult:
     if check.metric in flags:
@@ -50,8 +53,9 @@ def _one(
         value = None if base is None else value - base
     passed = value is not None and _OPS[check.op or ">"](value, check.value)
     shown = None if value is None else round(value, 4)
-    return CheckResult(name=check.name, level=level, passed=passed, value=shown,
-                        threshold=check.value)
+    return CheckResult(
+        name=check.name, level=level, passed=passed, value=shown, threshold=check.value
+    )
 
 
 def judge(

@@ -180,8 +180,12 @@ def _spawn(args: argparse.Namespace, plan_path: Path) -> int:
     ]
     if args.now:
         cmd.append("--now")
-    env = {DETACHED_ENV: "1", "PYTHONPATH": os.pathsep.join(
-        p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)}
+    env = {
+        DETACHED_ENV: "1",
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p
+        ),
+    }
     offset = log_path.stat().st_size if log_path.exists() else 0
     sys_ = System()
     pid = sys_.spawn(cmd, os.getcwd(), log_path, env=env)  # its own session: survives the shell
@@ -234,8 +238,9 @@ def cmd_stop(args: argparse.Namespace) -> int:
         print(f"no daemon is running for {state_dir}")
         return 0
     pid = owner.get("pid")
-    if not isinstance(pid, int) or not System().signal(pid, signal.SIGTERM,
-                                                       owner.get("create_time")):
+    if not isinstance(pid, int) or not System().signal(
+        pid, signal.SIGTERM, owner.get("create_time")
+    ):
         print(
             f"hjepa-night: cannot tell which process owns {state_dir / LOCK_FILE}", file=sys.stderr
         )
@@ -266,4 +271,3 @@ def cmd_stop(args: argparse.Namespace) -> int:
         f" --state-dir {args.state_dir}"
     )
     return 0
-

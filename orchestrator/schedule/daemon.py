@@ -63,12 +63,9 @@ log = logging.getLogger("hjepa-night.daemon")
 NightFn = Callable[..., Any]
 
 
-
-
-
-
-def stop_orphan_workers(night: Night, grace_s: float = 60.0,
-                        system: System | None = None) -> list[int]:
+def stop_orphan_workers(
+    night: Night, grace_s: float = 60.0, system: System | None = None
+) -> list[int]:
     """Stop every live worker of ``night``'s attempts (pid + create time) through the one
     escalation of the process seam: SIGTERM to its whole process group (the worker checkpoints,
     its DataLoader workers go too), SIGKILL to the group after ``grace_s``."""
@@ -323,23 +320,3 @@ class Daemon:
         done = not self.stop_requested
         log.info("plan finished" if done else "stopped; `hjepa-night start` resumes the plan")
         return 0
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-

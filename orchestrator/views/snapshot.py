@@ -214,8 +214,15 @@ def make_forecast(night: Night | None, run: RunView, th: Thresholds, now: float)
     total = run.total_epochs or night.epochs_planned or 0
     done = run.epochs_done or 0
     if finish is None:
-        finish = forecast.finish(run.epoch_seconds, run.eval_seconds, run.checkpoint_seconds,
-                                 run.epoch_end_ts, done, total, reserve)
+        finish = forecast.finish(
+            run.epoch_seconds,
+            run.eval_seconds,
+            run.checkpoint_seconds,
+            run.epoch_end_ts,
+            done,
+            total,
+            reserve,
+        )
         source = "estimate" if finish is not None else None
     pace = None
     if deadline is not None:

@@ -98,8 +98,10 @@ def _epoch_ends(state_dir: Path) -> int:
 def _reattached_and_training(state_dir: Path, epochs_at_kill: int) -> bool:
     """The new daemon recorded a re-attach to night 1's worker, which ended another epoch."""
     decisions = snapshot(state_dir)["nights"][0]["decisions"]
-    return (any(d["kind"] == "reattached" for d in decisions)
-            and _epoch_ends(state_dir) > epochs_at_kill)
+    return (
+        any(d["kind"] == "reattached" for d in decisions)
+        and _epoch_ends(state_dir) > epochs_at_kill
+    )
 
 
 @pytest.fixture(scope="session")
@@ -133,8 +135,11 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
         pid2 = started_pid(cli("start", "--plan", str(plan_file), "--state-dir", var))
         run.pids.add(pid2)
         s["second_start"] = cli("start", "--plan", str(plan_file), "--state-dir", var)
-        wait_for("the new daemon to re-attach to the worker and train on",
-                 lambda: _reattached_and_training(run.state_dir, s["epochs_at_kill"]), 900)
+        wait_for(
+            "the new daemon to re-attach to the worker and train on",
+            lambda: _reattached_and_training(run.state_dir, s["epochs_at_kill"]),
+            900,
+        )
         s["orphan_alive_after_restart"] = _alive(worker)
         s["after_reattach"] = snapshot(run.state_dir)
         s["reattach_s"] = time.monotonic() - s["killed_at"]  # kill → another epoch ended
@@ -165,14 +170,21 @@ def _status_screen_in_tmux(state_dir: Path) -> str | None:
     if shutil.which("tmux") is None:
         return None
     session = f"hjepa-e2e-{os.getpid()}"
-    cmd = (f"env -u COLUMNS -u LINES PYTHONPATH={ROOT} {sys.executable} -m orchestrator.cli "
-           f"status --state-dir {state_dir}")
-    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "150", "-y", "50", cmd],
-                   check=True)
+    cmd = (
+        f"env -u COLUMNS -u LINES PYTHONPATH={ROOT} {sys.executable} -m orchestrator.cli "
+        f"status --state-dir {state_dir}"
+    )
+    subprocess.run(
+        ["tmux", "new-session", "-d", "-s", session, "-x", "150", "-y", "50", cmd], check=True
+    )
     try:
         time.sleep(4.0)
-        out = subprocess.run(["tmux", "capture-pane", "-p", "-t", session],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            ["tmux", "capture-pane", "-p", "-t", session],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         return out.stdout
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)

@@ -20,8 +20,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer",
-               "dog", "frog", "horse", "ship", "truck"]
+CIFAR_NAMES = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+]
 STL_NAMES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
 
 
@@ -35,8 +45,11 @@ def pattern(i: int, size: int) -> np.ndarray:
 
 
 def _cifar_batch(start: int, n: int, batch_label: str) -> dict:
-    imgs = np.stack([pattern(i, 32) for i in range(start, start + n)]) if n else (
-        np.zeros((0, 32, 32, 3), np.uint8))
+    imgs = (
+        np.stack([pattern(i, 32) for i in range(start, start + n)])
+        if n
+        else (np.zeros((0, 32, 32, 3), np.uint8))
+    )
     data = imgs.transpose(0, 3, 1, 2).reshape(n, 3072)  # R plane, G plane, B plane, row order
     return {
         "batch_label": batch_label,
@@ -73,8 +86,9 @@ def _stl_images(start: int, n: int) -> bytes:
     return np.ascontiguousarray(imgs.transpose(0, 3, 2, 1)).tobytes()
 
 
-def write_stl10(root: str | Path, n_train: int = 20, n_test: int = 10,
-                n_unlabeled: int = 30) -> Path:
+def write_stl10(
+    root: str | Path, n_train: int = 20, n_test: int = 10, n_unlabeled: int = 30
+) -> Path:
     """``root/stl10_binary/``: {train,test}_{X,y}.bin, unlabeled_X.bin, class_names.txt,
     fold_indices.txt — uint8, 3×96×96 column-major per channel, labels 1-10."""
     folder = Path(root) / "stl10_binary"
@@ -89,8 +103,13 @@ def write_stl10(root: str | Path, n_train: int = 20, n_test: int = 10,
     return folder
 
 
-def write_imagefolder(root: str | Path, classes: list[str], n_per_class: int = 3,
-                      size: int = 40, splits: tuple[str, ...] = ("train", "val")) -> Path:
+def write_imagefolder(
+    root: str | Path,
+    classes: list[str],
+    n_per_class: int = 3,
+    size: int = 40,
+    splits: tuple[str, ...] = ("train", "val"),
+) -> Path:
     """``root/<split>/<class>/img_<k>.JPEG``: real JPEGs (PIL); image k of class c is
     ``pattern(c_index * n_per_class + k, size)``."""
     root = Path(root)
@@ -104,9 +123,13 @@ def write_imagefolder(root: str | Path, classes: list[str], n_per_class: int = 3
     return root
 
 
-def write_imagenet100(root: str | Path, class_list: list[str] | str | Path,
-                      n_per_class: int = 2, size: int = 40,
-                      extra_classes: tuple[str, ...] = ()) -> Path:
+def write_imagenet100(
+    root: str | Path,
+    class_list: list[str] | str | Path,
+    n_per_class: int = 2,
+    size: int = 40,
+    extra_classes: tuple[str, ...] = (),
+) -> Path:
     """An ImageNet-100 tree (``train/<wnid>/``, ``val/<wnid>/``) for the wnids of
     ``class_list`` (a list, or a class-list file with ``#`` comments), plus
     ``extra_classes`` folders that the loader must ignore."""

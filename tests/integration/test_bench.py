@@ -115,8 +115,9 @@ def test_bench_real_data_and_peak_override(tmp_path: Path):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(TINY)
     args = ["--config", str(cfg), "--steps", "3", "--warmup", "1", "--threads", "1"]
-    proc = run_bench(*args, "--data", "real", "--peak-tflops", "0.5",
-                     "--set", "data.synthetic.num_train=64")  # 8 steps an epoch: crosses none
+    proc = run_bench(
+        *args, "--data", "real", "--peak-tflops", "0.5", "--set", "data.synthetic.num_train=64"
+    )  # 8 steps an epoch: crosses none
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["data"] == "real" and out["peak_source"] == "--peak-tflops"
@@ -129,8 +130,18 @@ def test_bench_real_data_and_peak_override(tmp_path: Path):
 def test_bench_compiles_the_step_on_cpu(tmp_path: Path):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(TINY)
-    proc = run_bench("--config", str(cfg), "--steps", "3", "--warmup", "2", "--threads", "1",
-                     "--set", "training.compile=true")
+    proc = run_bench(
+        "--config",
+        str(cfg),
+        "--steps",
+        "3",
+        "--warmup",
+        "2",
+        "--threads",
+        "1",
+        "--set",
+        "training.compile=true",
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["compile"] is True and out["nonfinite_steps"] == 0

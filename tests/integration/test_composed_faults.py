@@ -62,8 +62,9 @@ def demo_runbook(tmp_path: Path) -> str:
 @pytest.mark.slow
 def test_composed_faults_end_trained_with_invariants(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "var")
-    store.save(new_single_night(CONFIG, demo_runbook(tmp_path), timedelta(seconds=200),
-                                dict(OVERRIDES)))
+    store.save(
+        new_single_night(CONFIG, demo_runbook(tmp_path), timedelta(seconds=200), dict(OVERRIDES))
+    )
     saves: list[tuple[float, dict[str, Any]]] = []
 
     def observer(state: State) -> None:
@@ -88,8 +89,10 @@ def test_composed_faults_end_trained_with_invariants(tmp_path: Path) -> None:
     runs = [read_events(Path(a.run_dir) / "events.jsonl") for a in n.attempts]
     controls = [e for e in runs[0] if e["type"] == "control" and e.get("epochs")]
     assert controls and controls[0]["ts"] >= first_cut_at  # decision recorded first
-    assert any(ts <= controls[0]["ts"] and o.get("training.epochs") == controls[0]["epochs"]
-               for ts, o in saves), "the cut was sent before it was in state.json"
+    assert any(
+        ts <= controls[0]["ts"] and o.get("training.epochs") == controls[0]["epochs"]
+        for ts, o in saves
+    ), "the cut was sent before it was in state.json"
 
     trained: list[int] = []
     for att, evs in zip(n.attempts, runs, strict=True):
@@ -99,8 +102,11 @@ def test_composed_faults_end_trained_with_invariants(tmp_path: Path) -> None:
             assert started["start_step"] > 0, f"attempt {att.index} restarted at step 0"
             assert att.overrides["training.epochs"] <= smallest
             assert started["epochs"] <= smallest
-            restart = [d for d in n.decisions if d.kind == "restart"
-                       and d.evidence.get("after_attempt") == att.index - 1]
+            restart = [
+                d
+                for d in n.decisions
+                if d.kind == "restart" and d.evidence.get("after_attempt") == att.index - 1
+            ]
             assert restart, f"no recorded decision before attempt {att.index}"
             assert parse_iso(restart[-1].at) <= parse_iso(att.started_at or "")
             for key, value in restart[-1].evidence.get("overrides", {}).items():

@@ -12,8 +12,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_demo_conservative_beats_random_encoder(tmp_path):
-    r = subprocess.run(worker_cmd(DEMO, tmp_path, []), capture_output=True, text=True,
-                       timeout=900, env=env())
+    r = subprocess.run(
+        worker_cmd(DEMO, tmp_path, []), capture_output=True, text=True, timeout=900, env=env()
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     evals = events(tmp_path, "eval")
     first, last = evals[0], evals[-1]

@@ -73,8 +73,9 @@ def shrink_for(cfg: Config) -> dict[str, Any]:
 def write_data(root: Path) -> None:
     write_cifar10(root / "data", n_train=120, n_test=40)
     write_stl10(root / "data", n_train=20, n_test=20, n_unlabeled=100)
-    write_imagenet100(root / "data" / "imagenet", ROOT / "configs/imagenet100_classes.txt",
-                      n_per_class=1, size=36)
+    write_imagenet100(
+        root / "data" / "imagenet", ROOT / "configs/imagenet100_classes.txt", n_per_class=1, size=36
+    )
 
 
 def ladder_walk(rb: Runbook) -> list[tuple[str, int]]:
@@ -106,10 +107,15 @@ class Chain:
         return load_config(self.recipe, override_args(self.overrides))
 
     def history(self) -> NightHistory:
-        return NightHistory(attempts=self.attempt, attempts_without_progress=0,
-                            config=config_facts(self.cfg()), base_effective_batch=self.base_eff,
-                            overrides=dict(self.overrides), rungs_used=dict(self.rungs_used),
-                            disabled_features=tuple(self.disabled))
+        return NightHistory(
+            attempts=self.attempt,
+            attempts_without_progress=0,
+            config=config_facts(self.cfg()),
+            base_effective_batch=self.base_eff,
+            overrides=dict(self.overrides),
+            rungs_used=dict(self.rungs_used),
+            disabled_features=tuple(self.disabled),
+        )
 
     def step_for(self, ladder: str, index: int) -> L.Step | None:
         h = self.history()
@@ -129,21 +135,30 @@ class Chain:
     def run_attempt(self, resume: Path | None) -> Path:
         self.attempt += 1
         run_dir = self.work / f"attempt-{self.attempt:02d}"
-        cmd = [sys.executable, "-m", "trainer", "--config", str(self.recipe),
-               "--run-dir", str(run_dir)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "trainer",
+            "--config",
+            str(self.recipe),
+            "--run-dir",
+            str(run_dir),
+        ]
         if resume is not None:
             cmd += ["--resume", str(resume)]
         for item in override_args(self.overrides):
             cmd += ["--set", item]
         run_dir.mkdir(parents=True)
         with (run_dir / "worker.log").open("wb") as log:
-            proc = subprocess.Popen(cmd, cwd=self.work, env=env(), stdout=log,
-                                    stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                cmd, cwd=self.work, env=env(), stdout=log, stderr=subprocess.STDOUT
+            )
             target = self.last_step + STEPS_PER_ATTEMPT
 
             def trained() -> bool:
                 return proc.poll() is not None or any(
-                    e["step"] >= target for e in events(run_dir, "step"))
+                    e["step"] >= target for e in events(run_dir, "step")
+                )
 
             ok = wait_for(trained, timeout=240, interval=0.2)
             write_control(run_dir, Control(seq=1, stop=True))

@@ -24,11 +24,13 @@ CLASS_LIST = Path(__file__).resolve().parents[2] / "configs" / "imagenet100_clas
 
 
 def make_cfg(datasets, size=32, **data):
-    return Config.model_validate({
-        "data": {"datasets": datasets, "image_size": size, **data},
-        "model": {"encoder_type": "custom", "patch_size": 8},
-        "evaluation": {"max_train_samples": 1000, "max_test_samples": 1000},
-    })
+    return Config.model_validate(
+        {
+            "data": {"datasets": datasets, "image_size": size, **data},
+            "model": {"encoder_type": "custom", "patch_size": 8},
+            "evaluation": {"max_train_samples": 1000, "max_test_samples": 1000},
+        }
+    )
 
 
 def labels_of(ds):
@@ -88,8 +90,9 @@ def test_imagenet100_keeps_listed_classes_in_file_order(tmp_path):
     wnids = ["n03000000", "n01000000", "n02000000"]
     lst = tmp_path / "classes.txt"
     lst.write_text("# a test list\n" + "\n".join(wnids) + "\n")
-    root = write_imagenet100(tmp_path / "in100", lst, n_per_class=2, size=40,
-                             extra_classes=("n09999999",))
+    root = write_imagenet100(
+        tmp_path / "in100", lst, n_per_class=2, size=40, extra_classes=("n09999999",)
+    )
     cfg = make_cfg([{"name": "imagenet100", "path": str(root)}], imagenet_class_list=str(lst))
     train = build_train_data(cfg)
     assert train.sizes == {"imagenet100": 6}  # the unlisted folder is ignored
@@ -125,9 +128,13 @@ def test_weighted_multi_dataset_epoch(tmp_path):
     write_cifar10(tmp_path / "c", n_train=40, n_test=10)
     write_stl10(tmp_path / "s", n_train=10, n_test=10, n_unlabeled=60)
     cfg = make_cfg(
-        [{"name": "cifar10", "path": str(tmp_path / "c"), "weight": 1.0},
-         {"name": "stl10", "path": str(tmp_path / "s"), "weight": 3.0}],
-        epoch_size=80, batch_size=8, num_workers=2,
+        [
+            {"name": "cifar10", "path": str(tmp_path / "c"), "weight": 1.0},
+            {"name": "stl10", "path": str(tmp_path / "s"), "weight": 3.0},
+        ],
+        epoch_size=80,
+        batch_size=8,
+        num_workers=2,
     )
     train = build_train_data(cfg)
     assert train.sizes == {"cifar10": 40, "stl10": 60} and train.epoch_size == 80
@@ -135,8 +142,9 @@ def test_weighted_multi_dataset_epoch(tmp_path):
     assert Counter(i < 40 for i in order) == {True: 20, False: 60}
     assert list(train.sampler(epoch=1, start=24)) == order[24:]
     # real DataLoader workers (items and sampler pickle); STL (label -1) and CIFAR mix
-    loader = DataLoader(train.dataset, batch_size=8, sampler=train.sampler(epoch=1),
-                        num_workers=2, drop_last=True)
+    loader = DataLoader(
+        train.dataset, batch_size=8, sampler=train.sampler(epoch=1), num_workers=2, drop_last=True
+    )
     batches = list(loader)
     assert all(x.shape == (8, 3, 32, 32) for x, _ in batches)
     labels = torch.cat([y for _, y in batches])
@@ -146,8 +154,12 @@ def test_weighted_multi_dataset_epoch(tmp_path):
 
 @pytest.mark.parametrize(
     ("name", "expected"),
-    [("cifar10", "cifar-10-batches-py"), ("stl10", "stl10_binary"),
-     ("imagenet100", "train"), ("imagefolder", "train")],
+    [
+        ("cifar10", "cifar-10-batches-py"),
+        ("stl10", "stl10_binary"),
+        ("imagenet100", "train"),
+        ("imagefolder", "train"),
+    ],
 )
 def test_missing_dataset_names_the_path_and_the_fix(tmp_path, name, expected):
     cfg = make_cfg([{"name": name, "path": str(tmp_path / "data")}])

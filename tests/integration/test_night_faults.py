@@ -41,8 +41,13 @@ def runbook(tmp_path: Path, **changes: Any) -> str:
     return str(path)
 
 
-def night(tmp_path: Path, overrides: dict[str, Any], window_s: float = 600,
-          rb: str | None = None, config: str = CONFIG) -> StateStore:
+def night(
+    tmp_path: Path,
+    overrides: dict[str, Any],
+    window_s: float = 600,
+    rb: str | None = None,
+    config: str = CONFIG,
+) -> StateStore:
     store = StateStore(tmp_path / "var")
     state = new_single_night(config, rb or str(DEMO_RB), timedelta(seconds=window_s), overrides)
     store.save(state)
@@ -94,8 +99,7 @@ def test_missing_dataset_switches_to_fallback(tmp_path: Path, monkeypatch: Any) 
     assert n.attempts[-1].overrides["data.datasets"] == [{"name": "synthetic", "weight": 1.0}]
 
 
-def test_daemon_stop_leaves_night_resumable_then_resumes(tmp_path: Path,
-                                                         monkeypatch: Any) -> None:
+def test_daemon_stop_leaves_night_resumable_then_resumes(tmp_path: Path, monkeypatch: Any) -> None:
     monkeypatch.setenv("FAKE_STEP_S", "0.3")
     store = night(tmp_path, {"training.epochs": 3})
     stop = threading.Event()
@@ -121,9 +125,16 @@ def orphan(store: StateStore, sets: list[str]) -> tuple[int, Path, System]:
     for item in sets:
         argv += ["--set", item]
     pid = system.spawn(argv, ROOT, run_dir / "worker.log")
-    n.attempts.append(Attempt(index=1, run_dir=str(run_dir), overrides=dict(n.overrides),
-                              started_at=now_iso(), pid=pid,
-                              pid_create_time=system.create_time(pid)))
+    n.attempts.append(
+        Attempt(
+            index=1,
+            run_dir=str(run_dir),
+            overrides=dict(n.overrides),
+            started_at=now_iso(),
+            pid=pid,
+            pid_create_time=system.create_time(pid),
+        )
+    )
     n.status = "running"
     store.save(state)
     return pid, run_dir, system
@@ -136,8 +147,7 @@ def wait_for_event(run_dir: Path, kind: str, timeout_s: float = 60.0) -> None:
         time.sleep(0.1)
 
 
-def test_crash_safety_reattaches_to_a_live_healthy_worker(tmp_path: Path,
-                                                         monkeypatch: Any) -> None:
+def test_crash_safety_reattaches_to_a_live_healthy_worker(tmp_path: Path, monkeypatch: Any) -> None:
     """A previous supervisor died mid-attempt and its worker still trains. The next run_night
     re-attaches to it (same pid, same attempt, same run dir), supervises it to its end and
     reads the ending from its events: no restart, no epoch trained twice."""
@@ -193,8 +203,10 @@ def test_finished_night_is_not_rerun(tmp_path: Path) -> None:
 
 
 def test_a_rung_the_recipe_rejects_is_skipped_and_the_night_goes_on(tmp_path: Path) -> None:
-    rb = runbook(tmp_path, **{"ladders.oom": [{"set": {"data.batch_size": -4}},
-                                             {"set": {"data.batch_size": 16}}]})
+    rb = runbook(
+        tmp_path,
+        **{"ladders.oom": [{"set": {"data.batch_size": -4}}, {"set": {"data.batch_size": 16}}]},
+    )
     store = night(tmp_path, {"training.epochs": 2, "faults.oom_above_micro_batch": 16}, rb=rb)
     n = run_fake(store)
     assert n.status == "succeeded", n.reason
@@ -208,8 +220,9 @@ def test_a_rung_the_recipe_rejects_is_skipped_and_the_night_goes_on(tmp_path: Pa
     assert "rung skipped: " in text and "does not apply to this recipe" in text
 
 
-def test_best_checkpoint_is_the_best_by_metric_not_the_newest(tmp_path: Path,
-                                                              monkeypatch: Any) -> None:
+def test_best_checkpoint_is_the_best_by_metric_not_the_newest(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
     monkeypatch.setenv("FAKE_BEST_EPOCH", "1")
     store = night(tmp_path, {"training.epochs": 3})
     n = run_fake(store)
@@ -217,8 +230,7 @@ def test_best_checkpoint_is_the_best_by_metric_not_the_newest(tmp_path: Path,
     assert n.best_checkpoint is not None and n.best_checkpoint.endswith("ckpt-e0001-s00000004.pt")
 
 
-def test_an_error_inside_the_runner_still_ends_the_night(tmp_path: Path,
-                                                         monkeypatch: Any) -> None:
+def test_an_error_inside_the_runner_still_ends_the_night(tmp_path: Path, monkeypatch: Any) -> None:
     """An exception in the runner's own code (here: an observer of the state) is recorded,
     the worker it was supervising is stopped, and the night gets an ending and a reason."""
     monkeypatch.setenv("FAKE_STEP_S", "0.2")
@@ -264,8 +276,9 @@ TINY = {
 }
 
 
-def real(tmp_path: Path, faults: dict[str, Any], window_s: float = 900,
-         rb: str | None = None) -> Night:
+def real(
+    tmp_path: Path, faults: dict[str, Any], window_s: float = 900, rb: str | None = None
+) -> Night:
     store = night(tmp_path, {**TINY, **faults}, window_s=window_s, rb=rb)
     return run_night(store, 0)
 
@@ -307,8 +320,7 @@ def test_real_feature_failure_disables_it(tmp_path: Path) -> None:
 def test_real_slow_steps_cut_epochs_live(tmp_path: Path) -> None:
     # 2 steps/epoch + a 10 s delay per step: 8 epochs (160 s) cannot fit a 150 s window
     rb = runbook(tmp_path, **{"ladders.slow.epochs": [], "final_eval_minutes": 0.5})
-    n = real(tmp_path, {"training.epochs": 8, "faults.step_delay_s": 10.0}, window_s=150,
-             rb=rb)
+    n = real(tmp_path, {"training.epochs": 8, "faults.step_delay_s": 10.0}, window_s=150, rb=rb)
     cut = [d for d in n.decisions if d.kind == "set_epochs"]
     assert cut and len(n.attempts) == 1  # no restart
     assert n.attempts[0].exit_kind in ("finished", "stopped")
@@ -332,8 +344,9 @@ def test_real_hang_is_killed_and_resumed(tmp_path: Path) -> None:
 def test_real_memory_ceiling_shrinks_batch(tmp_path: Path) -> None:
     # a ceiling under the worker's real use: the first rung is taken, then the ladder is
     # exhausted and the night carries on (warned once) to a finished model
-    rb = runbook(tmp_path, **{"memory.ceiling_gb": 0.05,
-                              "ladders.oom": [{"set": {"data.batch_size": 16}}]})
+    rb = runbook(
+        tmp_path, **{"memory.ceiling_gb": 0.05, "ladders.oom": [{"set": {"data.batch_size": 16}}]}
+    )
     n = real(tmp_path, {}, rb=rb)
     assert n.attempts[0].exit_kind == "memory"
     assert overrides_of(n)["data.batch_size"] == 16
@@ -356,8 +369,7 @@ def test_real_aggressive_feature_rungs_resume_mid_run(tmp_path: Path, feature: s
     checkpoint exists; the next attempt resumes from it (not step 0) with the feature off —
     for FPN loading every weight that still fits and naming what it dropped."""
     faults = {"faults.raise_in_feature": feature, "faults.raise_in_feature_after_step": 3}
-    store = night(tmp_path, {**TINY, **faults},
-                  config=str(ROOT / "configs/demo_aggressive.yaml"))
+    store = night(tmp_path, {**TINY, **faults}, config=str(ROOT / "configs/demo_aggressive.yaml"))
     n = run_night(store, 0)
     assert [a.exit_kind for a in n.attempts] == ["feature", "finished"], n.reason
     assert n.status in ("succeeded", "partial")
@@ -381,16 +393,24 @@ def test_real_aggressive_feature_rungs_resume_mid_run(tmp_path: Path, feature: s
 def test_real_fp16_overflow_is_skipped_not_a_fallback(tmp_path: Path) -> None:
     """fp16 with a GradScaler on the CPU: routine overflow steps are skipped and counted, the
     night spends no rung of the non-finite ladder on them, and the report says how many."""
-    n = real(tmp_path, {"training.precision": "fp16", "faults.grad_overflow_at_step": 2,
-                        "training.epochs": 4,
-                        "faults.grad_overflow_steps": 3, "logging.log_frequency": 1})
+    n = real(
+        tmp_path,
+        {
+            "training.precision": "fp16",
+            "faults.grad_overflow_at_step": 2,
+            "training.epochs": 4,
+            "faults.grad_overflow_steps": 3,
+            "logging.log_frequency": 1,
+        },
+    )
     assert [a.exit_kind for a in n.attempts] == ["finished"], n.reason
     assert not n.fallbacks
     from orchestrator.views.report.write import write_report
     from trainer.events import read_events
 
-    steps = [e for e in read_events(Path(n.attempts[0].run_dir) / "events.jsonl")
-             if e["type"] == "step"]
+    steps = [
+        e for e in read_events(Path(n.attempts[0].run_dir) / "events.jsonl") if e["type"] == "step"
+    ]
     assert max(e["overflow_steps"] for e in steps) == 3
     text = write_report(Path(n.attempts[0].run_dir).parents[2]).read_text()
     assert "gradient-overflow steps skipped" in text and "attempt 1: 3" in text
@@ -406,9 +426,12 @@ def test_real_slow_steps_are_not_a_hang(tmp_path: Path) -> None:
     assert not [d for d in n.decisions if d.trigger == "hang"]
     from trainer.events import read_events
 
-    steps = [e for e in read_events(Path(n.attempts[0].run_dir) / "events.jsonl")
-             if e["type"] == "step"]
+    steps = [
+        e for e in read_events(Path(n.attempts[0].run_dir) / "events.jsonl") if e["type"] == "step"
+    ]
     slowest = max(e["step_s"] for e in steps if e.get("step_s"))
     assert slowest >= 4.5
-    print(f"false-hang check: steps of {slowest:.1f} s against a 3 s step timeout "
-          f"(adaptive limit {5 * slowest:.0f} s): not killed")
+    print(
+        f"false-hang check: steps of {slowest:.1f} s against a 3 s step timeout "
+        f"(adaptive limit {5 * slowest:.0f} s): not killed"
+    )

@@ -28,8 +28,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 class RecordingSystem(System):
@@ -57,20 +63,30 @@ def test_an_attempt_is_in_the_state_file_before_its_worker_is_spawned(tmp_path: 
     assert all(a.pid and a.pid_create_time for a in n.attempts)
 
 
-def _open_attempt(store: StateStore, pid: int | None = None,
-                  create_time: float | None = None) -> Night:
+def _open_attempt(
+    store: StateStore, pid: int | None = None, create_time: float | None = None
+) -> Night:
     state = store.load()
     n = state.nights[0]
     run_dir = store.dir / "runs" / n.name / "attempt-01"
-    n.attempts.append(Attempt(index=1, run_dir=str(run_dir), overrides=dict(n.overrides),
-                              started_at=now_iso(), pid=pid, pid_create_time=create_time))
+    n.attempts.append(
+        Attempt(
+            index=1,
+            run_dir=str(run_dir),
+            overrides=dict(n.overrides),
+            started_at=now_iso(),
+            pid=pid,
+            pid_create_time=create_time,
+        )
+    )
     n.status = "running"
     store.save(state)
     return n
 
 
 def test_a_worker_whose_pid_never_reached_the_state_is_found_not_doubled(
-        tmp_path: Path, monkeypatch: Any) -> None:
+    tmp_path: Path, monkeypatch: Any
+) -> None:
     """The runner died between recording the attempt and recording the worker's pid: the next
     runner finds that worker by its --run-dir and deals with it before launching another."""
     monkeypatch.setenv("FAKE_STEP_S", "0.3")
@@ -78,8 +94,11 @@ def test_a_worker_whose_pid_never_reached_the_state_is_found_not_doubled(
     n = _open_attempt(store)
     run_dir = Path(n.attempts[0].run_dir)
     system = System()
-    pid = system.spawn([*FAKE, "--config", CONFIG, "--run-dir", str(run_dir), "--set",
-                        "training.epochs=3"], ROOT, run_dir / "worker.log")
+    pid = system.spawn(
+        [*FAKE, "--config", CONFIG, "--run-dir", str(run_dir), "--set", "training.epochs=3"],
+        ROOT,
+        run_dir / "worker.log",
+    )
     time.sleep(2.0)
     done = NightRunner(store, 0, threading.Event(), system, None, worker=FAKE).run()
     assert done.status == "succeeded", done.reason
@@ -114,8 +133,10 @@ subprocess.Popen([sys.executable, "-c", {code!r}])  # prints its pid once it is 
 time.sleep(600)
 """
 PLAIN = "import os, time; print(os.getpid(), flush=True); time.sleep(600)"
-DEAF = ("import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-        "print(os.getpid(), flush=True); time.sleep(600)")
+DEAF = (
+    "import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "print(os.getpid(), flush=True); time.sleep(600)"
+)
 
 
 @pytest.mark.parametrize("child_code", [PLAIN, DEAF], ids=["plain-child", "child-ignores-term"])
@@ -130,9 +151,17 @@ def test_orphans_are_stopped_as_a_whole_process_group(tmp_path: Path, child_code
             break
         time.sleep(0.05)
     child = int(log.read_text().split()[0])
-    n = Night(name="n", index=0, config="c", runbook="r", attempts=[
-        Attempt(index=1, run_dir=str(tmp_path), pid=pid,
-                pid_create_time=system.create_time(pid))])
+    n = Night(
+        name="n",
+        index=0,
+        config="c",
+        runbook="r",
+        attempts=[
+            Attempt(
+                index=1, run_dir=str(tmp_path), pid=pid, pid_create_time=system.create_time(pid)
+            )
+        ],
+    )
     assert stop_orphan_workers(n, grace_s=5.0, system=system) == [pid]
     for p in (pid, child):
         gone = not psutil.pid_exists(p) or psutil.Process(p).status() == psutil.STATUS_ZOMBIE
@@ -144,8 +173,16 @@ def test_run_refuses_a_state_dir_that_is_in_use(tmp_path: Path) -> None:
     lock = DaemonLock(var)
     assert lock.acquire()
     try:
-        out = cli("run", "--config", str(ROOT / "configs/demo_conservative.yaml"),
-                  "--window", "2m", "--state-dir", str(var), "--no-tui")
+        out = cli(
+            "run",
+            "--config",
+            str(ROOT / "configs/demo_conservative.yaml"),
+            "--window",
+            "2m",
+            "--state-dir",
+            str(var),
+            "--no-tui",
+        )
     finally:
         lock.release()
     assert out.returncode == 2, out.stdout + out.stderr
@@ -153,8 +190,9 @@ def test_run_refuses_a_state_dir_that_is_in_use(tmp_path: Path) -> None:
     assert not (var / "state.json").exists()
 
 
-@pytest.mark.parametrize("args", [["status", "--json"], ["status", "--once"], ["report"],
-                                  ["stop"]], ids=" ".join)
+@pytest.mark.parametrize(
+    "args", [["status", "--json"], ["status", "--once"], ["report"], ["stop"]], ids=" ".join
+)
 def test_readers_never_move_a_corrupt_state_file(tmp_path: Path, args: list[str]) -> None:
     var = tmp_path / "var"
     var.mkdir()

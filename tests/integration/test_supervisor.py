@@ -24,12 +24,14 @@ RB.sampling_interval_s = 0.5
 
 def history() -> NightHistory:
     facts = ConfigFacts(micro_batch=64, accum_steps=1, lr=1e-3, epochs=3, eval_frequency=2)
-    return NightHistory(attempts=1, attempts_without_progress=0, config=facts,
-                        base_effective_batch=64)
+    return NightHistory(
+        attempts=1, attempts_without_progress=0, config=facts, base_effective_batch=64
+    )
 
 
-def supervise(tmp_path: Path, *sets: str, env: dict[str, str] | None = None,
-              deadline: float | None = None) -> tuple[Any, list[Any]]:
+def supervise(
+    tmp_path: Path, *sets: str, env: dict[str, str] | None = None, deadline: float | None = None
+) -> tuple[Any, list[Any]]:
     system = System()
     deadline = deadline or time.time() + 600
     decisions: list[Any] = []
@@ -39,9 +41,17 @@ def supervise(tmp_path: Path, *sets: str, env: dict[str, str] | None = None,
     old = {k: os.environ.get(k) for k in env or {}}
     os.environ.update(env or {})
     try:
-        sup = Supervisor(system, RB, run_dir=tmp_path, argv=argv, cwd=ROOT, deadline=deadline,
-                         decide=lambda o: decide(o, history(), RB, time.time(), deadline),
-                         on_decision=decisions.append, poll_s=0.1)
+        sup = Supervisor(
+            system,
+            RB,
+            run_dir=tmp_path,
+            argv=argv,
+            cwd=ROOT,
+            deadline=deadline,
+            decide=lambda o: decide(o, history(), RB, time.time(), deadline),
+            on_decision=decisions.append,
+            poll_s=0.1,
+        )
         sup.launch()
     finally:
         for k, v in old.items():
@@ -72,14 +82,14 @@ def test_hung_worker_is_killed_within_the_timeout(tmp_path: Path) -> None:
 
 
 def test_worker_ignoring_sigterm_is_killed(tmp_path: Path) -> None:
-    out, _ = supervise(tmp_path, "training.epochs=50", "faults.hang_at_step=2",
-                       env={"FAKE_IGNORE_TERM": "1"})
+    out, _ = supervise(
+        tmp_path, "training.epochs=50", "faults.hang_at_step=2", env={"FAKE_IGNORE_TERM": "1"}
+    )
     assert out.exit_code == -9 and out.exit_kind == "hang"
 
 
 def test_oom_seen_only_in_stderr_is_classified_oom(tmp_path: Path) -> None:
-    out, _ = supervise(tmp_path, "faults.oom_above_micro_batch=16",
-                       env={"FAKE_OOM_TEXT_ONLY": "1"})
+    out, _ = supervise(tmp_path, "faults.oom_above_micro_batch=16", env={"FAKE_OOM_TEXT_ONLY": "1"})
     assert (out.exit_code, out.exit_kind) == (1, "oom")
     assert "out of memory" in out.message
 
@@ -92,8 +102,12 @@ def test_nan_worker_reports_the_bad_step(tmp_path: Path) -> None:
 
 def test_deadline_stop_ends_evaluated(tmp_path: Path) -> None:
     # one 8 s epoch, deadline − final-eval reserve in 3 s: nothing to cut, stop with an eval
-    out, decisions = supervise(tmp_path, "training.epochs=1", env={"FAKE_STEP_S": "2"},
-                               deadline=time.time() + RB.final_eval_s + 3)
+    out, decisions = supervise(
+        tmp_path,
+        "training.epochs=1",
+        env={"FAKE_STEP_S": "2"},
+        deadline=time.time() + RB.final_eval_s + 3,
+    )
     assert [d.kind.value for d in decisions] == ["stop_for_deadline"]
     assert (out.exit_kind, out.stop_reason) == ("stopped", "deadline")
     assert out.view.evals[-1]["epoch"] == out.view.epoch  # the final eval ran

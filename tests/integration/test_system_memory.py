@@ -43,8 +43,9 @@ def test_a_shared_memory_mapped_file_counts_once_in_the_tree_measure(tmp_path: P
         for _ in range(SIZE // MB):
             fh.write(chunk)
     ready = tmp_path / "ready"
-    proc = subprocess.Popen([sys.executable, "-c", TREE, str(data), str(ready), "parent", TREE],
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", TREE, str(data), str(ready), "parent", TREE], start_new_session=True
+    )
     try:
         end = time.monotonic() + 120
         while not (ready.exists() and ready.read_text() == "ok"):

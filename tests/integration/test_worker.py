@@ -107,11 +107,14 @@ def test_resume_without_checkpoint_refuses_to_start_over(tmp_path):
     assert not events(tmp_path, "step")
 
 
-@pytest.mark.parametrize("sets,code,kind,feature", [
-    (["faults.oom_above_micro_batch=8"], EXIT_OOM, "oom", None),
-    (["faults.nonfinite_at_step=3"], EXIT_NONFINITE, "nonfinite", None),
-    (["faults.raise_in_feature=layerscale"], EXIT_FEATURE, "feature", "layerscale"),
-])
+@pytest.mark.parametrize(
+    "sets,code,kind,feature",
+    [
+        (["faults.oom_above_micro_batch=8"], EXIT_OOM, "oom", None),
+        (["faults.nonfinite_at_step=3"], EXIT_NONFINITE, "nonfinite", None),
+        (["faults.raise_in_feature=layerscale"], EXIT_FEATURE, "feature", "layerscale"),
+    ],
+)
 def test_fault_injection_gives_its_kind_and_exit_code(tmp_path, sets, code, kind, feature):
     r = run_worker(tmp_path, [*sets, "evaluation.eval_at_start=false"])
     assert r.returncode == code, r.stderr
@@ -129,8 +132,7 @@ def test_nonfinite_is_caught_before_the_optimizer_step_and_passes_on_restart(tmp
 
 
 def test_feature_fault_only_fires_while_the_feature_is_on(tmp_path):
-    sets = ["faults.raise_in_feature=fpn", "evaluation.eval_at_start=false",
-            "training.epochs=1"]
+    sets = ["faults.raise_in_feature=fpn", "evaluation.eval_at_start=false", "training.epochs=1"]
     r = run_worker(tmp_path / "on", sets, config=DEMO_AGGRESSIVE)
     assert r.returncode == EXIT_FEATURE
     assert events(tmp_path / "on", "fatal")[0]["feature"] == "fpn"
@@ -152,8 +154,10 @@ def test_hang_stops_progress_and_heartbeats(tmp_path):
 
 
 def test_control_file_cuts_epochs_live(tmp_path):
-    proc = start_worker(tmp_path, ["training.epochs=6", "faults.step_delay_s=0.05",
-                                   "evaluation.eval_at_start=false"])
+    proc = start_worker(
+        tmp_path,
+        ["training.epochs=6", "faults.step_delay_s=0.05", "evaluation.eval_at_start=false"],
+    )
     assert wait_for(lambda: bool(events(tmp_path, "step")), 120)
     write_control(tmp_path, Control(seq=1, epochs=2))
     assert proc.wait(180) == EXIT_OK
@@ -187,8 +191,10 @@ def test_config_typo_and_missing_dataset_are_clear(tmp_path):
     assert r.returncode == EXIT_USAGE
     assert "training.epocs" in r.stderr and "demo_conservative.yaml" in r.stderr
     missing = tmp_path / "nodata"
-    r = run_worker(tmp_path / "data", [f"data.datasets=[{{name: cifar10, path: {missing}}}]",
-                                       "data.image_size=32"])
+    r = run_worker(
+        tmp_path / "data",
+        [f"data.datasets=[{{name: cifar10, path: {missing}}}]", "data.image_size=32"],
+    )
     assert r.returncode == EXIT_DATA
     fatal = events(tmp_path / "data", "fatal")[0]
     assert fatal["kind"] == "data" and str(missing) in fatal["message"]
@@ -221,8 +227,12 @@ def test_sigint_checkpoints_too(tmp_path):
 
 # -- every fallback holds: the worker side ---------------------------------------------------
 def test_fp16_overflow_steps_are_skipped_counted_and_the_run_completes(tmp_path):
-    sets = ["training.precision=fp16", "faults.grad_overflow_at_step=5",
-            "faults.grad_overflow_steps=3", "evaluation.eval_at_start=false"]
+    sets = [
+        "training.precision=fp16",
+        "faults.grad_overflow_at_step=5",
+        "faults.grad_overflow_steps=3",
+        "evaluation.eval_at_start=false",
+    ]
     r = run_worker(tmp_path, sets)
     assert r.returncode == EXIT_OK, r.stderr
     assert events(tmp_path, "started")[0]["precision"] == "fp16"
@@ -240,8 +250,12 @@ def test_fp16_overflow_steps_are_skipped_counted_and_the_run_completes(tmp_path)
 
 
 def test_more_consecutive_overflows_than_allowed_is_nonfinite_then_passes(tmp_path):
-    sets = ["faults.grad_overflow_at_step=20", "faults.grad_overflow_steps=3",
-            "training.max_consecutive_overflows=2", "evaluation.eval_at_start=false"]
+    sets = [
+        "faults.grad_overflow_at_step=20",
+        "faults.grad_overflow_steps=3",
+        "training.max_consecutive_overflows=2",
+        "evaluation.eval_at_start=false",
+    ]
     r = run_worker(tmp_path, sets)  # fp32: a non-finite grad norm without a scaler
     assert r.returncode == EXIT_NONFINITE, r.stderr
     fatal = events(tmp_path, "fatal")[0]
@@ -253,9 +267,16 @@ def test_more_consecutive_overflows_than_allowed_is_nonfinite_then_passes(tmp_pa
 
 def test_a_cut_survives_a_restart_and_the_lr_stays_continuous(tmp_path):
     first = tmp_path / "first"
-    proc = start_worker(first, ["training.epochs=6", "faults.step_delay_s=0.15",
-                                "evaluation.eval_at_start=false",
-                                "checkpoint.every_n_steps=4", "checkpoint.keep_last_k=20"])
+    proc = start_worker(
+        first,
+        [
+            "training.epochs=6",
+            "faults.step_delay_s=0.15",
+            "evaluation.eval_at_start=false",
+            "checkpoint.every_n_steps=4",
+            "checkpoint.keep_last_k=20",
+        ],
+    )
     assert wait_for(lambda: any(e["step"] >= 6 for e in events(first, "step")), 120)
     write_control(first, Control(seq=1, epochs=3))
     assert wait_for(lambda: any(e["step"] >= 21 for e in events(first, "step")), 120)
@@ -266,8 +287,9 @@ def test_a_cut_survives_a_restart_and_the_lr_stays_continuous(tmp_path):
     assert last["step"] == stop["step"]
     # the supervisor's override now says 3: the same curve continues exactly
     same = tmp_path / "same"
-    r = run_worker(same, ["training.epochs=3", "evaluation.eval_at_start=false"],
-                   "--resume", stop["path"])
+    r = run_worker(
+        same, ["training.epochs=3", "evaluation.eval_at_start=false"], "--resume", stop["path"]
+    )
     assert r.returncode == EXIT_OK, r.stderr
     assert events(same, "started")[0]["epochs"] == 3
     assert {e["total_epochs"] for e in events(same, "epoch_end")} == {3}
@@ -280,8 +302,9 @@ def test_a_cut_survives_a_restart_and_the_lr_stays_continuous(tmp_path):
     pre = ck.read_sidecar(early)
     assert pre["total_epochs"] == 6 and pre["step"] == 4
     back = tmp_path / "back"
-    r = run_worker(back, ["training.epochs=3", "evaluation.eval_at_start=false"],
-                   "--resume", str(early))
+    r = run_worker(
+        back, ["training.epochs=3", "evaluation.eval_at_start=false"], "--resume", str(early)
+    )
     assert r.returncode == EXIT_OK, r.stderr
     assert events(back, "started")[0]["epochs"] == 3
     ref = {e["step"]: e["lr"] for e in events(first, "step")}
@@ -291,9 +314,13 @@ def test_a_cut_survives_a_restart_and_the_lr_stays_continuous(tmp_path):
 
 
 def test_time_checkpoints_keep_a_nan_from_rolling_back_to_step_zero(tmp_path):
-    sets = ["faults.nonfinite_at_step=12", "faults.step_delay_s=0.1",
-            "checkpoint.every_minutes=0.005", "experiment.save_frequency=5",
-            "evaluation.eval_at_start=false"]
+    sets = [
+        "faults.nonfinite_at_step=12",
+        "faults.step_delay_s=0.1",
+        "checkpoint.every_minutes=0.005",
+        "experiment.save_frequency=5",
+        "evaluation.eval_at_start=false",
+    ]
     assert run_worker(tmp_path, sets).returncode == EXIT_NONFINITE
     saves = events(tmp_path, "checkpoint")
     assert saves and {c["reason"] for c in saves} == {"time"} and all(c["verified"] for c in saves)
@@ -304,17 +331,26 @@ def test_time_checkpoints_keep_a_nan_from_rolling_back_to_step_zero(tmp_path):
 
 
 def test_fpn_off_resumes_partially_and_contrastive_off_under_cjepa_trains(tmp_path):
-    sets = ["evaluation.eval_at_start=false", "training.epochs=2",
-            "faults.raise_in_feature=fpn", "faults.raise_in_feature_after_step=6",
-            "checkpoint.every_n_steps=2"]
+    sets = [
+        "evaluation.eval_at_start=false",
+        "training.epochs=2",
+        "faults.raise_in_feature=fpn",
+        "faults.raise_in_feature_after_step=6",
+        "checkpoint.every_n_steps=2",
+    ]
     first = tmp_path / "first"
     r = run_worker(first, sets, config=DEMO_AGGRESSIVE)
     assert r.returncode == EXIT_FEATURE, r.stderr
     assert events(first, "fatal")[0]["feature"] == "fpn"
     assert max(e["step"] for e in events(first, "step")) == 5  # armed from step 6 on
     nxt = tmp_path / "next"
-    r = run_worker(nxt, [*sets, "model.use_fpn=false", "loss.use_contrastive=false"],
-                   "--resume", str(first), config=DEMO_AGGRESSIVE)
+    r = run_worker(
+        nxt,
+        [*sets, "model.use_fpn=false", "loss.use_contrastive=false"],
+        "--resume",
+        str(first),
+        config=DEMO_AGGRESSIVE,
+    )
     assert r.returncode == EXIT_OK, r.stderr
     partial = events(nxt, "resume_partial")
     assert len(partial) == 1 and partial[0]["optimizer"] == "restored"
@@ -326,8 +362,9 @@ def test_fpn_off_resumes_partially_and_contrastive_off_under_cjepa_trains(tmp_pa
 
 
 def test_heartbeats_carry_step_time_and_best_follows_the_metric(tmp_path):
-    r = run_worker(tmp_path, ["faults.step_delay_s=0.3", "evaluation.eval_at_start=false",
-                              "training.epochs=2"])
+    r = run_worker(
+        tmp_path, ["faults.step_delay_s=0.3", "evaluation.eval_at_start=false", "training.epochs=2"]
+    )
     assert r.returncode == EXIT_OK, r.stderr
     beats = events(tmp_path, "heartbeat")
     assert "train" in {b["phase"] for b in beats}

@@ -56,12 +56,31 @@ def test_cpu_peak_is_an_estimate_that_scales_with_threads():
 
 def test_gpu_table_ratios_against_the_best_reference_and_shows_errors():
     rows = [
-        {"run": "reference naive", "img_per_s": 1000.0, "ms_per_step": 128.0, "mfu": 0.05,
-         "gflop_per_img": 35.0, "peak_mem_gib": 10.0},
-        {"run": "reference SDPA", "img_per_s": 2000.0, "ms_per_step": 64.0, "mfu": 0.07,
-         "gflop_per_img": 35.0, "peak_mem_gib": 9.0},
-        {"run": "ours eager", "img_per_s": 6000.0, "ms_per_step": 21.3, "mfu": 0.25,
-         "gflop_per_img": 34.0, "peak_mem_gib": 8.0, "notes": "bf16"},
+        {
+            "run": "reference naive",
+            "img_per_s": 1000.0,
+            "ms_per_step": 128.0,
+            "mfu": 0.05,
+            "gflop_per_img": 35.0,
+            "peak_mem_gib": 10.0,
+        },
+        {
+            "run": "reference SDPA",
+            "img_per_s": 2000.0,
+            "ms_per_step": 64.0,
+            "mfu": 0.07,
+            "gflop_per_img": 35.0,
+            "peak_mem_gib": 9.0,
+        },
+        {
+            "run": "ours eager",
+            "img_per_s": 6000.0,
+            "ms_per_step": 21.3,
+            "mfu": 0.25,
+            "gflop_per_img": 34.0,
+            "peak_mem_gib": 8.0,
+            "notes": "bf16",
+        },
         {"run": "ours compiled", "error": "timed out after 240 s"},
         {"run": "ours, real data pipeline", "error": "exit 2: bad |\n  data: x"},
     ]

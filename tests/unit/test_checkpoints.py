@@ -18,8 +18,11 @@ def save_n(tmp_path: Path, n: int, keep: int = 3) -> ck.CheckpointWriter:
 def test_save_writes_sidecar_and_prunes(tmp_path):
     w = save_n(tmp_path, 5, keep=3)
     names = [p.name for p in ck.list_checkpoints(w.dir)]
-    assert names == ["ckpt-e0005-s00000050.pt", "ckpt-e0004-s00000040.pt",
-                     "ckpt-e0003-s00000030.pt"]
+    assert names == [
+        "ckpt-e0005-s00000050.pt",
+        "ckpt-e0004-s00000040.pt",
+        "ckpt-e0003-s00000030.pt",
+    ]
     meta = ck.read_sidecar(w.dir / names[0])
     assert meta["epoch"] == 5 and meta["step"] == 50 and len(meta["sha256"]) == 64
     assert not list(w.dir.glob(".tmp-*"))

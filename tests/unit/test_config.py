@@ -17,9 +17,16 @@ def write(tmp_path: Path, data: dict, name: str = "c.yaml") -> Path:
     return p
 
 
-BASE = {"data": {"datasets": [{"name": "synthetic"}], "image_size": 32},
-        "model": {"encoder_type": "custom", "embed_dim": 48, "depth": 2, "num_heads": 3,
-                  "patch_size": 8}}
+BASE = {
+    "data": {"datasets": [{"name": "synthetic"}], "image_size": 32},
+    "model": {
+        "encoder_type": "custom",
+        "embed_dim": 48,
+        "depth": 2,
+        "num_heads": 3,
+        "patch_size": 8,
+    },
+}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -45,8 +52,15 @@ def test_set_override_typo_is_an_error_naming_the_key(tmp_path):
 
 def test_set_override_values_are_yaml(tmp_path):
     p = write(tmp_path, BASE)
-    cfg = load_config(p, ["training.lr=1e-4", "training.betas=[0.8, 0.9]", "model.use_fpn=true",
-                          "data.batch_size=7"])
+    cfg = load_config(
+        p,
+        [
+            "training.lr=1e-4",
+            "training.betas=[0.8, 0.9]",
+            "model.use_fpn=true",
+            "data.batch_size=7",
+        ],
+    )
     assert cfg.training.lr == pytest.approx(1e-4)
     assert cfg.training.betas == (0.8, 0.9)
     assert cfg.model.use_fpn is True and cfg.data.batch_size == 7
@@ -71,40 +85,61 @@ def test_yaml_exponent_floats_are_numbers(tmp_path):
 
 
 def test_single_dataset_spelling_folds_into_datasets():
-    cfg = Config.model_validate({**BASE, "data": {"dataset": "imagenet100",
-                                                  "data_path": "./data/imagenet",
-                                                  "image_size": 32}})
+    cfg = Config.model_validate(
+        {
+            **BASE,
+            "data": {"dataset": "imagenet100", "data_path": "./data/imagenet", "image_size": 32},
+        }
+    )
     assert [(d.name, d.path) for d in cfg.data.datasets] == [("imagenet100", "./data/imagenet")]
 
 
 def test_use_multi_dataset_must_match():
     with pytest.raises(ValueError, match="use_multi_dataset"):
-        Config.model_validate({**BASE, "data": {"use_multi_dataset": True, "image_size": 32,
-                                                "datasets": [{"name": "synthetic"}]}})
+        Config.model_validate(
+            {
+                **BASE,
+                "data": {
+                    "use_multi_dataset": True,
+                    "image_size": 32,
+                    "datasets": [{"name": "synthetic"}],
+                },
+            }
+        )
 
 
 def test_fpn_nested_alias_and_contradiction():
     cfg = Config.model_validate({**BASE, "model": {**BASE["model"], "fpn": {"use_fpn": True}}})
     assert cfg.model.use_fpn is True
     with pytest.raises(ValueError, match="disagree"):
-        Config.model_validate({**BASE, "model": {**BASE["model"], "use_fpn": False,
-                                                 "fpn": {"use_fpn": True}}})
+        Config.model_validate(
+            {**BASE, "model": {**BASE["model"], "use_fpn": False, "fpn": {"use_fpn": True}}}
+        )
 
 
 def test_preset_fills_sizes_and_rejects_contradiction():
-    cfg = Config.model_validate({"data": BASE["data"] | {"image_size": 224},
-                                 "model": {"encoder_type": "vit_small_patch16_224"}})
+    cfg = Config.model_validate(
+        {
+            "data": BASE["data"] | {"image_size": 224},
+            "model": {"encoder_type": "vit_small_patch16_224"},
+        }
+    )
     assert (cfg.model.embed_dim, cfg.model.depth, cfg.model.num_heads) == (384, 12, 6)
     with pytest.raises(ValueError, match="contradicts"):
-        Config.model_validate({"data": BASE["data"] | {"image_size": 224},
-                               "model": {"encoder_type": "vit_small_patch16_224",
-                                         "embed_dim": 192}})
+        Config.model_validate(
+            {
+                "data": BASE["data"] | {"image_size": 224},
+                "model": {"encoder_type": "vit_small_patch16_224", "embed_dim": 192},
+            }
+        )
 
 
 def test_unsupported_switches_refuse_on():
-    for extra in ({"model": {**BASE["model"], "rope": {"use_rope": True}}},
-                  {"logging": {"use_wandb": True}},
-                  {"logging": {"log_attention": True}}):
+    for extra in (
+        {"model": {**BASE["model"], "rope": {"use_rope": True}}},
+        {"logging": {"use_wandb": True}},
+        {"logging": {"log_attention": True}},
+    ):
         with pytest.raises(ValueError):
             Config.model_validate({**BASE, **extra})
 
@@ -115,8 +150,12 @@ def test_hierarchy_weights_must_match_levels():
 
 
 def test_transforms_fold_into_augmentation():
-    cfg = Config.model_validate({**BASE, "data": {**BASE["data"], "transforms": {
-        "crop_scale": [0.5, 1.0], "color_jitter": 0.1}}})
+    cfg = Config.model_validate(
+        {
+            **BASE,
+            "data": {**BASE["data"], "transforms": {"crop_scale": [0.5, 1.0], "color_jitter": 0.1}},
+        }
+    )
     assert cfg.data.augmentation.crop_scale == (0.5, 1.0)
     assert cfg.data.augmentation.color_jitter == 0.1
 
@@ -146,13 +185,23 @@ def test_new_training_checkpoint_and_fault_keys(tmp_path):
     cfg = load_config(path)
     assert cfg.training.max_consecutive_overflows == 25
     assert cfg.checkpoint.every_minutes is None and cfg.faults.grad_overflow_steps == 1
-    cfg = load_config(path, ["checkpoint.every_minutes=0.5", "faults.grad_overflow_at_step=4",
-                             "faults.grad_overflow_steps=3", "faults.oom_at_step=2",
-                             "faults.raise_in_feature=fpn",
-                             "faults.raise_in_feature_after_step=6"])
+    cfg = load_config(
+        path,
+        [
+            "checkpoint.every_minutes=0.5",
+            "faults.grad_overflow_at_step=4",
+            "faults.grad_overflow_steps=3",
+            "faults.oom_at_step=2",
+            "faults.raise_in_feature=fpn",
+            "faults.raise_in_feature_after_step=6",
+        ],
+    )
     assert cfg.checkpoint.every_minutes == 0.5 and cfg.faults.grad_overflow_steps == 3
-    for bad in ("training.max_consecutive_overflows=0", "checkpoint.every_minutes=0",
-                "faults.grad_overflow_steps=0"):
+    for bad in (
+        "training.max_consecutive_overflows=0",
+        "checkpoint.every_minutes=0",
+        "faults.grad_overflow_steps=0",
+    ):
         with pytest.raises(ConfigError, match=bad.split("=")[0]):
             load_config(path, [bad])
 
@@ -164,8 +213,9 @@ def test_contrastive_off_under_cjepa_is_the_plain_jepa_loss(name):
     assert cfg.loss.distance == cfg.loss.jepa_loss_type
 
 
-@pytest.mark.parametrize("name", ["overnight_training_conservative.yaml",
-                                  "overnight_training_aggressive.yaml"])
+@pytest.mark.parametrize(
+    "name", ["overnight_training_conservative.yaml", "overnight_training_aggressive.yaml"]
+)
 def test_overnight_recipes_checkpoint_by_time(name):
     c = load_config(ROOT / "configs" / name).checkpoint
     assert c.every_minutes is not None and c.every_minutes <= 20 and c.keep_last_k >= 6

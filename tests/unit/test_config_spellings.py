@@ -14,8 +14,12 @@ from trainer.config import ConfigError, load_config
 ROOT = Path(__file__).resolve().parents[2]
 CONS = ROOT / "configs/overnight_training_conservative.yaml"
 AGGR = ROOT / "configs/overnight_training_aggressive.yaml"
-CIFAR_STL = json.dumps([{"name": "cifar10", "path": "./data", "weight": 0.5},
-                        {"name": "stl10", "path": "./data", "weight": 0.5}])
+CIFAR_STL = json.dumps(
+    [
+        {"name": "cifar10", "path": "./data", "weight": 0.5},
+        {"name": "stl10", "path": "./data", "weight": 0.5},
+    ]
+)
 
 
 def test_dataset_list_replaces_the_single_dataset_spelling() -> None:
@@ -28,8 +32,9 @@ def test_single_dataset_replaces_the_list() -> None:
     assert [(d.name, d.path) for d in cfg.data.datasets] == [("cifar10", "/d")]
 
 
-@pytest.mark.parametrize("key", ["evaluation.eval_frequency", "experiment.eval_frequency",
-                                 "evaluation.knn.frequency"])
+@pytest.mark.parametrize(
+    "key", ["evaluation.eval_frequency", "experiment.eval_frequency", "evaluation.knn.frequency"]
+)
 def test_eval_frequency_spellings_follow_the_one_set(key: str) -> None:
     cfg = load_config(CONS, [f"{key}=20"])  # the conservative slow.then rung
     assert cfg.evaluation.eval_frequency == 20
@@ -37,16 +42,18 @@ def test_eval_frequency_spellings_follow_the_one_set(key: str) -> None:
 
 def test_fpn_spellings_follow_the_one_set(tmp_path: Path) -> None:
     f = tmp_path / "c.yaml"
-    f.write_text(AGGR.read_text().replace("  use_fpn: true\n  fpn:\n",
-                                          "  fpn:\n    use_fpn: true\n"))
+    f.write_text(
+        AGGR.read_text().replace("  use_fpn: true\n  fpn:\n", "  fpn:\n    use_fpn: true\n")
+    )
     assert load_config(f).model.use_fpn is True
     assert load_config(f, ["model.use_fpn=false"]).model.use_fpn is False
 
 
 def test_contradictions_inside_one_file_are_still_errors(tmp_path: Path) -> None:
     f = tmp_path / "c.yaml"
-    f.write_text(CONS.read_text().replace("  eval_frequency: 10\nmodel:",
-                                          "  eval_frequency: 7\nmodel:"))
+    f.write_text(
+        CONS.read_text().replace("  eval_frequency: 10\nmodel:", "  eval_frequency: 7\nmodel:")
+    )
     with pytest.raises(ConfigError, match=r"experiment\.eval_frequency=7 disagrees"):
         load_config(f)
 

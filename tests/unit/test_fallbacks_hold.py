@@ -46,8 +46,11 @@ def test_mps_gets_no_flag_torch_does_not_support_there():
 def test_kernels_without_foreach_compute_the_same_numbers(monkeypatch):
     calls: list[object] = []
     real = torch.nn.utils.clip_grad_norm_
-    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_",
-                        lambda *a, **kw: calls.append(kw.get("foreach")) or real(*a, **kw))
+    monkeypatch.setattr(
+        torch.nn.utils,
+        "clip_grad_norm_",
+        lambda *a, **kw: calls.append(kw.get("foreach")) or real(*a, **kw),
+    )
     fast, slow = kernels_for(CPU), kernels_for(torch.device("mps"))
     a = [torch.randn(5, 3), torch.randn(7)]
     b = [t.clone() for t in a]
@@ -65,8 +68,11 @@ def test_kernels_without_foreach_compute_the_same_numbers(monkeypatch):
 
 def test_no_foreach_or_fused_flag_is_hard_coded_outside_device_py():
     pattern = re.compile(r"foreach\s*=\s*True|fused\s*=\s*True|torch\._foreach_")
-    offenders = [p.name for p in (ROOT / "trainer").glob("*.py")
-                 if p.name != "device.py" and pattern.search(p.read_text())]
+    offenders = [
+        p.name
+        for p in (ROOT / "trainer").glob("*.py")
+        if p.name != "device.py" and pattern.search(p.read_text())
+    ]
     assert offenders == []
 
 
@@ -122,8 +128,11 @@ def _trained(cfg) -> tuple[dict, TrainStep]:
     model = build_model(cfg)
     step = TrainStep(model, cfg, CPU, FP32)
     step([make_batch(cfg)], lr=1e-3, momentum=0.9)
-    state = {"model": model.state_dict(), "optimizer": step.optimizer.state_dict(),
-             "optimizer_params": optimizer_param_names(model, step.optimizer)}
+    state = {
+        "model": model.state_dict(),
+        "optimizer": step.optimizer.state_dict(),
+        "optimizer_params": optimizer_param_names(model, step.optimizer),
+    }
     return state, step
 
 

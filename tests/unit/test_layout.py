@@ -34,8 +34,9 @@ def rel(path: Path) -> str:
 
 @pytest.mark.parametrize("args", [["check"], ["format", "--check"]], ids=["lint", "format"])
 def test_ruff_is_clean(args: list[str]) -> None:
-    out = subprocess.run([sys.executable, "-m", "ruff", *args, "."], cwd=ROOT,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "ruff", *args, "."], cwd=ROOT, capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
 
 
@@ -58,8 +59,11 @@ def test_the_policy_owns_its_types_and_reads_no_files() -> None:
     bad = {}
     for p in ROOT.glob("orchestrator/policy/*.py"):
         used = {m for m in imports_of(p) if m.startswith("orchestrator.")}
-        crossing = {m for m in used if not m.startswith(("orchestrator.policy",
-                                                         "orchestrator.core.runbook"))}
+        crossing = {
+            m
+            for m in used
+            if not m.startswith(("orchestrator.policy", "orchestrator.core.runbook"))
+        }
         if crossing:
             bad[rel(p)] = sorted(crossing)
     assert not bad, bad
@@ -78,6 +82,5 @@ def test_a_night_never_imports_the_views() -> None:
 
 
 def test_the_orchestrator_type_checks() -> None:
-    out = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True,
-                         text=True)
+    out = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]

@@ -33,30 +33,62 @@ CKPTS = (
     CheckpointRef("/c/ckpt-e0002-s00000200.pt", 2, 200, 20.0),
     CheckpointRef("/c/ckpt-e0003-s00000300.pt", 3, 300, 30.0),
 )
-FEATURES = {"contrastive": False, "fpn": False, "gradient_checkpointing": False,
-            "flash_attention": True, "layerscale": True, "vicreg": True}
+FEATURES = {
+    "contrastive": False,
+    "fpn": False,
+    "gradient_checkpointing": False,
+    "flash_attention": True,
+    "layerscale": True,
+    "vicreg": True,
+}
 
 
 def hist(**kw: Any) -> NightHistory:
-    facts = ConfigFacts(micro_batch=32, accum_steps=1, lr=1.5e-4, epochs=50, eval_frequency=10,
-                        features=dict(FEATURES), datasets=("cifar10", "stl10"))
-    base: dict[str, Any] = dict(attempts=1, attempts_without_progress=0, config=facts,
-                                base_effective_batch=32, checkpoints=CKPTS)
+    facts = ConfigFacts(
+        micro_batch=32,
+        accum_steps=1,
+        lr=1.5e-4,
+        epochs=50,
+        eval_frequency=10,
+        features=dict(FEATURES),
+        datasets=("cifar10", "stl10"),
+    )
+    base: dict[str, Any] = dict(
+        attempts=1,
+        attempts_without_progress=0,
+        config=facts,
+        base_effective_batch=32,
+        checkpoints=CKPTS,
+    )
     base.update(kw)
     return NightHistory(**base)
 
 
 def aggr_hist(**kw: Any) -> NightHistory:
     feats = dict(FEATURES, contrastive=True, fpn=True, gradient_checkpointing=True)
-    facts = ConfigFacts(micro_batch=16, accum_steps=4, lr=3e-4, epochs=40, eval_frequency=5,
-                        features=feats, datasets=("imagenet100",))
+    facts = ConfigFacts(
+        micro_batch=16,
+        accum_steps=4,
+        lr=3e-4,
+        epochs=40,
+        eval_frequency=5,
+        features=feats,
+        datasets=("imagenet100",),
+    )
     return hist(config=facts, base_effective_batch=64, **kw)
 
 
 def live(**kw: Any) -> Observation:
-    base: dict[str, Any] = dict(running=True, started_at=NOW - 3600, last_heartbeat_at=NOW - 1,
-                                phase="train", epoch=5, step=500, total_epochs=50,
-                                recent_step_s=1.0)
+    base: dict[str, Any] = dict(
+        running=True,
+        started_at=NOW - 3600,
+        last_heartbeat_at=NOW - 1,
+        phase="train",
+        epoch=5,
+        step=500,
+        total_epochs=50,
+        recent_step_s=1.0,
+    )
     base.update(kw)
     return Observation(**base)
 
@@ -74,32 +106,69 @@ LIVE_ROWS = [
     # (name, observation, history, expected kind, expected trigger)
     ("healthy", live(**fast_epochs()), hist(), K.CONTINUE, ""),
     ("hang in train", live(last_heartbeat_at=NOW - 181), hist(), K.RESTART, "hang"),
-    ("slow eval is not a hang", live(phase="eval", last_heartbeat_at=NOW - 600), hist(),
-     K.CONTINUE, ""),
-    ("checkpoint longer than its timeout", live(phase="checkpoint",
-     last_heartbeat_at=NOW - 1201), hist(), K.RESTART, "hang"),
-    ("startup within its timeout", live(last_heartbeat_at=None, phase="startup",
-     started_at=NOW - 800), hist(), K.CONTINUE, ""),
-    ("startup silent too long", live(last_heartbeat_at=None, phase="startup",
-     started_at=NOW - 901), hist(), K.RESTART, "hang"),
+    (
+        "slow eval is not a hang",
+        live(phase="eval", last_heartbeat_at=NOW - 600),
+        hist(),
+        K.CONTINUE,
+        "",
+    ),
+    (
+        "checkpoint longer than its timeout",
+        live(phase="checkpoint", last_heartbeat_at=NOW - 1201),
+        hist(),
+        K.RESTART,
+        "hang",
+    ),
+    (
+        "startup within its timeout",
+        live(last_heartbeat_at=None, phase="startup", started_at=NOW - 800),
+        hist(),
+        K.CONTINUE,
+        "",
+    ),
+    (
+        "startup silent too long",
+        live(last_heartbeat_at=None, phase="startup", started_at=NOW - 901),
+        hist(),
+        K.RESTART,
+        "hang",
+    ),
     ("memory over ceiling", live(tree_mem=29 * GB), hist(), K.RESTART, "memory"),
     ("device memory over ceiling", live(device_mem=30 * GB), hist(), K.RESTART, "memory"),
     ("swap growth", live(swap_growth=3 * GB), hist(), K.RESTART, "memory"),
-    ("memory, OOM ladder exhausted: warn once", live(tree_mem=29 * GB),
-     hist(rungs_used={"oom": 4}), K.CONTINUE, "memory"),
-    ("memory, exhausted and already warned", live(tree_mem=29 * GB, **fast_epochs()),
-     hist(rungs_used={"oom": 4}, memory_warned=True), K.CONTINUE, ""),
+    (
+        "memory, OOM ladder exhausted: warn once",
+        live(tree_mem=29 * GB),
+        hist(rungs_used={"oom": 4}),
+        K.CONTINUE,
+        "memory",
+    ),
+    (
+        "memory, exhausted and already warned",
+        live(tree_mem=29 * GB, **fast_epochs()),
+        hist(rungs_used={"oom": 4}, memory_warned=True),
+        K.CONTINUE,
+        "",
+    ),
     ("too slow: cut epochs live", live(**fast_epochs(5, 400.0)), hist(), K.SET_EPOCHS, "slow"),
     ("deadline reached", live(), hist(), K.STOP_FOR_DEADLINE, "deadline"),
-    ("stopping: only the hang rule", live(stop_reason="deadline", tree_mem=40 * GB), hist(),
-     K.CONTINUE, ""),
+    (
+        "stopping: only the hang rule",
+        live(stop_reason="deadline", tree_mem=40 * GB),
+        hist(),
+        K.CONTINUE,
+        "",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("name", "obs", "history", "kind", "trigger"), LIVE_ROWS,
-                         ids=[r[0] for r in LIVE_ROWS])
-def test_live_rows(name: str, obs: Observation, history: NightHistory, kind: K,
-                   trigger: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "obs", "history", "kind", "trigger"), LIVE_ROWS, ids=[r[0] for r in LIVE_ROWS]
+)
+def test_live_rows(
+    name: str, obs: Observation, history: NightHistory, kind: K, trigger: str
+) -> None:
     deadline = NOW + 60 if name == "deadline reached" else DEADLINE
     d = decide(obs, history, CONS, NOW, deadline)
     assert (d.kind, d.trigger) == (kind, trigger)
@@ -110,23 +179,43 @@ def test_live_rows(name: str, obs: Observation, history: NightHistory, kind: K,
 # --- hang timing: monotonic silence, data stalls, the run's own pace ------------------------
 HANG_ROWS = [
     # (name, observation, expected kind) against CONS: step 180 s, factor 5, slow phase 1200 s
-    ("supervisor's monotonic silence wins over a wall-clock jump",
-     live(last_heartbeat_at=NOW - 5000, silent_s=3.0), K.CONTINUE),
-    ("monotonic silence past the step timeout", live(last_heartbeat_at=NOW - 1, silent_s=181),
-     K.RESTART),
+    (
+        "supervisor's monotonic silence wins over a wall-clock jump",
+        live(last_heartbeat_at=NOW - 5000, silent_s=3.0),
+        K.CONTINUE,
+    ),
+    (
+        "monotonic silence past the step timeout",
+        live(last_heartbeat_at=NOW - 1, silent_s=181),
+        K.RESTART,
+    ),
     ("a data stall is judged by the step timeout", live(phase="data", silent_s=181), K.RESTART),
-    ("loader start-up gets the slow-phase timeout", live(phase="loader", silent_s=900),
-     K.CONTINUE),
-    ("slow machine: 270 s steps (1.5x the timeout) are not a hang",
-     live(silent_s=300, recent_step_s=270.0), K.CONTINUE),
-    ("slow machine: a real stall is still caught (> 5 x 270 s)",
-     live(silent_s=1400, recent_step_s=270.0), K.RESTART),
-    ("fast steps never shrink the timeout below the runbook's",
-     live(silent_s=100, recent_step_s=0.1), K.CONTINUE),
-    ("the first step of an attempt gets the start-up timeout",
-     live(silent_s=600, recent_step_s=None), K.CONTINUE),
-    ("a first step past the start-up timeout is a hang",
-     live(silent_s=901, recent_step_s=None), K.RESTART),
+    ("loader start-up gets the slow-phase timeout", live(phase="loader", silent_s=900), K.CONTINUE),
+    (
+        "slow machine: 270 s steps (1.5x the timeout) are not a hang",
+        live(silent_s=300, recent_step_s=270.0),
+        K.CONTINUE,
+    ),
+    (
+        "slow machine: a real stall is still caught (> 5 x 270 s)",
+        live(silent_s=1400, recent_step_s=270.0),
+        K.RESTART,
+    ),
+    (
+        "fast steps never shrink the timeout below the runbook's",
+        live(silent_s=100, recent_step_s=0.1),
+        K.CONTINUE,
+    ),
+    (
+        "the first step of an attempt gets the start-up timeout",
+        live(silent_s=600, recent_step_s=None),
+        K.CONTINUE,
+    ),
+    (
+        "a first step past the start-up timeout is a hang",
+        live(silent_s=901, recent_step_s=None),
+        K.RESTART,
+    ),
 ]
 
 
@@ -156,8 +245,13 @@ def test_slow_restart_sends_its_epoch_count_as_an_override() -> None:
 def test_a_cut_is_never_undone_by_the_slow_restart() -> None:
     # the cut (14) is in force in the night's overrides; the stopped worker still said 50
     facts = replace(hist().config, epochs=14)
-    after = decide(ended("stopped", stop_reason="slow", total_epochs=50), hist(config=facts),
-                   CONS, NOW, DEADLINE)
+    after = decide(
+        ended("stopped", stop_reason="slow", total_epochs=50),
+        hist(config=facts),
+        CONS,
+        NOW,
+        DEADLINE,
+    )
     assert after.overrides["training.epochs"] == 14
 
 
@@ -180,8 +274,9 @@ def test_slow_below_the_smallest_rung_restarts_with_then_rung() -> None:
     obs = live(**fast_epochs(5, 1400.0))
     d = decide(obs, hist(), CONS, NOW, DEADLINE)
     assert (d.kind, d.trigger) == (K.RESTART, "slow") and d.evidence["epochs"] == 14
-    after = decide(ended("stopped", stop_reason="slow", total_epochs=14), hist(), CONS, NOW,
-                   DEADLINE)
+    after = decide(
+        ended("stopped", stop_reason="slow", total_epochs=14), hist(), CONS, NOW, DEADLINE
+    )
     assert after.overrides == {"evaluation.eval_frequency": 20, "training.epochs": 14}
     assert after.resume_from == CKPTS[-1].path
 
@@ -195,36 +290,50 @@ def test_slow_with_one_epoch_left_only_cuts() -> None:
 # --- ended rows ----------------------------------------------------------------------------
 ENDED_ROWS = [
     ("completed", ended("finished"), hist(), K.END_NIGHT, "completed"),
-    ("stopped for deadline", ended("stopped", stop_reason="deadline"), hist(), K.END_NIGHT,
-     "deadline"),
+    (
+        "stopped for deadline",
+        ended("stopped", stop_reason="deadline"),
+        hist(),
+        K.END_NIGHT,
+        "deadline",
+    ),
     ("oom", ended("oom"), hist(), K.RESTART, "oom"),
     ("sigkill from outside", ended("killed"), hist(), K.RESTART, "killed"),
     ("memory trip", ended("memory"), hist(), K.RESTART, "memory"),
     ("oom ladder exhausted", ended("oom"), hist(rungs_used={"oom": 4}), K.END_NIGHT, "oom"),
     ("nonfinite", ended("nonfinite", fatal_step=250), hist(), K.RESTART, "nonfinite"),
-    ("nonfinite ladder exhausted", ended("nonfinite", fatal_step=250),
-     hist(rungs_used={"nonfinite": 3}), K.END_NIGHT, "nonfinite"),
-    ("feature", ended("feature", fatal_feature="flash_attention"), hist(), K.RESTART,
-     "feature"),
-    ("feature ladder exhausted", ended("feature", fatal_feature="flash_attention"),
-     hist(disabled_features=("flash_attention",)), K.END_NIGHT, "feature"),
+    (
+        "nonfinite ladder exhausted",
+        ended("nonfinite", fatal_step=250),
+        hist(rungs_used={"nonfinite": 3}),
+        K.END_NIGHT,
+        "nonfinite",
+    ),
+    ("feature", ended("feature", fatal_feature="flash_attention"), hist(), K.RESTART, "feature"),
+    (
+        "feature ladder exhausted",
+        ended("feature", fatal_feature="flash_attention"),
+        hist(disabled_features=("flash_attention",)),
+        K.END_NIGHT,
+        "feature",
+    ),
     ("data", ended("data"), hist(), K.RESTART, "data"),
     ("data fallback used", ended("data"), hist(rungs_used={"data": 1}), K.END_NIGHT, "data"),
     ("hang killed", ended("hang"), hist(), K.RESTART, "hang"),
     ("crash", ended("crash", message="boom"), hist(), K.RESTART, "crash"),
-    ("daemon stop resumes", ended("stopped", stop_reason="daemon"), hist(), K.RESTART,
-     "resume"),
+    ("daemon stop resumes", ended("stopped", stop_reason="daemon"), hist(), K.RESTART, "resume"),
     ("config error", ended("config"), hist(), K.END_NIGHT, "config"),
     ("attempt limit", ended("oom"), hist(attempts=8), K.END_NIGHT, "limits"),
-    ("no progress limit", ended("crash"), hist(attempts_without_progress=3), K.END_NIGHT,
-     "limits"),
+    ("no progress limit", ended("crash"), hist(attempts_without_progress=3), K.END_NIGHT, "limits"),
 ]
 
 
-@pytest.mark.parametrize(("name", "obs", "history", "kind", "trigger"), ENDED_ROWS,
-                         ids=[r[0] for r in ENDED_ROWS])
-def test_ended_rows(name: str, obs: Observation, history: NightHistory, kind: K,
-                    trigger: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "obs", "history", "kind", "trigger"), ENDED_ROWS, ids=[r[0] for r in ENDED_ROWS]
+)
+def test_ended_rows(
+    name: str, obs: Observation, history: NightHistory, kind: K, trigger: str
+) -> None:
     d = decide(obs, history, CONS, NOW, DEADLINE)
     assert (d.kind, d.trigger) == (kind, trigger)
     assert d.action
@@ -275,21 +384,33 @@ def test_nonfinite_rolls_back_strictly_before_bad_step() -> None:
 def test_nonfinite_ladder_goes_lr_then_warmup_then_clip() -> None:
     seen = []
     for used in range(3):
-        d = decide(ended("nonfinite", fatal_step=250), hist(rungs_used={"nonfinite": used}),
-                   CONS, NOW, DEADLINE)
+        d = decide(
+            ended("nonfinite", fatal_step=250),
+            hist(rungs_used={"nonfinite": used}),
+            CONS,
+            NOW,
+            DEADLINE,
+        )
         seen.append(d.overrides)
-    assert seen == [{"training.lr": 1e-4}, {"training.warmup_epochs": 10},
-                    {"training.clip_grad": 1.0}]
+    assert seen == [
+        {"training.lr": 1e-4},
+        {"training.warmup_epochs": 10},
+        {"training.clip_grad": 1.0},
+    ]
 
 
 def test_feature_named_first_then_runbook_order() -> None:
-    d = decide(ended("feature", fatal_feature="flash_attention"), aggr_hist(), AGGR, NOW,
-               DEADLINE)
+    d = decide(ended("feature", fatal_feature="flash_attention"), aggr_hist(), AGGR, NOW, DEADLINE)
     assert d.overrides == {"model.use_flash_attention": False}
     d2 = decide(ended("feature", fatal_feature=None), aggr_hist(), AGGR, NOW, DEADLINE)
     assert d2.overrides == {"loss.use_contrastive": False}
-    d3 = decide(ended("feature", fatal_feature=None), aggr_hist(disabled_features=(
-        "contrastive",)), AGGR, NOW, DEADLINE)
+    d3 = decide(
+        ended("feature", fatal_feature=None),
+        aggr_hist(disabled_features=("contrastive",)),
+        AGGR,
+        NOW,
+        DEADLINE,
+    )
     assert d3.overrides == {"model.use_fpn": False}
 
 
@@ -329,8 +450,16 @@ CLASSIFY_ROWS = [
     ((11, None, "", None, False), "nonfinite"),
     ((12, {"kind": "feature", "message": "[fpn] x"}, "", None, False), "feature"),
     ((13, None, "", None, False), "data"),
-    ((14, {"kind": "crash", "message": "RuntimeError: MPS backend out of memory"}, "", None,
-      False), "oom"),
+    (
+        (
+            14,
+            {"kind": "crash", "message": "RuntimeError: MPS backend out of memory"},
+            "",
+            None,
+            False,
+        ),
+        "oom",
+    ),
     ((14, None, "ValueError: nope", None, False), "crash"),
     ((-9, None, "", None, False), "killed"),
     ((137, None, "", None, False), "killed"),

@@ -55,8 +55,16 @@ class Foreign(System):
         pass
 
     def sample(self, pid: int) -> MemSample:
-        return MemSample(self.wall(), self.tree_rss, self.tree_rss, 8 * GB, 0, None,
-                         tree_mem=self.tree_mem, tree_measure="pss")
+        return MemSample(
+            self.wall(),
+            self.tree_rss,
+            self.tree_rss,
+            8 * GB,
+            0,
+            None,
+            tree_mem=self.tree_mem,
+            tree_measure="pss",
+        )
 
 
 def emit(run_dir: Path, fs: Foreign, **ev: Any) -> None:
@@ -67,17 +75,27 @@ def emit(run_dir: Path, fs: Foreign, **ev: Any) -> None:
 
 def history() -> NightHistory:
     facts = ConfigFacts(micro_batch=64, accum_steps=1, lr=1e-3, epochs=6, eval_frequency=2)
-    return NightHistory(attempts=1, attempts_without_progress=0, config=facts,
-                        base_effective_batch=64)
+    return NightHistory(
+        attempts=1, attempts_without_progress=0, config=facts, base_effective_batch=64
+    )
 
 
-def attached(tmp_path: Path, fs: Foreign, stop: threading.Event | None = None
-             ) -> tuple[Supervisor, list[Any]]:
+def attached(
+    tmp_path: Path, fs: Foreign, stop: threading.Event | None = None
+) -> tuple[Supervisor, list[Any]]:
     decisions: list[Any] = []
     deadline = T0 + 3600
-    sup = Supervisor(fs, RB, run_dir=tmp_path, argv=[], cwd=tmp_path, deadline=deadline,
-                     decide=lambda obs: decide(obs, history(), RB, fs.wall(), deadline),
-                     on_decision=decisions.append, stop=stop)
+    sup = Supervisor(
+        fs,
+        RB,
+        run_dir=tmp_path,
+        argv=[],
+        cwd=tmp_path,
+        deadline=deadline,
+        decide=lambda obs: decide(obs, history(), RB, fs.wall(), deadline),
+        on_decision=decisions.append,
+        stop=stop,
+    )
     emit(tmp_path, fs, type="started", pid=77, epochs=6, start_epoch=1, start_step=0)
     emit(tmp_path, fs, type="step", epoch=1, step=1, step_s=1.0)
     sup.attach(77, 123.5)
@@ -94,15 +112,19 @@ def run_for(sup: Supervisor, fs: Foreign, seconds: float) -> Any:
     return None
 
 
-@pytest.mark.parametrize(("last", "code", "kind"), [
-    ({"type": "finished", "reason": "completed"}, 0, "finished"),
-    ({"type": "finished", "reason": "stopped"}, 3, "stopped"),
-    ({"type": "fatal", "kind": "nonfinite", "message": "loss is nan"}, 11, "nonfinite"),
-    ({"type": "fatal", "kind": "oom", "message": "CUDA out of memory"}, 10, "oom"),
-    (None, None, "crash"),
-])
+@pytest.mark.parametrize(
+    ("last", "code", "kind"),
+    [
+        ({"type": "finished", "reason": "completed"}, 0, "finished"),
+        ({"type": "finished", "reason": "stopped"}, 3, "stopped"),
+        ({"type": "fatal", "kind": "nonfinite", "message": "loss is nan"}, 11, "nonfinite"),
+        ({"type": "fatal", "kind": "oom", "message": "CUDA out of memory"}, 10, "oom"),
+        (None, None, "crash"),
+    ],
+)
 def test_an_attached_worker_s_exit_is_read_from_its_events(
-        tmp_path: Path, last: dict[str, Any] | None, code: int | None, kind: str) -> None:
+    tmp_path: Path, last: dict[str, Any] | None, code: int | None, kind: str
+) -> None:
     fs = Foreign()
     sup, _ = attached(tmp_path, fs)
     assert run_for(sup, fs, 3.0) is None
@@ -127,8 +149,7 @@ def test_an_attached_hung_worker_is_killed_and_ends_as_hang(tmp_path: Path) -> N
     assert out.exit_kind == "hang" and out.exit_code == -signal.SIGKILL
 
 
-def test_a_daemon_stop_reaches_an_attached_worker_through_the_control_file(
-        tmp_path: Path) -> None:
+def test_a_daemon_stop_reaches_an_attached_worker_through_the_control_file(tmp_path: Path) -> None:
     fs, stop = Foreign(), threading.Event()
     sup, _ = attached(tmp_path, fs, stop)
     stop.set()
@@ -141,12 +162,16 @@ def test_a_daemon_stop_reaches_an_attached_worker_through_the_control_file(
     assert (out.exit_code, out.exit_kind, out.stop_reason) == (3, "stopped", "daemon")
 
 
-@pytest.mark.parametrize(("rss", "owned", "tripped"), [
-    (6 * GB, 2 * GB, False),  # shared pages counted per process: over the 4 GB ceiling in RSS
-    (6 * GB, 5 * GB, True),
-])
-def test_the_memory_ceiling_checks_what_the_tree_owns(tmp_path: Path, rss: int, owned: int,
-                                                       tripped: bool) -> None:
+@pytest.mark.parametrize(
+    ("rss", "owned", "tripped"),
+    [
+        (6 * GB, 2 * GB, False),  # shared pages counted per process: over the 4 GB ceiling in RSS
+        (6 * GB, 5 * GB, True),
+    ],
+)
+def test_the_memory_ceiling_checks_what_the_tree_owns(
+    tmp_path: Path, rss: int, owned: int, tripped: bool
+) -> None:
     fs = Foreign(tree_rss=rss, tree_mem=owned)
     sup, decisions = attached(tmp_path, fs)
     emit(tmp_path, fs, type="heartbeat", phase="train", epoch=1, step=1, progress_age_s=0.0)
@@ -167,8 +192,9 @@ def test_health_is_measured_on_the_worker_s_monotonic_clock() -> None:
     # the wall clock jumped an hour (NTP step): mono says 5 s, so it is healthy
     h = orphan_health(events, RB, now_mono=115.0, now_wall=T0 + 3600, created_at=None)
     assert h["healthy"] and h["silent_s"] == 5.0 and h["phase"] == "train" and h["step"] == 5
-    h = orphan_health(events, RB, now_mono=110.0 + RB.heartbeat.step_timeout_s + 1,
-                      now_wall=T0, created_at=None)
+    h = orphan_health(
+        events, RB, now_mono=110.0 + RB.heartbeat.step_timeout_s + 1, now_wall=T0, created_at=None
+    )
     assert not h["healthy"] and h["timeout_s"] == RB.heartbeat.step_timeout_s
 
 

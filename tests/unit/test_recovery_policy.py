@@ -43,15 +43,18 @@ SILENT = Health(False, 400.0, 60.0, "train", 40)
         (True, False, SILENT, True, "kill"),
     ],
 )
-def test_recovery_action(alive: bool, ours: bool, health: Health | None, before: bool,
-                         action: str) -> None:
+def test_recovery_action(
+    alive: bool, ours: bool, health: Health | None, before: bool, action: str
+) -> None:
     assert recovery_action(alive, ours, health, before) == action
 
 
 def test_recovered_ending_follows_the_events() -> None:
     assert recovered_ending("completed", None, None, False, None)[0] == "finished"
     assert recovered_ending(None, "oom", "CUDA out of memory", True, None) == (
-        "oom", "CUDA out of memory")
+        "oom",
+        "CUDA out of memory",
+    )
     kind, msg = recovered_ending(None, None, None, True, SILENT)
     assert kind == "stopped" and "no progress for 400 s in phase train (limit 60 s)" in msg
     assert recovered_ending(None, None, None, True, HEALTHY)[1].startswith("stopped after")
@@ -61,8 +64,9 @@ def test_recovered_ending_follows_the_events() -> None:
 
 
 def test_orphan_health_uses_the_phase_timeout() -> None:
-    obs = Observation(running=True, started_at=0.0, silent_s=30.0, recent_step_s=1.0,
-                      phase="train", step=7)
+    obs = Observation(
+        running=True, started_at=0.0, silent_s=30.0, recent_step_s=1.0, phase="train", step=7
+    )
     h = orphan_health(obs, RB)
     assert h.healthy and h.step == 7 and h.timeout_s == RB.heartbeat.step_timeout_s
     unknown = Observation(running=True, started_at=0.0, silent_s=None, phase="startup")
@@ -71,11 +75,18 @@ def test_orphan_health_uses_the_phase_timeout() -> None:
 
 
 def test_the_final_eval_is_only_stopped_for_a_hang() -> None:
-    quiet = Observation(running=True, started_at=0.0, silent_s=RB.heartbeat.slow_phase_timeout_s
-                        + 1, phase="eval", total_epochs=6, epoch=6)
+    quiet = Observation(
+        running=True,
+        started_at=0.0,
+        silent_s=RB.heartbeat.slow_phase_timeout_s + 1,
+        phase="eval",
+        total_epochs=6,
+        epoch=6,
+    )
     assert final_eval_decide(quiet, RB, now=1e9).kind is DecisionKind.RESTART
-    busy = Observation(running=True, started_at=0.0, silent_s=5.0, phase="eval",
-                       tree_mem=10**12)  # far over any ceiling: still not its business
+    busy = Observation(
+        running=True, started_at=0.0, silent_s=5.0, phase="eval", tree_mem=10**12
+    )  # far over any ceiling: still not its business
     assert final_eval_decide(busy, RB, now=1e9).kind is DecisionKind.CONTINUE
 
 
@@ -107,8 +118,11 @@ def test_end_status(completed: bool, level: str, evaluated: bool, status: str) -
 def test_one_escalation_schedule() -> None:
     hb = RB.heartbeat
     graceful = escalation(RB)
-    assert graceful.waits == (max(hb.slow_phase_timeout_s, 60.0), hb.term_grace_s,
-                              hb.term_grace_s + 10.0)
+    assert graceful.waits == (
+        max(hb.slow_phase_timeout_s, 60.0),
+        hb.term_grace_s,
+        hb.term_grace_s + 10.0,
+    )
     assert escalation(RB, hung=True).stop_s == 0.0
 
 
@@ -141,12 +155,12 @@ def test_night_status_changes_only_along_its_transitions() -> None:
         ("previous_succeeded", "repeat_previous", None, "skip"),
     ],
 )
-def test_the_plan_gate(requires: str, otherwise: str, previous: str | None,
-                       action: str) -> None:
+def test_the_plan_gate(requires: str, otherwise: str, previous: str | None, action: str) -> None:
     assert next_night(requires, otherwise, previous) == action
 
 
 def test_a_repeated_night_keeps_its_fallbacks_never_its_faults() -> None:
-    got = learned_overrides({"data.batch_size": 24, "training.lr": 1e-4,
-                             "faults.nonfinite_at_step": 100})
+    got = learned_overrides(
+        {"data.batch_size": 24, "training.lr": 1e-4, "faults.nonfinite_at_step": 100}
+    )
     assert got == {"data.batch_size": 24, "training.lr": 1e-4}

@@ -66,8 +66,11 @@ def test_night_with_fallbacks(tmp_path: Path) -> None:
     assert "⚠️ **Night 1 — aggressive: PARTIAL**" in text
     assert "✗ linear probe > 60.0%: 57.7%" in text
     assert "< 60%, poor" in text  # decision matrix
-    for trigger, evidence in (("oom", "tree_rss_gb=29.5"), ("nonfinite", "step=520"),
-                              ("slow", "epoch_s=740")):
+    for trigger, evidence in (
+        ("oom", "tree_rss_gb=29.5"),
+        ("nonfinite", "step=520"),
+        ("slow", "epoch_s=740"),
+    ):
         assert re.search(rf"\| {trigger} \|.*{re.escape(evidence)}", text), trigger
     assert "LR scaled linearly x1.125" in text  # the effect, as recorded
     assert "worker fatal **oom**" in text and "worker fatal **nonfinite**" in text
@@ -133,16 +136,26 @@ def test_cmd_report_exit_codes(tmp_path: Path, capsys) -> None:  # type: ignore[
     assert cmd_report(args) == 0
     out = capsys.readouterr().out
     assert "report written:" in out and "FAILED" in out
-    assert cmd_report(argparse.Namespace(state_dir=str(tmp_path / "none"), night=None,
-                                         out=None)) == 1
+    assert (
+        cmd_report(argparse.Namespace(state_dir=str(tmp_path / "none"), night=None, out=None)) == 1
+    )
 
 
 def test_preflight_plan_beside_the_measured_night(tmp_path: Path) -> None:
     var = copy("plan-success", tmp_path)
     state = json.loads((var / "state.json").read_text())
     config = state["nights"][0]["config"]
-    row = {"config": config, "applied_to": "plan.yaml", "epochs": 47, "micro": 32, "accum": 1,
-           "recipe_epochs": 50, "epoch_s": 540.0, "night_s": 27000.0, "window_s": 28800.0}
+    row = {
+        "config": config,
+        "applied_to": "plan.yaml",
+        "epochs": 47,
+        "micro": 32,
+        "accum": 1,
+        "recipe_epochs": 50,
+        "epoch_s": 540.0,
+        "night_s": 27000.0,
+        "window_s": 28800.0,
+    }
     (var / "preflight.jsonl").write_text(json.dumps(row) + "\n")
     text = write_report(var, night=1).read_text()
     assert "### Planned by preflight vs measured" in text

@@ -31,10 +31,16 @@ def test_shipped_runbooks_load(name: str) -> None:
 def test_conservative_matches_design_numbers() -> None:
     rb = load_runbook(ROOT / "runbooks/conservative.yaml")
     assert [r.overrides for r in rb.ladders.oom[:2]] == [
-        {"data.batch_size": 24}, {"data.batch_size": 16}]
+        {"data.batch_size": 24},
+        {"data.batch_size": 16},
+    ]
     assert rb.ladders.slow.epochs == [50, 40, 30]
-    assert rb.ladders.features == ["contrastive", "fpn", "gradient_checkpointing",
-                                   "flash_attention"]
+    assert rb.ladders.features == [
+        "contrastive",
+        "fpn",
+        "gradient_checkpointing",
+        "flash_attention",
+    ]
     assert rb.memory.ceiling_gb == 28 and rb.limits.max_attempts_without_progress == 3
 
 
@@ -84,13 +90,16 @@ def test_success_levels_and_relative_checks() -> None:
     good = Metrics(epoch=6, knn={"20": 0.35}, linear_probe=0.20)
     s = judge(demo.success, good, base, finished_in_window=True, no_unrecovered_nonfinite=True)
     assert s.level == "should"  # knn gain 0.24 > 0.10, probe gain 0.10 > 0.05 but not > 0.15
-    late = judge(demo.success, good, base, finished_in_window=False,
-                 no_unrecovered_nonfinite=True)
+    late = judge(demo.success, good, base, finished_in_window=False, no_unrecovered_nonfinite=True)
     assert late.level == "none"
-    nobase = judge(demo.success, good, None, finished_in_window=True,
-                   no_unrecovered_nonfinite=True)
+    nobase = judge(demo.success, good, None, finished_in_window=True, no_unrecovered_nonfinite=True)
     assert nobase.level == "none"  # a relative check without a baseline fails
     cons = load_runbook(ROOT / "runbooks/conservative.yaml")
-    s2 = judge(cons.success, Metrics(knn={"20": 0.7}, linear_probe=0.66), None,
-               finished_in_window=True, no_unrecovered_nonfinite=True)
+    s2 = judge(
+        cons.success,
+        Metrics(knn={"20": 0.7}, linear_probe=0.66),
+        None,
+        finished_in_window=True,
+        no_unrecovered_nonfinite=True,
+    )
     assert s2.level == "stretch" and all(c.passed for c in s2.checks)

@@ -9,8 +9,7 @@ from trainer.sampling import EpochSampler, epoch_counts
 
 
 def order(**kw):
-    args = {"sizes": [100, 300], "weights": [1.0, 1.0], "epoch_size": 200, "seed": 7,
-            "epoch": 1}
+    args = {"sizes": [100, 300], "weights": [1.0, 1.0], "epoch_size": 200, "seed": 7, "epoch": 1}
     args.update(kw)
     return list(EpochSampler(**args))
 

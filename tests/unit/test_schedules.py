@@ -8,8 +8,16 @@ import pytest
 from trainer.config import load_config
 from trainer.schedules import Cut, Schedule, schedule_from_state, should_eval, should_save
 
-S = Schedule(lr=1e-3, warmup_epochs=2, base_epochs=10, min_lr_ratio=0.01, warmup_lr_ratio=0.001,
-             ema_start=0.996, ema_end=1.0, ema_hold_epochs=1)
+S = Schedule(
+    lr=1e-3,
+    warmup_epochs=2,
+    base_epochs=10,
+    min_lr_ratio=0.01,
+    warmup_lr_ratio=0.001,
+    ema_start=0.996,
+    ema_end=1.0,
+    ema_hold_epochs=1,
+)
 
 
 def test_warmup_starts_low_and_reaches_peak():
@@ -37,18 +45,29 @@ def test_cut_keeps_what_is_done_and_ends_at_the_floor_at_the_new_total():
     assert cut.ema_at(5) == pytest.approx(S.ema_at(7))
 
 
-BIG = Schedule(lr=1.5e-4, warmup_epochs=5, base_epochs=50, min_lr_ratio=0.01,
-               warmup_lr_ratio=0.001, ema_start=0.996, ema_end=1.0, ema_hold_epochs=10)
+BIG = Schedule(
+    lr=1.5e-4,
+    warmup_epochs=5,
+    base_epochs=50,
+    min_lr_ratio=0.01,
+    warmup_lr_ratio=0.001,
+    ema_start=0.996,
+    ema_end=1.0,
+    ema_hold_epochs=10,
+)
 EPS = 1e-9
 
 
-@pytest.mark.parametrize("cuts", [
-    [(20.0, 30)],  # the case: 50 → 30 at epoch 20
-    [(20.0, 40), (25.5, 30)],  # ladder 50 → 40 → 30, composed
-    [(12.25, 45), (20.0, 35), (31.0, 32)],  # three cuts
-    [(2.5, 20)],  # before warm-up ends (warm-up at 5)
-    [(20.0, 30), (22.0, 36)],  # a later raise stretches what is left
-])
+@pytest.mark.parametrize(
+    "cuts",
+    [
+        [(20.0, 30)],  # the case: 50 → 30 at epoch 20
+        [(20.0, 40), (25.5, 30)],  # ladder 50 → 40 → 30, composed
+        [(12.25, 45), (20.0, 35), (31.0, 32)],  # three cuts
+        [(2.5, 20)],  # before warm-up ends (warm-up at 5)
+        [(20.0, 30), (22.0, 36)],  # a later raise stretches what is left
+    ],
+)
 def test_cuts_are_continuous_and_end_at_the_floor(cuts):
     s = BIG
     for at, total in cuts:
@@ -112,9 +131,16 @@ def test_warmup_longer_than_run_is_clamped():
     assert s.lr_at(2) == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize("epoch,total,freq,expected", [
-    (1, 10, 5, False), (5, 10, 5, True), (10, 10, 3, True), (9, 10, 3, True), (7, 7, 10, True),
-])
+@pytest.mark.parametrize(
+    "epoch,total,freq,expected",
+    [
+        (1, 10, 5, False),
+        (5, 10, 5, True),
+        (10, 10, 3, True),
+        (9, 10, 3, True),
+        (7, 7, 10, True),
+    ],
+)
 def test_should_eval_and_save(epoch, total, freq, expected):
     assert should_eval(epoch, total, freq) is expected
     assert should_save(epoch, total, freq) is expected

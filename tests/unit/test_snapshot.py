@@ -52,9 +52,20 @@ def test_truncated_last_line_is_skipped_then_read_once_complete(running: Path) -
     src = SnapshotSource(running)
     step_before = src.take(now=now_of(running)).run.step
     partial = text[text.rindex("\n") + 1 :]
-    line = {"v": 1, "type": "step", "ts": now_of(running) + 5, "epoch": 13, "step": 9999,
-            "loss": 0.25, "loss_levels": [0.1, 0.08, 0.07], "grad_norm": 1.0, "lr": 1e-4,
-            "img_per_s": 6.0, "micro_batch": 24, "accum_steps": 1}
+    line = {
+        "v": 1,
+        "type": "step",
+        "ts": now_of(running) + 5,
+        "epoch": 13,
+        "step": 9999,
+        "loss": 0.25,
+        "loss_levels": [0.1, 0.08, 0.07],
+        "grad_norm": 1.0,
+        "lr": 1e-4,
+        "img_per_s": 6.0,
+        "micro_batch": 24,
+        "accum_steps": 1,
+    }
     # finish the torn line as garbage (a writer killed mid-line), then a real event, half of it
     full = json.dumps(line)
     with events.open("a") as fh:

@@ -74,18 +74,27 @@ def emit(run_dir: Path, fs: FakeSystem, **ev: Any) -> None:
 
 def history() -> NightHistory:
     facts = ConfigFacts(micro_batch=64, accum_steps=1, lr=1e-3, epochs=6, eval_frequency=2)
-    return NightHistory(attempts=1, attempts_without_progress=0, config=facts,
-                        base_effective_batch=64)
+    return NightHistory(
+        attempts=1, attempts_without_progress=0, config=facts, base_effective_batch=64
+    )
 
 
-def make(tmp_path: Path, deadline: float = T0 + 3600, rb: Any = RB,
-         stop: threading.Event | None = None) -> tuple[Supervisor, FakeSystem, list[Any]]:
+def make(
+    tmp_path: Path, deadline: float = T0 + 3600, rb: Any = RB, stop: threading.Event | None = None
+) -> tuple[Supervisor, FakeSystem, list[Any]]:
     fs = FakeSystem()
     decisions: list[Any] = []
-    sup = Supervisor(fs, rb, run_dir=tmp_path, argv=["worker"], cwd=tmp_path,
-                     deadline=deadline,
-                     decide=lambda obs: decide(obs, history(), rb, fs.wall(), deadline),
-                     on_decision=decisions.append, stop=stop)
+    sup = Supervisor(
+        fs,
+        rb,
+        run_dir=tmp_path,
+        argv=["worker"],
+        cwd=tmp_path,
+        deadline=deadline,
+        decide=lambda obs: decide(obs, history(), rb, fs.wall(), deadline),
+        on_decision=decisions.append,
+        stop=stop,
+    )
     sup.launch()
     emit(tmp_path, fs, type="started", pid=4242, epochs=6, start_epoch=1, start_step=0)
     return sup, fs, decisions
@@ -103,8 +112,16 @@ def run_for(sup: Supervisor, fs: FakeSystem, seconds: float, step: float = 0.5) 
 
 def test_hang_escalates_term_then_kill_to_the_group(tmp_path: Path) -> None:
     sup, fs, decisions = make(tmp_path)
-    emit(tmp_path, fs, type="heartbeat", phase="train", epoch=1, step=3, progress_age_s=0.0,
-         step_s=1.0)
+    emit(
+        tmp_path,
+        fs,
+        type="heartbeat",
+        phase="train",
+        epoch=1,
+        step=3,
+        progress_age_s=0.0,
+        step_s=1.0,
+    )
     assert run_for(sup, fs, 19.0) is None and fs.signals() == []
     run_for(sup, fs, 2.0)
     assert fs.signals() == [signal.SIGTERM] and sup.state is Stage.TERMINATING
@@ -155,8 +172,16 @@ def test_memory_samples_are_appended(tmp_path: Path) -> None:
     run_for(sup, fs, 5.0)
     lines = [json.loads(x) for x in (tmp_path / SAMPLES_FILE).read_text().splitlines()]
     assert len(lines) == 3  # t = 0, 2, 4
-    assert set(lines[0]) == {"ts", "worker_rss", "tree_rss", "sys_available", "swap_used",
-                             "gpu_used", "tree_mem", "tree_measure"}
+    assert set(lines[0]) == {
+        "ts",
+        "worker_rss",
+        "tree_rss",
+        "sys_available",
+        "swap_used",
+        "gpu_used",
+        "tree_mem",
+        "tree_measure",
+    }
 
 
 def test_memory_over_ceiling_stops_gracefully_then_classifies_memory(tmp_path: Path) -> None:
@@ -188,8 +213,9 @@ def test_a_wall_clock_jump_is_not_a_hang(tmp_path: Path) -> None:
         run_for(sup, fs, 2.0)
     fs.wall_jump = 900.0  # the wall clock leaps 15 minutes ahead; events keep their old ts
     for i in range(6, 12):
-        emit(tmp_path, fs, type="step", epoch=1, step=i, mono=fs.t, step_s=2.0,
-             ts=T0 + fs.t - 900.0)
+        emit(
+            tmp_path, fs, type="step", epoch=1, step=i, mono=fs.t, step_s=2.0, ts=T0 + fs.t - 900.0
+        )
         run_for(sup, fs, 2.0)
     assert fs.signals() == [] and not [d for d in decisions if d.trigger == "hang"]
 
@@ -224,8 +250,16 @@ def test_the_first_step_gets_the_start_up_timeout(tmp_path: Path) -> None:
     """Before any step has finished (warm-up, a first-step compile) a long silence is not a
     hang until the start-up timeout."""
     sup, fs, _ = make(tmp_path)
-    emit(tmp_path, fs, type="heartbeat", phase="train", epoch=1, step=0, mono=fs.t,
-         progress_age_s=0.0)
+    emit(
+        tmp_path,
+        fs,
+        type="heartbeat",
+        phase="train",
+        epoch=1,
+        step=0,
+        mono=fs.t,
+        progress_age_s=0.0,
+    )
     assert run_for(sup, fs, 50.0) is None and fs.signals() == []
     run_for(sup, fs, 15.0)
     assert fs.signals() == [signal.SIGTERM]

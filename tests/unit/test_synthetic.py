@@ -36,8 +36,10 @@ def test_splits_differ_but_share_the_class_glyphs():
     assert not torch.equal(tr.images, te.images)
     g1, g2 = synthetic.make_glyphs(10, 4, 0), synthetic.make_glyphs(10, 4, 0)
     assert torch.equal(g1, g2) and g1.shape == (10, 4, 4)
-    shifts = [{torch.roll(g, (dy, dx), (0, 1)).numpy().tobytes()
-               for dy in range(4) for dx in range(4)} for g in g1]
+    shifts = [
+        {torch.roll(g, (dy, dx), (0, 1)).numpy().tobytes() for dy in range(4) for dx in range(4)}
+        for g in g1
+    ]
     for i in range(10):  # no class's texture is a shifted copy of another's
         assert all(not (shifts[i] & shifts[j]) for j in range(i))
 
@@ -60,20 +62,26 @@ def test_raw_pixels_cannot_tell_classes_apart_but_spatial_structure_can():
     train = synthetic.generate(1500, 10, 32, seed=0, split="eval_train")
     test = synthetic.generate(500, 10, 32, seed=0, split="eval_test")
     raw = knn_accuracy(train.images, train.labels, test.images, test.labels)
-    spectral = knn_accuracy(power_spectrum(train.images), train.labels,
-                            power_spectrum(test.images), test.labels)
+    spectral = knn_accuracy(
+        power_spectrum(train.images), train.labels, power_spectrum(test.images), test.labels
+    )
     assert raw < 0.5, raw  # chance 0.1; measured 0.42: only images with the same offset match
     assert spectral > 0.9, spectral  # the repeating pattern identifies the class (0.96)
     assert spectral - raw > 0.4
 
 
 def test_datasets_from_config_pickle_and_yield_normalised_tensors():
-    cfg = Config.model_validate({
-        "data": {"datasets": [{"name": "synthetic"}], "image_size": 32,
-                 "synthetic": {"num_train": 64, "num_eval_train": 32, "num_eval_test": 16}},
-        "model": {"encoder_type": "custom", "patch_size": 8},
-        "evaluation": {"max_train_samples": 20},
-    })
+    cfg = Config.model_validate(
+        {
+            "data": {
+                "datasets": [{"name": "synthetic"}],
+                "image_size": 32,
+                "synthetic": {"num_train": 64, "num_eval_train": 32, "num_eval_test": 16},
+            },
+            "model": {"encoder_type": "custom", "patch_size": 8},
+            "evaluation": {"max_train_samples": 20},
+        }
+    )
     train = build_train_data(cfg)
     assert train.sizes == {"synthetic": 64} and train.epoch_size == 64
     img, label = pickle.loads(pickle.dumps(train.dataset))[5]
@@ -88,11 +96,16 @@ def test_datasets_from_config_pickle_and_yield_normalised_tensors():
 
 
 def test_two_views_are_two_different_augmentations():
-    cfg = Config.model_validate({
-        "data": {"datasets": [{"name": "synthetic"}], "image_size": 32,
-                 "synthetic": {"num_train": 16}},
-        "model": {"encoder_type": "custom", "patch_size": 8},
-    })
+    cfg = Config.model_validate(
+        {
+            "data": {
+                "datasets": [{"name": "synthetic"}],
+                "image_size": 32,
+                "synthetic": {"num_train": 16},
+            },
+            "model": {"encoder_type": "custom", "patch_size": 8},
+        }
+    )
     (v1, v2), _ = build_train_data(cfg, two_views=True).dataset[0]
     assert v1.shape == v2.shape == (3, 32, 32)
     assert not torch.equal(v1, v2)
@@ -101,8 +114,11 @@ def test_two_views_are_two_different_augmentations():
 def test_deit3_augmentation_runs_on_synthetic_images():
     img = synthetic.generate(4, 10, 32, seed=0).images[0]
     for auto in (False, True):
-        aug = AugmentationConfig(strategy="deit3", color_jitter=0.4,
-                                 deit3={"auto_augment": auto, "random_erasing_prob": 1.0})
+        aug = AugmentationConfig(
+            strategy="deit3",
+            color_jitter=0.4,
+            deit3={"auto_augment": auto, "random_erasing_prob": 1.0},
+        )
         out = train_transform(aug, 48)(img)
         assert out.shape == (3, 48, 48) and out.dtype == torch.float32
         assert (out == 0).all(dim=0).sum() > 0  # RandomErasing blanked a region
