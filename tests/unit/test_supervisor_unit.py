@@ -65,6 +65,16 @@ class FakeSystem(System):
     def signals(self) -> list[int]:
         return [c[2] for c in self.calls if c[0] == "signal"]
 
+    # liveness and groups, for the blocking escalation (System.stop_group)
+    alive_until = -1.0  # the leader is alive while t < this
+    leftover_until = -1.0  # a group member outlives the leader until this (or SIGKILL)
+
+    def is_alive(self, pid: int, create_time: float | None) -> bool:
+        return create_time is not None and self.t < self.alive_until
+
+    def group_members(self, pgid: int) -> list[int]:
+        return [pgid + 1] if self.t < self.leftover_until else []
+
 
 def emit(run_dir: Path, fs: FakeSystem, **ev: Any) -> None:
     ev.setdefault("ts", fs.wall())
@@ -263,3 +273,28 @@ def test_the_first_step_gets_the_start_up_timeout(tmp_path: Path) -> None:
     assert run_for(sup, fs, 50.0) is None and fs.signals() == []
     run_for(sup, fs, 15.0)
     assert fs.signals() == [signal.SIGTERM]
+
+
+def test_the_blocking_escalation_waits_terms_kills_and_empties_the_group() -> None:
+    """The schedule crash recovery and the daemon run: a graceful wait, SIGTERM, SIGKILL (all to
+    the group), then a leaderless group's leftovers get SIGKILL too."""
+    fs = FakeSystem()
+    fs.alive_until = 1e9  # a leader that ignores everything but SIGKILL
+
+    def kill_group(pid: int, sig: int) -> None:
+        fs.calls.append(("signal", pid, sig))
+        if sig == signal.SIGKILL:
+            fs.alive_until = fs.t
+
+    fs.signal_group = kill_group  # type: ignore[method-assign]
+    assert fs.stop_group(4242, 1.0, (30.0, 5.0, 10.0))
+    assert fs.signals() == [signal.SIGTERM, signal.SIGKILL]
+    assert 35.0 <= fs.t < 36.0  # 30 s for the graceful stop, 5 s of SIGTERM grace
+
+    fs = FakeSystem()
+    fs.alive_until, fs.leftover_until = 3.0, 1e9  # the leader goes on SIGTERM, a child stays
+    assert fs.stop_group(4242, 1.0, (0.0, 5.0, 10.0), leftover_grace_s=2.0)
+    assert fs.signals() == [signal.SIGTERM] and ("reap", 4242) in fs.calls
+    fs = FakeSystem()
+    fs.alive_until = -1.0  # already gone: nothing is signalled
+    assert fs.stop_group(4242, 1.0, (30.0, 5.0, 10.0)) and fs.calls == []
