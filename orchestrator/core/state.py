@@ -90,7 +90,9 @@ class Fallback(_M):
     attempt: int | None = None
 
 
-class Decision(_M):
+class DecisionRecord(_M):
+    """A decision as the state file keeps it (the policy's answer is ``policy.Decision``)."""
+
     kind: str
     trigger: str
     action: str
@@ -98,7 +100,9 @@ class Decision(_M):
     evidence: dict[str, Any] = Field(default_factory=dict)
 
 
-class Forecast(_M):
+class ForecastRecord(_M):
+    """A projected finish recorded at an epoch end (shown as ``views.snapshot.Forecast``)."""
+
     at: str
     epoch: int
     projected_finish: str
@@ -148,8 +152,8 @@ class Night(_M):
     overrides: dict[str, Any] = Field(default_factory=dict)
     attempts: list[Attempt] = Field(default_factory=list)
     fallbacks: list[Fallback] = Field(default_factory=list)
-    decisions: list[Decision] = Field(default_factory=list)
-    forecasts: list[Forecast] = Field(default_factory=list)
+    decisions: list[DecisionRecord] = Field(default_factory=list)
+    forecasts: list[ForecastRecord] = Field(default_factory=list)
     forecast_error_s: float | None = None
     forecast_errors_s: list[float] = Field(default_factory=list)
     baseline_metrics: Metrics | None = None

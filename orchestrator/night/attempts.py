@@ -29,15 +29,15 @@ from orchestrator.core.runbook import (
 )
 from orchestrator.core.state import (
     Attempt,
+    DecisionRecord,
     Fallback,
-    Forecast,
+    ForecastRecord,
     Night,
     State,
     StateStore,
     now_iso,
     parse_iso,
 )
-from orchestrator.core.state import Decision as DecisionRecord
 from orchestrator.core.system import System
 from orchestrator.night.history import (
     build_history,
@@ -183,7 +183,7 @@ class NightBase:
         if end is None:
             return
         self.night.forecasts.append(
-            Forecast(
+            ForecastRecord(
                 at=now_iso(),
                 epoch=v.epochs_done or 0,
                 projected_finish=now_iso(end),

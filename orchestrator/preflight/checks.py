@@ -1,5 +1,5 @@
-"""Preflight's checks, each a :class:`Check` (pass / warn / fail, evidence, a one-line fix),
-and the one way preflight asks the worker something: :func:`run_worker`.
+"""Preflight's checks, each a :class:`PreflightCheck` (pass / warn / fail, evidence, a one-line
+fix), and the one way preflight asks the worker something: :func:`run_worker`.
 
 - disk: free space where the runs go vs the checkpoints kept (``keep_last_k`` + best + one being
   written, each the weights, EMA target and AdamW moments, estimated from the model sizes).
@@ -36,7 +36,7 @@ WORKER_TIMEOUT_S = 1800
 
 
 @dataclass
-class Check:
+class PreflightCheck:
     name: str
     result: str  # pass | warn | fail
     detail: str
@@ -53,28 +53,32 @@ def checkpoint_bytes(cfg: Config) -> int:
     return 4 * (2 * encoder + predictor + 2 * (encoder + predictor))
 
 
-def check_disk(cfg: Config, where: Path) -> Check:
+def check_disk(cfg: Config, where: Path) -> PreflightCheck:
     need = checkpoint_bytes(cfg) * (cfg.checkpoint.keep_last_k + 2) + GB // 2
     probe_dir = where if where.exists() else Path.cwd()
     free = shutil.disk_usage(probe_dir).free
     detail = f"{free / GB:.1f} GB free in {probe_dir}, the night needs ~{need / GB:.1f} GB"
     if free < need:
-        return Check("disk", "fail", detail, f"free {(need - free) / GB:.1f} GB or use --state-dir")
+        return PreflightCheck(
+            "disk", "fail", detail, f"free {(need - free) / GB:.1f} GB or use --state-dir"
+        )
     if free < 2 * need:
-        return Check("disk", "warn", detail, "less than 2x headroom: free some space")
-    return Check("disk", "pass", detail)
+        return PreflightCheck("disk", "warn", detail, "less than 2x headroom: free some space")
+    return PreflightCheck("disk", "pass", detail)
 
 
-def check_memory(rb: Runbook) -> Check:
+def check_memory(rb: Runbook) -> PreflightCheck:
     avail = psutil.virtual_memory().available / GB
     detail = (
         f"{avail:.1f} GB available; runbook expects ~{rb.memory.good_gb:g} GB, "
         f"ceiling {rb.memory.ceiling_gb:g} GB"
     )
     if avail >= rb.memory.good_gb:
-        return Check("memory", "pass", detail)
+        return PreflightCheck("memory", "pass", detail)
     fix = "close other programs; the OOM ladder will shrink the micro-batch if needed"
-    return Check("memory", "warn" if avail >= rb.memory.good_gb / 2 else "fail", detail, fix)
+    return PreflightCheck(
+        "memory", "warn" if avail >= rb.memory.good_gb / 2 else "fail", detail, fix
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -132,38 +136,46 @@ def _why(facts: dict[str, Any], what: str) -> str:
     return why.splitlines()[-1].strip()
 
 
-def check_device(facts: dict[str, Any], requested: str) -> Check:
+def check_device(facts: dict[str, Any], requested: str) -> PreflightCheck:
     dev = facts.get("device")
     if not isinstance(dev, dict):
-        return Check("device", "fail", _why(facts, "device"), "run python -m trainer --check")
+        return PreflightCheck(
+            "device", "fail", _why(facts, "device"), "run python -m trainer --check"
+        )
     if dev.get("error"):
         fix = "set device: auto, or install a matching torch"
-        return Check("device", "fail", str(dev["error"]), fix)
+        return PreflightCheck("device", "fail", str(dev["error"]), fix)
     detail = f"device: {requested} -> {dev['device']}"
     if dev["type"] == "cuda":
         detail += f" ({dev['name']}, {(dev['memory_bytes'] or 0) / GB:.0f} GB)"
     if dev["type"] == "cpu" and requested == "auto":
-        return Check("device", "warn", detail + " (no CUDA or MPS found)", "expect CPU speed")
-    return Check("device", "pass", detail)
+        return PreflightCheck(
+            "device", "warn", detail + " (no CUDA or MPS found)", "expect CPU speed"
+        )
+    return PreflightCheck("device", "pass", detail)
 
 
-def check_dataset(facts: dict[str, Any]) -> Check:
+def check_dataset(facts: dict[str, Any]) -> PreflightCheck:
     rows = facts.get("datasets")
     if not isinstance(rows, list):
-        return Check("dataset", "fail", _why(facts, "datasets"), "check data.* paths")
+        return PreflightCheck("dataset", "fail", _why(facts, "datasets"), "check data.* paths")
     for row in rows:
         if row["status"] == "missing":
             first = row["message"].splitlines()[0]
             fix = f"{row['name']} expected at {row['path']}: {row['message']}"
-            return Check("dataset", "fail", first, fix)
+            return PreflightCheck("dataset", "fail", first, fix)
         if row["status"] != "ok":
-            return Check("dataset", "fail", row["message"], "check data.* paths")
-    return Check("dataset", "pass", "; ".join(f"{r['key']}: {r['description']}" for r in rows))
+            return PreflightCheck("dataset", "fail", row["message"], "check data.* paths")
+    return PreflightCheck(
+        "dataset", "pass", "; ".join(f"{r['key']}: {r['description']}" for r in rows)
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # timing
-def judge_timing(probe: dict[str, Any], cfg: Config, rb: Runbook, window_s: float) -> list[Check]:
+def judge_timing(
+    probe: dict[str, Any], cfg: Config, rb: Runbook, window_s: float
+) -> list[PreflightCheck]:
     epoch_s = float(probe["epoch_seconds"])
     minutes = epoch_s / 60
     band = rb.display.epoch_minutes
@@ -171,11 +183,15 @@ def judge_timing(probe: dict[str, Any], cfg: Config, rb: Runbook, window_s: floa
         f"{probe['ms_per_step']:.0f} ms/step, {probe['img_per_s']:.0f} img/s, "
         f"{probe['steps_per_epoch']} steps/epoch -> {minutes:.1f} min/epoch on {probe['device']}"
     )
-    epoch = Check("epoch time", "pass", speed)
+    epoch = PreflightCheck("epoch time", "pass", speed)
     if minutes > band.warning:
-        epoch = Check("epoch time", "fail", speed, f"> {band.warning:g} min: investigate first")
+        epoch = PreflightCheck(
+            "epoch time", "fail", speed, f"> {band.warning:g} min: investigate first"
+        )
     elif minutes > band.good:
-        epoch = Check("epoch time", "warn", speed, f"> {band.good:g} min: may need the full window")
+        epoch = PreflightCheck(
+            "epoch time", "warn", speed, f"> {band.good:g} min: may need the full window"
+        )
     epochs = cfg.training.epochs
     budget = window_s - rb.final_eval_s
     night_s = epochs * epoch_s + rb.final_eval_s
@@ -185,10 +201,10 @@ def judge_timing(probe: dict[str, Any], cfg: Config, rb: Runbook, window_s: floa
     )
     fits = int(budget // epoch_s) if epoch_s > 0 else epochs
     if fits >= epochs:
-        return [epoch, Check("night length", "pass", detail)]
+        return [epoch, PreflightCheck("night length", "pass", detail)]
     cuts = [e for e in rb.ladders.slow.epochs if e <= fits]
     if cuts:
         fix = f"the watchdog will cut to {max(cuts)} epochs; or set training.epochs={fits}"
-        return [epoch, Check("night length", "warn", detail, fix)]
+        return [epoch, PreflightCheck("night length", "warn", detail, fix)]
     fix = f"only {fits} epochs fit: lower training.epochs, a smaller model, or a longer window"
-    return [epoch, Check("night length", "fail", detail, fix)]
+    return [epoch, PreflightCheck("night length", "fail", detail, fix)]

@@ -37,7 +37,7 @@ from rich.table import Table
 from orchestrator.core.runbook import Runbook, RunbookError, default_runbook_for, load_runbook
 from orchestrator.preflight.checks import (
     GB,
-    Check,
+    PreflightCheck,
     check_dataset,
     check_device,
     check_disk,
@@ -227,19 +227,23 @@ def _hms(s: float) -> str:
     return f"{s // 60}m{s % 60:02d}s"
 
 
-def run_checks(args: argparse.Namespace, out: Console) -> list[Check]:
-    checks: list[Check] = []
+def run_checks(args: argparse.Namespace, out: Console) -> list[PreflightCheck]:
+    checks: list[PreflightCheck] = []
     try:
         cfg = load_config(args.config, list(args.overrides))
     except ConfigError as exc:
-        return [Check("config", "fail", str(exc).splitlines()[-1], "fix the config key named")]
-    checks.append(Check("config", "pass", f"{args.config} (hash {cfg.hash()})"))
+        return [
+            PreflightCheck("config", "fail", str(exc).splitlines()[-1], "fix the config key named")
+        ]
+    checks.append(PreflightCheck("config", "pass", f"{args.config} (hash {cfg.hash()})"))
     rb_path = Path(args.runbook) if args.runbook else default_runbook_for(args.config)
     try:
         rb = load_runbook(rb_path)
-        checks.append(Check("runbook", "pass", str(rb_path)))
+        checks.append(PreflightCheck("runbook", "pass", str(rb_path)))
     except RunbookError as exc:
-        checks.append(Check("runbook", "fail", str(exc).splitlines()[0], "fix or pass --runbook"))
+        checks.append(
+            PreflightCheck("runbook", "fail", str(exc).splitlines()[0], "fix or pass --runbook")
+        )
         rb = Runbook.model_validate({"name": "defaults"})
     facts = worker_facts(args.config, list(args.overrides))  # the worker's --check
     checks.append(check_dataset(facts))
@@ -247,16 +251,24 @@ def run_checks(args: argparse.Namespace, out: Console) -> list[Check]:
     checks.append(check_memory(rb))
     checks.append(check_device(facts, cfg.device))
     if checks[2].result == "fail" or checks[-1].result == "fail":
-        checks.append(Check("timing probe", "fail", "skipped: dataset or device failed above"))
+        checks.append(
+            PreflightCheck("timing probe", "fail", "skipped: dataset or device failed above")
+        )
         return checks
     window_s = parse_duration(args.window)
     with out.status("timing probe...") as status:
         try:
             fit, why = plan_night(args, cfg, rb, window_s, status)
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
-            return [*checks, Check("timing probe", "fail", str(exc), "run the worker alone")]
+            return [
+                *checks,
+                PreflightCheck("timing probe", "fail", str(exc), "run the worker alone"),
+            ]
     if fit is None:
-        return [*checks, Check("batch fit", "fail", why, "a smaller model or a higher ceiling")]
+        return [
+            *checks,
+            PreflightCheck("batch fit", "fail", why, "a smaller model or a higher ceiling"),
+        ]
     args.fit = fit
     planned = cfg.model_copy(
         update={"training": cfg.training.model_copy(update={"epochs": fit.epochs})}

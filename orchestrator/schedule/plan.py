@@ -43,7 +43,15 @@ from orchestrator.core.datafiles import plan_dirs, resolve_data, shipped_root
 from orchestrator.core.durations import parse_duration
 from orchestrator.core.fold import fold_run_dir, metrics_of
 from orchestrator.core.runbook import RunbookError, load_runbook
-from orchestrator.core.state import Decision, Metrics, Night, PlanRecord, State, now_iso, parse_iso
+from orchestrator.core.state import (
+    DecisionRecord,
+    Metrics,
+    Night,
+    PlanRecord,
+    State,
+    now_iso,
+    parse_iso,
+)
 from orchestrator.policy.recovery import learned_overrides, next_night
 from orchestrator.schedule.notify import NotifySpec
 from trainer.config import Config, ConfigError, format_validation_error, load_raw
@@ -278,7 +286,7 @@ def next_start(state: State) -> str | None:
 
 # ------------------------------------------------------------------------------------------
 # the night-2 decision
-def decide_night(state: State, plan: Plan, index: int, now: datetime) -> Decision:
+def decide_night(state: State, plan: Plan, index: int, now: datetime) -> DecisionRecord:
     """Fix night ``index``'s spec once the previous night ended; record and return the decision.
 
     ``requires: previous_succeeded`` met → the planned config; else ``repeat_previous`` → the
@@ -311,7 +319,7 @@ def decide_night(state: State, plan: Plan, index: int, now: datetime) -> Decisio
         trigger = f"{prev.name} ended {prev.status}, not succeeded"
         action = f"repeat {base} ({Path(prev.config).name}) with its final overrides"
         evidence["overrides"] = learned
-    decision = Decision(
+    decision = DecisionRecord(
         kind="plan", trigger=trigger, action=action, at=now_iso(), evidence=evidence
     )
     night.decisions.append(decision)
