@@ -235,7 +235,7 @@ def _end(trigger: str, reason: str, evidence: dict[str, object] | None = None) -
 
 def _restart(
     trigger: str,
-    step: ladders.Step | None,
+    step: ladders.LadderStep | None,
     resume: str | None,
     action: str,
     evidence: dict[str, object],
@@ -336,7 +336,7 @@ def _ended(
         if step is not None:
             totals = [t for t in (obs.total_epochs, history.config.epochs) if t]
             keep = {"training.epochs": min(totals)} if totals else {}
-            step = ladders.Step(
+            step = ladders.LadderStep(
                 step.ladder, step.rung, {**step.overrides, **keep}, step.effect, step.evidence
             )
             epochs = keep.get("training.epochs", obs.total_epochs)

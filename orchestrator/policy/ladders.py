@@ -1,7 +1,7 @@
 """The next unused rung of each ladder, turned into concrete config overrides.
 
 Pure functions of (history, runbook). Each returns ``None`` when the ladder is exhausted, or a
-:class:`Step` with the overrides to add, the text of what changed for the experiment, and the
+:class:`LadderStep` with the overrides to add, the text of what changed for the experiment, and the
 numbers behind it. Rungs that would change nothing (a batch rung not smaller than the batch in
 force, a rung whose values are already set) are skipped, not counted as used.
 """
@@ -20,7 +20,7 @@ LR = "training.lr"
 
 
 @dataclass(frozen=True)
-class Step:
+class LadderStep:
     ladder: str
     rung: int  # index in the ladder (0-based) of the rung taken
     overrides: dict[str, Any]
@@ -36,7 +36,7 @@ def _already(history: NightHistory, rung: Rung) -> bool:
     return all(history.overrides.get(k) == v for k, v in rung.overrides.items())
 
 
-def oom_step(history: NightHistory, runbook: Runbook) -> Step | None:
+def oom_step(history: NightHistory, runbook: Runbook) -> LadderStep | None:
     """Next OOM rung; keeps micro × accumulation = the night's effective batch where it can."""
     facts = history.config
     rungs = runbook.ladders.oom
@@ -69,11 +69,11 @@ def oom_step(history: NightHistory, runbook: Runbook) -> Step | None:
         if BATCH not in new:
             effect = f"{_fmt(rungs[i].overrides)} (micro-batch {micro}×{accum} unchanged)"
         evidence = {"micro_batch": micro, "accum_steps": accum, "effective_batch": new_eff}
-        return Step("oom", i, new, effect, evidence)
+        return LadderStep("oom", i, new, effect, evidence)
     return None
 
 
-def nonfinite_step(history: NightHistory, runbook: Runbook) -> Step | None:
+def nonfinite_step(history: NightHistory, runbook: Runbook) -> LadderStep | None:
     """Next non-finite rung; an LR rung is rescaled if an OOM rung changed the effective batch."""
     facts = history.config
     rungs = runbook.ladders.nonfinite
@@ -92,11 +92,11 @@ def nonfinite_step(history: NightHistory, runbook: Runbook) -> Step | None:
                 effect += f" (rung {rungs[i].overrides[LR]:g} × effective-batch scale {scale:g})"
         else:
             effect = _fmt(new)
-        return Step("nonfinite", i, new, effect, {"lr_before": facts.lr})
+        return LadderStep("nonfinite", i, new, effect, {"lr_before": facts.lr})
     return None
 
 
-def feature_step(history: NightHistory, runbook: Runbook, named: str | None) -> Step | None:
+def feature_step(history: NightHistory, runbook: Runbook, named: str | None) -> LadderStep | None:
     """Disable the named feature if it is on, else the next enabled one in the runbook order."""
     on = history.config.features
     order = [f for f in runbook.ladders.features if f not in history.disabled_features]
@@ -106,7 +106,7 @@ def feature_step(history: NightHistory, runbook: Runbook, named: str | None) -> 
             continue
         key = FEATURE_KEYS[feature]
         how = "named by the worker" if feature == named else "next in the runbook order"
-        return Step(
+        return LadderStep(
             "features",
             len(history.disabled_features),
             {key: False},
@@ -116,21 +116,23 @@ def feature_step(history: NightHistory, runbook: Runbook, named: str | None) -> 
     return None
 
 
-def dataset_step(history: NightHistory, runbook: Runbook) -> Step | None:
+def dataset_step(history: NightHistory, runbook: Runbook) -> LadderStep | None:
     rung = runbook.ladders.dataset_fallback
     if rung is None or history.rungs_used.get("data", 0) > 0:
         return None
     names = [d.get("name") for d in rung.overrides.get("data.datasets", []) if isinstance(d, dict)]
     effect = f"datasets {list(history.config.datasets)} → {names or _fmt(rung.overrides)}"
-    return Step("data", 0, dict(rung.overrides), effect, {"from": list(history.config.datasets)})
+    return LadderStep(
+        "data", 0, dict(rung.overrides), effect, {"from": list(history.config.datasets)}
+    )
 
 
-def slow_then_step(history: NightHistory, runbook: Runbook) -> Step | None:
+def slow_then_step(history: NightHistory, runbook: Runbook) -> LadderStep | None:
     rungs = runbook.ladders.slow.then
     for i in range(history.rungs_used.get("slow", 0), len(rungs)):
         if _already(history, rungs[i]):
             continue
-        return Step("slow", i, dict(rungs[i].overrides), _fmt(rungs[i].overrides))
+        return LadderStep("slow", i, dict(rungs[i].overrides), _fmt(rungs[i].overrides))
     return None
 
 
