@@ -57,8 +57,12 @@ def summarise(evals: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         init, final = series[0][1], series[-1][1]
         best_epoch, best = max(series, key=lambda t: t[1])
         out[name] = {
-            "init": init, "best": best, "best_epoch": best_epoch, "final": final,
-            "gain_best_pts": 100 * (best - init), "gain_final_pts": 100 * (final - init),
+            "init": init,
+            "best": best,
+            "best_epoch": best_epoch,
+            "final": final,
+            "gain_best_pts": 100 * (best - init),
+            "gain_final_pts": 100 * (final - init),
             "fell_back": 100 * (best - final) > FALL_BACK_POINTS,
             "series": [round(v, 4) for _, v in series],
         }
@@ -69,13 +73,14 @@ def worker_command(args: argparse.Namespace, run_dir: Path) -> list[str]:
     sets = [f"evaluation.eval_frequency={args.eval_every}"]
     if args.data:
         path = Path(args.data).resolve()
-        sets += [f"data.datasets=[{{name: imagefolder, path: '{path}'}}]",
-                 f"data.epoch_size={args.epoch_size}"]
+        sets += [
+            f"data.datasets=[{{name: imagefolder, path: '{path}'}}]",
+            f"data.epoch_size={args.epoch_size}",
+        ]
     if args.epochs is not None:
         sets.append(f"training.epochs={args.epochs}")
     sets += args.set
-    cmd = [sys.executable, "-m", "trainer", "--config", str(args.config),
-           "--run-dir", str(run_dir)]
+    cmd = [sys.executable, "-m", "trainer", "--config", str(args.config), "--run-dir", str(run_dir)]
     for s in sets:
         cmd += ["--set", s]
     return cmd
@@ -86,8 +91,9 @@ def run(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
-    proc = subprocess.run(worker_command(args, run_dir), capture_output=True, text=True,
-                          env=env, cwd=ROOT)
+    proc = subprocess.run(
+        worker_command(args, run_dir), capture_output=True, text=True, env=env, cwd=ROOT
+    )
     wall = time.monotonic() - t0
     cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     events = read_events(run_dir / EVENTS_FILE)
@@ -108,14 +114,15 @@ def run(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
 
 
 def render(result: dict[str, Any]) -> str:
-    lines = [f"{result['config']} on {result['data']}: {result['epochs']} epochs,"
-             f" {result['steps']} steps, {result['wall_s']} s wall, {result['cpu_s']} s CPU"]
+    lines = [
+        f"{result['config']} on {result['data']}: {result['epochs']} epochs,"
+        f" {result['steps']} steps, {result['wall_s']} s wall, {result['cpu_s']} s CPU"
+    ]
     for name, m in result["metrics"].items():
         lines.append(
             f"  {name:7s} {100 * m['init']:5.1f} → best {100 * m['best']:5.1f}"
             f" (epoch {m['best_epoch']}) → final {100 * m['final']:5.1f}"
-            f"   gain {m['gain_final_pts']:+.1f} pts"
-            + ("   FELL BACK" if m["fell_back"] else "")
+            f"   gain {m['gain_final_pts']:+.1f} pts" + ("   FELL BACK" if m["fell_back"] else "")
         )
         lines.append(f"          per eval: {' '.join(f'{100 * v:.1f}' for v in m['series'])}")
     if result["returncode"]:

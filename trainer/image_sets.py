@@ -88,8 +88,9 @@ def write_image_folder(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainer.image_sets", description=__doc__.split(
-        "\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m trainer.image_sets", description=__doc__.split("\n")[0]
+    )
     p.add_argument("name", choices=SETS, help="which set")
     p.add_argument("out", help="directory to write train/ and val/ into")
     p.add_argument("--val-fraction", type=float, default=1 / 3)
@@ -100,8 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, FileExistsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"{args.name}: {counts['train']} train + {counts['val']} val images,"
-          f" {counts['classes']} classes, in {args.out}")
+    print(
+        f"{args.name}: {counts['train']} train + {counts['val']} val images,"
+        f" {counts['classes']} classes, in {args.out}"
+    )
     return 0
 
 

@@ -21,17 +21,25 @@ pytest.importorskip("sklearn")
 
 
 def make_cfg(root, size=32):
-    return Config.model_validate({
-        "data": {"datasets": [{"name": "imagefolder", "path": str(root)}], "image_size": size},
-        "model": {"encoder_type": "custom", "patch_size": 4},
-        "evaluation": {"max_train_samples": 4096, "max_test_samples": 4096},
-    })
+    return Config.model_validate(
+        {
+            "data": {"datasets": [{"name": "imagefolder", "path": str(root)}], "image_size": size},
+            "model": {"encoder_type": "custom", "patch_size": 4},
+            "evaluation": {"max_train_samples": 4096, "max_test_samples": 4096},
+        }
+    )
 
 
 def test_digits_cli_writes_an_image_folder_that_torchvision_reads(tmp_path):
     out = tmp_path / "digits"
-    r = subprocess.run([sys.executable, "-m", "trainer.image_sets", "digits", str(out)],
-                       capture_output=True, text=True, env=env(), cwd=ROOT, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "trainer.image_sets", "digits", str(out)],
+        capture_output=True,
+        text=True,
+        env=env(),
+        cwd=ROOT,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert "1198 train + 599 val images, 10 classes" in r.stdout
     train = tvd.ImageFolder(str(out / "train"))
@@ -45,8 +53,14 @@ def test_digits_cli_writes_an_image_folder_that_torchvision_reads(tmp_path):
     with Image.open(train.samples[0][0]) as raw:
         assert raw.mode == "L" and raw.getextrema()[1] > 200  # ink reaches near white
     # The same command again rewrites the same files; a foreign folder is refused.
-    r = subprocess.run([sys.executable, "-m", "trainer.image_sets", "digits", str(out)],
-                       capture_output=True, text=True, env=env(), cwd=ROOT, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "trainer.image_sets", "digits", str(out)],
+        capture_output=True,
+        text=True,
+        env=env(),
+        cwd=ROOT,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     (tmp_path / "other" / "train").mkdir(parents=True)
     with pytest.raises(FileExistsError):
