@@ -150,7 +150,9 @@ def test_a_crashing_night_runner_fails_the_night_and_the_plan_goes_on(tmp_path: 
 
 def test_deadline_guard_stops_an_overrunning_night(tmp_path: Path) -> None:
     fake = FakeNight({0: ["wait"], 1: ["succeeded"]})
-    daemon, store, _ = make(tmp_path, fake, window="1s", deadline_grace_s=0.0)
+    # 3 s, not 1: the state records times to the second, so a window opened at hh:mm:ss.9 has
+    # (window − 0.9) s left when the daemon first looks; 1 s could already be over (→ skipped)
+    daemon, store, _ = make(tmp_path, fake, window="3s", deadline_grace_s=0.0)
     start(daemon)
     assert drive(daemon, seconds=8) is False
     daemon.scheduler.shutdown(wait=False)
