@@ -294,21 +294,22 @@ class Supervisor:
         self.state = Stage.EXITED  # any -> EXITED
         self.sys.kill_group_leftovers(self.pid)
         self._read_events()
+        view = self.view  # the attempt's final facts, folded once
         if self.attached and code is None:
-            code = self._code_from_events()
+            code = self._code_from_events(view)
         tail = _log_tail(self.run_dir / WORKER_LOG_FILE)
         kind, message = classify_exit(
             code,
-            self.view.fatal,
+            view.fatal,
             tail,
             killed_for=self._kill_for,
             stop_requested=self.stop_reason is not None,
         )
-        return AttemptOutcome(code, kind, message, self.view, self.stop_reason, self.pid)
+        return AttemptOutcome(code, kind, message, view, self.stop_reason, self.pid)
 
-    def _code_from_events(self) -> int | None:
+    def _code_from_events(self, view: RunView) -> int | None:
         """The exit code of a worker we could not wait() on, as its events tell it."""
-        fin, fatal = self.view.finished, self.view.fatal
+        fin, fatal = view.finished, view.fatal
         if fatal is not None and str(fatal.get("kind")) in EXIT_CODE_OF_KIND:
             return EXIT_CODE_OF_KIND[str(fatal["kind"])]
         if fin is not None:

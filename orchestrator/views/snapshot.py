@@ -30,7 +30,6 @@ from typing import Any
 import yaml
 
 from orchestrator.core.fold import SAMPLES_FILE, RunFold, RunView, num, sample_tail
-from orchestrator.core.fold import mem_value as mem_value
 from orchestrator.core.state import Attempt, Fallback, Night, State, parse_iso, read_snapshot
 from orchestrator.policy import forecast
 from trainer.events import EVENTS_FILE, EventTail

@@ -11,9 +11,10 @@ from typing import Any
 from rich.console import Group, RenderableType
 from rich.text import Text
 
+from orchestrator.core.fold import mem_value
 from orchestrator.views.fmt import NA, fmt_clock, fmt_dur, fmt_gb, fmt_num
 from orchestrator.views.screen.levels import NIGHT_STYLE, level_high_bad, styled
-from orchestrator.views.snapshot import GB, Snapshot, iso_ts, mem_value
+from orchestrator.views.snapshot import GB, Snapshot, iso_ts
 
 
 def _forecast_short(fc: Any) -> Text:

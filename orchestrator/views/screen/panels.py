@@ -24,10 +24,10 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.core.fold import metrics_of
+from orchestrator.core.fold import mem_value, metrics_of
 from orchestrator.views.fmt import NA, fmt_clock, fmt_dur, fmt_gb, fmt_num, fmt_pct
 from orchestrator.views.screen.levels import NIGHT_STYLE, level_high_bad, level_low_bad, styled
-from orchestrator.views.snapshot import GB, Snapshot, iso_ts, mem_value
+from orchestrator.views.snapshot import GB, Snapshot, iso_ts
 
 BLOCKS = "▁▂▃▄▅▆▇█"
 
