@@ -1,7 +1,11 @@
 """python bench/throughput.py --config FILE [--device D] [--batch B] [--steps N] [--set k=v]
 
 More options: [--warmup W] [--accum A] [--threads T] [--data synthetic|real]
-[--peak-tflops F]; --set is repeatable (e.g. --set training.compile=true).
+[--peak-tflops F] [--nproc N]; --set is repeatable (e.g. --set training.compile=true).
+
+``--nproc N`` (N > 1) measures scaling instead: the worker's probe with one process and with N
+under the launcher, the same micro-batch per rank, and prints img/s of each, the speedup and the
+scaling efficiency (``bench/scaling.py``).
 
 Throughput of the FULL H-JEPA optimizer step on whatever device is present: each timed step is
 `TrainStep` exactly as the worker runs it — forward of context encoder, target encoder and
@@ -52,6 +56,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.peaks import peak_tflops
+from bench.scaling import scaling
 from trainer.allocator import keep_freed_memory
 from trainer.config import ConfigError, load_config
 from trainer.data import DataMissingError, build_train_data, train_loader
@@ -97,6 +102,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         metavar="K=V",
         help="config override, as for the worker (repeatable)",
+    )
+    ap.add_argument(
+        "--nproc", type=int, default=1, help="N > 1: scaling of N processes against one"
     )
     args = ap.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
@@ -266,6 +274,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        if args.nproc > 1:
+            sets = list(args.overrides)
+            if args.device:
+                sets.append(f"device={args.device}")
+            if args.accum:
+                sets.append(f"training.accumulation_steps={args.accum}")
+            micro = args.batch or load_config(args.config, sets).data.batch_size
+            print(json.dumps(scaling(args.config, sets, micro, args.nproc, args.steps)))
+            return 0
         result = run(args)
     except (ConfigError, DataMissingError) as exc:
         print(exc, file=sys.stderr)

@@ -5,6 +5,7 @@
     hjepa-night status [--state-dir var] [--once] [--json] [--width N]
     hjepa-night report [--state-dir var] [--night N] [--out FILE]
     hjepa-night run --config FILE [--window 8h] [--state-dir var] [--set key=value ...]
+    hjepa-night join --config FILE --node-rank R [--set key=value ...]   (nodes 1.. of a night)
     hjepa-night preflight --config FILE [--window 8h] [--apply [PLAN_OR_STATE]] [--probe-steps N]
     hjepa-night init [DIR] [--force]
 
@@ -23,6 +24,7 @@ VERBS = {
     "status": "orchestrator.views.status",
     "report": "orchestrator.views.report.write",
     "run": "orchestrator.night.run_cmd",
+    "join": "orchestrator.night.join",
     "preflight": "orchestrator.preflight.command",
     "init": "orchestrator.core.datafiles",
 }
@@ -74,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CMD",
         help="run CMD (message appended) when the night ends, fails or falls back",
     )
+
+    sp = sub.add_parser("join", help="this machine's ranks in a night across nodes")
+    sp.add_argument("--config", required=True)
+    sp.add_argument("--node-rank", type=int, required=True, help="this node's index (1..)")
+    sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    sp.add_argument("--retry-s", type=float, default=5.0, help="pause before rejoining (5)")
+    sp.add_argument("--once", action="store_true", help="one attempt only")
+    state_dir(sp)
 
     sp = sub.add_parser("preflight", help="pre-flight checklist for a config")
     sp.add_argument("--config", required=True)

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from trainer.events import read_events
+from trainer.events_read import read_events
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo_conservative.yaml"

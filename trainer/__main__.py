@@ -13,6 +13,11 @@ missing, 14 crash, 15 no usable checkpoint (or one lacking weights of a module s
 ``--eval-only`` evaluates the ``--resume`` checkpoint (an ``eval`` event) and exits.
 ``--probe N`` times N optimizer steps after warm-up and prints one JSON line
 ({ms_per_step, steps_per_epoch, epoch_seconds, img_per_s, ...}); nothing is saved.
+Under the launcher (``python -m trainer.launch``, or torchrun: ``RANK``/``WORLD_SIZE`` in the
+environment) every rank runs this same command; the writer (rank 0 on one node) writes the
+events, the resolved config and the probe's JSON, other ranks write only a ``fatal`` event if
+they fail (``trainer/dist.py``).
+
 ``--check`` (no ``--run-dir``, nothing written) prints one JSON document: the device the config
 resolves to and every training dataset's description or why it is missing; exit 0 when all is
 usable, 1 when not, 2 when the config does not load (``trainer/check.py`` has the shape).
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import traceback
@@ -108,32 +114,44 @@ def main(argv: list[str] | None = None) -> int:
         return check_main(args)
     run_dir = Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    rank = int(os.environ.get("RANK", "0"))
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    # With several ranks only fatal events until the writer is elected (Worker.setup).
+    quiet = ("fatal",) if several else None
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        em = Emitter(run_dir / EVENTS_FILE)
-        em.emit(Fatal(kind="config", message=str(exc)))
+        em = Emitter(run_dir / EVENTS_FILE, only=quiet)
+        em.emit(Fatal(kind="config", message=str(exc), rank=rank))
         em.close()
         return EXIT_USAGE
-    write_resolved(cfg, run_dir / RESOLVED_CONFIG_FILE)
+    if not several:
+        write_resolved(cfg, run_dir / RESOLVED_CONFIG_FILE)
 
     from trainer.loop import Worker  # heavy imports (torch) after the config is known good
 
-    emitter = Emitter(run_dir / EVENTS_FILE, period=cfg.logging.heartbeat_s)
+    emitter = Emitter(run_dir / EVENTS_FILE, period=cfg.logging.heartbeat_s, only=quiet)
     worker = Worker(cfg, run_dir, args.resume, emitter)
     emitter._memory = lambda: worker.mem() if hasattr(worker, "device") else {}
     signal.signal(signal.SIGTERM, worker.on_signal)
     signal.signal(signal.SIGINT, worker.on_signal)
-    emitter.start()
+    if not several:
+        emitter.start()
     try:
         if args.probe:
-            print(json.dumps(worker.probe(args.probe)), flush=True)
-            return 0
-        return worker.eval_only() if args.eval_only else worker.run()
+            result = worker.probe(args.probe)
+            if worker.dist.main:
+                print(json.dumps(result), flush=True)
+            code = 0
+        else:
+            code = worker.eval_only() if args.eval_only else worker.run()
+        worker.dist.close()  # every rank waits for rank 0's last checkpoint and evaluation
+        return code
     except BaseException as exc:
         if isinstance(exc, SystemExit):
             raise
+        worker.dist.abandon()
         kind, feature = classify(exc)
         message = f"{type(exc).__name__}: {exc}"
         emitter.emit(
@@ -143,10 +161,12 @@ def main(argv: list[str] | None = None) -> int:
                 feature=feature,  # type: ignore[arg-type]
                 epoch=getattr(worker, "epoch", None),
                 step=getattr(worker, "step", None),
+                rank=rank,
             )
         )
         traceback.print_exc(file=sys.stderr)
-        print(f"fatal ({kind}): {message}", file=sys.stderr)
+        where = f"rank {rank} " if rank else ""
+        print(f"fatal {where}({kind}): {message}", file=sys.stderr)
         return EXIT_CODE_OF_KIND[kind]
     finally:
         emitter.close()

@@ -16,7 +16,10 @@ prints one JSON document (the orchestrator's preflight reads it; it imports no t
 - ``device``: what ``device`` (``auto`` or explicit) resolves to (``trainer.device``). ``name``
   is the GPU's name on CUDA, the host's processor otherwise; ``memory_bytes`` the GPU's total
   memory on CUDA, else null. A device that is not available: ``device``/``type`` null and
-  ``error`` the reason (the torch build).
+  ``error`` the reason (the torch build). ``ranks`` (when the device resolved): what
+  ``distributed`` asks for on this node — ``nproc_per_node``, ``nnodes``, ``world_size``, the
+  ``devices`` the processes would use (``cuda:0`` … one per GPU), ``cuda_devices`` visible; more
+  processes than GPUs is the device's ``error``.
 - ``datasets``: every ``data.datasets`` entry, in order, opened as training opens it
   (``trainer.data.describe_dataset``). ``status`` ``ok`` with a one-line ``description``;
   ``missing`` (``trainer.datasets.DataMissingError``): ``name`` and the expected ``path`` from
@@ -90,9 +93,40 @@ def dataset_facts(cfg: Config) -> list[dict[str, Any]]:
     return out
 
 
+def rank_facts(cfg: Config, device: dict[str, Any]) -> dict[str, Any]:
+    """The processes ``distributed`` asks for on this node and the devices they would use."""
+    import torch
+
+    cuda = torch.cuda.device_count() if device.get("type") == "cuda" else 0
+    d = cfg.distributed
+    nproc = d.nproc(cuda)
+    if device.get("type") == "cuda":
+        devices = [f"cuda:{i}" for i in range(nproc)]
+    else:
+        devices = [str(device.get("device"))] * nproc
+    error = None
+    if device.get("type") == "cuda" and nproc > cuda:
+        error = (
+            f"distributed.nproc_per_node {d.nproc_per_node} on this node, but only {cuda} CUDA "
+            "device(s) are visible (one process per GPU)"
+        )
+    return {
+        "nproc_per_node": nproc,
+        "nnodes": d.nnodes,
+        "world_size": nproc * d.nnodes,
+        "devices": devices,
+        "cuda_devices": cuda,
+        "error": error,
+    }
+
+
 def check(cfg: Config, source: str) -> dict[str, Any]:
     """The ``--check`` document for a loaded config (``source``: the config path as given)."""
     device = device_facts(cfg.device)
+    if device["error"] is None:
+        ranks = rank_facts(cfg, device)
+        device["ranks"] = ranks
+        device["error"] = ranks["error"]
     datasets = dataset_facts(cfg)
     ok = device["error"] is None and all(d["status"] == "ok" for d in datasets)
     return {

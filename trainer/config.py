@@ -24,6 +24,7 @@ of the family re-exported. The parts:
 - ``trainer/config_data.py``: ``data``;
 - ``trainer/config_run.py``: ``experiment``, ``training``, ``evaluation``, ``checkpoint``,
   ``logging``, ``faults``;
+- ``trainer/config_dist.py``: ``distributed`` (processes, nodes, rendezvous, backend);
 - ``trainer/config_overrides.py``: ``--set`` parsing and the spelling rules (SAME / REPLACED).
 """
 
@@ -47,6 +48,7 @@ from trainer.config_data import (
     SyntheticConfig,
     TransformsConfig,
 )
+from trainer.config_dist import DistributedConfig
 from trainer.config_model import (
     ENCODER_PRESETS,
     EMAConfig,
@@ -88,6 +90,7 @@ __all__ = [
     "DatasetName",
     "DatasetSpec",
     "DeiT3Config",
+    "DistributedConfig",
     "EMAConfig",
     "EvaluationConfig",
     "ExperimentConfig",
@@ -126,6 +129,7 @@ class Config(Strict):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     faults: FaultsConfig = Field(default_factory=FaultsConfig)
 
     @model_validator(mode="after")
@@ -153,6 +157,7 @@ class Config(Strict):
     # -- derived ---------------------------------------------------------------------------
     @property
     def effective_batch(self) -> int:
+        """The global batch of a step (shared by the ranks when there are several)."""
         return self.data.batch_size * self.training.accumulation_steps
 
     def to_yaml_dict(self) -> dict[str, Any]:

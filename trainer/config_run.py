@@ -163,3 +163,20 @@ class FaultsConfig(Strict):
     )
     hang_at_step: int | None = Field(None, ge=1, description="Stop progressing here, once.")
     step_delay_s: float = Field(0.0, ge=0.0, description="Sleep this long every step.")
+    oom_rank: int | None = Field(
+        None, ge=0, description="With oom_at_step: raise it on this rank only (default: all)."
+    )
+    sigkill_rank: int | None = Field(
+        None, ge=0, description="With sigkill_at_step: this rank SIGKILLs itself, once."
+    )
+    sigkill_at_step: int | None = Field(
+        None, ge=1, description="The step at which sigkill_rank SIGKILLs itself, once."
+    )
+
+    @model_validator(mode="after")
+    def _pairs(self) -> FaultsConfig:
+        if (self.sigkill_rank is None) != (self.sigkill_at_step is None):
+            raise ValueError("faults.sigkill_rank and faults.sigkill_at_step go together")
+        if self.oom_rank is not None and self.oom_at_step is None:
+            raise ValueError("faults.oom_rank needs faults.oom_at_step")
+        return self

@@ -114,12 +114,24 @@ def build_train_data(cfg: Config, two_views: bool | None = None) -> TrainData:
 
 
 def train_loader(
-    cfg: Config, train: TrainData, masks: Any, epoch: int, start: int, device: torch.device
+    cfg: Config,
+    train: TrainData,
+    masks: Any,
+    epoch: int,
+    start: int,
+    device: torch.device,
+    rank: int = 0,
+    world: int = 1,
+    micro: int | None = None,
+    accum: int | None = None,
 ) -> DataLoader:
     """The training DataLoader of one epoch from sample ``start`` on: whole optimizer steps only
-    (``(epoch_size - start) // effective batch`` of them), every item seeded by its position and
-    every batch masked by ``masks`` (a MaskCollator) from its first item's seed, so resume and
-    the worker count change nothing (trainer/positional.py).
+    (``(epoch_size - start) // global batch`` of them; the global batch is micro × accumulation
+    × ``world``), every item seeded by its position and every batch masked by ``masks`` (a
+    MaskCollator) from its first item's seed, so resume, the worker count and the world size
+    change nothing (trainer/positional.py). With several ranks ``rank`` gets its chunks of the
+    positions in batches of ``micro`` (its share of ``data.batch_size``) and ``accum`` of them
+    make its part of a step (default: the config's, one process).
 
     Host → device: batches are pinned when ``data.pin_memory`` is set or the device is CUDA
     (pinned memory makes the loop's ``non_blocking`` copies really asynchronous); pinning is
@@ -127,14 +139,17 @@ def train_loader(
     (elsewhere PyTorch's default 2, so host memory stays as it was).
     """
     d = cfg.data
-    eff = d.batch_size * cfg.training.accumulation_steps
+    micro = micro or d.batch_size
+    eff = micro * (accum or cfg.training.accumulation_steps) * world
     steps = (train.epoch_size - start) // eff
     order = train.sampler(epoch, start)
-    sampler = PositionalSampler(order, cfg.experiment.seed, epoch, start, steps * eff)
+    sampler = PositionalSampler(
+        order, cfg.experiment.seed, epoch, start, steps * eff, rank, world, micro
+    )
     cuda = device.type == "cuda"
     return DataLoader(
         SeededDataset(train.dataset),
-        batch_size=d.batch_size,
+        batch_size=micro,
         sampler=sampler,
         drop_last=True,
         num_workers=d.num_workers,

@@ -7,7 +7,9 @@ loop last reported progress). It runs through slow phases (evaluation, checkpoin
 loader start-up) so a long save is not mistaken for a hang, but it stops when the main thread
 has made no progress for ``stall_s`` — a truly stuck worker falls silent and the supervisor's
 heartbeat timeout fires. ``freeze()`` silences it at once (the ``hang_at_step`` fault).
-Emitting never blocks training for long: a lock around one ``write`` + ``flush``.
+Emitting never blocks training for long: a lock around one ``write`` + ``flush``. ``only``
+limits what is written (ranks > 0 of a distributed run write only their ``fatal``; several
+processes append to one file, one whole line per ``write``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class Emitter:
         period: float = 5.0,
         stall_s: float = 1800.0,
         memory: Callable[[], dict[str, int]] | None = None,
+        only: tuple[str, ...] | None = None,
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -38,6 +41,7 @@ class Emitter:
         self.period = period
         self.stall_s = stall_s
         self._memory = memory or (lambda: {})
+        self.only = only  # write only these event types (ranks > 0: their fatal)
         self.phase = "startup"
         self.epoch = 0
         self.step = 0
@@ -50,6 +54,8 @@ class Emitter:
     # -- events ----------------------------------------------------------------------------
     def emit(self, event: _Event | dict[str, Any]) -> None:
         obj = event.model_dump(mode="json") if isinstance(event, _Event) else event
+        if self.only is not None and obj.get("type") not in self.only:
+            return
         line = json.dumps(obj, separators=(",", ":"), allow_nan=True) + "\n"
         with self._lock:
             if self._fh.closed:

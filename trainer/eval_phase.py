@@ -20,7 +20,13 @@ from trainer.masks import MaskCollator
 
 class EvalPhase:
     """Evaluation for the Worker (uses its ``cfg``, ``model``, ``eval_data``, ``device``,
-    ``micro``, ``step``, ``run_dir`` and ``ev``)."""
+    ``micro``, ``step``, ``run_dir``, ``dist`` and ``ev``)."""
+
+    def evaluate_main(self, epoch: int) -> EvalResult | None:
+        """Rank 0 evaluates (its events are the run's); other ranks wait for it and get None."""
+        res = self.evaluate(epoch) if self.dist.main else None
+        self.dist.barrier()
+        return res
 
     def evaluate(self, epoch: int) -> EvalResult:
         self.ev.progress(phase="eval", epoch=epoch, step=self.step)

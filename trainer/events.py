@@ -1,7 +1,7 @@
 """The seam between worker and orchestrator: event schema, exit codes, control file, run layout.
 
-Nothing else crosses between ``trainer`` and ``orchestrator``. Both import this module; it
-imports only the standard library and pydantic.
+Nothing else crosses between ``trainer`` and ``orchestrator``. Both import this module (and
+``trainer/events_read.py``, its readers); it imports only the standard library and pydantic.
 
 Run directory (``--run-dir DIR``)::
 
@@ -22,7 +22,8 @@ sleep does not move it). Events from writers without ``mono`` fall back to ``ts`
 | started     | pid, config_hash, device, precision, params_total, params_trainable,         |
 |             | features {name: "on"/"off"/...}, micro_batch, accum_steps, epochs,           |
 |             | steps_per_epoch, epoch_size, datasets {name: samples}, start_epoch,          |
-|             | start_step, resumed_from                                                     |
+|             | start_step, resumed_from, world_size (ranks; micro_batch and accum_steps are |
+|             | one rank's), global_batch (micro × accumulation × world_size)                |
 | heartbeat   | phase (startup|loader|data|train|eval|checkpoint), epoch, step, device_mem,   |
 |             | progress_age_s (since the main loop last progressed), step_s               |
 | step        | epoch, step, loss, loss_levels [..], loss_parts {..}, grad_norm, lr,          |
@@ -36,12 +37,14 @@ sleep does not move it). Events from writers without ``mono`` fall back to ``ts`
 |             | problem? (why verification failed). verified: re-read after writing, sha256 |
 |             | matches the sidecar, loads with weights_only; false: older ones not pruned  |
 | checkpoint_rejected | path, reason  (a corrupt or unreadable checkpoint skipped on resume) |
-| resumed     | path, epoch, step, samples_in_epoch                                          |
+| resumed     | path, epoch, step, samples_in_epoch, world_size, from_world_size (the         |
+|             | checkpoint's; the global batch is the recipe's at any world size)            |
 | resume_partial | path, dropped [checkpoint keys the model no longer has], missing [model   |
 |             | keys the checkpoint lacks], optimizer (restored|reset), message             |
 | best        | path (the checkpoint now best, copied to best.pt), metric, value, epoch, step |
 | control     | seq, epochs (new total or null), stop, applied (text)                        |
-| fatal       | kind (see FATAL_KINDS), message, feature, epoch, step                        |
+| fatal       | kind (see FATAL_KINDS), message, feature, epoch, step, rank (of the process |
+|             | that failed; ranks > 0 write only this event)                                |
 | finished    | reason (completed|stopped), epoch, step, seconds                             |
 
 ``started.epochs`` and ``epoch_end.total_epochs`` are the total epochs in force (after every
@@ -56,13 +59,11 @@ the device offers (CUDA: allocated/reserved; MPS: allocated/driver; CPU: process
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -145,6 +146,8 @@ class Started(_Event):
     start_epoch: int = 1
     start_step: int = 0
     resumed_from: str | None = None
+    world_size: int = 1
+    global_batch: int | None = None
 
 
 class Heartbeat(_Event):
@@ -217,6 +220,8 @@ class Resumed(_Event):
     epoch: int
     step: int
     samples_in_epoch: int = 0
+    world_size: int = 1
+    from_world_size: int = 1
 
 
 class ResumePartial(_Event):
@@ -256,6 +261,7 @@ class Fatal(_Event):
     feature: str | None = None
     epoch: int | None = None
     step: int | None = None
+    rank: int = 0
 
 
 class Finished(_Event):
@@ -284,67 +290,6 @@ EVENT_TYPES: dict[str, type[_Event]] = {
         Finished,
     )
 }
-
-
-def parse_event(line: str) -> dict[str, Any] | None:
-    """One events.jsonl line → dict, or None for a blank/truncated/foreign line (never raises)."""
-    line = line.strip()
-    if not line:
-        return None
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(obj, dict) or "type" not in obj or "ts" not in obj:
-        return None
-    return obj
-
-
-def read_events(path: str | Path) -> list[dict[str, Any]]:
-    """All complete events of a file (a half-written last line is skipped)."""
-    p = Path(path)
-    if not p.exists():
-        return []
-    out = []
-    with p.open("r", encoding="utf-8", errors="replace") as fh:
-        for line in fh:
-            if not line.endswith("\n"):
-                break
-            ev = parse_event(line)
-            if ev is not None:
-                out.append(ev)
-    return out
-
-
-class EventTail:
-    """Incremental reader of a growing JSONL file: ``poll()`` returns the new complete lines,
-    each parsed by ``parse`` (default: :func:`parse_event`; lines it maps to None are skipped)."""
-
-    def __init__(
-        self, path: str | Path, parse: Callable[[str], dict[str, Any] | None] = parse_event
-    ) -> None:
-        self.path = Path(path)
-        self.parse = parse
-        self._offset = 0
-        self._partial = b""
-
-    def poll(self) -> list[dict[str, Any]]:
-        try:
-            with self.path.open("rb") as fh:
-                fh.seek(self._offset)
-                chunk = fh.read()
-        except OSError:
-            return []
-        self._offset += len(chunk)
-        data = self._partial + chunk
-        lines = data.split(b"\n")
-        self._partial = lines.pop()
-        out = []
-        for raw in lines:
-            ev = self.parse(raw.decode("utf-8", errors="replace"))
-            if ev is not None:
-                out.append(ev)
-        return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,16 +12,21 @@ feature is on (not one-shot: the fallback is to switch the feature off).
 Other faults are applied by the training loop: ``nonfinite_at_step`` (the loss → NaN),
 ``oom_at_step`` (an OutOfMemoryError), ``grad_overflow_at_step`` + ``grad_overflow_steps``
 (K consecutive steps with non-finite gradients and a finite loss: skipped steps),
-``hang_at_step`` — each one-shot, remembered in ``faults.fired.json`` so a restart from an
+``hang_at_step``, ``sigkill_at_step`` (rank ``sigkill_rank`` SIGKILLs itself: a dead rank) —
+each one-shot, remembered in ``faults.fired.json`` so a restart from an
 earlier checkpoint passes it — and ``oom_above_micro_batch`` and ``step_delay_s`` (always).
 :class:`FaultInjection` (a base class of :class:`trainer.loop.Worker`) applies them before each
-optimizer step, except ``step_delay_s``, which the loop sleeps after it.
+optimizer step, except ``step_delay_s``, which the loop sleeps after it. With several ranks
+every rank applies them, except ``oom_at_step`` with ``oom_rank`` (that rank only) and the
+SIGKILL (``sigkill_rank`` only).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,7 +70,7 @@ def feature_scope(name: str) -> Iterator[None]:
 
 class FaultInjection:
     """The step faults for the Worker (uses its ``cfg``, ``micro``, ``run_dir``, ``step_fn``,
-    ``ev`` and keeps ``fired`` and ``_overflow_fault_left``)."""
+    ``dist``, ``ev`` and keeps ``fired`` and ``_overflow_fault_left``)."""
 
     def load_fired(self, extra_dir: Path | None = None) -> set[str]:
         fired: set[str] = set()
@@ -82,7 +87,8 @@ class FaultInjection:
             atomic_write_text(self.run_dir / FAULTS_FIRED_FILE, json.dumps(sorted(self.fired)))
 
     def mark_fired(self, name: str) -> None:
-        self.fired.add(name)
+        """Remember a one-shot fault (merged with the file: another rank may have written it)."""
+        self.fired |= self.load_fired() | {name}
         atomic_write_text(self.run_dir / FAULTS_FIRED_FILE, json.dumps(sorted(self.fired)))
 
     def inject_faults(self, nxt: int, micro: list[Any]) -> None:
@@ -92,7 +98,12 @@ class FaultInjection:
                 f"CUDA out of memory. Tried to allocate 2.00 GiB (injected: micro-batch "
                 f"{self.micro} > faults.oom_above_micro_batch={f.oom_above_micro_batch})"
             )
-        if f.oom_at_step == nxt and "oom" not in self.fired:
+        mine = f.sigkill_rank == self.dist.rank
+        if f.sigkill_at_step == nxt and mine and "sigkill" not in self.fired:
+            self.mark_fired("sigkill")
+            os.kill(os.getpid(), signal.SIGKILL)
+        mine = f.oom_rank is None or f.oom_rank == self.dist.rank
+        if f.oom_at_step == nxt and mine and "oom" not in self.fired:
             self.mark_fired("oom")
             raise torch.OutOfMemoryError(
                 f"CUDA out of memory. Tried to allocate 2.00 GiB (injected: "

@@ -9,7 +9,13 @@ Phases are short named methods. :class:`Worker` holds the epoch loop and the wor
 - ``trainer/train_state.py`` (:class:`TrainState`): the position, resume, checkpoint, best, RNG;
 - ``trainer/control_poll.py`` (:class:`ControlPolling`): signals and the control file;
 - ``trainer/faults.py`` (:class:`FaultInjection`): the ``faults.*`` test aids, per step;
-- ``trainer/eval_phase.py`` (:class:`EvalPhase`): the ``eval`` event, val loss, mask image.
+- ``trainer/eval_phase.py`` (:class:`EvalPhase`): the ``eval`` event, val loss, mask image;
+- ``trainer/modes.py`` (:class:`OtherModes`): ``--eval-only`` and ``--probe``;
+- ``trainer/dist.py`` (:class:`Dist`): rank and world size under the launcher. With several
+  ranks the model trains under DDP, the recipe's batch is shared (``per_rank_batch``): ``eff``
+  is the global batch (micro × accumulation × world = data.batch_size × accumulation),
+  the position counts global samples, rank 0 alone writes events, checkpoints and evaluates,
+  and stop/control decisions are agreed in the step's all-reduce (``ControlPolling.sync_*``).
 
 Signals only set a flag; the loop checkpoints at the next step boundary and exits
 ``EXIT_STOPPED``. The control file is polled at step boundaries (one ``os.stat`` per step).
@@ -48,16 +54,18 @@ from torch.utils.data import DataLoader
 
 from trainer import checkpoints as ckpt
 from trainer.allocator import keep_freed_memory
-from trainer.config import Config
+from trainer.config import Config, write_resolved
 from trainer.control_poll import ControlPolling
 from trainer.data import build_eval_data, build_train_data, train_loader
 from trainer.device import memory_readings, select_device, select_precision
+from trainer.dist import Dist, per_rank_batch, wrap_ddp
 from trainer.emitter import Emitter
 from trainer.eval_phase import EvalPhase
 from trainer.events import (
     CHECKPOINT_DIR,
     EXIT_OK,
     EXIT_STOPPED,
+    RESOLVED_CONFIG_FILE,
     EpochEnd,
     Finished,
     Started,
@@ -66,6 +74,7 @@ from trainer.events import (
 from trainer.faults import FaultInjection, set_injected_feature
 from trainer.masks import MaskCollator
 from trainer.model import build_model, compile_model
+from trainer.modes import OtherModes
 from trainer.schedules import make_schedule, should_eval, should_save
 from trainer.step import NonFiniteLossError, TrainStep
 from trainer.train_state import TrainState, seed_everything
@@ -75,9 +84,17 @@ class StopRequestedError(Exception):
     pass
 
 
-class Worker(TrainState, ControlPolling, FaultInjection, EvalPhase):
-    def __init__(self, cfg: Config, run_dir: Path, resume: str | None, emitter: Emitter) -> None:
+class Worker(TrainState, ControlPolling, FaultInjection, EvalPhase, OtherModes):
+    def __init__(
+        self,
+        cfg: Config,
+        run_dir: Path,
+        resume: str | None,
+        emitter: Emitter,
+        dist: Dist | None = None,
+    ) -> None:
         self.cfg = cfg
+        self.dist = dist or Dist.from_env()
         self.run_dir = Path(run_dir)
         self.resume_request = resume
         self.ev = emitter
@@ -90,8 +107,17 @@ class Worker(TrainState, ControlPolling, FaultInjection, EvalPhase):
     # ------------------------------------------------------------------------------- setup
     def setup(self) -> None:
         cfg = self.cfg
+        self.device = select_device(self.dist.device_preference(cfg.device))
+        d = cfg.distributed
+        self.dist.init(self.device, d.backend, d.timeout_minutes)
+        if self.dist.world > 1:  # the writer's recipe (and the night's overrides) for all
+            self.cfg = cfg = self.dist.broadcast(cfg)
+            self.resume_request = self.dist.broadcast(self.resume_request)
+            if self.dist.main:  # the elected writer speaks for the run
+                write_resolved(cfg, self.run_dir / RESOLVED_CONFIG_FILE)
+                self.ev.only = None
+                self.ev.start()
         seed_everything(cfg.experiment.seed)
-        self.device = select_device(cfg.device)
         self.precision = select_precision(self.device, cfg.training.use_amp, cfg.training.precision)
         self.ev.progress(phase="data")
         self.train_data = build_train_data(cfg)
@@ -100,19 +126,16 @@ class Worker(TrainState, ControlPolling, FaultInjection, EvalPhase):
         keep_freed_memory(self.device)  # CPU: no page faults on every step's buffers
         if cfg.training.compile:
             compile_model(self.model, self.device)  # ConfigError where it cannot work
-        self.step_fn = TrainStep(self.model, cfg, self.device, self.precision)
+        self.step_fn = TrainStep(
+            self.model, cfg, self.device, self.precision, self.dist, wrap_ddp(self.model, self.dist)
+        )
         self.masks = MaskCollator(
             cfg.masking, cfg.data.image_size, cfg.model.patch_size, seed=cfg.experiment.seed
         )
-        self.micro = cfg.data.batch_size
-        self.accum = cfg.training.accumulation_steps
-        self.eff = self.micro * self.accum
         self.epoch_size = self.train_data.epoch_size
-        if self.epoch_size < self.eff:
-            raise ValueError(
-                f"epoch size {self.epoch_size} is smaller than the effective batch {self.eff}"
-            )
-        self.steps_per_epoch = self.epoch_size // self.eff
+        self.set_batch(
+            *per_rank_batch(cfg.data.batch_size, cfg.training.accumulation_steps, self.dist.world)
+        )
         self.schedule = make_schedule(cfg)
         self.writer = ckpt.CheckpointWriter(
             self.run_dir / CHECKPOINT_DIR, cfg.checkpoint.keep_last_k
@@ -131,6 +154,17 @@ class Worker(TrainState, ControlPolling, FaultInjection, EvalPhase):
         self.step_times: deque[float] = deque(maxlen=20)
         self.last_save = time.monotonic()
 
+    def set_batch(self, micro: int, accum: int) -> None:
+        """Micro-batch and accumulation of ONE rank; ``eff`` is the global batch of a step
+        (micro × accum × world = the recipe's data.batch_size × accumulation_steps)."""
+        self.micro, self.accum = micro, accum
+        self.eff = micro * accum * self.dist.world
+        if self.epoch_size < self.eff:
+            raise ValueError(
+                f"epoch size {self.epoch_size} is smaller than the effective batch {self.eff}"
+            )
+        self.steps_per_epoch = self.epoch_size // self.eff
+
     # ------------------------------------------------------------------------------- events
     def started(self) -> None:
         n_total = sum(p.numel() for p in self.model.parameters())
@@ -146,6 +180,8 @@ class Worker(TrainState, ControlPolling, FaultInjection, EvalPhase):
                 features=self.model.feature_status(),
                 micro_batch=self.micro,
                 accum_steps=self.accum,
+                world_size=self.dist.world,
+                global_batch=self.eff,
                 epochs=self.total_epochs,
                 steps_per_epoch=self.steps_per_epoch,
                 epoch_size=self.epoch_size,
@@ -163,7 +199,19 @@ class Worker(TrainState, ControlPolling, FaultInjection, EvalPhase):
 
     # ------------------------------------------------------------------------------- data
     def loader(self, epoch: int, start: int) -> DataLoader:
-        return train_loader(self.cfg, self.train_data, self.masks, epoch, start, self.device)
+        d = self.dist
+        return train_loader(
+            self.cfg,
+            self.train_data,
+            self.masks,
+            epoch,
+            start,
+            self.device,
+            d.rank,
+            d.world,
+            self.micro,
+            self.accum,
+        )
 
     # ------------------------------------------------------------------------------- train
     def train_epoch(self) -> None:
@@ -189,7 +237,11 @@ class Worker(TrainState, ControlPolling, FaultInjection, EvalPhase):
             lr, mom = self.schedule.lr_at(e_float), self.schedule.ema_at(e_float)
             log_now = nxt == 1 or nxt % cfg.logging.log_frequency == 0
             res = self.step_fn(
-                micro, lr=lr, momentum=mom, grad_norms=log_now and cfg.logging.log_gradients
+                micro,
+                lr=lr,
+                momentum=mom,
+                grad_norms=log_now and cfg.logging.log_gradients,
+                extra=self.sync_out() if self.dist.world > 1 else None,
             )
             self.step_fn.poison_next = self.step_fn.overflow_next = False
             if not res.finite:
@@ -220,7 +272,10 @@ class Worker(TrainState, ControlPolling, FaultInjection, EvalPhase):
                     self.save("steps")
                 elif mid_epoch and self.save_due():
                     self.save("time")
-            self.poll_control()
+            if self.dist.world > 1:
+                self.sync_in(res.extra)
+            else:
+                self.poll_control()
             if self.stop_flag:
                 raise StopRequestedError(self.stop_flag)
         self.ev.emit(
@@ -287,14 +342,14 @@ class Worker(TrainState, ControlPolling, FaultInjection, EvalPhase):
                 and self.epoch == 1
                 and self.cfg.evaluation.eval_at_start
             ):
-                self.evaluate(0)
+                self.evaluate_main(0)
             while self.epoch <= self.total_epochs:
                 self.train_epoch()
                 done = self.epoch
                 last = done >= self.total_epochs
                 res = None
                 if should_eval(done, self.total_epochs, self.cfg.evaluation.eval_frequency):
-                    res = self.evaluate(done)
+                    res = self.evaluate_main(done)
                 if last or should_save(done, self.total_epochs, self.cfg.experiment.save_frequency):
                     saved = self.save("final" if last else "epoch")
                     if res is not None:
@@ -307,14 +362,15 @@ class Worker(TrainState, ControlPolling, FaultInjection, EvalPhase):
                     self.epoch, self.samples_in_epoch = done + 1, 0
                 else:
                     break
-                self.poll_control()
+                self.sync_control()
                 if self.stop_flag:
                     raise StopRequestedError(self.stop_flag)
         except StopRequestedError:
             saved = self.save("stop")
             if self.final_eval_on_stop:
-                res = self.evaluate(self.epoch)
-                self.track_best(res, saved)
+                res = self.evaluate_main(self.epoch)
+                if res is not None:
+                    self.track_best(res, saved)
             self.ev.emit(
                 Finished(
                     reason="stopped",
@@ -333,43 +389,3 @@ class Worker(TrainState, ControlPolling, FaultInjection, EvalPhase):
             )
         )
         return EXIT_OK
-
-    def eval_only(self) -> int:
-        self.setup()
-        if not self.resume_request:
-            raise ckpt.NoCheckpointError("--eval-only needs --resume PATH|auto")
-        self.resume()
-        self.started()
-        epoch = self.epoch - 1 if self.samples_in_epoch == 0 else self.epoch
-        self.evaluate(epoch)
-        self.ev.emit(
-            Finished(
-                reason="completed", epoch=epoch, step=self.step, seconds=time.monotonic() - self.t0
-            )
-        )
-        return EXIT_OK
-
-    def probe(self, steps: int, warmup: int = 2) -> dict[str, float]:
-        """Time ``steps`` optimizer steps after ``warmup`` (data loading included)."""
-        self.setup()
-        self.model.train()
-        it = iter(self.loader(1, 0))
-        times = []
-        for i in range(warmup + steps):
-            t = time.monotonic()
-            micro = [next(it).to(self.device) for _ in range(self.accum)]
-            self.step_fn(micro, lr=self.schedule.lr_at(0.0), momentum=self.schedule.ema_at(0.0))
-            if i >= warmup:
-                times.append(time.monotonic() - t)
-            self.ev.progress(phase="train", step=i + 1)
-        ms = 1000 * sum(times) / len(times)
-        return {
-            "ms_per_step": ms,
-            "steps_per_epoch": self.steps_per_epoch,
-            "epoch_seconds": ms / 1000 * self.steps_per_epoch,
-            "img_per_s": self.eff / (ms / 1000),
-            "device": str(self.device),
-            "micro_batch": self.micro,
-            "accum_steps": self.accum,
-            "memory": self.mem(),
-        }

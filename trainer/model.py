@@ -19,7 +19,8 @@ Forward (one batch, M target blocks of (h, w) patches, L = model.num_hierarchies
 4. Level l loss: ``loss.distance`` between predictions and targets, both pooled spatially
    inside each block by 2^l through ``batch.tgt_pool`` (see trainer.losses).
    JEPA = Σ hierarchy_weights[l] · level_l.
-5. Optional terms on z1, the mean-pooled context-encoder tokens of view 1:
+5. Optional terms on z1, the mean-pooled context-encoder tokens of view 1 (with several ranks,
+   z1 and z2 are all-gathered first, so both terms see the global batch: trainer/dist.py):
    contrastive (NT-Xent, needs ``batch.images2``) against z2, the pooled view-2 embedding from
    the target encoder on all tokens (default; no grad, MoCo-style keys) or from the context
    encoder on the same context tokens (``contrastive_on_context``); VICReg variance and
@@ -44,6 +45,7 @@ from torch import nn
 from trainer import losses
 from trainer.config import Config, ConfigError
 from trainer.device import Kernels, kernels_for
+from trainer.dist import gather_with_grad
 from trainer.faults import feature_scope
 from trainer.masks import Batch
 from trainer.vit import Predictor, VisionTransformer, gather_tokens, init_weights
@@ -186,7 +188,7 @@ class HJEPA(nn.Module):
         assert isinstance(jepa, torch.Tensor)
         parts = {"jepa": jepa}
         total = lc.jepa_weight * jepa
-        z1 = c_tokens.float().mean(dim=1)
+        z1 = self._global(c_tokens.float().mean(dim=1))
         z2: torch.Tensor | None = None
         if lc.use_contrastive:
             if batch.images2 is None:
@@ -195,7 +197,7 @@ class HJEPA(nn.Module):
                     "(the dataset must yield ((view1, view2), label) items)"
                 )
             with feature_scope("contrastive"):
-                z2 = self._embed_view2(batch, on_context=lc.contrastive_on_context)
+                z2 = self._global(self._embed_view2(batch, on_context=lc.contrastive_on_context))
                 parts["contrastive"] = losses.nt_xent(
                     z1, z2, lc.contrastive_temperature, lc.use_cosine_similarity
                 )
@@ -203,10 +205,16 @@ class HJEPA(nn.Module):
         if lc.use_vicreg:
             with feature_scope("vicreg"):
                 if z2 is None and batch.images2 is not None:
-                    z2 = self._embed_view2(batch, on_context=False)
+                    z2 = self._global(self._embed_view2(batch, on_context=False))
                 parts["vicreg"] = losses.vicreg_loss(z1, z2, lc.vicreg)
             total = total + lc.vicreg_weight * parts["vicreg"]
         return LossOutput(total=total, levels=levels, parts=parts)
+
+    def _global(self, z: torch.Tensor) -> torch.Tensor:
+        """Training with several ranks: the global batch of pooled embeddings (every rank's rows,
+        gradients flowing back to their own rank), so VICReg's statistics and NT-Xent's
+        negatives see the whole batch; ``z`` unchanged alone or in evaluation."""
+        return gather_with_grad(z) if self.training else z
 
     def _embed_view2(self, batch: Batch, on_context: bool) -> torch.Tensor:
         """Pooled view-2 embedding [B, D] (float32)."""

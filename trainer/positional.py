@@ -5,6 +5,12 @@ epoch). The dataset wrapper seeds torch/python RNGs with it before the item's ra
 and the collate function seeds the mask sampler from the batch's first item. The augmentations
 and masks of step k are therefore the same whether the run was interrupted or not, and whatever
 the number of data-loader workers.
+
+With several ranks the epoch's positions are dealt in chunks of one micro-batch: chunk ``c``
+(positions ``start + c·micro ..``) goes to rank ``c % world``. One optimizer step of the group
+(``micro × accumulation × world`` samples) is therefore one contiguous run of positions, every
+sample keeps the seed of its position, and a resume at another world size continues at the
+same position with the same samples and augmentations.
 """
 
 from __future__ import annotations
@@ -31,19 +37,34 @@ def item_seed(seed: int, epoch: int, position: int) -> int:
 
 
 class PositionalSampler(Sampler[tuple[int, int]]):
-    """Yields (dataset index, item seed) for positions ``start .. start + count`` of an epoch."""
+    """Yields (dataset index, item seed) for positions ``start .. start + count`` of an epoch;
+    with ``world > 1`` only this ``rank``'s chunks of ``micro`` positions (module docstring).
+    ``count`` is a multiple of ``micro × world``."""
 
-    def __init__(self, order: Sampler[int], seed: int, epoch: int, start: int, count: int):
+    def __init__(
+        self,
+        order: Sampler[int],
+        seed: int,
+        epoch: int,
+        start: int,
+        count: int,
+        rank: int = 0,
+        world: int = 1,
+        micro: int = 1,
+    ):
         self.order, self.seed, self.epoch, self.start, self.count = order, seed, epoch, start, count
+        self.rank, self.world, self.micro = rank, world, micro
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         for i, idx in enumerate(self.order):
             if i >= self.count:
                 return
+            if self.world > 1 and (i // self.micro) % self.world != self.rank:
+                continue
             yield int(idx), item_seed(self.seed, self.epoch, self.start + i)
 
     def __len__(self) -> int:
-        return self.count
+        return self.count // self.world if self.world > 1 else self.count
 
 
 class SeededDataset(Dataset):

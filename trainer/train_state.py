@@ -8,6 +8,12 @@ target, optimizer, scaler, best metric and RNG states, so a resume continues the
 On resume the curve continues exactly when ``training.epochs`` equals the checkpoint's total in
 force; otherwise a cut is added at the resume position. ``best.pt`` follows
 ``checkpoint.metric``/``mode`` over verified checkpoints (a ``best`` event names it).
+
+With several ranks rank 0 alone reads and writes checkpoints: a resume's state is broadcast to
+every rank (no shared filesystem needed), and a save on the other ranks writes nothing. The
+checkpoint records the world size and the global batch. The global batch is the recipe's
+(``trainer.dist.per_rank_batch``), so a resume at another world size continues at the same
+sample position with the same global batch; the ``resumed`` event names both world sizes.
 """
 
 from __future__ import annotations
@@ -56,7 +62,19 @@ class TrainState:
         def reject(path: Path, reason: str) -> None:
             self.ev.emit(CheckpointRejected(path=str(path), reason=reason))
 
-        path, state = ckpt.resolve(self.resume_request, self.run_dir / CHECKPOINT_DIR, reject)
+        found: tuple[Path, dict[str, Any]] | Exception
+        try:
+            found = (
+                ckpt.resolve(self.resume_request, self.run_dir / CHECKPOINT_DIR, reject)
+                if self.dist.main
+                else ValueError("not rank 0")
+            )
+        except ckpt.NoCheckpointError as exc:
+            found = exc
+        found = self.dist.broadcast(found)  # rank 0's checkpoint (or its error) on every rank
+        if isinstance(found, Exception):
+            raise found
+        path, state = found
         off = {
             name for name, status in self.model.feature_status().items() if status.startswith("off")
         }
@@ -92,6 +110,8 @@ class TrainState:
                 epoch=self.epoch,
                 step=self.step,
                 samples_in_epoch=self.samples_in_epoch,
+                world_size=self.dist.world,
+                from_world_size=int(state.get("world_size", 1)),
             )
         )
 
@@ -133,7 +153,10 @@ class TrainState:
 
     # -------------------------------------------------------------------------- checkpoint
     def save(self, reason: str) -> ckpt.Saved:
-        """Checkpoint the complete training state (reason: epoch|steps|time|stop|final)."""
+        """Checkpoint the complete training state (reason: epoch|steps|time|stop|final); with
+        several ranks only rank 0 writes (the others get a Saved with no path)."""
+        if not self.dist.main:
+            return ckpt.Saved(path=Path(), verified=False, problem="not rank 0")
         self.ev.progress(phase="checkpoint")
         t = time.monotonic()
         state = {
@@ -147,6 +170,8 @@ class TrainState:
             "schedule": self.schedule.state(),
             "optimizer_params": optimizer_param_names(self.model, self.step_fn.optimizer),
             "best": self.best,
+            "world_size": self.dist.world,
+            "global_batch": self.eff,
             "rng": rng_state(),
             "config": self.cfg.to_yaml_dict(),
         }
@@ -158,6 +183,7 @@ class TrainState:
             "reason": reason,
             "micro_batch": self.micro,
             "accum_steps": self.accum,
+            "world_size": self.dist.world,
             "total_epochs": self.total_epochs,
         }
         saved = self.writer.save(state, meta)

@@ -27,8 +27,9 @@ Facts, and what they mean:
   random-init baseline is not part of the training's cost), ``checkpoint_seconds``,
   ``epoch_end_ts`` (the forecast's anchor).
 - results: ``evals``, ``checkpoints``, ``bests`` (``best`` events), each event with its
-  ``attempt`` added; ``fatal`` / ``finished`` of the newest attempt (a ``started`` clears them);
-  ``fatals`` of every attempt.
+  ``attempt`` added; ``fatal`` (the first: with several ranks, the failing rank's comes before
+  the "lost a peer" crashes of the others) / ``finished`` of the newest attempt (a ``started``
+  clears them); ``fatals`` of every attempt.
 - memory: ``device_mem`` (the newest reading, a dict), ``device_mem_now`` (its largest value),
   ``device_mem_peak``, ``device_series``; supervisor samples (``samples``, ``sample_peaks``,
   ``swap_first``).
@@ -48,7 +49,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.core.state import Metrics
-from trainer.events import EVENTS_FILE, EventTail, read_events
+from trainer.events import EVENTS_FILE
+from trainer.events_read import EventTail, read_events
 
 SAMPLES_FILE = "samples.jsonl"
 PROGRESS_EVENTS = ("started", "step", "epoch_end", "eval", "checkpoint")
@@ -233,9 +235,10 @@ class RunFold:
             lists["bests"].append({**ev, "attempt": attempt})
         elif kind == "control" and isinstance(ev.get("epochs"), int) and ev["epochs"]:
             v["total_epochs"] = ev["epochs"]
-        elif kind == "fatal":
-            v["fatal"] = {**ev, "attempt": attempt}
-            lists["fatals"].append(v["fatal"])
+        elif kind == "fatal":  # the first one: with several ranks, the others follow from it
+            fatal = {**ev, "attempt": attempt}
+            v["fatal"] = v.get("fatal") or fatal
+            lists["fatals"].append(fatal)
         elif kind == "finished":
             v["finished"] = {**ev, "attempt": attempt}
 

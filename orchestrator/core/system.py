@@ -16,7 +16,8 @@ tests use the real one. Readings that are unavailable come back as ``None``, nev
   (``tree_mem``, named by ``tree_measure``), the tree's plain RSS sum (``tree_rss``, for old
   readers), system available memory, swap used, and GPU memory through NVML when ``pynvml``
   (nvidia-ml-py) is importable: the tree's per-process usage when NVML lists those pids, else
-  the device total.
+  the device total — of the fullest GPU when there are several (one rank per GPU: the memory
+  ceiling is per device).
 - The tree measure is PSS where the OS gives it (Linux: a page shared by k processes counts 1/k
   in each, so a memory-mapped dataset read by 4 loader workers counts once), else USS (macOS:
   private pages only), else RSS. PSS/USS come from ``memory_full_info``, which walks the page
@@ -306,17 +307,18 @@ class System:
         if nv is None:
             return None
         try:
-            used_by_tree = 0
-            total_used = 0
-            seen = False
+            per_device = []
             for i in range(nv.nvmlDeviceGetCount()):
                 handle = nv.nvmlDeviceGetHandleByIndex(i)
-                total_used += nv.nvmlDeviceGetMemoryInfo(handle).used
-                for proc in nv.nvmlDeviceGetComputeRunningProcesses(handle):
-                    if proc.pid in pids and proc.usedGpuMemory:
-                        used_by_tree += proc.usedGpuMemory
-                        seen = True
-            return used_by_tree if seen else total_used
+                mine = [
+                    proc.usedGpuMemory
+                    for proc in nv.nvmlDeviceGetComputeRunningProcesses(handle)
+                    if proc.pid in pids and proc.usedGpuMemory
+                ]
+                per_device.append((sum(mine), bool(mine), nv.nvmlDeviceGetMemoryInfo(handle).used))
+            if any(seen for _, seen, _ in per_device):  # the fullest GPU the tree uses
+                return max(used for used, seen, _ in per_device if seen)
+            return max((total for _, _, total in per_device), default=None)
         except Exception:
             return None
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.core.fold import RunView, metrics_of
+from orchestrator.core.launcher import rdzv_id, worker_command
 from orchestrator.core.runbook import (
     Runbook,
     load_runbook,
@@ -76,7 +77,7 @@ class NightBase:
         worker: list[str] | None = None,
     ) -> None:
         self.store, self.index, self.stop, self.sys = store, index, stop, system
-        self.worker = worker or [sys.executable, "-m", "trainer"]  # the worker command
+        self.worker = worker  # the worker command; None: from the config (core/launcher.py)
         self.on_update = on_update or (lambda s: None)
         self.state = store.load()
         if not 0 <= index < len(self.state.nights):
@@ -113,6 +114,16 @@ class NightBase:
         }
         sets.update(self.night.overrides)
         return override_args(sets)
+
+    def worker_command(self, alone: bool = False) -> list[str]:
+        """The worker's argv up to ``--config``: as given, else from the night's config (the
+        launcher when ``distributed`` asks for several processes, unless ``alone``)."""
+        if self.worker is not None:
+            return list(self.worker)
+        if alone:
+            return [sys.executable, "-m", "trainer"]
+        cfg = self.cfg()
+        return worker_command(cfg.distributed, run_id=rdzv_id(cfg))
 
     def history(self) -> NightHistory:
         return build_history(self.night, self.cfg(), self.base_cfg)
@@ -203,7 +214,13 @@ class NightBase:
         run_dir = self.runs / f"attempt-{idx:02d}"
         if run_dir.exists():
             run_dir.rename(run_dir.with_name(f"{run_dir.name}.stale-{int(time.time())}"))
-        argv = [*self.worker, "--config", str(Path(n.config).resolve()), "--run-dir", str(run_dir)]
+        argv = [
+            *self.worker_command(),
+            "--config",
+            str(Path(n.config).resolve()),
+            "--run-dir",
+            str(run_dir),
+        ]
         if resume_from:
             argv += ["--resume", resume_from]
         for item in self.worker_sets():

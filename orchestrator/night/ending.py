@@ -98,7 +98,7 @@ class Ending(NightBase):
             return None
         run_dir = self.runs / "final-eval"
         argv = [
-            *self.worker,
+            *self.worker_command(alone=True),  # one process evaluates a checkpoint
             "--config",
             str(Path(self.night.config).resolve()),
             "--run-dir",

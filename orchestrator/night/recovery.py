@@ -32,12 +32,8 @@ from orchestrator.policy.recovery import (
     recovered_ending,
     recovery_action,
 )
-from trainer.events import (
-    EVENTS_FILE,
-    Control,
-    read_events,
-    write_control,
-)
+from trainer.events import EVENTS_FILE, Control, write_control
+from trainer.events_read import read_events
 
 
 class Recovery(NightBase):

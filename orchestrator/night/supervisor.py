@@ -65,10 +65,10 @@ from trainer.events import (
     EXIT_STOPPED,
     WORKER_LOG_FILE,
     Control,
-    EventTail,
     read_control,
     write_control,
 )
+from trainer.events_read import EventTail
 
 LOG_TAIL_BYTES = 8192
 

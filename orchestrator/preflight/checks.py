@@ -84,12 +84,18 @@ def check_memory(rb: Runbook) -> PreflightCheck:
 # --------------------------------------------------------------------------------------------
 # asking the worker
 def run_worker(
-    config: str, overrides: list[str], mode: list[str], cwd: str | Path
+    config: str,
+    overrides: list[str],
+    mode: list[str],
+    cwd: str | Path,
+    command: list[str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """``python -m trainer --config CONFIG MODE... --set ITEM...`` run to completion in ``cwd``,
     output captured; the project root is on PYTHONPATH so the worker imports from any cwd.
+    ``command`` replaces ``python -m trainer`` (the launcher around it, for several ranks).
     Raises subprocess.TimeoutExpired after ``WORKER_TIMEOUT_S``."""
-    cmd = [sys.executable, "-m", "trainer", "--config", str(Path(config).resolve()), *mode]
+    cmd = [*(command or [sys.executable, "-m", "trainer"])]
+    cmd += ["--config", str(Path(config).resolve()), *mode]
     for item in overrides:
         cmd += ["--set", item]
     old = os.environ.get("PYTHONPATH")
@@ -148,6 +154,12 @@ def check_device(facts: dict[str, Any], requested: str) -> PreflightCheck:
     detail = f"device: {requested} -> {dev['device']}"
     if dev["type"] == "cuda":
         detail += f" ({dev['name']}, {(dev['memory_bytes'] or 0) / GB:.0f} GB)"
+    ranks = dev.get("ranks") or {}
+    if int(ranks.get("world_size") or 1) > 1:
+        detail += (
+            f"; {ranks['nproc_per_node']} process(es) here on {', '.join(ranks['devices'])}, "
+            f"world size {ranks['world_size']} ({ranks['nnodes']} node(s))"
+        )
     if dev["type"] == "cpu" and requested == "auto":
         return PreflightCheck(
             "device", "warn", detail + " (no CUDA or MPS found)", "expect CPU speed"

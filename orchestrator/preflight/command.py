@@ -34,6 +34,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator.core.launcher import rdzv_id, worker_command
 from orchestrator.core.runbook import Runbook, RunbookError, default_runbook_for, load_runbook
 from orchestrator.preflight.checks import (
     GB,
@@ -75,12 +76,19 @@ def run_probe(
 ) -> dict[str, Any]:
     """The worker's ``--probe`` JSON line, with ``extra`` ``--set`` items after the user's.
 
+    With several processes on this node (``distributed``) the probe runs under the launcher on
+    all of them (a multi-node config probes this node's processes alone: nnodes=1).
     An OOM in the worker (exit code 10) returns ``{"oom": True}``; any other failure raises
     RuntimeError with the stderr tail."""
     with tempfile.TemporaryDirectory(prefix="hjepa-preflight-") as run_dir:
         mode = ["--run-dir", run_dir, "--probe", str(steps)]
         sets = [*args.overrides, *(extra or [])]
-        out = run_worker(args.config, sets, mode, cwd=PROJECT_ROOT)
+        cfg = load_config(args.config, sets)
+        here = cfg.distributed.model_copy(update={"nnodes": 1, "node_rank": 0})
+        if here.nnodes != cfg.distributed.nnodes:
+            sets += ["distributed.nnodes=1", "distributed.node_rank=0"]
+        command = worker_command(here, rdzv_id(cfg))
+        out = run_worker(args.config, sets, mode, cwd=PROJECT_ROOT, command=command)
     probe = last_json(out.stdout, "ms_per_step")
     if probe is not None:
         return probe

@@ -9,6 +9,7 @@ view never crashes on a reading it does not have. Clock times are local time.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from orchestrator.views.snapshot import GB
 
@@ -44,3 +45,12 @@ def fmt_clock(ts: float | None, with_date: bool = False, seconds: bool = True) -
         return NA
     fmt = "%a %H:%M" if with_date else "%H:%M:%S" if seconds else "%H:%M"
     return datetime.fromtimestamp(ts).strftime(fmt)
+
+
+def batch_text(started: dict[str, Any]) -> str:
+    """``micro×accum`` of one attempt, ``micro×accum×ranks = global`` with several ranks."""
+    micro, accum = started.get("micro_batch", NA), started.get("accum_steps", NA)
+    world = int(started.get("world_size") or 1)
+    if world == 1:
+        return f"{micro}×{accum}"
+    return f"{micro}×{accum}×{world} = {started.get('global_batch', NA)}"

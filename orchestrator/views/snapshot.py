@@ -7,7 +7,7 @@ Sources, and nothing else (the worker is never contacted):
 
 - ``STATE_DIR/state.json`` through :func:`orchestrator.core.state.read_snapshot` (re-read on every
   ``take``; a read that fails mid-replace keeps the previous state and sets ``stale``);
-- each attempt's ``events.jsonl``, tailed incrementally with :class:`trainer.events.EventTail`
+- each attempt's ``events.jsonl``, tailed incrementally with :class:`trainer.events_read.EventTail`
   (a 100 MB file is read once, then only its new bytes), folded by
   :class:`orchestrator.core.fold.RunFold` (the one fold the supervisor and the report use too);
 - each attempt's ``samples.jsonl`` (supervisor memory samples: ``ts``, ``worker_rss``,
@@ -32,7 +32,8 @@ import yaml
 from orchestrator.core.fold import SAMPLES_FILE, RunFold, RunView, num, sample_tail
 from orchestrator.core.state import Attempt, Fallback, Night, State, parse_iso, read_snapshot
 from orchestrator.policy import forecast
-from trainer.events import EVENTS_FILE, EventTail
+from trainer.events import EVENTS_FILE
+from trainer.events_read import EventTail
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 GB = 1024**3

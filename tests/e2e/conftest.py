@@ -33,7 +33,7 @@ import psutil
 import pytest
 import yaml
 
-from trainer.events import read_events
+from trainer.events_read import read_events
 
 ROOT = Path(__file__).resolve().parents[2]
 FINISH_TIMEOUT_S = 2400

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from trainer.events import read_events
+from trainer.events_read import read_events
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

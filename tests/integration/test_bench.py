@@ -155,3 +155,15 @@ def test_bench_bad_override_is_a_usage_error(tmp_path: Path):
     proc = run_bench("--config", str(cfg), "--steps", "1", "--set", "training.no_such_knob=1")
     assert proc.returncode == 2
     assert "training.no_such_knob" in proc.stderr
+
+
+@pytest.mark.slow
+def test_bench_scaling_times_one_and_two_processes(tmp_path: Path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY + "evaluation: {eval_at_start: false}\n")
+    out = run_bench("--config", str(cfg), "--nproc", "2", "--steps", "3", "--batch", "4")
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["nproc"] == 2 and res["many"]["world_size"] == 2 and res["micro_batch"] == 4
+    assert res["one"]["img_per_s"] > 0 and res["many"]["img_per_s"] > 0
+    assert res["efficiency"] == pytest.approx(res["speedup"] / 2, abs=1e-3)

@@ -22,7 +22,7 @@ import yaml
 from orchestrator.core.state import State, StateStore, parse_iso
 from orchestrator.night.run_cmd import new_single_night
 from orchestrator.night.runner import run_night
-from trainer.events import read_events
+from trainer.events_read import read_events
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = str(ROOT / "configs/demo_conservative.yaml")

@@ -19,7 +19,7 @@ from orchestrator.core.state import Attempt, Night, StateStore, now_iso
 from orchestrator.core.system import System
 from orchestrator.night.run_cmd import new_single_night
 from orchestrator.night.runner import NightRunner, run_night
-from trainer.events import read_events
+from trainer.events_read import read_events
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKE = [sys.executable, str(ROOT / "tests/integration/fixtures/fake_worker.py")]
@@ -375,7 +375,7 @@ def test_real_aggressive_feature_rungs_resume_mid_run(tmp_path: Path, feature: s
     assert n.status in ("succeeded", "partial")
     second = n.attempts[1]
     assert second.resume_from is not None and "-s00000002" in second.resume_from
-    from trainer.events import read_events
+    from trainer.events_read import read_events
 
     evs = read_events(Path(second.run_dir) / "events.jsonl")
     started = next(e for e in evs if e["type"] == "started")
@@ -406,7 +406,7 @@ def test_real_fp16_overflow_is_skipped_not_a_fallback(tmp_path: Path) -> None:
     assert [a.exit_kind for a in n.attempts] == ["finished"], n.reason
     assert not n.fallbacks
     from orchestrator.views.report.write import write_report
-    from trainer.events import read_events
+    from trainer.events_read import read_events
 
     steps = [
         e for e in read_events(Path(n.attempts[0].run_dir) / "events.jsonl") if e["type"] == "step"
@@ -424,7 +424,7 @@ def test_real_slow_steps_are_not_a_hang(tmp_path: Path) -> None:
     n = real(tmp_path, {"faults.step_delay_s": 4.5, "logging.log_frequency": 1}, rb=rb)
     assert [a.exit_kind for a in n.attempts] == ["finished"], n.reason
     assert not [d for d in n.decisions if d.trigger == "hang"]
-    from trainer.events import read_events
+    from trainer.events_read import read_events
 
     steps = [
         e for e in read_events(Path(n.attempts[0].run_dir) / "events.jsonl") if e["type"] == "step"

@@ -42,10 +42,13 @@ def test_completed_run_honours_the_event_contract(tmp_path):
     r = run_worker(tmp_path)
     assert r.returncode == EXIT_OK, r.stderr
     evs = events(tmp_path)
-    types = [e["type"] for e in evs]
+    types = [e["type"] for e in evs if e["type"] != "heartbeat"]  # beats run from start-up
     assert types[0] == "started" and types[-1] == "finished"
     assert all({"v", "type", "ts"} <= set(e) for e in evs)
-    started = evs[0]
+    before = evs[: [e["type"] for e in evs].index("started")]
+    assert {e["phase"] for e in before} <= {"startup", "data", "checkpoint"}  # set-up only
+    started = events(tmp_path, "started")[0]
+    assert started["world_size"] == 1 and started["global_batch"] == 16
     assert started["features"]["flash_attention"].startswith("on")
     assert started["steps_per_epoch"] == 256 // 16
     evals = events(tmp_path, "eval")

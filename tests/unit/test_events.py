@@ -2,15 +2,8 @@
 
 import json
 
-from trainer.events import (
-    EVENT_TYPES,
-    Control,
-    EventTail,
-    Heartbeat,
-    read_control,
-    read_events,
-    write_control,
-)
+from trainer.events import EVENT_TYPES, Control, Heartbeat, read_control, write_control
+from trainer.events_read import EventTail, read_events
 
 
 def test_every_event_has_v_type_ts():

@@ -26,7 +26,8 @@ from orchestrator.views.snapshot import (
     read_night_run,
     resolve_path,
 )
-from trainer.events import EVENTS_FILE, RESOLVED_CONFIG_FILE, read_events
+from trainer.events import EVENTS_FILE, RESOLVED_CONFIG_FILE
+from trainer.events_read import read_events
 
 
 def is_demo(state: State, night: Night) -> bool:

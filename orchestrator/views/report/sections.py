@@ -17,7 +17,7 @@ from pathlib import Path
 
 from orchestrator.preflight.fit import read_fits
 from orchestrator.views import plots
-from orchestrator.views.fmt import NA, fmt_clock, fmt_dur, fmt_gb, fmt_num, fmt_pct
+from orchestrator.views.fmt import NA, batch_text, fmt_clock, fmt_dur, fmt_gb, fmt_num, fmt_pct
 from orchestrator.views.report.facts import NightFacts
 from orchestrator.views.report.markdown import fmt_set, md_table, set_args
 from orchestrator.views.snapshot import iso_ts
@@ -31,8 +31,13 @@ def what_ran(f: NightFacts) -> list[str]:
         f" ({s.get('precision', NA)}), {s.get('params_total', NA)} parameters",
         f"- epochs done {n.epochs_done if n.epochs_done is not None else NA} of "
         f"{n.epochs_planned or f.run.total_epochs or NA} planned; {len(n.attempts)} attempt(s); "
-        f"micro-batch {s.get('micro_batch', NA)} × accumulation {s.get('accum_steps', NA)} at "
-        "the end",
+        f"micro-batch {s.get('micro_batch', NA)} × accumulation {s.get('accum_steps', NA)}"
+        + (
+            f" × {s['world_size']} ranks (global batch {s.get('global_batch', NA)})"
+            if int(s.get("world_size") or 1) > 1
+            else ""
+        )
+        + " at the end",
         "- overrides in force at the end: "
         + (", ".join(f"`{k}={fmt_set(v)}`" for k, v in n.overrides.items()) or "none"),
     ]
@@ -46,12 +51,14 @@ def what_ran(f: NightFacts) -> list[str]:
         )
     out.append("")
     rows = []
+    batches = {i: batch_text(ev) for i, ev in f.attempt_events("started")}
     for a in n.attempts:
         rows.append(
             [
                 a.index,
                 fmt_clock(iso_ts(a.started_at)),
                 Path(a.resume_from).name if a.resume_from else "start",
+                batches.get(a.index, NA),
                 a.exit_kind or "running",
                 a.exit_code if a.exit_code is not None else "",
                 f"{a.last_epoch if a.last_epoch is not None else NA} / "
@@ -66,6 +73,7 @@ def what_ran(f: NightFacts) -> list[str]:
                 "attempt",
                 "started",
                 "resumed from",
+                "batch",
                 "ended",
                 "exit",
                 "epoch / step",

@@ -12,7 +12,7 @@ from rich.console import Group, RenderableType
 from rich.text import Text
 
 from orchestrator.core.fold import mem_value
-from orchestrator.views.fmt import NA, fmt_clock, fmt_dur, fmt_gb, fmt_num
+from orchestrator.views.fmt import NA, batch_text, fmt_clock, fmt_dur, fmt_gb, fmt_num
 from orchestrator.views.screen.levels import NIGHT_STYLE, level_high_bad, styled
 from orchestrator.views.snapshot import GB, Snapshot, iso_ts
 
@@ -94,7 +94,7 @@ def render_compact(s: Snapshot, width: int = 80, height: int = 24) -> Renderable
         _line(
             (f"night {n.index + 1} {n.name}", "bold"),
             f" · attempt {att.index if att else NA}/{len(n.attempts)} · "
-            f"{started.get('micro_batch', NA)}×{started.get('accum_steps', NA)} · "
+            f"{batch_text(started)} · "
             f"{started.get('device', n.device or NA)}",
         )
     )

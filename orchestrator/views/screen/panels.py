@@ -25,7 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator.core.fold import mem_value, metrics_of
-from orchestrator.views.fmt import NA, fmt_clock, fmt_dur, fmt_gb, fmt_num, fmt_pct
+from orchestrator.views.fmt import NA, batch_text, fmt_clock, fmt_dur, fmt_gb, fmt_num, fmt_pct
 from orchestrator.views.screen.levels import NIGHT_STYLE, level_high_bad, level_low_bad, styled
 from orchestrator.views.snapshot import GB, Snapshot, iso_ts
 
@@ -131,7 +131,7 @@ def _progress(s: Snapshot) -> RenderableType:
                 "attempt",
                 f"{att.index} of {len(n.attempts)} (from {resumed}{ended}) · device "
                 f"{started.get('device', n.device or NA)} · micro-batch "
-                f"{started.get('micro_batch', NA)}×{started.get('accum_steps', NA)}",
+                f"{batch_text(started)}",
             )
         )
         overrides = att.overrides or n.overrides

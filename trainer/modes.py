@@ -1,0 +1,66 @@
+"""The worker's other modes: ``--eval-only`` (evaluate a checkpoint) and ``--probe N`` (time N
+optimizer steps). Part of :class:`trainer.loop.Worker` (a base class of it); both use its
+``setup``, and with several ranks every rank takes part (rank 0 evaluates and reports).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from trainer import checkpoints as ckpt
+from trainer.events import EXIT_OK, Finished
+
+
+class OtherModes:
+    """``eval_only`` and ``probe`` for the Worker."""
+
+    setup: Any
+    resume: Any
+    started: Any
+
+    def eval_only(self) -> int:
+        self.setup()
+        if not self.resume_request:
+            raise ckpt.NoCheckpointError("--eval-only needs --resume PATH|auto")
+        self.resume()
+        self.started()
+        epoch = self.epoch - 1 if self.samples_in_epoch == 0 else self.epoch
+        self.evaluate_main(epoch)
+        self.ev.emit(
+            Finished(
+                reason="completed", epoch=epoch, step=self.step, seconds=time.monotonic() - self.t0
+            )
+        )
+        return EXIT_OK
+
+    def probe(self, steps: int, warmup: int = 2) -> dict[str, float]:
+        """Time ``steps`` optimizer steps after ``warmup`` (data loading included)."""
+        self.setup()
+        self.model.train()
+        it = iter(self.loader(1, 0))
+        times = []
+        for i in range(warmup + steps):
+            t = time.monotonic()
+            micro = [next(it).to(self.device) for _ in range(self.accum)]
+            self.step_fn(
+                micro,
+                lr=self.schedule.lr_at(0.0),
+                momentum=self.schedule.ema_at(0.0),
+                extra=[] if self.dist.world > 1 else None,
+            )
+            if i >= warmup:
+                times.append(time.monotonic() - t)
+            self.ev.progress(phase="train", step=i + 1)
+        ms = 1000 * sum(times) / len(times)
+        return {
+            "ms_per_step": ms,
+            "steps_per_epoch": self.steps_per_epoch,
+            "epoch_seconds": ms / 1000 * self.steps_per_epoch,
+            "img_per_s": self.eff / (ms / 1000),
+            "device": str(self.device),
+            "micro_batch": self.micro,
+            "accum_steps": self.accum,
+            "world_size": self.dist.world,
+            "memory": self.mem(),
+        }
