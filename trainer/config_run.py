@@ -166,6 +166,9 @@ class FaultsConfig(Strict):
     oom_rank: int | None = Field(
         None, ge=0, description="With oom_at_step: raise it on this rank only (default: all)."
     )
+    hang_rank: int | None = Field(
+        None, ge=0, description="With hang_at_step: hang on this rank only (default: all)."
+    )
     sigkill_rank: int | None = Field(
         None, ge=0, description="With sigkill_at_step: this rank SIGKILLs itself, once."
     )
@@ -179,4 +182,6 @@ class FaultsConfig(Strict):
             raise ValueError("faults.sigkill_rank and faults.sigkill_at_step go together")
         if self.oom_rank is not None and self.oom_at_step is None:
             raise ValueError("faults.oom_rank needs faults.oom_at_step")
+        if self.hang_rank is not None and self.hang_at_step is None:
+            raise ValueError("faults.hang_rank needs faults.hang_at_step")
         return self

@@ -17,8 +17,8 @@ each one-shot, remembered in ``faults.fired.json`` so a restart from an
 earlier checkpoint passes it — and ``oom_above_micro_batch`` and ``step_delay_s`` (always).
 :class:`FaultInjection` (a base class of :class:`trainer.loop.Worker`) applies them before each
 optimizer step, except ``step_delay_s``, which the loop sleeps after it. With several ranks
-every rank applies them, except ``oom_at_step`` with ``oom_rank`` (that rank only) and the
-SIGKILL (``sigkill_rank`` only).
+every rank applies them, except ``oom_at_step`` with ``oom_rank`` and ``hang_at_step`` with
+``hang_rank`` (that rank only) and the SIGKILL (``sigkill_rank`` only).
 """
 
 from __future__ import annotations
@@ -124,7 +124,8 @@ class FaultInjection:
         if self._overflow_fault_left > 0:
             self._overflow_fault_left -= 1
             self.step_fn.overflow_next = True
-        if f.hang_at_step == nxt and "hang" not in self.fired:
+        mine = f.hang_rank is None or f.hang_rank == self.dist.rank
+        if f.hang_at_step == nxt and mine and "hang" not in self.fired:
             self.mark_fired("hang")
             self.ev.beat()  # the phase it hangs in (train) is known, then silence
             self.ev.freeze()

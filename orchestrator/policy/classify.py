@@ -69,7 +69,8 @@ def classify_exit(
     if code is not None and code in (-SIGKILL, 128 + SIGKILL):
         if stop_requested:
             return "stopped", "killed after a stop request (SIGKILL)"
-        return "killed", "killed by SIGKILL from outside (possibly the host OOM killer)"
+        which = f" ({last_line})" if last_line.startswith("trainer.launch:") else ""
+        return "killed", f"killed by SIGKILL from outside (possibly the host OOM killer){which}"
     if code is not None and code < 0:
         if stop_requested:
             return "stopped", f"ended by signal {-code} after a stop request"

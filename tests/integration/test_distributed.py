@@ -228,3 +228,29 @@ def test_a_supervised_night_across_two_nodes_with_join(tmp_path: Path) -> None:
     assert started["world_size"] == 2 and started["global_batch"] == 16
     logs = list((tmp_path / "node1" / "runs").glob("join-*/node-1/attempt-01/worker.log"))
     assert logs and not events(logs[0].parent)  # node 1 trained, node 0 wrote
+
+
+def test_a_hung_rank_brings_the_group_down_and_the_night_resumes(tmp_path: Path) -> None:
+    """Rank 1 stops progressing: rank 0 waits in the all-reduce, its heartbeat says the main
+    loop is stuck, the supervisor kills the group and the night resumes from a checkpoint."""
+    tiny = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in TINY)}
+    overrides = {
+        **tiny,
+        "training.epochs": 2,
+        "data.batch_size": 32,
+        "distributed.nproc_per_node": 2,
+        "faults.hang_at_step": 10,  # after epoch 1's checkpoint (8 steps an epoch)
+        "faults.hang_rank": 1,
+        "logging.heartbeat_s": 1.0,
+    }
+    raw = yaml.safe_load((ROOT / "runbooks/demo.yaml").read_text())
+    raw["heartbeat"].update(step_timeout_s=8, term_grace_s=3)
+    rb = tmp_path / "runbook.yaml"
+    rb.write_text(yaml.safe_dump(raw))
+    store = StateStore(tmp_path / "var")
+    store.save(new_single_night(str(DEMO), str(rb), timedelta(minutes=10), overrides))
+    n = run_night(store, 0)
+    assert [a.exit_kind for a in n.attempts] == ["hang", "finished"], n.reason
+    assert n.attempts[1].resume_from is not None
+    for a in n.attempts:
+        assert a.pid is not None and not group_alive(a.pid)

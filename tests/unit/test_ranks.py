@@ -118,6 +118,7 @@ def test_several_nodes_meet_at_a_c10d_rendezvous() -> None:
         (["distributed.world=2"], "unknown key"),
         (["faults.sigkill_rank=1"], "go together"),
         (["faults.oom_rank=1"], "needs faults.oom_at_step"),
+        (["faults.hang_rank=1"], "needs faults.hang_at_step"),
     ],
 )
 def test_bad_distributed_settings_name_the_key(sets, words) -> None:
@@ -188,3 +189,12 @@ def test_gpu_memory_is_the_fullest_gpu_the_ranks_use() -> None:
     assert system._gpu_used([1, 11, 12]) == 5 << 30  # rank 12's GPU, not 3 + 5
     assert system._gpu_used([1, 11]) == 3 << 30
     assert system._gpu_used([1]) == 7 << 30  # none listed: the fullest device's total
+
+
+def test_a_killed_rank_is_named_in_the_attempts_message() -> None:
+    from orchestrator.policy import classify_exit
+
+    tail = "Traceback ...\ntrainer.launch: rank 1 failed first (signal 9); then rank 0: 14\n"
+    kind, message = classify_exit(137, None, tail)
+    assert kind == "killed" and "rank 1 failed first (signal 9)" in message
+    assert classify_exit(137, None, "")[1].endswith("OOM killer)")
