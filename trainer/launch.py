@@ -24,10 +24,11 @@ things differ from ``python -m torch.distributed.run``, each because the supervi
   to its ranks and waits for them, instead of tearing them down after 30 s.
 
 ``--nproc-per-node auto`` means one rank per CUDA GPU, else one (torchrun's: one per CPU core
-on a machine without GPUs). ``OMP_NUM_THREADS`` defaults to the CPUs divided by the ranks of
-this node (torchrun: 1).
-``HJEPA_NODE_RANK`` tells the ranks which node they are on: the lowest rank of node 0 writes
-events and checkpoints (c10d numbers ranks by host name, not by ``--node-rank``).
+on a machine without GPUs). The agent's per-rank files (error reports) go to
+``RUN_DIR/launcher/`` unless ``--log-dir`` says otherwise (torchrun: a new temporary directory
+per launch). ``OMP_NUM_THREADS`` defaults to the CPUs divided by the ranks of this node
+(torchrun: 1). ``HJEPA_NODE_RANK`` tells the ranks which node they are on: the lowest rank of
+node 0 writes events and checkpoints (c10d numbers ranks by host name, not by ``--node-rank``).
 """
 
 from __future__ import annotations
@@ -100,12 +101,17 @@ def main(argv: list[str] | None = None) -> int:
     nproc = torchrun.determine_local_world_size(args.nproc_per_node)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     os.environ[NODE_RANK_ENV] = str(args.node_rank)
+    worker_args = list(args.training_script_args)
+    if args.log_dir is None and "--run-dir" in worker_args:  # not a new /tmp dir per launch
+        run_dir = worker_args[worker_args.index("--run-dir") + 1]
+        args.log_dir = os.path.join(run_dir, "launcher")
+        os.makedirs(args.log_dir, exist_ok=True)
     config, _cmd, _cmd_args = torchrun.config_from_args(args)
     config.signals_to_handle = "SIGHUP,SIGQUIT"  # SIGTERM/SIGINT: the ranks stop themselves
     signal.signal(signal.SIGTERM, _forward)
     signal.signal(signal.SIGINT, _forward)
     try:
-        elastic_launch(config, rank_main)(list(args.training_script_args))
+        elastic_launch(config, rank_main)(worker_args)
     except ChildFailedError as exc:
         failures = {r: (f.exitcode, f.timestamp) for r, f in exc.failures.items()}
         rank, code = root_failure(failures)
