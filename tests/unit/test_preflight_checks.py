@@ -3,8 +3,10 @@ boundary: the preflight modules import no torch and nothing from the worker but 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 from orchestrator.preflight import checks as pc
 from orchestrator.preflight.checks import GB, check_dataset, check_device, worker_facts
@@ -84,3 +86,29 @@ def test_preflight_imports_only_the_worker_contracts() -> None:
     assert {m for m in mods if m not in ("trainer", "trainer.events", "trainer.events_read")} <= {
         m for m in mods if m == "trainer.config" or m.startswith("trainer.config_")
     }
+
+
+def test_device_line_lists_the_ranks_and_their_devices() -> None:
+    ranks = {
+        "nproc_per_node": 2,
+        "nnodes": 1,
+        "world_size": 2,
+        "devices": ["cuda:0", "cuda:1"],
+        "cuda_devices": 2,
+        "error": None,
+    }
+    c = check_device(device(device="cuda", type="cuda", name="NVIDIA H200",
+                            memory_bytes=140 * GB, ranks=ranks), "auto")  # fmt: skip
+    assert c.result == "pass"
+    assert c.detail.endswith("2 process(es) here on cuda:0, cuda:1, world size 2 (1 node(s))")
+
+
+def test_worker_check_reports_the_ranks_of_the_config() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "trainer", "--check", "--config", "configs/demo_conservative.yaml",
+         "--set", "distributed.nproc_per_node=2", "--set", "device=cpu"],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    doc = json.loads(out.stdout)
+    assert doc["ok"] and doc["device"]["ranks"]["world_size"] == 2
+    assert doc["device"]["ranks"]["devices"] == ["cpu", "cpu"]
