@@ -254,3 +254,47 @@ def test_a_hung_rank_brings_the_group_down_and_the_night_resumes(tmp_path: Path)
     assert n.attempts[1].resume_from is not None
     for a in n.attempts:
         assert a.pid is not None and not group_alive(a.pid)
+
+
+def test_a_new_supervisor_reattaches_to_two_live_ranks(tmp_path: Path) -> None:
+    """The supervisor died while two ranks trained: the next one finds the launcher by its run
+    dir, re-attaches (same pid, same attempt) and reads the ending from the writer's events."""
+    from orchestrator.core.launcher import worker_command
+    from orchestrator.core.state import Attempt, now_iso
+    from orchestrator.core.system import System
+    from trainer.config import DistributedConfig
+
+    sets = [*TINY, "training.epochs=3", "distributed.nproc_per_node=2"]
+    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in sets)}
+    store = StateStore(tmp_path / "var")
+    rb = str(ROOT / "runbooks/demo.yaml")
+    store.save(new_single_night(str(DEMO), rb, timedelta(minutes=10), overrides))
+    state = store.load()
+    n = state.nights[0]
+    run_dir = store.dir / "runs" / n.name / "attempt-01"
+    system = System()
+    argv = worker_command(DistributedConfig(nproc_per_node=2), "hjepa-test")
+    argv += ["--config", str(DEMO), "--run-dir", str(run_dir)]
+    for item in sets:
+        argv += ["--set", item]
+    pid = system.spawn(argv, ROOT, run_dir / "worker.log", env={"PYTHONPATH": str(ROOT)})
+    n.attempts.append(
+        Attempt(
+            index=1,
+            run_dir=str(run_dir),
+            overrides=dict(n.overrides),
+            started_at=now_iso(),
+            pid=pid,
+            pid_create_time=system.create_time(pid),
+        )
+    )
+    n.status = "running"
+    store.save(state)
+    assert wait_for(lambda: bool(events(run_dir, "epoch_end")), 180)
+    n = run_night(store, 0)
+    assert n.status in ("succeeded", "partial"), n.reason
+    assert len(n.attempts) == 1 and n.attempts[0].pid == pid
+    assert (n.attempts[0].exit_kind, n.attempts[0].exit_code) == ("finished", 0)
+    assert len(events(run_dir, "started")) == 1  # never restarted
+    assert [d.kind for d in n.decisions].count("reattached") == 1
+    assert not group_alive(pid)
