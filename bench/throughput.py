@@ -10,10 +10,11 @@ scaling efficiency (``bench/scaling.py``).
 Throughput of the FULL H-JEPA optimizer step on whatever device is present: each timed step is
 `TrainStep` exactly as the worker runs it — forward of context encoder, target encoder and
 predictor under the run's autocast, the 3-level loss, VICReg, backward (with gradient
-accumulation), one finite check, clipping, AdamW (fused where available) and the foreach EMA
-update. ``training.compile`` is honoured (trainer.model.compile_model: the first warmup step
-pays the compile, reported as ``first_step_s``), and so is the CPU allocator setting the worker
-uses (trainer.allocator).
+accumulation), clipping, AdamW (fused, skipping a non-finite step on the device) and the foreach
+EMA update, pipelined as the worker runs it (step N's numbers read after step N+1 is launched).
+``training.compile`` is honoured (trainer.model.compile_model: the first warmup step pays the
+compile, reported as ``first_step_s``), and so is the CPU allocator setting the worker uses
+(trainer.allocator).
 
 Input (``--data``):
 - ``synthetic`` (default): random images through the real ``MaskCollator``; a pool of 4 steps
@@ -218,9 +219,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     peak_sample = _sample_memory(device)
     cpu0 = time.process_time()
     marks = [time.perf_counter()]
-    for i in range(args.steps):
-        nonfinite += not train_step(next_step(args.warmup + 1 + i), lr, momentum).finite
+    previous = None
+    for i in range(args.steps):  # pipelined as the worker runs: read a step after the next
+        pending = train_step.launch(next_step(args.warmup + 1 + i), lr, momentum)
+        if previous is not None:
+            nonfinite += not previous.result().finite
+        previous = pending
         marks.append(time.perf_counter())
+    if previous is not None:
+        nonfinite += not previous.result().finite
         if device.type != "cuda":
             peak_sample = max(peak_sample, _sample_memory(device))
     synchronize(device)

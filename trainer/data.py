@@ -3,7 +3,8 @@
     train = build_train_data(cfg)                      # TrainData
     loader = DataLoader(train.dataset, batch_size=cfg.data.batch_size,
                         sampler=train.sampler(epoch, start=samples_done), drop_last=True)
-    loader = train_loader(cfg, train, masks, epoch, start, device)   # what the worker iterates
+    loader = TrainLoader(cfg, train, masks, device)    # one per attempt: workers persist
+    for batch in loader.epoch(epoch, start): ...       # what the worker iterates
     eval_train, eval_test = build_eval_data(cfg)       # labelled, eval transforms
     describe(cfg)  # {"cifar10": "data/cifar-10-batches-py (50000 train)", ...}
 
@@ -41,6 +42,7 @@ from trainer.transforms import TwoViews, eval_transform, train_transform
 __all__ = [
     "DataMissingError",
     "TrainData",
+    "TrainLoader",
     "build_eval_data",
     "build_train_data",
     "describe",
@@ -113,6 +115,87 @@ def build_train_data(cfg: Config, two_views: bool | None = None) -> TrainData:
     )
 
 
+class _EpochPositions(Sampler[tuple[int, int]]):
+    """The sampler a persistent DataLoader keeps: it yields from whichever epoch's
+    :class:`PositionalSampler` was set last (the main process draws indices, so setting it
+    before ``iter(loader)`` is enough; workers only see (index, seed) pairs)."""
+
+    def __init__(self) -> None:
+        self.current: PositionalSampler | None = None
+
+    def __iter__(self) -> Any:
+        assert self.current is not None, "TrainLoader.epoch() sets the positions first"
+        return iter(self.current)
+
+    def __len__(self) -> int:
+        return len(self.current) if self.current is not None else 0
+
+
+class TrainLoader:
+    """The training DataLoader of one attempt: ``loader.epoch(e, start)`` is what the worker
+    iterates for epoch ``e`` from sample ``start`` on — whole optimizer steps only
+    (``(epoch_size - start) // global batch`` of them; the global batch is micro × accumulation
+    × ``world``), every item seeded by its position and every batch masked by ``masks`` (a
+    MaskCollator) from its first item's seed, so resume, the worker count and the world size
+    change nothing (trainer/positional.py). With several ranks ``rank`` gets its chunks of the
+    positions in batches of ``micro`` (its share of ``data.batch_size``) and ``accum`` of them
+    make its part of a step (default: the config's, one process).
+
+    Loader workers start once and persist across epochs (``persistent_workers``): only the
+    positions change from one epoch to the next, so restarting them (and re-opening datasets,
+    re-importing torch in each) every epoch bought nothing.
+
+    Host → device: batches are pinned when ``data.pin_memory`` is set or the device is CUDA
+    (pinned memory makes the loop's ``non_blocking`` copies really asynchronous); pinning is
+    pointless on CPU and unsupported on MPS. On CUDA each worker keeps 4 batches in flight
+    (elsewhere PyTorch's default 2, so host memory stays as it was).
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        train: TrainData,
+        masks: Any,
+        device: torch.device,
+        rank: int = 0,
+        world: int = 1,
+        micro: int | None = None,
+        accum: int | None = None,
+    ) -> None:
+        d = cfg.data
+        self.cfg, self.train, self.rank, self.world = cfg, train, rank, world
+        self.micro = micro or d.batch_size
+        self.eff = self.micro * (accum or cfg.training.accumulation_steps) * world
+        self.positions = _EpochPositions()
+        cuda = device.type == "cuda"
+        self.loader = DataLoader(
+            SeededDataset(train.dataset),
+            batch_size=self.micro,
+            sampler=self.positions,
+            drop_last=True,
+            num_workers=d.num_workers,
+            pin_memory=d.pin_memory or cuda,
+            collate_fn=SeededCollate(masks),
+            generator=torch.Generator().manual_seed(cfg.experiment.seed),
+            persistent_workers=d.num_workers > 0,
+            prefetch_factor=(4 if cuda else 2) if d.num_workers else None,
+        )
+
+    def epoch(self, epoch: int, start: int) -> DataLoader:
+        steps = (self.train.epoch_size - start) // self.eff
+        self.positions.current = PositionalSampler(
+            self.train.sampler(epoch, start),
+            self.cfg.experiment.seed,
+            epoch,
+            start,
+            steps * self.eff,
+            self.rank,
+            self.world,
+            self.micro,
+        )
+        return self.loader
+
+
 def train_loader(
     cfg: Config,
     train: TrainData,
@@ -125,40 +208,8 @@ def train_loader(
     micro: int | None = None,
     accum: int | None = None,
 ) -> DataLoader:
-    """The training DataLoader of one epoch from sample ``start`` on: whole optimizer steps only
-    (``(epoch_size - start) // global batch`` of them; the global batch is micro × accumulation
-    × ``world``), every item seeded by its position and every batch masked by ``masks`` (a
-    MaskCollator) from its first item's seed, so resume, the worker count and the world size
-    change nothing (trainer/positional.py). With several ranks ``rank`` gets its chunks of the
-    positions in batches of ``micro`` (its share of ``data.batch_size``) and ``accum`` of them
-    make its part of a step (default: the config's, one process).
-
-    Host → device: batches are pinned when ``data.pin_memory`` is set or the device is CUDA
-    (pinned memory makes the loop's ``non_blocking`` copies really asynchronous); pinning is
-    pointless on CPU and unsupported on MPS. On CUDA each worker keeps 4 batches in flight
-    (elsewhere PyTorch's default 2, so host memory stays as it was).
-    """
-    d = cfg.data
-    micro = micro or d.batch_size
-    eff = micro * (accum or cfg.training.accumulation_steps) * world
-    steps = (train.epoch_size - start) // eff
-    order = train.sampler(epoch, start)
-    sampler = PositionalSampler(
-        order, cfg.experiment.seed, epoch, start, steps * eff, rank, world, micro
-    )
-    cuda = device.type == "cuda"
-    return DataLoader(
-        SeededDataset(train.dataset),
-        batch_size=micro,
-        sampler=sampler,
-        drop_last=True,
-        num_workers=d.num_workers,
-        pin_memory=d.pin_memory or cuda,
-        collate_fn=SeededCollate(masks),
-        generator=torch.Generator().manual_seed(cfg.experiment.seed + epoch),
-        persistent_workers=False,
-        prefetch_factor=(4 if cuda else 2) if d.num_workers else None,
-    )
+    """One epoch's loader from a fresh :class:`TrainLoader` (for one-off use: bench, tests)."""
+    return TrainLoader(cfg, train, masks, device, rank, world, micro, accum).epoch(epoch, start)
 
 
 def _subsample(ds: Dataset, limit: int, salt: int) -> Dataset:

@@ -198,7 +198,10 @@ class Kernels:
     ``clip_grad_norm_(..., foreach=True)`` raises); it governs clipping, per-module norms and
     the EMA lerp. ``fused_adamw``: fused AdamW (torch's fused list); else foreach AdamW where
     foreach is supported, else the per-parameter loop. ``precision``: autocast dtype and whether
-    a GradScaler is needed.
+    a GradScaler is needed. ``skip_on_device``: a non-finite step can be skipped without the
+    host looking (fused AdamW's ``found_inf`` and a gated EMA, see ``trainer.step``): CUDA and
+    CPU, where that kernel path is the one GradScaler itself uses and is tested; MPS keeps the
+    host check until it is measured there.
     """
 
     device_type: str
@@ -232,10 +235,18 @@ class Kernels:
             parts = [torch.linalg.vector_norm(t) for t in tensors]
         return torch.linalg.vector_norm(torch.stack(parts)).float()
 
+    @property
+    def skip_on_device(self) -> bool:
+        return self.fused_adamw and self.device_type in ("cuda", "cpu")
+
     def lerp_(
-        self, targets: list[torch.Tensor], sources: list[torch.Tensor], weight: float
+        self,
+        targets: list[torch.Tensor],
+        sources: list[torch.Tensor],
+        weight: float | torch.Tensor,
     ) -> None:
-        """targets ← targets + weight·(sources − targets), in place (the EMA update)."""
+        """targets ← targets + weight·(sources − targets), in place (the EMA update); a 0-d
+        tensor ``weight`` stays on the device (no host sync)."""
         if self.foreach:
             torch._foreach_lerp_(targets, sources, weight)
         else:

@@ -11,6 +11,7 @@ Phases are short named methods. :class:`Worker` holds the epoch loop and the wor
 - ``trainer/faults.py`` (:class:`FaultInjection`): the ``faults.*`` test aids, per step;
 - ``trainer/eval_phase.py`` (:class:`EvalPhase`): the ``eval`` event, val loss, mask image;
 - ``trainer/modes.py`` (:class:`OtherModes`): ``--eval-only`` and ``--probe``;
+- ``trainer/step_outcome.py`` (:class:`StepOutcomes`): a launched step's outcome, read later;
 - ``trainer/dist.py`` (:class:`Dist`): rank and world size under the launcher. With several
   ranks the model trains under DDP, the recipe's batch is shared (``per_rank_batch``): ``eff``
   is the global batch (micro × accumulation × world = data.batch_size × accumulation),
@@ -23,11 +24,11 @@ Every failure ends in a ``fatal`` event with its kind and the matching exit code
 ``trainer/events.py``).
 
 Contracts kept here:
-- A batch whose gradients overflow (loss finite) is a SKIPPED step: it consumes its batch (the
-  data position moves on, so a resume replays nothing) but not a step number (``step`` counts
-  optimizer steps taken). It is counted in ``step`` events (``overflow_steps``, cumulative this
-  attempt; ``loss_scale``); more than ``training.max_consecutive_overflows`` in a row, or a
-  non-finite loss, is fatal ``nonfinite``.
+- Steps are pipelined: step N+1 is launched before step N's numbers are read; what a step
+  meant (applied, skipped for overflow, non-finite) is handled one step late by
+  ``trainer/step_outcome.py`` (:class:`StepOutcomes`), which holds the overflow and logging
+  contracts. A skipped step still consumes its batch (the data position moves on, so a
+  resume replays nothing).
 - The schedule (base total + epoch cuts) travels in every checkpoint. On resume the curve
   continues exactly when ``training.epochs`` equals the checkpoint's total in force; otherwise
   a cut is added at the resume position (a live cut the supervisor re-sent as an override, or a
@@ -44,11 +45,9 @@ Contracts kept here:
 from __future__ import annotations
 
 import os
-import statistics
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
 
 from torch.utils.data import DataLoader
 
@@ -56,7 +55,7 @@ from trainer import checkpoints as ckpt
 from trainer.allocator import keep_freed_memory
 from trainer.config import Config, write_resolved
 from trainer.control_poll import ControlPolling
-from trainer.data import build_eval_data, build_train_data, train_loader
+from trainer.data import TrainLoader, build_eval_data, build_train_data
 from trainer.device import memory_readings, select_device, select_precision
 from trainer.dist import Dist, per_rank_batch, wrap_ddp
 from trainer.emitter import Emitter
@@ -69,14 +68,14 @@ from trainer.events import (
     EpochEnd,
     Finished,
     Started,
-    Step,
 )
 from trainer.faults import FaultInjection, set_injected_feature
 from trainer.masks import MaskCollator
 from trainer.model import build_model, compile_model
 from trainer.modes import OtherModes
 from trainer.schedules import make_schedule, should_eval, should_save
-from trainer.step import NonFiniteLossError, TrainStep
+from trainer.step import TrainStep
+from trainer.step_outcome import InFlight, StepOutcomes
 from trainer.train_state import TrainState, seed_everything
 
 
@@ -84,7 +83,7 @@ class StopRequestedError(Exception):
     pass
 
 
-class Worker(TrainState, ControlPolling, FaultInjection, EvalPhase, OtherModes):
+class Worker(TrainState, StepOutcomes, ControlPolling, FaultInjection, EvalPhase, OtherModes):
     def __init__(
         self,
         cfg: Config,
@@ -199,44 +198,58 @@ class Worker(TrainState, ControlPolling, FaultInjection, EvalPhase, OtherModes):
 
     # ------------------------------------------------------------------------------- data
     def loader(self, epoch: int, start: int) -> DataLoader:
-        d = self.dist
-        return train_loader(
-            self.cfg,
-            self.train_data,
-            self.masks,
-            epoch,
-            start,
-            self.device,
-            d.rank,
-            d.world,
-            self.micro,
-            self.accum,
-        )
+        """Epoch ``epoch`` from sample ``start``: one TrainLoader per attempt and batch shape,
+        so its workers persist across epochs."""
+        d, key = self.dist, (self.micro, self.accum)
+        if getattr(self, "_loader_key", None) != key:
+            self._train_loader = TrainLoader(
+                self.cfg,
+                self.train_data,
+                self.masks,
+                self.device,
+                d.rank,
+                d.world,
+                self.micro,
+                self.accum,
+            )
+            self._loader_key = key
+        return self._train_loader.epoch(epoch, start)
 
     # ------------------------------------------------------------------------------- train
     def train_epoch(self) -> None:
+        """One epoch of steps, pipelined: step N+1 is launched before step N's numbers are
+        read (``TrainStep.launch``), so the host never waits for the device on the way. Step
+        N's outcome (applied, skipped for overflow, non-finite) is handled one step later,
+        and only where a decision needs the exact state is the step in flight settled first:
+        a checkpoint (by steps or time), a stop, a fault aimed at a step number, the epoch end.
+        """
         cfg, f = self.cfg, self.cfg.faults
         epoch, start = self.epoch, self.samples_in_epoch
         t_epoch = time.monotonic()
-        losses: list[float] = []
+        self.epoch_losses: list[float] = []
+        self.in_flight: list[InFlight] = []
         self.model.train()
         # "loader" until the first batch of the epoch arrives (workers starting), then "data".
         self.ev.progress(phase="loader", epoch=epoch, step=self.step)
         it = iter(self.loader(epoch, start))
         steps_left = (self.epoch_size - start) // self.eff
-        t_log, n_log = time.monotonic(), 0
+        self.t_log, self.n_log = time.monotonic(), 0
+        every = cfg.checkpoint.every_n_steps
         for i in range(steps_left):
             t_step = time.monotonic()
             if i:
                 self.ev.progress(phase="data", epoch=epoch, step=self.step)
             micro = [next(it).to(self.device, non_blocking=True) for _ in range(self.accum)]
             self.ev.progress(phase="train")
-            nxt = self.step + 1
+            nxt = self.step + 1 + len(self.in_flight)  # if the step in flight is applied
+            if self.in_flight and self.fault_near(nxt):
+                self.settle()
+                nxt = self.step + 1
             self.inject_faults(nxt, micro)
             e_float = self.progress()
             lr, mom = self.schedule.lr_at(e_float), self.schedule.ema_at(e_float)
             log_now = nxt == 1 or nxt % cfg.logging.log_frequency == 0
-            res = self.step_fn(
+            pending = self.step_fn.launch(
                 micro,
                 lr=lr,
                 momentum=mom,
@@ -244,40 +257,27 @@ class Worker(TrainState, ControlPolling, FaultInjection, EvalPhase, OtherModes):
                 extra=self.sync_out() if self.dist.world > 1 else None,
             )
             self.step_fn.poison_next = self.step_fn.overflow_next = False
-            if not res.finite:
-                raise NonFiniteLossError(
-                    f"non-finite loss at step {nxt} (loss={res.loss}, grad_norm={res.grad_norm}); "
-                    "optimizer step skipped"
-                )
             self.samples_in_epoch += self.eff  # a skipped step consumes its batch too
             if f.step_delay_s:
                 time.sleep(f.step_delay_s)
+            self.settle()  # the previous step, read while this one runs
+            self.in_flight.append(InFlight(pending, lr))
             self.step_times.append(time.monotonic() - t_step)
             self.ev.step_s = self.step_s()
-            if res.overflow:
-                self.on_overflow(nxt, res.grad_norm)
-            else:
-                self.overflow_run = 0
-                self.step = nxt
-                losses.append(res.loss)
-                n_log += self.eff
-                self.ev.progress(epoch=epoch, step=self.step)
-                if log_now:
-                    dt = max(time.monotonic() - t_log, 1e-9)
-                    self.emit_step(res, lr, n_log / dt)
-                    t_log, n_log = time.monotonic(), 0
-                mid_epoch = self.samples_in_epoch < self.epoch_size
-                every = cfg.checkpoint.every_n_steps
-                if every and self.step % every == 0 and mid_epoch:
+            mid_epoch = self.samples_in_epoch < self.epoch_size
+            if mid_epoch and ((every and nxt % every == 0) or self.save_due()):
+                applied = self.settle()
+                if applied and every and self.step % every == 0:
                     self.save("steps")
-                elif mid_epoch and self.save_due():
+                elif self.save_due():
                     self.save("time")
-            if self.dist.world > 1:
-                self.sync_in(res.extra)
-            else:
+            if self.dist.world == 1:
                 self.poll_control()
             if self.stop_flag:
+                self.settle()
                 raise StopRequestedError(self.stop_flag)
+        self.settle()
+        losses = self.epoch_losses
         self.ev.emit(
             EpochEnd(
                 epoch=epoch,
@@ -288,47 +288,9 @@ class Worker(TrainState, ControlPolling, FaultInjection, EvalPhase, OtherModes):
             )
         )
 
-    def step_s(self) -> float | None:
-        """Recent seconds per step: the median of the last 20 (data wait included)."""
-        return round(statistics.median(self.step_times), 4) if self.step_times else None
-
     def save_due(self) -> bool:
         minutes = self.cfg.checkpoint.every_minutes
         return minutes is not None and time.monotonic() - self.last_save >= 60.0 * minutes
-
-    def on_overflow(self, nxt: int, grad_norm: float) -> None:
-        """A skipped step (finite loss, non-finite gradients): counted; too many in a row is
-        fatal."""
-        self.overflow_steps += 1
-        self.overflow_run += 1
-        limit = self.cfg.training.max_consecutive_overflows
-        if self.overflow_run > limit:
-            raise NonFiniteLossError(
-                f"{self.overflow_run} consecutive gradient overflows at step {nxt} "
-                f"(grad_norm={grad_norm}, loss finite) > training.max_consecutive_overflows="
-                f"{limit}; {self.overflow_steps} overflow step(s) skipped this attempt"
-            )
-
-    def emit_step(self, res: Any, lr: float, img_per_s: float) -> None:
-        event = Step(
-            epoch=self.epoch,
-            step=self.step,
-            loss=res.loss,
-            loss_levels=res.levels,
-            loss_parts=res.parts,
-            grad_norm=res.grad_norm,
-            lr=lr,
-            img_per_s=img_per_s,
-            micro_batch=self.micro,
-            accum_steps=self.accum,
-            device_mem=self.mem(),
-            step_s=self.step_s(),
-            overflow_steps=self.overflow_steps,
-            loss_scale=self.step_fn.loss_scale(),
-        )
-        if res.grad_norms is not None:
-            event.grad_norms = res.grad_norms  # type: ignore[attr-defined]
-        self.ev.emit(event)
 
     # ---------------------------------------------------------------------------------- run
     def run(self) -> int:

@@ -228,13 +228,21 @@ class HJEPA(nn.Module):
 
     # -- EMA, evaluation, optimizer --------------------------------------------------------
     @torch.no_grad()
-    def update_target(self, momentum: float, kernels: Kernels | None = None) -> None:
+    def update_target(
+        self,
+        momentum: float,
+        kernels: Kernels | None = None,
+        applied: torch.Tensor | None = None,
+    ) -> None:
         """target ← momentum·target + (1 − momentum)·encoder: one foreach lerp where the
-        device has foreach kernels (``kernels``, default: chosen for the parameters' device)."""
+        device has foreach kernels (``kernels``, default: chosen for the parameters' device).
+        ``applied`` (a 0-d 0./1. tensor on the device) gates it without a host sync: 0 leaves
+        the target as it is (the step was skipped on the device)."""
         tgt = list(self.target_encoder.parameters())
         src = [p.detach() for p in self.encoder.parameters()]
         k = kernels or kernels_for(tgt[0].device)
-        k.lerp_(tgt, src, 1.0 - float(momentum))
+        weight = 1.0 - float(momentum)
+        k.lerp_(tgt, src, weight if applied is None else applied * weight)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:

@@ -40,15 +40,21 @@ class OtherModes:
         self.model.train()
         it = iter(self.loader(1, 0))
         times = []
+        previous = None
         for i in range(warmup + steps):
             t = time.monotonic()
             micro = [next(it).to(self.device) for _ in range(self.accum)]
-            self.step_fn(
+            pending = self.step_fn.launch(  # pipelined as in training: read the last one now
                 micro,
                 lr=self.schedule.lr_at(0.0),
                 momentum=self.schedule.ema_at(0.0),
                 extra=[] if self.dist.world > 1 else None,
             )
+            if previous is not None:
+                previous.result()
+            previous = pending
+            if i == warmup + steps - 1:
+                pending.result()
             if i >= warmup:
                 times.append(time.monotonic() - t)
             self.ev.progress(phase="train", step=i + 1)

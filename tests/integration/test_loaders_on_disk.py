@@ -181,3 +181,29 @@ def test_damaged_files_are_a_data_error_naming_the_path(tmp_path):
     cfg = make_cfg([{"name": "stl10", "path": str(tmp_path)}])
     with pytest.raises(DataMissingError, match=r"stl10: cannot read .*stl10_binary"):
         build_train_data(cfg)
+
+
+def test_loader_workers_persist_across_epochs_and_batches_stay_exact(tmp_path):
+    """One TrainLoader per attempt: epoch 2 runs on epoch 1's worker processes, and every
+    batch (pixels and masks) equals what a fresh loader gives for that epoch and start."""
+    from trainer.data import TrainLoader, train_loader
+    from trainer.masks import MaskCollator
+
+    write_cifar10(tmp_path / "data", n_train=64, n_test=16)
+    cfg = make_cfg(
+        [{"name": "cifar10", "path": str(tmp_path / "data")}], batch_size=8, num_workers=2
+    )
+    train = build_train_data(cfg)
+    masks = MaskCollator(cfg.masking, cfg.data.image_size, cfg.model.patch_size, seed=0)
+    cpu = torch.device("cpu")
+    loader = TrainLoader(cfg, train, masks, cpu)
+    first = list(loader.epoch(1, 0))
+    pids = sorted(w.pid for w in loader.loader._iterator._workers)
+    second = list(loader.epoch(2, 16))
+    assert sorted(w.pid for w in loader.loader._iterator._workers) == pids
+    assert all(w.is_alive() for w in loader.loader._iterator._workers)
+    assert len(first) == 8 and len(second) == 6
+    fresh = list(train_loader(cfg, train, masks, 2, 16, cpu))
+    for a, b in zip(second, fresh, strict=True):
+        assert torch.equal(a.images, b.images) and torch.equal(a.ctx_idx, b.ctx_idx)
+    assert not torch.equal(first[2].images, second[0].images)  # epoch 2 is its own order
