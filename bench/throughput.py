@@ -20,8 +20,10 @@ Input (``--data``):
 - ``synthetic`` (default): random images through the real ``MaskCollator``; a pool of 4 steps
   is built and moved to the device before timing, so data loading is excluded.
 - ``real``: the configured datasets through the worker's own DataLoader
-  (``trainer.data.train_loader``: transforms, seeded masks, ``data.num_workers``, pinning on
-  CUDA); each timed step includes waiting for its batches and the host → device copy.
+  (``trainer.data.TrainLoader``: transforms, seeded masks, ``data.num_workers`` persisting
+  across epochs, pinning on CUDA) and its prefetcher (``trainer.prefetch``: the next batch's
+  host → device copy on a side stream on CUDA); each timed step includes waiting for its
+  batches.
 
 The device is synchronised only before and after the timed region. FLOPs are counted with
 ``torch.utils.flop_counter.FlopCounterMode`` on one eager step of the same model and batch
@@ -60,7 +62,7 @@ from bench.peaks import peak_tflops
 from bench.scaling import scaling
 from trainer.allocator import keep_freed_memory
 from trainer.config import ConfigError, load_config
-from trainer.data import DataMissingError, build_train_data, train_loader
+from trainer.data import DataMissingError, TrainLoader, build_train_data
 from trainer.device import (
     memory_readings,
     reset_peak_memory,
@@ -70,6 +72,7 @@ from trainer.device import (
 )
 from trainer.masks import MaskCollator
 from trainer.model import build_model, compile_model
+from trainer.prefetch import DevicePrefetch
 from trainer.step import TrainStep
 
 _POOL = 4  # distinct pre-built optimizer steps, cycled through
@@ -135,18 +138,20 @@ def synthetic_steps(cfg: Any, device: torch.device, micro: int, accum: int) -> l
 
 def real_steps(cfg: Any, device: torch.device, accum: int) -> Callable[[int], list[Any]]:
     """``next_step(i)``: the next ``accum`` micro-batches from the worker's own DataLoader
-    (epochs follow each other as in training), copied to ``device`` without blocking."""
+    (one per run, workers persisting, epochs following each other as in training), arriving on
+    ``device`` through the worker's prefetcher (side-stream copy on CUDA)."""
     train = build_train_data(cfg)
     masks = MaskCollator(
         cfg.masking, cfg.data.image_size, cfg.model.patch_size, seed=cfg.experiment.seed
     )
+    loader = TrainLoader(cfg, train, masks, device)
 
     def batches() -> Iterator[Any]:
         for epoch in itertools.count(1):
-            yield from train_loader(cfg, train, masks, epoch, 0, device)
+            yield from DevicePrefetch(iter(loader.epoch(epoch, 0)), device)
 
     it = batches()
-    return lambda _i: [next(it).to(device, non_blocking=True) for _ in range(accum)]
+    return lambda _i: [next(it) for _ in range(accum)]
 
 
 def count_flops(step: TrainStep, batches: list[Any], lr: float, momentum: float) -> int:

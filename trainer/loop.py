@@ -73,6 +73,7 @@ from trainer.faults import FaultInjection, set_injected_feature
 from trainer.masks import MaskCollator
 from trainer.model import build_model, compile_model
 from trainer.modes import OtherModes
+from trainer.prefetch import DevicePrefetch
 from trainer.schedules import make_schedule, should_eval, should_save
 from trainer.step import TrainStep
 from trainer.step_outcome import InFlight, StepOutcomes
@@ -231,7 +232,7 @@ class Worker(TrainState, StepOutcomes, ControlPolling, FaultInjection, EvalPhase
         self.model.train()
         # "loader" until the first batch of the epoch arrives (workers starting), then "data".
         self.ev.progress(phase="loader", epoch=epoch, step=self.step)
-        it = iter(self.loader(epoch, start))
+        it = DevicePrefetch(iter(self.loader(epoch, start)), self.device)
         steps_left = (self.epoch_size - start) // self.eff
         self.t_log, self.n_log = time.monotonic(), 0
         every = cfg.checkpoint.every_n_steps
@@ -239,7 +240,7 @@ class Worker(TrainState, StepOutcomes, ControlPolling, FaultInjection, EvalPhase
             t_step = time.monotonic()
             if i:
                 self.ev.progress(phase="data", epoch=epoch, step=self.step)
-            micro = [next(it).to(self.device, non_blocking=True) for _ in range(self.accum)]
+            micro = [next(it) for _ in range(self.accum)]  # on the device (trainer/prefetch)
             self.ev.progress(phase="train")
             nxt = self.step + 1 + len(self.in_flight)  # if the step in flight is applied
             if self.in_flight and self.fault_near(nxt):

@@ -93,6 +93,20 @@ class Batch:
             images2=None if self.images2 is None else self.images2.pin_memory(),
         )
 
+    def tensors(self) -> list[torch.Tensor]:
+        return [
+            t
+            for t in (
+                self.images,
+                self.labels,
+                self.ctx_idx,
+                self.tgt_idx,
+                self.tgt_pool,
+                self.images2,
+            )
+            if t is not None
+        ]
+
     def __len__(self) -> int:
         return int(self.images.shape[0])
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from trainer import checkpoints as ckpt
 from trainer.events import EXIT_OK, Finished
+from trainer.prefetch import DevicePrefetch
 
 
 class OtherModes:
@@ -38,12 +39,12 @@ class OtherModes:
         """Time ``steps`` optimizer steps after ``warmup`` (data loading included)."""
         self.setup()
         self.model.train()
-        it = iter(self.loader(1, 0))
+        it = DevicePrefetch(iter(self.loader(1, 0)), self.device)
         times = []
         previous = None
         for i in range(warmup + steps):
             t = time.monotonic()
-            micro = [next(it).to(self.device) for _ in range(self.accum)]
+            micro = [next(it) for _ in range(self.accum)]
             pending = self.step_fn.launch(  # pipelined as in training: read the last one now
                 micro,
                 lr=self.schedule.lr_at(0.0),

@@ -33,7 +33,17 @@ def _fmt(overrides: dict[str, Any]) -> str:
 
 
 def _already(history: NightHistory, rung: Rung) -> bool:
-    return all(history.overrides.get(k) == v for k, v in rung.overrides.items())
+    """Every value of the rung is in force: set by an override, or (a feature switch) by the
+    config itself — e.g. "gradient checkpointing on" in a recipe that has it on, unless
+    preflight turned it off because the batch fit without it."""
+    return all(_in_force(history, k) == v for k, v in rung.overrides.items())
+
+
+def _in_force(history: NightHistory, key: str) -> Any:
+    feature = next((f for f, k in FEATURE_KEYS.items() if k == key), None)
+    if feature is not None and feature in history.config.features:
+        return history.config.features[feature]
+    return history.overrides.get(key)
 
 
 def oom_step(history: NightHistory, runbook: Runbook) -> LadderStep | None:

@@ -51,6 +51,7 @@ from orchestrator.preflight.checks import (
     worker_facts,
 )
 from orchestrator.preflight.fit import (
+    CHECKPOINTING,
     ApplyError,
     BatchTrial,
     NightFit,
@@ -61,9 +62,11 @@ from orchestrator.preflight.fit import (
     estimate_eval_s,
     fit_epochs,
     night_seconds,
+    prefer_checkpointing,
     probe_order,
     record_fit,
 )
+from orchestrator.preflight.table import fit_table, trials_text
 from orchestrator.schedule.plan import PROJECT_ROOT, parse_duration, project_path
 from trainer.config import Config, ConfigError, load_config
 from trainer.events import EXIT_CODE_OF_KIND
@@ -107,11 +110,15 @@ def peak_bytes(probe: dict[str, Any]) -> int | None:
 
 
 def probe_batches(
-    args: argparse.Namespace, cfg: Config, rb: Runbook, status: Any = None
+    args: argparse.Namespace,
+    cfg: Config,
+    rb: Runbook,
+    status: Any = None,
+    extra: list[str] | None = None,
 ) -> tuple[list[BatchTrial], dict[str, dict[str, Any]]]:
     """Grow the micro-batch over the effective batch's divisors until an OOM or the memory
     ceiling; walk down when the recipe's own micro-batch breaks. Returns the trials and the
-    probe JSON per micro-batch that ran."""
+    probe JSON per micro-batch that ran. ``extra``: more ``--set`` items for every probe."""
     eff = cfg.effective_batch
     ceiling = rb.memory.ceiling_gb * GB
     grow, shrink = probe_order(cfg.data.batch_size, eff)
@@ -120,11 +127,13 @@ def probe_batches(
 
     def one(micro: int) -> BatchTrial:
         if status is not None:
+            how = " without checkpointing" if extra else ""
             status.update(
-                f"timing probe: micro-batch {micro} x {eff // micro}, "
+                f"timing probe: micro-batch {micro} x {eff // micro}{how}, "
                 f"{args.probe_steps} steps after warm-up..."
             )
         sets = [f"data.batch_size={micro}", f"training.accumulation_steps={eff // micro}"]
+        sets += extra or []
         res = run_probe(args, args.probe_steps, sets)
         if res.get("oom"):
             trial = BatchTrial(micro, None, oom=True)
@@ -147,11 +156,26 @@ def probe_batches(
 def plan_night(
     args: argparse.Namespace, cfg: Config, rb: Runbook, window_s: float, status: Any = None
 ) -> tuple[NightFit | None, str]:
-    """Probe, choose the micro-batch, fit the epochs. (None, why) when no micro-batch fits."""
-    trials, probes = probe_batches(args, cfg, rb, status)
-    micro = choose_micro(trials, rb.memory.ceiling_gb * GB, args.margin)
+    """Probe, choose the micro-batch (and whether gradient checkpointing stays on, see
+    ``orchestrator/preflight/fit.py``), fit the epochs. (None, why) when no micro-batch fits."""
+    ceiling = rb.memory.ceiling_gb * GB
+    checkpointing: bool | None = None
+    trials_c: list[BatchTrial] = []
+    if cfg.model.use_gradient_checkpointing:
+        trials, probes = probe_batches(args, cfg, rb, status, [f"{CHECKPOINTING}=false"])
+        micro = choose_micro(trials, ceiling, args.margin)
+        checkpointing = False
+        if micro is None or micro < cfg.data.batch_size:
+            trials_c, probes_c = probe_batches(args, cfg, rb, status)
+            micro_c = choose_micro(trials_c, ceiling, args.margin)
+            if prefer_checkpointing(_at(micro, probes), _at(micro_c, probes_c)):
+                trials, trials_c = trials_c, trials
+                probes, micro, checkpointing = probes_c, micro_c, True
+    else:
+        trials, probes = probe_batches(args, cfg, rb, status)
+        micro = choose_micro(trials, ceiling, args.margin)
     if micro is None:
-        seen = ", ".join(f"{t.micro}: {'OOM' if t.oom else _gb(t.peak)}" for t in trials)
+        seen = trials_text(trials)
         return None, f"no micro-batch fits under {rb.memory.ceiling_gb:g} GB ({seen})"
     probe = probes[str(micro)]
     epoch_s = float(probe["epoch_seconds"])
@@ -188,51 +212,17 @@ def plan_night(
         window_s=window_s,
         trials=trials,
         probe=probe,
+        checkpointing=checkpointing,
+        trials_checkpointed=trials_c,
     )
     return fit, ""
 
 
-def _gb(n: float | None) -> str:
-    return "N/A" if n is None else f"{n / GB:.2f} GB"
-
-
-def fit_table(fit: NightFit, cfg: Config, rb: Runbook) -> Table:
-    """Recipe vs what fits vs the projected finish."""
-    t = Table(title="night plan (measured on this machine)")
-    for col in ("", "recipe", "fits here"):
-        t.add_column(col)
-    t.add_row(
-        "micro-batch x accumulation",
-        f"{fit.recipe_micro} x {fit.recipe_accum}",
-        f"{fit.micro} x {fit.accum} (effective {cfg.effective_batch} kept)",
-    )
-    recipe_s = night_seconds(
-        fit.recipe_epochs,
-        fit.epoch_s,
-        fit.eval_s,
-        cfg.evaluation.eval_frequency,
-        fit.checkpoint_s,
-        rb.final_eval_s,
-    )
-    t.add_row("epochs", str(fit.recipe_epochs), str(fit.epochs))
-    t.add_row("epoch time", f"{fit.epoch_s:.1f} s", f"{fit.epoch_s:.1f} s (measured)")
-    t.add_row("eval / checkpoint", "", f"~{fit.eval_s:.1f} s / ~{fit.checkpoint_s:.1f} s (est.)")
-    t.add_row("final-eval reserve; spare", "", f"{rb.final_eval_s:.0f} s; {args_margin_text(fit)}")
-    t.add_row("projected night", _hms(recipe_s), f"{_hms(fit.night_s)} of {_hms(fit.window_s)}")
-    trials = ", ".join(f"{tr.micro}: {'OOM' if tr.oom else _gb(tr.peak)}" for tr in fit.trials)
-    t.add_row("batch probes (peak)", "", trials)
-    return t
-
-
-def args_margin_text(fit: NightFit) -> str:
-    return f"{max(0.0, fit.window_s - fit.night_s):.0f} s spare"
-
-
-def _hms(s: float) -> str:
-    s = round(s)
-    if s >= 3600:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s"
-    return f"{s // 60}m{s % 60:02d}s"
+def _at(micro: int | None, probes: dict[str, dict[str, Any]]) -> tuple[int | None, float | None]:
+    """(micro, its measured ms per optimizer step) for ``prefer_checkpointing``."""
+    if micro is None:
+        return None, None
+    return micro, float(probes[str(micro)]["ms_per_step"])
 
 
 def run_checks(args: argparse.Namespace, out: Console) -> list[PreflightCheck]:

@@ -10,11 +10,17 @@ Pure planning (no I/O) plus the one place that writes a plan into a plan file or
   at the first OOM or the first peak over the memory ceiling ("grow until it breaks"); when the
   recipe's micro-batch itself breaks, it walks down. ``choose_micro`` then backs off: the largest
   probed candidate whose peak stays under ``ceiling × (1 - margin)``.
+- **Gradient checkpointing**: a recipe that turns it on is probed WITHOUT it first; when the
+  recipe's micro-batch fits that way, checkpointing is turned off (the same maths for about a
+  third less compute); otherwise the probe is repeated with it and the faster fit per optimizer
+  step wins (``prefer_checkpointing``). On a large GPU this is what makes the aggressive
+  recipe's "checkpointing for a 32 GB Mac" not cost a third of the night.
 - **Epochs**: ``fit_epochs`` counts the epochs whose train time + periodic evals + checkpoints
   fit into ``window - final-eval reserve - margin × window``, never more than the recipe asks
   (a plan shortens a night; it does not lengthen a recipe) and never fewer than 1.
-- **Apply**: ``apply_overrides`` writes ``data.batch_size``, ``training.accumulation_steps`` and
-  ``training.epochs`` as base overrides of every not-yet-started night that runs the config, in
+- **Apply**: ``apply_overrides`` writes ``data.batch_size``, ``training.accumulation_steps``,
+  ``training.epochs`` (and ``model.use_gradient_checkpointing: false`` when it was turned off)
+  as base overrides of every not-yet-started night that runs the config, in
   a plan file (``nights[i].overrides``) or a state file (``nights[i].overrides``), so the worker's
   LR and EMA schedules are planned for the real length from step 0.
 """
@@ -61,13 +67,39 @@ class NightFit:
     window_s: float
     trials: list[BatchTrial] = field(default_factory=list)
     probe: dict[str, Any] = field(default_factory=dict)  # the worker's --probe JSON at ``micro``
+    # Gradient checkpointing: None = the recipe does not use it; False = turned off (the
+    # effective batch fits without it, and it is faster); True = kept (it had to be).
+    checkpointing: bool | None = None
+    trials_checkpointed: list[BatchTrial] = field(default_factory=list)
 
     def overrides(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "data.batch_size": self.micro,
             "training.accumulation_steps": self.accum,
             "training.epochs": self.epochs,
         }
+        if self.checkpointing is False:
+            out[CHECKPOINTING] = False
+        return out
+
+
+CHECKPOINTING = "model.use_gradient_checkpointing"
+
+
+def prefer_checkpointing(
+    plain: tuple[int | None, float | None], checkpointed: tuple[int | None, float | None]
+) -> bool:
+    """Whether to keep gradient checkpointing, from the best fit without it and with it, each
+    (micro-batch or None when nothing fits, ms per optimizer step at that micro-batch).
+    Checkpointing only trades compute for memory (same maths, ~⅓ more compute), so it is kept
+    only when nothing fits without it, or when the smaller micro-batch that fits without it is
+    measured slower per optimizer step than the larger one with it."""
+    (micro, ms), (micro_c, ms_c) = plain, checkpointed
+    if micro_c is None:
+        return False
+    if micro is None:
+        return True
+    return ms is not None and ms_c is not None and ms_c < ms
 
 
 def micro_candidates(effective: int) -> list[int]:
@@ -221,6 +253,7 @@ def record_fit(state_dir: str | Path, night_config: str, fit: NightFit, target: 
         "epochs": fit.epochs,
         "micro": fit.micro,
         "accum": fit.accum,
+        "checkpointing": fit.checkpointing,
         "recipe_epochs": fit.recipe_epochs,
         "epoch_s": round(fit.epoch_s, 2),
         "night_s": round(fit.night_s, 1),

@@ -364,6 +364,15 @@ def test_aggressive_oom_pairs_scale_lr_at_72() -> None:
     assert "×72/64" in d.effect
 
 
+def test_aggressive_oom_turns_checkpointing_back_on_first_where_preflight_took_it_off() -> None:
+    base = aggr_hist()
+    off = replace(base.config, features=dict(base.config.features, gradient_checkpointing=False))
+    h = replace(base, config=off, overrides={"model.use_gradient_checkpointing": False})
+    d = decide(ended("oom"), h, AGGR, NOW, DEADLINE)
+    assert d.overrides == {"model.use_gradient_checkpointing": True}  # the batch is kept
+    assert d.evidence["rung"] == 0
+
+
 def test_batch_rung_not_smaller_than_current_is_skipped() -> None:
     facts = replace(hist().config, micro_batch=16, accum_steps=2)
     d = decide(ended("oom"), hist(config=facts), CONS, NOW, DEADLINE)

@@ -20,6 +20,7 @@ from orchestrator.preflight.fit import (
     fit_epochs,
     micro_candidates,
     night_seconds,
+    prefer_checkpointing,
     probe_order,
     read_fits,
 )
@@ -103,13 +104,60 @@ def test_preflight_probes_plans_and_applies(tmp_path: Path, monkeypatch) -> None
                               probe_steps=2, window="5m", margin=0.1, apply=str(plan),
                               state_dir=str(tmp_path / "var"))  # fmt: skip
     assert preflight.cmd_preflight(args) == 0
-    assert seen == [["data.batch_size=32", "training.accumulation_steps=2"],
-                    ["data.batch_size=64", "training.accumulation_steps=1"]]  # fmt: skip
+    # the demo's aggressive recipe turns gradient checkpointing on: probed without it first,
+    # and since its micro-batch fits that way, no probe with it is needed
+    off = "model.use_gradient_checkpointing=false"
+    assert seen == [["data.batch_size=32", "training.accumulation_steps=2", off],
+                    ["data.batch_size=64", "training.accumulation_steps=1", off]]  # fmt: skip
     night = yaml.safe_load(plan.read_text())["nights"][1]
     assert night["overrides"]["data.batch_size"] == 32
     assert night["overrides"]["training.accumulation_steps"] == 2
+    assert night["overrides"]["model.use_gradient_checkpointing"] is False
     # 300 s * 0.9 - 30 s reserve - baseline eval: all 6 epochs of 32 s fit with their evals
     assert night["overrides"]["training.epochs"] == 6
     fits = read_fits(tmp_path / "var")
     assert fits and fits[0]["epochs"] == night["overrides"]["training.epochs"]
     assert json.dumps(fits[0])
+
+
+def test_checkpointing_stays_only_when_it_must_or_is_faster() -> None:
+    assert not prefer_checkpointing((32, 500.0), (None, None))  # nothing fits with it either
+    assert not prefer_checkpointing((32, 500.0), (64, 650.0))  # fits without: the usual case
+    assert prefer_checkpointing((None, None), (16, 900.0))  # only fits with it
+    assert prefer_checkpointing((8, 700.0), (32, 600.0))  # fits without, but slower that way
+    assert not prefer_checkpointing((8, 500.0), (32, 600.0))
+
+
+@pytest.mark.parametrize(
+    ("ms_without", "checkpointing", "micro"), [(700.0, True, 32), (450.0, False, 16)]
+)
+def test_a_recipe_that_fits_only_smaller_without_checkpointing_takes_the_faster_fit(
+    tmp_path: Path, monkeypatch, ms_without: float, checkpointing: bool, micro: int
+) -> None:
+    """Without checkpointing only micro-batch 16 fits (32 is over the ceiling); with it, 32
+    fits. The plan keeps whichever is faster per optimizer step, and says so."""
+    seen: list[list[str]] = []
+
+    def fake_probe(args, steps, extra=None):
+        seen.append(list(extra or []))
+        m = int(extra[0].split("=")[1])
+        off = "model.use_gradient_checkpointing=false" in extra
+        limit = 16 if off else 32
+        if m > limit:
+            return {"oom": True}
+        ms = ms_without if off else 600.0
+        return {"ms_per_step": ms, "steps_per_epoch": 64, "epoch_seconds": ms * 64 / 1000,
+                "img_per_s": 64e3 / ms, "device": "cpu", "memory": {"allocated": GB}}  # fmt: skip
+
+    monkeypatch.setattr(preflight, "run_probe", fake_probe)
+    args = argparse.Namespace(config="configs/demo_aggressive.yaml", runbook=None, overrides=[],
+                              probe_steps=2, window="30m", margin=0.1, apply=None,
+                              state_dir=str(tmp_path / "var"))  # fmt: skip
+    cfg = preflight.load_config(args.config, [])
+    rb = preflight.load_runbook(preflight.default_runbook_for(args.config))
+    fit, why = preflight.plan_night(args, cfg, rb, 1800.0)
+    assert fit is not None, why
+    assert (fit.checkpointing, fit.micro, fit.accum) == (checkpointing, micro, 64 // micro)
+    assert ("model.use_gradient_checkpointing" in fit.overrides()) is (not checkpointing)
+    assert any("model.use_gradient_checkpointing=false" not in e for e in seen)  # both probed
+    assert fit.trials_checkpointed  # the other probes are kept for the table
