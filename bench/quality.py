@@ -33,7 +33,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from trainer.events import EVENTS_FILE, read_events  # noqa: E402
+from trainer.events import EVENTS_FILE  # noqa: E402
+from trainer.events_read import read_events  # noqa: E402
 
 FALL_BACK_POINTS = 2.0  # final this far below the best counts as falling back
 METRICS = (("knn@20", ("knn", "20")), ("knn@1", ("knn", "1")), ("probe", ("linear_probe",)))

@@ -2,12 +2,18 @@
 
     out = generate(4096, num_classes=10, size=32, seed=0, split="train")  # uint8 [N,3,S,S]
 
-Each class is a **glyph**: a random binary pattern on a small square tile (``size // 8``
-pixels: 4 px at 32 px, one ViT patch at patch size 4). An image of class ``c`` is glyph ``c``
-tiled over the whole image — a periodic texture — drawn with nuisance variation per image: a
-random offset of the tiling (so the same pixel position shows a different part of the glyph
-from one image to the next), two random foreground/background colours of low saturation,
-global brightness/contrast and Gaussian pixel noise.
+Each class is a **glyph**: a random binary pattern on a small square tile of an odd number of
+pixels (``(size // 8) | 1``: 5 px at 32 px). An image of class ``c`` is glyph ``c`` tiled over
+the whole image — a periodic texture — drawn with nuisance variation per image: a random offset
+of the tiling (so the same pixel position shows a different part of the glyph from one image to
+the next), dark ink on a light ground (two random colours of low saturation, the ink always the
+darker), global brightness/contrast and Gaussian pixel noise.
+
+Why an odd tile and a fixed polarity: a tile as wide as a ViT patch puts one whole period in
+every patch, so each patch token sees a cyclic shift of the glyph and a linear read-out of the
+pooled tokens has nothing stable to find (the linear probe stayed at chance while kNN learned);
+with an odd tile the period drifts across patches and pooled features carry the pattern. Free
+polarity (ink lighter or darker than the ground at random) made every class two textures.
 
 Why this is a fair test of self-supervised learning: identity is "which pattern repeats",
 visible only in how neighbouring pixels relate. Raw pixels of two images of one class are
@@ -42,7 +48,7 @@ class Rendered:
 
 
 def tile_size(size: int) -> int:
-    return max(2, size // 8)
+    return max(3, (size // 8) | 1)
 
 
 def make_glyphs(num_classes: int, tile: int, seed: int) -> torch.Tensor:
@@ -92,7 +98,7 @@ def _render_chunk(
     ys = (torch.arange(size)[None, :] + offsets[:, :1]) % tile  # [n, S]
     xs = (torch.arange(size)[None, :] + offsets[:, 1:]) % tile
     pattern = glyphs[labels[:, None, None], ys[:, :, None], xs[:, None, :]]  # [n, S, S]
-    bg, fg = u(n, 3, 1, 1, lo=0.1, hi=0.9), u(n, 3, 1, 1, lo=0.1, hi=0.9)
+    bg, fg = u(n, 3, 1, 1, lo=0.55, hi=0.95), u(n, 3, 1, 1, lo=0.05, hi=0.45)
     img = bg + (fg - bg) * pattern[:, None]
     grey = img.mean(dim=1, keepdim=True)
     img = grey + SATURATION * (img - grey)

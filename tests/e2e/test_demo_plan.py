@@ -15,7 +15,7 @@ def test_plan_completes_with_night_one_succeeded(demo_run) -> None:
     n1, n2 = final["nights"]
     print(f"demo plan wall time (with kill -9, stop and restarts): {demo_run.wall_s:.0f}s")
     assert n1["name"] == "n1-conservative" and n1["status"] == "succeeded", n1["reason"]
-    assert n1["success"]["level"] in ("must", "should", "stretch")
+    assert n1["success"]["level"] in ("should", "stretch"), n1["success"]  # kNN and probe gain
     assert n1["final_metrics"]["knn"] and n1["best_checkpoint"]
     assert final["daemon"] is None and final["daemon_alive"] is False
     assert final["current_night"] is None and final["next_start"] is None
@@ -26,7 +26,8 @@ def test_plan_completes_with_night_one_succeeded(demo_run) -> None:
 def test_night_two_runs_aggressive_and_repairs_the_injected_faults(demo_run) -> None:
     n2 = demo_run.final["nights"][1]
     assert n2["name"] == "n2-aggressive"
-    assert n2["status"] in ("succeeded", "partial"), n2["reason"]
+    assert n2["status"] == "succeeded", n2["reason"]
+    assert n2["success"]["level"] in ("should", "stretch"), n2["success"]
     triggers = [f["trigger"] for f in n2["fallbacks"]]
     assert "oom" in triggers and "nonfinite" in triggers, triggers
     kinds = [a["exit_kind"] for a in n2["attempts"]]

@@ -1,4 +1,5 @@
-"""The demo conservative night learns: final kNN(k=20) beats the random encoder by ≥ 10 points."""
+"""The demo conservative night learns: against the random encoder (epoch 0), the final kNN(k=20)
+gains ≥ 10 points and the linear probe ≥ 5 (the runbook's must and should checks)."""
 
 from __future__ import annotations
 
@@ -21,4 +22,6 @@ def test_demo_conservative_beats_random_encoder(tmp_path):
     assert first["epoch"] == 0 and last["epoch"] == events(tmp_path, "started")[0]["epochs"]
     gain = last["knn"]["20"] - first["knn"]["20"]
     assert gain >= 0.10, (first["knn"], last["knn"])
+    probe_gain = last["linear_probe"] - first["linear_probe"]
+    assert probe_gain >= 0.05, (first["linear_probe"], last["linear_probe"])
     assert last["feature_std"] > 0.01  # not collapsed
