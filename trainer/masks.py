@@ -42,6 +42,7 @@ iterator; workers must not be persistent for that to reach them.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -57,6 +58,9 @@ _CONTEXT_QUANTILE = 0.05  # auto context count: this quantile of the per-image c
 _ESTIMATE_IMAGES = 4096  # images drawn (fixed seed) to estimate that quantile
 
 
+_TENSOR_FIELDS = ("images", "labels", "ctx_idx", "tgt_idx", "tgt_pool", "images2")
+
+
 @dataclass
 class Batch:
     images: torch.Tensor  # [B, 3, H, W] float (already normalised)
@@ -68,44 +72,22 @@ class Batch:
     images2: torch.Tensor | None = None  # second augmented view (contrastive), else None
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        def move(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.to(device, non_blocking=non_blocking)
-
-        return replace(
-            self,
-            images=self.images.to(device, non_blocking=non_blocking),
-            labels=self.labels.to(device, non_blocking=non_blocking),
-            ctx_idx=self.ctx_idx.to(device, non_blocking=non_blocking),
-            tgt_idx=self.tgt_idx.to(device, non_blocking=non_blocking),
-            tgt_pool=self.tgt_pool.to(device, non_blocking=non_blocking),
-            images2=move(self.images2),
-        )
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> Batch:
         """Called by DataLoader(pin_memory=True) for custom batch types."""
-        return replace(
-            self,
-            images=self.images.pin_memory(),
-            labels=self.labels.pin_memory(),
-            ctx_idx=self.ctx_idx.pin_memory(),
-            tgt_idx=self.tgt_idx.pin_memory(),
-            tgt_pool=self.tgt_pool.pin_memory(),
-            images2=None if self.images2 is None else self.images2.pin_memory(),
-        )
+        return self._map(lambda t: t.pin_memory())
 
     def tensors(self) -> list[torch.Tensor]:
-        return [
-            t
-            for t in (
-                self.images,
-                self.labels,
-                self.ctx_idx,
-                self.tgt_idx,
-                self.tgt_pool,
-                self.images2,
-            )
-            if t is not None
-        ]
+        """Every tensor the batch holds (``images2`` only when present)."""
+        return [t for t in (getattr(self, f) for f in _TENSOR_FIELDS) if t is not None]
+
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Batch:
+        """The batch with ``fn`` applied to every tensor (``block_hw`` and a None view kept)."""
+        return replace(
+            self,
+            **{f: fn(t) for f in _TENSOR_FIELDS if (t := getattr(self, f)) is not None},
+        )
 
     def __len__(self) -> int:
         return int(self.images.shape[0])

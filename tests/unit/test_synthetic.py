@@ -65,8 +65,8 @@ def test_raw_pixels_cannot_tell_classes_apart_but_spatial_structure_can():
     spectral = knn_accuracy(
         power_spectrum(train.images), train.labels, power_spectrum(test.images), test.labels
     )
-    assert raw < 0.5, raw  # chance 0.1; measured 0.42: only images with the same offset match
-    assert spectral > 0.9, spectral  # the repeating pattern identifies the class (0.96)
+    assert raw < 0.5, raw  # chance 0.1; measured 0.31: only images with the same offset match
+    assert spectral > 0.9, spectral  # the repeating pattern identifies the class (1.00)
     assert spectral - raw > 0.4
 
 
