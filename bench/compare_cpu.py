@@ -1,12 +1,14 @@
-"""python bench/compare_cpu.py [--rounds 3] [--batch 8] [--steps 4] [--warmup 1] [--compiled]
+"""python bench/compare_cpu.py [--rounds 3] [--batch 8] [--steps 4] [--compiled] [--fp32]
 
-More options: [--threads 2] [--config FILE] [--reference PATH] [--out FILE.json].
+More options: [--warmup 1] [--threads 2] [--config FILE] [--reference PATH] [--out FILE.json].
 
 The CPU speed check of issue 9: the public I-JEPA step (``reference_step.py --reference B S W``,
 naive and SDPA attention) and ours (``bench/throughput.py --config ... --device cpu --batch B``,
-the full 3-level H-JEPA step; with ``--compiled`` also under ``training.compile=true``), run
-back to back as separate processes, alternating, ``--rounds`` times, every process with
-``OMP_NUM_THREADS`` = torch threads = ``--threads``. Each run records its img/s, the wall
+the full 3-level H-JEPA step at the precision the worker picks; with ``--compiled`` also under
+``training.compile=true``; with ``--fp32`` also forced to fp32, the precision the reference
+runs in on a CPU, for a same-precision ratio), run back to back as separate processes,
+alternating, ``--rounds`` times, every process with ``OMP_NUM_THREADS`` = torch threads =
+``--threads``. Each run records its img/s, the wall
 seconds and CPU seconds of its whole process (children rusage: user + sys; a process that got
 the cores it asked for shows ≈ threads × wall in the timed part), and the 1-minute load
 average before it started, so a loaded machine shows in the numbers instead of hiding in them.
@@ -50,6 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--config", default=str(CONFIG))
     ap.add_argument("--reference", default=os.environ.get("REFERENCE_STEP", str(REFERENCE)))
     ap.add_argument("--compiled", action="store_true", help="also ours with training.compile")
+    ap.add_argument(
+        "--fp32", action="store_true", help="also ours in fp32, the reference's CPU precision"
+    )
     ap.add_argument("--out", default=None, help="write the runs and ratios as JSON here")
     return ap.parse_args(argv)
 
@@ -76,7 +81,7 @@ def run_reference(a: argparse.Namespace) -> dict[str, Any]:
     return {"naive": res["naive"], "sdpa": res["sdpa"], **usage}
 
 
-def run_ours(a: argparse.Namespace, compiled: bool) -> dict[str, Any]:
+def run_ours(a: argparse.Namespace, compiled: bool, fp32: bool = False) -> dict[str, Any]:
     cmd = [
         sys.executable,
         str(ROOT / "bench" / "throughput.py"),
@@ -95,6 +100,8 @@ def run_ours(a: argparse.Namespace, compiled: bool) -> dict[str, Any]:
     ]
     if compiled:
         cmd += ["--set", "training.compile=true"]
+    if fp32:
+        cmd += ["--set", "training.precision=fp32"]
     out, usage = timed(cmd, a.threads)
     res = json.loads(out.strip().splitlines()[-1])
     keep = (
@@ -107,6 +114,7 @@ def run_ours(a: argparse.Namespace, compiled: bool) -> dict[str, Any]:
         "context_tokens",
         "target_tokens",
         "torch",
+        "precision",
     )
     return {
         **{k: res[k] for k in keep},
@@ -123,8 +131,12 @@ def main(argv: list[str] | None = None) -> int:
         row: dict[str, Any] = {"reference": run_reference(a), "ours": run_ours(a, False)}
         if a.compiled:
             row["ours_compiled"] = run_ours(a, True)
+        if a.fp32:
+            row["ours_fp32"] = run_ours(a, False, fp32=True)
         best_ref = max(row["reference"]["naive"], row["reference"]["sdpa"])
         row["ratio"] = round(row["ours"]["img_per_s"] / best_ref, 3)
+        if a.fp32:
+            row["ratio_fp32"] = round(row["ours_fp32"]["img_per_s"] / best_ref, 3)
         if a.compiled:
             row["ratio_compiled"] = round(row["ours_compiled"]["img_per_s"] / best_ref, 3)
         rounds.append(row)
@@ -132,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         line = (
             f"round {r + 1}: reference naive {ref['naive']:.2f} / sdpa {ref['sdpa']:.2f} "
             f"img/s (process {ref['wall_s']} s wall, {ref['cpu_s']} s CPU, load "
-            f"{ref['load1']}) | ours {ours['img_per_s']:.2f} img/s, MFU {ours['mfu']} "
+            f"{ref['load1']}) | ours {ours['img_per_s']:.2f} img/s {ours['precision']}, "
+            f"MFU {ours['mfu']} "
             f"(timed {ours['timed_wall_s']} s wall, {ours['timed_cpu_s']} s CPU, load "
             f"{ours['load1']}) | ratio {row['ratio']}"
         )
@@ -142,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
                 f" | compiled {c['img_per_s']:.2f} img/s (first step {c['first_step_s']} s)"
                 f", ratio {row['ratio_compiled']}"
             )
+        if a.fp32:
+            f = row["ours_fp32"]
+            line += f" | ours fp32 {f['img_per_s']:.2f} img/s, ratio {row['ratio_fp32']}"
         print(line, flush=True)
     best_ref = max(max(r["reference"]["naive"], r["reference"]["sdpa"]) for r in rounds)
     best_ours = max(r["ours"]["img_per_s"] for r in rounds)
@@ -161,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
             max(r["ours_compiled"]["img_per_s"] for r in rounds) / best_ref, 3
         )
         if a.compiled
+        else None,
+        "median_ratio_fp32": round(statistics.median(r["ratio_fp32"] for r in rounds), 3)
+        if a.fp32
         else None,
         "rounds": rounds,
     }

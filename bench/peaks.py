@@ -5,8 +5,9 @@
 GPU: the vendor's dense (no sparsity) tensor-core figure for the precision the step runs in
 (bf16/fp16; fp32 runs use the TF32 figure, PyTorch's default matmul precision aside). The first
 table row whose key occurs in ``torch.cuda.get_device_name()`` wins, so more specific keys come
-first. CPU: an estimate, ``threads × clock × fp32 FLOP/cycle`` (64 with AVX-512, 32 with
-AVX2+FMA, 8 otherwise; the clock from /proc/cpuinfo), labelled as such. Unknown devices give
+first. CPU: an estimate, ``threads × clock × FLOP/cycle`` (fp32: 64 with AVX-512, 32 with
+AVX2+FMA, 8 otherwise; bf16: twice that with AVX512-BF16, 1024 with AMX; the clock from
+/proc/cpuinfo), labelled as such. Unknown devices give
 ``(None, reason)``; ``--peak-tflops`` on the command line overrides everything.
 """
 
@@ -55,20 +56,25 @@ def _cpu_flags_and_mhz() -> tuple[set[str], float | None]:
     return flags, mhz
 
 
-def cpu_peak_tflops() -> tuple[float | None, str]:
+def cpu_peak_tflops(precision: str = "fp32") -> tuple[float | None, str]:
     flags, mhz = _cpu_flags_and_mhz()
     if mhz is None:
         return None, "unknown CPU clock (no /proc/cpuinfo); pass --peak-tflops"
     per_cycle = 64 if "avx512f" in flags else 32 if {"avx2", "fma"} <= flags else 8
+    kind = "fp32"
+    if precision == "bf16" and "amx_bf16" in flags:
+        per_cycle, kind = 1024, "bf16 (AMX)"
+    elif precision == "bf16" and "avx512_bf16" in flags:
+        per_cycle, kind = 2 * per_cycle, "bf16 (AVX512-BF16 dot products)"
     threads = torch.get_num_threads()
     tflops = threads * mhz * 1e6 * per_cycle / 1e12
-    return tflops, (f"estimate: {threads} threads x {mhz:.0f} MHz x {per_cycle} fp32 FLOP/cycle")
+    return tflops, (f"estimate: {threads} threads x {mhz:.0f} MHz x {per_cycle} {kind} FLOP/cycle")
 
 
 def peak_tflops(device: torch.device, precision: str) -> tuple[float | None, str]:
     """(peak TFLOP/s or None, where the figure comes from)."""
     if device.type == "cpu":
-        return cpu_peak_tflops()
+        return cpu_peak_tflops(precision)
     if device.type != "cuda":
         return None, f"no peak table for {device.type}; pass --peak-tflops"
     name = torch.cuda.get_device_name(device)

@@ -31,8 +31,8 @@ shape (before any compile); ``mfu`` = achieved FLOP/s / peak, the peak from ``--
 or the table in ``bench/peaks.py`` (CPU: an estimate from cores × clock × SIMD width).
 
 Prints one JSON object:
-    config, device, device_name, precision, torch, data, compile, micro_batch, accum_steps,
-    image_size, context_tokens, target_tokens, params, params_trainable, img_per_s,
+    config, device, device_name, precision, torch, data, photometric, compile, micro_batch,
+    accum_steps, image_size, context_tokens, target_tokens, params, params_trainable, img_per_s,
     ms_per_step {mean, p50}, first_step_s, flops_per_img, achieved_tflops, peak_tflops,
     peak_source, mfu, peak_memory_bytes, wall_s, process_cpu_s, steps, warmup, nonfinite_steps
 ``process_cpu_s`` (CPU seconds this process used in the timed region) next to ``wall_s`` shows
@@ -72,6 +72,7 @@ from trainer.device import (
 )
 from trainer.masks import MaskCollator
 from trainer.model import build_model, compile_model
+from trainer.photometric import photometric_on_device
 from trainer.prefetch import DevicePrefetch
 from trainer.step import TrainStep
 
@@ -140,7 +141,7 @@ def real_steps(cfg: Any, device: torch.device, accum: int) -> Callable[[int], li
     """``next_step(i)``: the next ``accum`` micro-batches from the worker's own DataLoader
     (one per run, workers persisting, epochs following each other as in training), arriving on
     ``device`` through the worker's prefetcher (side-stream copy on CUDA)."""
-    train = build_train_data(cfg)
+    train = build_train_data(cfg, device=device)
     masks = MaskCollator(
         cfg.masking, cfg.data.image_size, cfg.model.patch_size, seed=cfg.experiment.seed
     )
@@ -255,6 +256,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "precision": precision.name,
         "torch": torch.__version__,
         "data": args.data,
+        # where colour augmentation ran with real data (trainer.photometric); synthetic: none
+        "photometric": (
+            ("device" if photometric_on_device(cfg, device) else "host")
+            if args.data == "real"
+            else "none"
+        ),
         "compile": cfg.training.compile,
         "micro_batch": micro,
         "accum_steps": accum,

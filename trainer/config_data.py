@@ -46,6 +46,22 @@ class AugmentationConfig(Strict):
     horizontal_flip: bool = True
     color_jitter: float = Field(0.0, ge=0.0, description="0 disables colour jitter.")
     deit3: DeiT3Config = Field(default_factory=DeiT3Config)
+    photometric: Literal["auto", "host", "device"] = Field(
+        "auto",
+        description="Where colour jitter, float conversion and normalisation run: host (the "
+        "loader workers), device (batched on the training device; crop and flip stay on the "
+        "host, in uint8), auto (device on CUDA with strategy basic, else host). "
+        "See trainer/photometric.py.",
+    )
+
+    @model_validator(mode="after")
+    def _photometric_needs_basic(self) -> AugmentationConfig:
+        if self.photometric == "device" and self.strategy != "basic":
+            raise ValueError(
+                "photometric: device needs strategy: basic (deit3's AutoAugment/RandAugment/"
+                "RandomErasing run on the host); use photometric: host or auto"
+            )
+        return self
 
 
 class TransformsConfig(Strict):
@@ -54,6 +70,7 @@ class TransformsConfig(Strict):
     crop_scale: tuple[float, float] = (0.8, 1.0)
     horizontal_flip: bool = True
     color_jitter: float = 0.0
+    photometric: Literal["auto", "host", "device"] = "auto"  # as data.augmentation.photometric
 
 
 class DataConfig(Strict):

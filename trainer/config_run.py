@@ -44,7 +44,8 @@ class TrainingConfig(Strict):
     use_amp: bool = Field(
         True,
         description="Allow mixed precision. With precision auto: bf16 on CUDA (fp16 where the GPU "
-        "has no bf16), fp16 on MPS (torch >= 2.8), fp32 on CPU; false means fp32.",
+        "has no bf16), fp16 on MPS (torch >= 2.8), bf16 on a CPU with bf16 instructions "
+        "(AVX512-BF16/AMX) and fp32 on other CPUs; false means fp32.",
     )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",

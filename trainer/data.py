@@ -1,6 +1,6 @@
 """What the training loop and evaluation call to get data.
 
-    train = build_train_data(cfg)                      # TrainData
+    train = build_train_data(cfg, device=device)       # TrainData
     loader = DataLoader(train.dataset, batch_size=cfg.data.batch_size,
                         sampler=train.sampler(epoch, start=samples_done), drop_last=True)
     loader = TrainLoader(cfg, train, masks, device)    # one per attempt: workers persist
@@ -10,8 +10,9 @@
 
 - Training concatenates the SSL split of every ``data.datasets`` entry (see
   ``trainer/datasets.py`` for which split that is) with the training transform of
-  ``data.augmentation`` at ``data.image_size`` (``trainer/transforms.py``); items are
-  ``(image, label)``, or ``((view1, view2), label)`` with two views (default:
+  ``data.augmentation`` at ``data.image_size`` (``trainer/transforms.py``; its colour half on
+  the device when ``data.augmentation.photometric`` says so: ``trainer/photometric.py``); items
+  are ``(image, label)``, or ``((view1, view2), label)`` with two views (default:
   ``loss.use_contrastive``). Labels are not used for training (STL-10 unlabeled: -1).
 - The epoch is ``data.epoch_size`` samples (default: the sum of the members), drawn by weight
   and ordered by ``trainer/sampling.py``: deterministic from (experiment.seed, epoch), and
@@ -35,6 +36,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
 from trainer.config import Config, DatasetSpec
 from trainer.datasets import DataMissingError, location, open_split
+from trainer.photometric import HostGeometry, photometric_on_device
 from trainer.positional import PositionalSampler, SeededCollate, SeededDataset
 from trainer.sampling import EpochSampler
 from trainer.transforms import TwoViews, eval_transform, train_transform
@@ -89,11 +91,19 @@ def _keys(specs: list[DatasetSpec]) -> list[str]:
     return [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
 
 
-def build_train_data(cfg: Config, two_views: bool | None = None) -> TrainData:
-    """Open every dataset's SSL split with the training transform (see the module docstring)."""
+def build_train_data(
+    cfg: Config, two_views: bool | None = None, device: torch.device | None = None
+) -> TrainData:
+    """Open every dataset's SSL split with the training transform (see the module docstring).
+    ``device``: the training device; where colour augmentation runs there
+    (``data.augmentation.photometric``), the items carry uint8 images and their colour
+    parameters instead (trainer.photometric), finished by the prefetcher. None: all on the host.
+    """
     if two_views is None:
         two_views = cfg.loss.use_contrastive
-    tf = train_transform(cfg.data.augmentation, cfg.data.image_size)
+    aug, size = cfg.data.augmentation, cfg.data.image_size
+    on_device = device is not None and photometric_on_device(cfg, device)
+    tf = HostGeometry(aug, size) if on_device else train_transform(aug, size)
     transform = TwoViews(tf) if two_views else tf
     specs = cfg.data.datasets
     members = [open_split(spec, "ssl", transform, cfg.data) for spec in specs]

@@ -73,6 +73,7 @@ from trainer.faults import FaultInjection, set_injected_feature
 from trainer.masks import MaskCollator
 from trainer.model import build_model, compile_model
 from trainer.modes import OtherModes
+from trainer.photometric import photometric_on_device
 from trainer.prefetch import DevicePrefetch
 from trainer.schedules import make_schedule, should_eval, should_save
 from trainer.step import TrainStep
@@ -120,7 +121,7 @@ class Worker(TrainState, StepOutcomes, ControlPolling, FaultInjection, EvalPhase
         seed_everything(cfg.experiment.seed)
         self.precision = select_precision(self.device, cfg.training.use_amp, cfg.training.precision)
         self.ev.progress(phase="data")
-        self.train_data = build_train_data(cfg)
+        self.train_data = build_train_data(cfg, device=self.device)
         self.eval_data = build_eval_data(cfg)
         self.model = build_model(cfg).to(self.device)
         keep_freed_memory(self.device)  # CPU: no page faults on every step's buffers
@@ -177,7 +178,12 @@ class Worker(TrainState, StepOutcomes, ControlPolling, FaultInjection, EvalPhase
                 precision=self.precision.name,
                 params_total=n_total,
                 params_trainable=n_train,
-                features=self.model.feature_status(),
+                features={
+                    **self.model.feature_status(),
+                    "photometric": "device"
+                    if photometric_on_device(self.cfg, self.device)
+                    else "host",
+                },
                 micro_batch=self.micro,
                 accum_steps=self.accum,
                 world_size=self.dist.world,

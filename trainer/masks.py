@@ -51,6 +51,8 @@ import torch
 from torch.utils.data import get_worker_info
 
 from trainer.config import MaskingConfig
+from trainer.photometric import Photometric
+from trainer.photometric import stack as stack_photometric
 
 _TRIES = 20
 POOL_LEVELS = 3  # hierarchy levels 1..3 get a pooling matrix (model.num_hierarchies <= 4)
@@ -58,18 +60,31 @@ _CONTEXT_QUANTILE = 0.05  # auto context count: this quantile of the per-image c
 _ESTIMATE_IMAGES = 4096  # images drawn (fixed seed) to estimate that quantile
 
 
-_TENSOR_FIELDS = ("images", "labels", "ctx_idx", "tgt_idx", "tgt_pool", "images2")
+_TENSOR_FIELDS = (
+    "images",
+    "labels",
+    "ctx_idx",
+    "tgt_idx",
+    "tgt_pool",
+    "images2",
+    "colour",
+    "colour2",
+)
 
 
 @dataclass
 class Batch:
-    images: torch.Tensor  # [B, 3, H, W] float (already normalised)
+    images: torch.Tensor  # [B, 3, H, W] float (normalised); uint8 while ``colour`` is set
     labels: torch.Tensor  # [B] long (-1 if unlabelled)
     ctx_idx: torch.Tensor  # [B, Nc] long, patch indices kept as context
     tgt_idx: torch.Tensor  # [B, M, Nt] long, M target blocks of Nt patches (raster order)
     tgt_pool: torch.Tensor  # [POOL_LEVELS, Nt, Nt] float, level-l pooling (see pool_matrices)
     block_hw: tuple[int, int]  # (h, w) box of every target block in this batch
     images2: torch.Tensor | None = None  # second augmented view (contrastive), else None
+    # [B, 8] colour-jitter parameters of uint8 images still to be finished on the device
+    # (trainer.photometric.finish, which the prefetcher applies); None once finished / on host
+    colour: torch.Tensor | None = None
+    colour2: torch.Tensor | None = None
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         return self._map(lambda t: t.to(device, non_blocking=non_blocking))
@@ -265,12 +280,10 @@ class MaskCollator:
         per-batch seed the loop derives from its data position); the counter is not touched."""
         first = items[0][0]
         two_views = isinstance(first, (tuple, list))
+        images, colour = _stack([item[0][0] if two_views else item[0] for item in items])
+        images2 = colour2 = None
         if two_views:
-            images = torch.stack([item[0][0] for item in items])
-            images2: torch.Tensor | None = torch.stack([item[0][1] for item in items])
-        else:
-            images = torch.stack([item[0] for item in items])
-            images2 = None
+            images2, colour2 = _stack([item[0][1] for item in items])
         labels = torch.tensor([int(item[1]) for item in items], dtype=torch.long)
         ctx_idx, tgt_idx, hw = self.sample(len(items), position)
         return Batch(
@@ -281,7 +294,17 @@ class MaskCollator:
             tgt_pool=self.pool(hw[1]),
             block_hw=hw,
             images2=images2,
+            colour=colour,
+            colour2=colour2,
         )
+
+
+def _stack(views: list) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Float views → (images, None); host-geometry views (trainer.photometric) → (uint8
+    images, their colour parameters)."""
+    if isinstance(views[0], Photometric):
+        return stack_photometric(views)
+    return torch.stack(views), None
 
 
 def auto_context_tokens(cfg: MaskingConfig, grid: int, target_tokens: int) -> int:

@@ -13,6 +13,11 @@ loader's workers keep their own queue of ready batches on the host).
 
 Elsewhere (CPU, MPS) there is nothing to overlap: each batch is moved when asked for, and no
 batch is drawn from the loader earlier than before.
+
+A batch that arrives as uint8 images with colour parameters (``data.augmentation.photometric``
+on the device) is finished here, once on the device: jittered and normalised by
+``trainer.photometric.finish`` — on CUDA on the side stream, right after its copy, so the
+augmentation of the next batch overlaps the step in flight too.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+
+from trainer.photometric import finish
 
 
 class DevicePrefetch:
@@ -36,7 +43,7 @@ class DevicePrefetch:
 
     def __next__(self) -> Any:
         if self.stream is None:
-            return next(self.batches).to(self.device, non_blocking=True)
+            return finish(next(self.batches).to(self.device, non_blocking=True))
         if not self.ready:
             self._issue()  # raises StopIteration at the end
         batch, copied = self.ready.popleft()
@@ -52,7 +59,7 @@ class DevicePrefetch:
         host = next(self.batches)
         assert self.stream is not None
         with torch.cuda.stream(self.stream):
-            moved = host.to(self.device, non_blocking=True)
+            moved = finish(host.to(self.device, non_blocking=True))
             copied = torch.cuda.Event()
             copied.record(self.stream)
         self.ready.append((moved, copied))

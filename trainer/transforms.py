@@ -41,8 +41,8 @@ def _to_normalised_float() -> list[Any]:
     ]
 
 
-def train_transform(aug: AugmentationConfig, image_size: int) -> v2.Compose:
-    """The training augmentation pipeline described in the module docstring."""
+def geometry(aug: AugmentationConfig, image_size: int) -> list[Any]:
+    """The geometric steps of training: to image, random resized crop, horizontal flip."""
     lo, hi = aug.crop_scale
     steps: list[Any] = [
         v2.ToImage(),
@@ -50,13 +50,27 @@ def train_transform(aug: AugmentationConfig, image_size: int) -> v2.Compose:
     ]
     if aug.horizontal_flip:
         steps.append(v2.RandomHorizontalFlip())
+    return steps
+
+
+def color_jitter(aug: AugmentationConfig) -> v2.ColorJitter | None:
+    """Colour jitter ``cj`` (brightness/contrast 0.4·cj, saturation 0.2·cj, hue 0.1·cj), or
+    None when ``cj`` is 0."""
     cj = aug.color_jitter
-    if cj > 0:
-        steps.append(
-            v2.ColorJitter(
-                brightness=0.4 * cj, contrast=0.4 * cj, saturation=0.2 * cj, hue=min(0.1 * cj, 0.5)
-            )
-        )
+    if cj <= 0:
+        return None
+    return v2.ColorJitter(
+        brightness=0.4 * cj, contrast=0.4 * cj, saturation=0.2 * cj, hue=min(0.1 * cj, 0.5)
+    )
+
+
+def train_transform(aug: AugmentationConfig, image_size: int) -> v2.Compose:
+    """The training augmentation pipeline described in the module docstring (all on the host;
+    ``trainer.photometric`` splits it with the device)."""
+    steps = geometry(aug, image_size)
+    jitter = color_jitter(aug)
+    if jitter is not None:
+        steps.append(jitter)
     if aug.strategy == "deit3":
         d = aug.deit3
         if d.auto_augment:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from trainer.device import cpu_native_bf16
+
 ROOT = Path(__file__).resolve().parents[2]
 
 TINY = """
@@ -91,7 +93,8 @@ def test_bench_prints_one_json_object(tmp_path: Path):
     assert len(lines) == 1
     out = json.loads(lines[0])
     assert set(out) >= KEYS
-    assert out["device"] == "cpu" and out["precision"] == "fp32"
+    assert out["device"] == "cpu"
+    assert out["precision"] == ("bf16" if cpu_native_bf16() else "fp32")  # the worker's choice
     assert (out["micro_batch"], out["accum_steps"], out["image_size"], out["steps"]) == (
         6,
         2,
@@ -121,6 +124,7 @@ def test_bench_real_data_and_peak_override(tmp_path: Path):
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["data"] == "real" and out["peak_source"] == "--peak-tflops"
+    assert out["photometric"] == "host"  # auto on a CPU
     assert out["mfu"] == pytest.approx(out["achieved_tflops"] / 0.5, rel=0.02)
     # the 4x4 grid's static token counts, the same in every batch
     assert out["target_tokens"] == 3 and out["context_tokens"] >= 4
@@ -167,3 +171,30 @@ def test_bench_scaling_times_one_and_two_processes(tmp_path: Path):
     assert res["nproc"] == 2 and res["many"]["world_size"] == 2 and res["micro_batch"] == 4
     assert res["one"]["img_per_s"] > 0 and res["many"]["img_per_s"] > 0
     assert res["efficiency"] == pytest.approx(res["speedup"] / 2, abs=1e-3)
+
+
+@pytest.mark.slow
+def test_loader_bench_measures_both_places_for_colour(tmp_path: Path):
+    """bench/loader.py: the pipeline alone, colour on the host and on the device, on CIFAR
+    files in the real format (written by bench/fake_cifar.py)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
+    args = ["--device", "cpu", "--batch", "8", "--batches", "2", "--workers", "0", "2"]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "loader.py"), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+    assert [(r["where"], r["workers"]) for r in rows] == [
+        ("host", 0),
+        ("host", 2),
+        ("device", 0),
+        ("device", 2),
+    ]
+    for r in rows:
+        assert r["images"] == 16 and r["img_per_s"] > 0 and r["worker_ms_per_img"] > 0
+        assert r["image_size"] == 224 and r["device"] == "cpu"

@@ -67,9 +67,16 @@ def test_completed_run_honours_the_event_contract(tmp_path):
     assert (tmp_path / "checkpoints" / "best.pt").exists()
 
 
-def test_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize(
+    "where",
+    ["host", "device"],
+    ids=["colour-on-host", "colour-on-device"],  # trainer/photometric.py
+)
+def test_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path, where):
     full, cut = tmp_path / "full", tmp_path / "cut"
-    sets = ["training.epochs=3"]
+    sets = ["training.epochs=3", f"data.transforms.photometric={where}"]  # demo: upstream spelling
+    if where == "device":  # jitter drawn on the host, applied by the prefetcher, 2 workers
+        sets += ["data.transforms.color_jitter=1.0", "data.num_workers=2"]
     assert run_worker(full, sets).returncode == EXIT_OK
     proc = start_worker(cut, [*sets, "faults.step_delay_s=0.3"])
     assert wait_for(lambda: any(e["step"] >= 21 for e in events(cut, "step")), 180)
@@ -89,6 +96,7 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path):
     for step, loss in ref.items():
         assert got[step] == pytest.approx(loss, abs=1e-5), step
     assert events(full, "eval")[-1]["knn"] == events(cut, "eval")[-1]["knn"]
+    assert events(full, "started")[0]["features"]["photometric"] == where
 
 
 def test_corrupt_newest_checkpoint_is_skipped_loudly(tmp_path):

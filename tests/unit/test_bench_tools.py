@@ -91,3 +91,15 @@ def test_gpu_table_ratios_against_the_best_reference_and_shows_errors():
     assert "| reference naive | 1,000 | 0.50 |" in md
     assert "| ours compiled | – | – | – | – | – | – | timed out after 240 s |" in lines
     assert lines[-1].endswith("| exit 2: bad / data: x |"), "one line per row"
+
+
+def test_cpu_bf16_peak_counts_the_bf16_instructions(monkeypatch):
+    """MFU of a bf16 CPU step is taken against the bf16 rate the CPU has, not the fp32 one."""
+    for flags, ratio in (({"avx512f"}, 1.0), ({"avx512f", "avx512_bf16"}, 2.0)):
+        monkeypatch.setattr(peaks, "_cpu_flags_and_mhz", lambda f=flags: (f, 2000.0))
+        fp32 = peaks.cpu_peak_tflops("fp32")[0]
+        value, why = peaks.cpu_peak_tflops("bf16")
+        assert value == pytest.approx(ratio * fp32)
+        assert ("bf16" in why) == (ratio == 2.0)
+    monkeypatch.setattr(peaks, "_cpu_flags_and_mhz", lambda: ({"avx512f", "amx_bf16"}, 2000.0))
+    assert "AMX" in peaks.cpu_peak_tflops("bf16")[1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import trainer.device as device_mod
 from trainer.config import ConfigError
 from trainer.device import (
     autocast,
@@ -50,14 +51,34 @@ def test_unknown_device_is_a_config_error():
         select_device("tpu9")
 
 
-def test_cpu_precision_is_fp32_even_with_amp_requested():
-    for use_amp in (True, False):
-        p = select_precision(CPU, use_amp)
-        assert (p.name, p.dtype, p.needs_scaler) == ("fp32", None, False)
-    with autocast(CPU, select_precision(CPU, True)):
-        out = torch.ones(4, 4) @ torch.ones(4, 4)
-    assert out.dtype == torch.float32
-    assert not grad_scaler(CPU, select_precision(CPU, True)).is_enabled()
+def test_cpu_precision_is_bf16_only_with_bf16_instructions(monkeypatch):
+    """auto on a CPU: bf16 autocast where the CPU has bf16 dot products, fp32 elsewhere; no
+    scaler either way; use_amp: false is fp32 on any CPU."""
+    for native, name in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(device_mod, "cpu_native_bf16", lambda n=native: n)
+        p = select_precision(CPU, True)
+        assert p.name == name and not p.needs_scaler
+        assert select_precision(CPU, False).name == "fp32"
+        with autocast(CPU, p):
+            out = torch.ones(4, 4) @ torch.ones(4, 4)
+        assert out.dtype == (torch.bfloat16 if native else torch.float32)
+        assert not grad_scaler(CPU, p).is_enabled()
+
+
+def test_native_bf16_probe_reads_torchs_cpu_capabilities(monkeypatch):
+    """The probe is torch's own: AVX512-BF16 or AMX tiles; a missing or failing probe is 'no'."""
+    cpu = torch.cpu
+    for avx, amx, want in ((True, False, True), (False, True, True), (False, False, False)):
+        monkeypatch.setattr(cpu, "_is_avx512_bf16_supported", lambda v=avx: v, raising=False)
+        monkeypatch.setattr(cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
+        assert device_mod.cpu_native_bf16() is want
+
+    def broken() -> bool:
+        raise RuntimeError("cpuinfo failed")
+
+    monkeypatch.setattr(cpu, "_is_avx512_bf16_supported", broken, raising=False)
+    monkeypatch.delattr(cpu, "_is_amx_tile_supported", raising=False)
+    assert device_mod.cpu_native_bf16() is False
 
 
 @pytest.mark.gpu

@@ -13,7 +13,7 @@ from torch.utils import _foreach_utils as fu
 from tests.unit.test_model_switches import cfg_of, make_batch
 from trainer import checkpoints as ck
 from trainer.config import ConfigError
-from trainer.device import FP16, FP32, kernels_for, select_precision
+from trainer.device import BF16, FP16, FP32, kernels_for, select_precision
 from trainer.model import build_model
 from trainer.resume import load_model_state, load_optimizer_state, optimizer_param_names
 from trainer.step import TrainStep
@@ -79,7 +79,9 @@ def test_no_foreach_or_fused_flag_is_hard_coded_outside_device_py():
 # -- precision ---------------------------------------------------------------------------------
 def test_forced_precision_and_use_amp():
     assert select_precision(CPU, True, "fp16") is FP16
-    assert select_precision(CPU, True, "auto") is FP32  # auto = the device's choice
+    # auto = the device's choice (bf16 on a CPU with bf16 instructions, else fp32)
+    assert select_precision(CPU, True, "auto") in (FP32, BF16)
+    assert select_precision(CPU, True, "fp32") is FP32
     assert select_precision(CPU, False, "auto") is FP32
     assert select_precision(CPU, True, "bf16").dtype == torch.bfloat16
     with pytest.raises(ConfigError, match="use_amp: false contradicts"):

@@ -412,3 +412,42 @@ def test_feature_status_reports_every_switch():
     assert status["gradient_checkpointing"] == "on" and status["vicreg"] == "off"
     assert status["layerscale"] == "off" and status["fpn"] == "off"
     assert status["contrastive"] == "off" and status["hierarchy"].startswith("3 levels")
+
+
+@pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "explicit"])
+@pytest.mark.parametrize("depth", [1, 3])
+def test_predictor_last_block_computes_only_the_mask_tokens_exactly(sdpa, depth):
+    """The last predictor block skips the context rows nobody reads: predictions and every
+    gradient equal those of running every row through every block and keeping the targets."""
+    cfg = cfg_of(model={"use_flash_attention": sdpa, "predictor": {"depth": depth, "num_heads": 3}})
+    pred = build_model(cfg).predictor
+    g = torch.Generator().manual_seed(1)
+    b, nc = 3, 7
+    ctx = torch.randn(b, nc, 48, generator=g)
+    ctx_idx = torch.stack([torch.randperm(16, generator=g)[:nc] for _ in range(b)])
+    tgt_idx = torch.randint(0, 16, (b, 2, 5), generator=g)
+    with torch.no_grad():  # sharpen attention so a wrong key set would show
+        for blk in pred.blocks:
+            blk.attn.qkv.weight.mul_(20.0)
+
+    def full_rows() -> torch.Tensor:
+        pos = pred.pos_embed.expand(b, -1, -1)
+        x = (pred.embed(ctx) + vit.gather_tokens(pos, ctx_idx)).repeat_interleave(2, dim=0)
+        tgt_pos = vit.gather_tokens(pos, tgt_idx.reshape(b, 10)).reshape(b * 2, 5, -1)
+        x = torch.cat([x, pred.mask_token + tgt_pos], dim=1)
+        for blk in pred.blocks:
+            x = blk(x)  # every row, every block
+        return pred.heads[0](pred.norm(x[:, nc:])).reshape(b, 2, 5, -1)
+
+    def grads(fn: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        pred.zero_grad(set_to_none=True)
+        out = fn()
+        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in pred.named_parameters()}
+
+    got, got_g = grads(lambda: pred(ctx, ctx_idx, tgt_idx)[0])
+    want, want_g = grads(full_rows)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert got_g.keys() == want_g.keys()
+    for name in want_g:
+        torch.testing.assert_close(got_g[name], want_g[name], rtol=1e-4, atol=1e-5, msg=name)
