@@ -33,7 +33,6 @@ from trainer.config import load_config  # noqa: E402
 from trainer.data import TrainLoader, build_train_data  # noqa: E402
 from trainer.device import select_device, synchronize  # noqa: E402
 from trainer.masks import MaskCollator  # noqa: E402
-from trainer.photometric import photometric_on_device  # noqa: E402
 from trainer.prefetch import DevicePrefetch  # noqa: E402
 
 CONFIG = ROOT / "configs" / "overnight_training_conservative.yaml"
@@ -84,7 +83,7 @@ def measure(a: argparse.Namespace, root: Path, where: str, workers: int) -> dict
     synchronize(device)
     seconds = time.perf_counter() - t0
     return {
-        "where": "device" if photometric_on_device(cfg, device) else "host",
+        "where": train.photometric,
         "device": str(device),
         "workers": workers,
         "image_size": cfg.data.image_size,

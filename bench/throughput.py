@@ -72,7 +72,6 @@ from trainer.device import (
 )
 from trainer.masks import MaskCollator
 from trainer.model import build_model, compile_model
-from trainer.photometric import photometric_on_device
 from trainer.prefetch import DevicePrefetch
 from trainer.step import TrainStep
 
@@ -137,10 +136,13 @@ def synthetic_steps(cfg: Any, device: torch.device, micro: int, accum: int) -> l
     return steps
 
 
-def real_steps(cfg: Any, device: torch.device, accum: int) -> Callable[[int], list[Any]]:
-    """``next_step(i)``: the next ``accum`` micro-batches from the worker's own DataLoader
-    (one per run, workers persisting, epochs following each other as in training), arriving on
-    ``device`` through the worker's prefetcher (side-stream copy on CUDA)."""
+def real_steps(
+    cfg: Any, device: torch.device, accum: int
+) -> tuple[Callable[[int], list[Any]], str]:
+    """(``next_step(i)``, where colour augmentation runs): ``next_step(i)`` gives the next
+    ``accum`` micro-batches from the worker's own DataLoader (one per run, workers persisting,
+    epochs following each other as in training), arriving on ``device`` through the worker's
+    prefetcher (side-stream copy on CUDA, the colour half on the device when it runs there)."""
     train = build_train_data(cfg, device=device)
     masks = MaskCollator(
         cfg.masking, cfg.data.image_size, cfg.model.patch_size, seed=cfg.experiment.seed
@@ -152,7 +154,7 @@ def real_steps(cfg: Any, device: torch.device, accum: int) -> Callable[[int], li
             yield from DevicePrefetch(iter(loader.epoch(epoch, 0)), device)
 
     it = batches()
-    return lambda _i: [next(it) for _ in range(accum)]
+    return (lambda _i: [next(it) for _ in range(accum)]), train.photometric
 
 
 def count_flops(step: TrainStep, batches: list[Any], lr: float, momentum: float) -> int:
@@ -201,8 +203,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model.train()
     train_step = TrainStep(model, cfg, device, precision)
     lr, momentum = cfg.training.lr, cfg.model.ema.momentum
+    photometric = "none"  # synthetic batches are built as float images
     if args.data == "real":
-        next_step = real_steps(cfg, device, accum)
+        next_step, photometric = real_steps(cfg, device, accum)
     else:
         pool = synthetic_steps(cfg, device, micro, accum)
         next_step = lambda i: pool[i % _POOL]  # noqa: E731
@@ -256,12 +259,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "precision": precision.name,
         "torch": torch.__version__,
         "data": args.data,
-        # where colour augmentation ran with real data (trainer.photometric); synthetic: none
-        "photometric": (
-            ("device" if photometric_on_device(cfg, device) else "host")
-            if args.data == "real"
-            else "none"
-        ),
+        "photometric": photometric,  # where colour augmentation ran (trainer.photometric)
         "compile": cfg.training.compile,
         "micro_batch": micro,
         "accum_steps": accum,

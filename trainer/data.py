@@ -62,7 +62,8 @@ class TrainData:
 
     ``sizes`` is in concatenation order (keys are dataset names; a repeated name gets ``#i``
     appended, ``i`` its index in ``data.datasets``). ``weights`` (same keys; missing = 1.0) and
-    ``seed`` parameterise :meth:`sampler`.
+    ``seed`` parameterise :meth:`sampler`. ``photometric``: where the colour half of the
+    augmentation runs for these items, ``host`` or ``device`` (trainer.photometric).
     """
 
     dataset: Dataset
@@ -70,6 +71,7 @@ class TrainData:
     epoch_size: int
     weights: dict[str, float] = field(default_factory=dict)
     seed: int = 0
+    photometric: str = "host"
 
     def sampler(self, epoch: int, start: int = 0) -> Sampler[int]:
         """The epoch's order: deterministic from (seed, epoch); dataset i contributes
@@ -122,6 +124,7 @@ def build_train_data(
         epoch_size=cfg.data.epoch_size or sum(sizes.values()),
         weights={k: s.weight for k, s in zip(keys, specs, strict=True)},
         seed=cfg.experiment.seed,
+        photometric="device" if on_device else "host",
     )
 
 

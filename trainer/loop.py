@@ -73,7 +73,6 @@ from trainer.faults import FaultInjection, set_injected_feature
 from trainer.masks import MaskCollator
 from trainer.model import build_model, compile_model
 from trainer.modes import OtherModes
-from trainer.photometric import photometric_on_device
 from trainer.prefetch import DevicePrefetch
 from trainer.schedules import make_schedule, should_eval, should_save
 from trainer.step import TrainStep
@@ -180,9 +179,7 @@ class Worker(TrainState, StepOutcomes, ControlPolling, FaultInjection, EvalPhase
                 params_trainable=n_train,
                 features={
                     **self.model.feature_status(),
-                    "photometric": "device"
-                    if photometric_on_device(self.cfg, self.device)
-                    else "host",
+                    "photometric": self.train_data.photometric,
                 },
                 micro_batch=self.micro,
                 accum_steps=self.accum,

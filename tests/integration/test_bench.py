@@ -58,10 +58,12 @@ KEYS = {
 }
 
 
-def run_bench(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def run_bench(
+    *args: str, script: str = "throughput.py", **env_extra: str
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **env_extra}
     return subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "throughput.py"), *args],
+        [sys.executable, str(ROOT / "bench" / script), *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -177,16 +179,8 @@ def test_bench_scaling_times_one_and_two_processes(tmp_path: Path):
 def test_loader_bench_measures_both_places_for_colour(tmp_path: Path):
     """bench/loader.py: the pipeline alone, colour on the host and on the device, on CIFAR
     files in the real format (written by bench/fake_cifar.py)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
     args = ["--device", "cpu", "--batch", "8", "--batches", "2", "--workers", "0", "2"]
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "loader.py"), *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_bench(*args, script="loader.py", TMPDIR=str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in proc.stdout.strip().splitlines()]
     assert [(r["where"], r["workers"]) for r in rows] == [
