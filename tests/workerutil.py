@@ -29,7 +29,7 @@ TINY = [
     "evaluation.max_train_samples=128",
     "evaluation.max_test_samples=128",
     "evaluation.rank_samples=128",
-    "evaluation.linear_probe.epochs=5",
+    "evaluation.linear_probe.max_iter=50",
     "logging.log_frequency=1",
     "logging.heartbeat_s=0.5",
 ]

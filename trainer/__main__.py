@@ -12,7 +12,8 @@ missing, 14 crash, 15 no usable checkpoint (or one lacking weights of a module s
 
 ``--eval-only`` evaluates the ``--resume`` checkpoint (an ``eval`` event) and exits.
 ``--probe N`` times N optimizer steps after warm-up and prints one JSON line
-({ms_per_step, steps_per_epoch, epoch_seconds, img_per_s, ...}); nothing is saved.
+({ms_per_step, steps_per_epoch, epoch_seconds, img_per_s, linear_probe_bound_s, ...});
+nothing is saved.
 Under the launcher (``python -m trainer.launch``, or torchrun: ``RANK``/``WORLD_SIZE`` in the
 environment) every rank runs this same command; the writer (rank 0 on one node) writes the
 events, the resolved config and the probe's JSON, other ranks write only a ``fatal`` event if

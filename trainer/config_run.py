@@ -8,7 +8,7 @@ accept only their "off" value.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -85,10 +85,18 @@ class KNNConfig(Strict):
 
 
 class LinearProbeConfig(Strict):
+    """Logistic regression on frozen features, fitted to convergence (trainer/probe.py)."""
+
     enabled: bool = True
-    epochs: int = Field(50, ge=1)
-    lr: float = 1e-2
-    weight_decay: float = 1e-4
+    l2_grid: list[Annotated[float, Field(gt=0.0)]] = Field(
+        default_factory=lambda: [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1],
+        min_length=1,
+        description="L2 strengths tried; the best on the held-out part of the training split wins.",
+    )
+    val_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="Part of the training features held out to choose L2."
+    )
+    max_iter: int = Field(500, ge=1, description="L-BFGS iterations per fit, at most.")
 
 
 class EvaluationConfig(Strict):

@@ -309,6 +309,22 @@ def location(spec: DatasetSpec, split: str = "ssl") -> Path | None:
     return _folder_root(spec, split)
 
 
+def num_classes(spec: DatasetSpec, data: DataConfig) -> int:
+    """How many classes ``spec``'s labelled splits have, without opening them (10 for a folder
+    that is not there yet, so planning works before the data is in place)."""
+    if spec.name in ("cifar10", "stl10"):
+        return 10
+    if spec.name == "synthetic":
+        return data.synthetic.num_classes
+    if spec.name == "imagenet100":
+        list_file = class_list_path(data)
+        return len(read_class_list(list_file)) if list_file.is_file() else 100
+    root = _folder_root(spec, "eval_train")
+    if not root.is_dir():
+        return 10
+    return max(1, sum(1 for e in os.scandir(root) if e.is_dir()))
+
+
 def _download(name: str, path: str, fetch: Any) -> None:
     try:
         fetch()

@@ -9,8 +9,9 @@ CPU tensors:
 
 - kNN (DINO style): cosine similarity, the k nearest training samples vote with weight
   exp(sim / T); top-1 accuracy for each k.
-- Linear probe: features standardised with training statistics, multinomial logistic
-  regression trained with AdamW on mini-batches, seeded (the same inputs give the same score).
+- Linear probe (trainer/probe.py): features standardised with training statistics,
+  multinomial logistic regression fitted to convergence with L-BFGS, its L2 strength chosen on
+  a held-out part of the training split; seeded (the same inputs give the same score).
 - ``feature_std``: mean over dimensions of the per-dimension std across samples. Unlike the
   std over all elements (≈ 1 after a final LayerNorm whatever happens), it goes to ~0 when
   the encoder collapses to one output.
@@ -25,7 +26,6 @@ between phases, so a supervisor never mistakes a long evaluation for a hang.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,6 +36,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from trainer import device as dev
+from trainer.probe import linear_probe
 
 Heartbeat = Callable[[], None]
 _SUBSET_SEED = 0  # fixed: the same samples are evaluated at every epoch of a run
@@ -150,63 +151,6 @@ def knn_accuracy(
     return {str(k): correct[k] / total for k in ks}
 
 
-def linear_probe(
-    train_f: Tensor,
-    train_y: Tensor,
-    test_f: Tensor,
-    test_y: Tensor,
-    *,
-    epochs: int,
-    lr: float,
-    weight_decay: float,
-    seed: int = 0,
-    batch_size: int | None = None,
-    heartbeat: Heartbeat | None = None,
-) -> float:
-    """Top-1 test accuracy of a logistic-regression probe on frozen features (CPU, seeded).
-
-    Standardises with training mean/std, trains a zero-initialised linear layer with AdamW
-    (cosine-decayed LR, mini-batches in a seeded order) for ``epochs``. The default batch,
-    ceil(N / 16) clamped to [16, 256], gives small eval sets (demo: ~1K samples) at least 16
-    steps per epoch, so the same ``epochs``/``lr`` converge there as on 10K samples.
-    """
-    train_f = train_f.detach().float().cpu()
-    test_f = test_f.detach().float().cpu()
-    train_y = train_y.long().cpu()
-    mean = train_f.mean(dim=0, keepdim=True)
-    std = train_f.std(dim=0, keepdim=True).clamp_min(1e-6) if len(train_f) > 1 else 1.0
-    x_train = (train_f - mean) / std
-    x_test = (test_f - mean) / std
-    num_classes = int(max(int(train_y.max()), int(test_y.max()))) + 1
-    probe = torch.nn.Linear(x_train.shape[1], num_classes)
-    torch.nn.init.zeros_(probe.weight)
-    torch.nn.init.zeros_(probe.bias)
-    opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)
-    gen = torch.Generator().manual_seed(seed)
-    n = x_train.shape[0]
-    if batch_size is None:
-        batch_size = min(256, max(16, math.ceil(n / 16)))
-    steps_per_epoch = math.ceil(n / batch_size)
-    total_steps = max(1, epochs * steps_per_epoch)
-    step = 0
-    with torch.enable_grad():
-        for _ in range(epochs):
-            order = torch.randperm(n, generator=gen)
-            for start in range(0, n, batch_size):
-                idx = order[start : start + batch_size]
-                for group in opt.param_groups:
-                    group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
-                loss = torch.nn.functional.cross_entropy(probe(x_train[idx]), train_y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-            _beat(heartbeat)
-    with torch.no_grad():
-        pred = probe(x_test).argmax(dim=1)
-    return float((pred == test_y.long().cpu()).float().mean())
-
-
 def feature_std(f: Tensor) -> float:
     """Mean over dimensions of the per-dimension std across samples (collapse → ~0)."""
     if f.shape[0] < 2:
@@ -289,9 +233,9 @@ def evaluate(
                 train_y,
                 test_f,
                 test_y,
-                epochs=lp.epochs,
-                lr=lp.lr,
-                weight_decay=lp.weight_decay,
+                l2_grid=lp.l2_grid,
+                val_fraction=lp.val_fraction,
+                max_iter=lp.max_iter,
                 seed=cfg.experiment.seed,
                 heartbeat=heartbeat,
             )

@@ -1,6 +1,7 @@
 """The worker's other modes: ``--eval-only`` (evaluate a checkpoint) and ``--probe N`` (time N
-optimizer steps). Part of :class:`trainer.loop.Worker` (a base class of it); both use its
-``setup``, and with several ranks every rank takes part (rank 0 evaluates and reports).
+optimizer steps, and bound the linear probe's cost on this CPU). Part of
+:class:`trainer.loop.Worker` (a base class of it); both use its ``setup``, and with several
+ranks every rank takes part (rank 0 evaluates and reports).
 """
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ import time
 from typing import Any
 
 from trainer import checkpoints as ckpt
+from trainer.datasets import num_classes
 from trainer.events import EXIT_OK, Finished
 from trainer.prefetch import DevicePrefetch
+from trainer.probe import cost_bound_s
 
 
 class OtherModes:
@@ -19,6 +22,7 @@ class OtherModes:
     setup: Any
     resume: Any
     started: Any
+    cfg: Any
 
     def eval_only(self) -> int:
         self.setup()
@@ -70,4 +74,20 @@ class OtherModes:
             "accum_steps": self.accum,
             "world_size": self.dist.world,
             "memory": self.mem(),
+            "linear_probe_bound_s": self.probe_bound_s(),
         }
+
+    def probe_bound_s(self) -> float:
+        """The most one evaluation's linear probe can take here (0 when it is off), for
+        preflight's eval reserve: the probe set's size, the feature width, the classes."""
+        ev = self.cfg.evaluation
+        if not ev.linear_probe.enabled:
+            return 0.0
+        spec = self.cfg.data.datasets[ev.dataset_index]
+        return cost_bound_s(
+            ev.max_train_samples,
+            self.cfg.model.embed_dim,
+            num_classes(spec, self.cfg.data),
+            len(ev.linear_probe.l2_grid),
+            ev.linear_probe.max_iter,
+        )

@@ -183,7 +183,7 @@ def plan_night(
     eval_s = estimate_eval_s(
         float(probe["img_per_s"]),
         ev.max_train_samples + ev.max_test_samples,
-        ev.linear_probe.epochs,
+        float(probe.get("linear_probe_bound_s", 0.0)),
     )
     ckpt_s = estimate_checkpoint_s(checkpoint_bytes(cfg))
     epochs = fit_epochs(

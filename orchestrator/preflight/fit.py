@@ -166,13 +166,13 @@ def night_seconds(
     return epochs * (epoch_s + checkpoint_s) + evals * eval_s + final_eval_s
 
 
-def estimate_eval_s(img_per_s: float, eval_images: int, probe_epochs: int) -> float:
-    """Rough eval cost: forward passes over the eval images (a forward costs about a third of a
-    training step per image) plus the linear probe's epochs over the features (cheap)."""
+def estimate_eval_s(img_per_s: float, eval_images: int, probe_s: float) -> float:
+    """Eval cost: forward passes over the eval images (a forward costs about a third of a
+    training step per image) plus the linear probe's fits (``probe_s``: trainer.probe's
+    bound for this machine and size)."""
     if img_per_s <= 0:
         return 0.0
-    forward = eval_images / (3.0 * img_per_s)
-    return forward * (1.0 + 0.02 * probe_epochs)
+    return eval_images / (3.0 * img_per_s) + max(0.0, probe_s)
 
 
 def estimate_checkpoint_s(nbytes: int, write_bytes_per_s: float = 200e6) -> float:

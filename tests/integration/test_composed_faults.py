@@ -34,7 +34,7 @@ OVERRIDES: dict[str, Any] = {
     "evaluation.max_train_samples": 128,
     "evaluation.max_test_samples": 128,
     "evaluation.rank_samples": 128,
-    "evaluation.linear_probe.epochs": 5,
+    "evaluation.linear_probe.max_iter": 50,
     "evaluation.eval_frequency": 50,
     "model.depth": 2,
     "model.predictor.depth": 1,

@@ -18,7 +18,7 @@ from tests.helpers.fake_datasets import (
 )
 from trainer.config import Config
 from trainer.data import DataMissingError, build_eval_data, build_train_data, describe
-from trainer.datasets import STL10Binary
+from trainer.datasets import STL10Binary, num_classes
 
 CLASS_LIST = Path(__file__).resolve().parents[2] / "configs" / "imagenet100_classes.txt"
 
@@ -122,6 +122,24 @@ def test_imagefolder_tree(tmp_path):
     assert train.sizes == {"imagefolder": 6}
     _, ev_test = build_eval_data(cfg)
     assert sorted(labels_of(ev_test)) == [0, 0, 0, 1, 1, 1]
+
+
+def test_class_counts_for_planning_without_opening_the_data(tmp_path):
+    """Preflight sizes the linear probe by the eval set's classes before any image is read."""
+    lst = tmp_path / "classes.txt"
+    lst.write_text("# three\nn01\nn02\nn03\n")
+    root = write_imagefolder(tmp_path / "f", ["cats", "dogs"], n_per_class=1, size=16)
+    cases = [
+        ([{"name": "imagefolder", "path": str(root)}], {}, 2),
+        ([{"name": "imagefolder", "path": str(tmp_path / "not-yet")}], {}, 10),
+        ([{"name": "imagenet100", "path": str(tmp_path)}], {"imagenet_class_list": str(lst)}, 3),
+        ([{"name": "imagenet100", "path": str(tmp_path)}], {}, 100),  # the shipped list
+        ([{"name": "cifar10", "path": str(tmp_path)}], {}, 10),
+        ([{"name": "synthetic"}], {"synthetic": {"num_classes": 7}}, 7),
+    ]
+    for datasets, data, expected in cases:
+        cfg = make_cfg(datasets, **data)
+        assert num_classes(cfg.data.datasets[0], cfg.data) == expected, datasets
 
 
 def test_weighted_multi_dataset_epoch(tmp_path):

@@ -265,7 +265,7 @@ TINY = {
     "evaluation.max_train_samples": 128,
     "evaluation.max_test_samples": 128,
     "evaluation.rank_samples": 128,
-    "evaluation.linear_probe.epochs": 5,
+    "evaluation.linear_probe.max_iter": 50,
     "evaluation.eval_frequency": 2,
     "model.depth": 2,
     "model.predictor.depth": 1,

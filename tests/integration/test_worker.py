@@ -226,6 +226,10 @@ def test_probe_prints_timing(tmp_path):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["ms_per_step"] > 0 and out["steps_per_epoch"] == 16
+    assert out["linear_probe_bound_s"] > 0  # preflight reserves it in every evaluation
+    r = run_worker(tmp_path / "off", ["evaluation.linear_probe.enabled=false"], "--probe", "1")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["linear_probe_bound_s"] == 0.0
 
 
 def test_sigint_checkpoints_too(tmp_path):

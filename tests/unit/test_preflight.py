@@ -17,6 +17,7 @@ from orchestrator.preflight.fit import (
     BatchTrial,
     apply_overrides,
     choose_micro,
+    estimate_eval_s,
     fit_epochs,
     micro_candidates,
     night_seconds,
@@ -161,3 +162,10 @@ def test_a_recipe_that_fits_only_smaller_without_checkpointing_takes_the_faster_
     assert ("model.use_gradient_checkpointing" in fit.overrides()) is (not checkpointing)
     assert any("model.use_gradient_checkpointing=false" not in e for e in seen)  # both probed
     assert fit.trials_checkpointed  # the other probes are kept for the table
+
+
+def test_eval_reserve_adds_the_linear_probe_bound() -> None:
+    """Forward passes over the eval images at a third of the step's cost per image, plus the
+    worker's bound for the probe (``linear_probe_bound_s`` of ``--probe``)."""
+    assert estimate_eval_s(100.0, 2048, 0.0) == pytest.approx(2048 / 300.0)
+    assert estimate_eval_s(100.0, 2048, 4.5) == pytest.approx(2048 / 300.0 + 4.5)
