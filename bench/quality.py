@@ -4,8 +4,9 @@ More options: [--epochs N] [--epoch-size N] [--eval-every N] [--run-dir DIR] [--
 
 Does the recipe learn? Trains the real worker (``python -m trainer``, a subprocess) and prints,
 for kNN@20, kNN@1 and the linear probe, the random encoder (epoch 0) → the best evaluation →
-the final one, with the gains over the random encoder, the wall and CPU time, and whether the
-final score fell back more than 2 points below the best (a recipe that peaks mid-run).
+the final one, with the gains over the random encoder, the L2 the probe chose at each
+evaluation, the wall and CPU time, and whether the final score fell back more than 2 points
+below the best (a recipe that peaks mid-run).
 
 ``--data DIR`` trains and evaluates on an ImageFolder (``DIR/train/<class>/``,
 ``DIR/val/<class>/``; e.g. ``python -m trainer.image_sets digits DIR``) instead of the config's
@@ -67,6 +68,9 @@ def summarise(evals: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "fell_back": 100 * (best - final) > FALL_BACK_POINTS,
             "series": [round(v, 4) for _, v in series],
         }
+    l2 = [e.get("linear_probe_l2") for e in evals if e.get("linear_probe") is not None]
+    if "probe" in out and all(v is not None for v in l2):
+        out["probe"]["l2_series"] = l2  # the L2 the probe chose at each evaluation
     return out
 
 
@@ -126,6 +130,8 @@ def render(result: dict[str, Any]) -> str:
             f"   gain {m['gain_final_pts']:+.1f} pts" + ("   FELL BACK" if m["fell_back"] else "")
         )
         lines.append(f"          per eval: {' '.join(f'{100 * v:.1f}' for v in m['series'])}")
+        if m.get("l2_series"):
+            lines.append(f"          probe L2: {' '.join(f'{v:.0e}' for v in m['l2_series'])}")
     if result["returncode"]:
         lines.append(f"worker failed (exit {result['returncode']}):\n{result['stderr_tail']}")
     return "\n".join(lines)

@@ -49,6 +49,7 @@ class EvalPhase:
                 val_loss=res.val_loss,
                 seconds=res.seconds,
                 num_samples=res.num_samples,
+                linear_probe_l2=res.linear_probe_l2,
             )
         )
         if self.cfg.logging.log_images:

@@ -36,7 +36,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from trainer import device as dev
-from trainer.probe import linear_probe
+from trainer.probe import fit_probe
 
 Heartbeat = Callable[[], None]
 _SUBSET_SEED = 0  # fixed: the same samples are evaluated at every epoch of a run
@@ -52,6 +52,7 @@ class EvalResult:
     val_loss: float | None
     seconds: float
     num_samples: int  # held-out samples scored
+    linear_probe_l2: float | None = None  # the L2 the probe chose on the training split
 
     def as_event_fields(self) -> dict[str, Any]:
         """The fields of the ``eval`` event (trainer/events.py ``Eval``), minus ``epoch``."""
@@ -63,6 +64,7 @@ class EvalResult:
             "val_loss": self.val_loss,
             "seconds": self.seconds,
             "num_samples": self.num_samples,
+            "linear_probe_l2": self.linear_probe_l2,
         }
 
 
@@ -226,19 +228,19 @@ def evaluate(
             )
             _beat(heartbeat)
         probe: float | None = None
+        probe_l2: float | None = None
         if ev.linear_probe.enabled:
             lp = ev.linear_probe
-            probe = linear_probe(
+            fitted = fit_probe(
                 train_f,
                 train_y,
-                test_f,
-                test_y,
                 l2_grid=lp.l2_grid,
                 val_fraction=lp.val_fraction,
                 max_iter=lp.max_iter,
                 seed=cfg.experiment.seed,
                 heartbeat=heartbeat,
             )
+            probe, probe_l2 = fitted.accuracy(test_f, test_y), fitted.l2
         rank_f = torch.cat([test_f, train_f])[: ev.rank_samples]
         std = feature_std(rank_f)
         rank = effective_rank(rank_f)
@@ -254,4 +256,5 @@ def evaluate(
         val_loss=val_loss,
         seconds=time.monotonic() - t0,
         num_samples=int(test_f.shape[0]),
+        linear_probe_l2=probe_l2,
     )

@@ -32,7 +32,8 @@ sleep does not move it). Events from writers without ``mono`` fall back to ``ts`
 |             | overflow_steps (steps skipped for gradient overflow so far), loss_scale      |
 | epoch_end   | epoch, seconds, steps, mean_loss, total_epochs                               |
 | eval        | epoch, knn {"1","5","20"} in [0,1], linear_probe, feature_std,                |
-|             | effective_rank, val_loss, seconds, num_samples                               |
+|             | effective_rank, val_loss, seconds, num_samples, linear_probe_l2 (the L2 the   |
+|             | probe chose on the training split; at the grid's weak end: extend the grid)   |
 | checkpoint  | path, epoch, step, verified, seconds, reason (epoch|steps|time|stop|final),  |
 |             | problem? (why verification failed). verified: re-read after writing, sha256 |
 |             | matches the sidecar, loads with weights_only; false: older ones not pruned  |
@@ -196,6 +197,7 @@ class Eval(_Event):
     val_loss: float | None = None
     seconds: float = 0.0
     num_samples: int = 0
+    linear_probe_l2: float | None = None
 
 
 class Checkpoint(_Event):

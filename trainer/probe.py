@@ -3,7 +3,7 @@ chosen on the training split.
 
     acc = linear_probe(train_f, train_y, test_f, test_y, l2_grid=[1e-6, ..., 1e-1])
     probe = fit_probe(train_f, train_y, num_classes=10)     # never sees a test label
-    probe.l2, probe.predict(test_f)
+    probe.l2, probe.predict(test_f)   # the eval event reports l2 as linear_probe_l2
 
 The usual linear evaluation of self-supervised features (CLIP's and DINO's protocols):
 
@@ -170,12 +170,11 @@ def linear_probe(
     heartbeat: Heartbeat | None = None,
 ) -> float:
     """Top-1 test accuracy of :func:`fit_probe` fitted on the training features (CPU, seeded:
-    the same inputs give the same score)."""
-    classes = int(max(int(train_y.max()), int(test_y.max()))) + 1
+    the same inputs give the same score). A test class absent from training is never
+    predicted, so the classes are the training split's."""
     probe = fit_probe(
         train_f,
         train_y,
-        num_classes=classes,
         l2_grid=l2_grid,
         val_fraction=val_fraction,
         max_iter=max_iter,

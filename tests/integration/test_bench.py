@@ -1,4 +1,5 @@
-"""bench/throughput.py runs the real train step on a tiny config and prints one JSON object."""
+"""The benches run the real worker or step: throughput.py prints one JSON object on a tiny
+config; loader.py, scaling and quality.py (does a recipe learn?) print what they measure."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.workerutil import TINY as WORKER_TINY
 from trainer.device import cpu_native_bf16
+from trainer.image_sets import write_image_folder
+from trainer.probe import DEFAULT_L2_GRID
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -192,3 +196,23 @@ def test_loader_bench_measures_both_places_for_colour(tmp_path: Path):
     for r in rows:
         assert r["images"] == 16 and r["img_per_s"] > 0 and r["worker_ms_per_img"] > 0
         assert r["image_size"] == 224 and r["device"] == "cpu"
+
+
+@pytest.mark.slow
+def test_quality_bench_learns_on_real_scans_and_reports_the_probe_l2(tmp_path: Path):
+    """bench/quality.py on the digit scans (an ImageFolder written from scikit-learn's copy):
+    init → best → final for kNN and the probe, and the L2 the probe chose at each eval."""
+    write_image_folder(tmp_path / "digits")
+    sets = [a for s in WORKER_TINY for a in ("--set", s)]
+    proc = run_bench(
+        "--data", str(tmp_path / "digits"), "--epoch-size", "256", "--json", *sets,
+        script="quality.py",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["epochs"] == 2 and out["steps"] == 32  # 256 samples / batch 16, two epochs
+    assert set(out["metrics"]) == {"knn@20", "knn@1", "probe"}
+    probe = out["metrics"]["probe"]
+    assert len(probe["series"]) == 3  # random encoder, epoch 1, epoch 2
+    assert probe["init"] > 0.2  # ten classes: a probe on real scans is far above chance
+    assert len(probe["l2_series"]) == 3 and set(probe["l2_series"]) <= set(DEFAULT_L2_GRID)
