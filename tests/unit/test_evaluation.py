@@ -19,13 +19,7 @@ from trainer.evaluation import (
     knn_accuracy,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def clusters(n: int, dim: int = 32, classes: int = 10, spread: float = 0.3, seed: int = 0):

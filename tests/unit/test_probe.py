@@ -10,13 +10,7 @@ from sklearn.linear_model import LogisticRegression
 from trainer.config import ConfigError, load_config
 from trainer.probe import DEFAULT_L2_GRID, cost_bound_s, fit_probe, linear_probe
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _gen(seed: int) -> torch.Generator:
