@@ -1,9 +1,9 @@
 """Linear probe on frozen features: logistic regression fitted to convergence, its L2 strength
 chosen on the training split.
 
-    acc = linear_probe(train_f, train_y, test_f, test_y, l2_grid=[1e-6, ..., 1e-1])
-    probe = fit_probe(train_f, train_y, num_classes=10)     # never sees a test label
-    probe.l2, probe.predict(test_f)   # the eval event reports l2 as linear_probe_l2
+    probe = fit_probe(train_f, train_y, l2_grid=[1e-6, ..., 1e-1])   # takes no test split
+    probe.accuracy(test_f, test_y)    # the eval event's linear_probe
+    probe.l2                          # ... and its linear_probe_l2
 
 The usual linear evaluation of self-supervised features (CLIP's and DINO's protocols):
 
@@ -145,43 +145,16 @@ def fit_probe(
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
         val_idx, fit_idx = order[:n_val], order[n_val:]
         mean, std = _standardiser(x[fit_idx])
-        x_fit, x_val = (x[fit_idx] - mean) / std, (x[val_idx] - mean) / std
+        x_fit = (x[fit_idx] - mean) / std
         start = None
         for l2 in grid:
             start = _fit(x_fit, y[fit_idx], classes, l2, max_iter, start, heartbeat)
-            pred = (x_val @ start[0] + start[1]).argmax(dim=1)
-            scores[l2] = float((pred == y[val_idx]).float().mean())
+            held_out = LinearProbe(mean, std, *start, l2=l2, val_accuracy={})
+            scores[l2] = held_out.accuracy(x[val_idx], y[val_idx])
         chosen = max(grid, key=lambda l2: (scores[l2], l2))
     mean, std = _standardiser(x)
     w, b = _fit((x - mean) / std, y, classes, chosen, max_iter, None, heartbeat)
     return LinearProbe(mean, std, w, b, chosen, scores)
-
-
-def linear_probe(
-    train_f: Tensor,
-    train_y: Tensor,
-    test_f: Tensor,
-    test_y: Tensor,
-    *,
-    l2_grid: Sequence[float] = DEFAULT_L2_GRID,
-    val_fraction: float = 0.2,
-    max_iter: int = 500,
-    seed: int = 0,
-    heartbeat: Heartbeat | None = None,
-) -> float:
-    """Top-1 test accuracy of :func:`fit_probe` fitted on the training features (CPU, seeded:
-    the same inputs give the same score). A test class absent from training is never
-    predicted, so the classes are the training split's."""
-    probe = fit_probe(
-        train_f,
-        train_y,
-        l2_grid=l2_grid,
-        val_fraction=val_fraction,
-        max_iter=max_iter,
-        seed=seed,
-        heartbeat=heartbeat,
-    )
-    return probe.accuracy(test_f, test_y)
 
 
 def cost_bound_s(

@@ -183,6 +183,22 @@ def test_evaluate_end_to_end_restores_mode_and_beats():
     assert fields["knn"] == result.knn and fields["num_samples"] == 200
 
 
+def test_the_probe_is_chosen_without_the_test_labels():
+    """evaluate() hands the test split to the probe only to score it: scrambling the test
+    labels changes the score, never the L2 chosen or the fit behind it."""
+    enc = ProjectionEncoder(192)
+    train, test = image_clusters(400, seed=1), image_clusters(200, seed=2)
+    x, y = test.tensors
+    scrambled = TensorDataset(x, (y + 1) % 5)
+    cpu = torch.device("cpu")
+    right = evaluate(enc, small_cfg(), (train, test), cpu)
+    wrong = evaluate(enc, small_cfg(), (train, scrambled), cpu)
+    assert right.linear_probe_l2 is not None and right.linear_probe_l2 == wrong.linear_probe_l2
+    assert right.as_event_fields()["linear_probe_l2"] == right.linear_probe_l2
+    assert right.linear_probe is not None and wrong.linear_probe is not None
+    assert right.linear_probe > 0.9 and wrong.linear_probe < 0.1  # same predictions, new labels
+
+
 def test_evaluate_with_probes_disabled_and_model_in_eval_mode():
     enc = ProjectionEncoder(192)
     enc.eval()
