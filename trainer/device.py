@@ -288,7 +288,9 @@ def memory_readings(device: torch.device) -> dict[str, int]:
 
     CUDA: allocated / reserved / peak (max allocated since the last reset); MPS: allocated
     (live tensors) / driver (everything Metal holds, incl. cached pools: a growing gap is the
-    usual sign of an MPS leak); CPU: the process RSS as "allocated".
+    usual sign of an MPS leak); CPU: the process RSS as "allocated". CUDA and MPS add "total",
+    the device's own capacity (not a reading: :func:`device_total_memory`), which the
+    orchestrator's device ceiling is a fraction of.
     """
     try:
         if device.type == "cuda":
@@ -296,17 +298,54 @@ def memory_readings(device: torch.device) -> dict[str, int]:
                 "allocated": int(torch.cuda.memory_allocated(device)),
                 "reserved": int(torch.cuda.memory_reserved(device)),
                 "peak": int(torch.cuda.max_memory_allocated(device)),
+                **_total(device),
             }
         if device.type == "mps":
             return {
                 "allocated": int(torch.mps.current_allocated_memory()),
                 "driver": int(torch.mps.driver_allocated_memory()),
+                **_total(device),
             }
         import psutil
 
         return {"allocated": int(psutil.Process().memory_info().rss)}
     except Exception:
         return {}
+
+
+def device_total_memory(device: torch.device) -> int | None:
+    """The device's own memory in bytes (None on a CPU, or unreadable). No sync.
+
+    CUDA: the card's ``total_memory``. MPS (unified memory): ``recommendedMaxWorkingSetSize``
+    (``torch.mps.recommended_max_memory``), the most Metal lets this process keep resident —
+    about two thirds to three quarters of the RAM; with the supervisor's
+    ``PYTORCH_MPS_HIGH_WATERMARK_RATIO=1.0`` it is also where MPS raises OOM. The host RAM
+    stands in on a torch without that call. The rest of the RAM is the host ceiling's."""
+    try:
+        if device.type == "cuda":
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            return int(torch.cuda.get_device_properties(index).total_memory)
+        if device.type == "mps":
+            recommended = getattr(torch.mps, "recommended_max_memory", None)
+            if recommended is not None:
+                return int(recommended())
+            import psutil
+
+            return int(psutil.virtual_memory().total)
+    except Exception:
+        return None
+    return None
+
+
+_TOTALS: dict[str, int | None] = {}
+
+
+def _total(device: torch.device) -> dict[str, int]:
+    key = str(device)
+    if key not in _TOTALS:
+        _TOTALS[key] = device_total_memory(device)
+    total = _TOTALS[key]
+    return {"total": total} if total else {}
 
 
 def reset_peak_memory(device: torch.device) -> None:

@@ -55,7 +55,9 @@ shows only in the next one's ``overflow_steps``.
 
 ``device_mem`` is {"allocated": bytes, "reserved": bytes, "driver": bytes} with the readings
 the device offers (CUDA: allocated/reserved; MPS: allocated/driver; CPU: process RSS as
-"allocated").
+"allocated"), plus "total" on CUDA and MPS: the device's own memory (CUDA total_memory, MPS
+recommendedMaxWorkingSetSize), a capacity rather than a reading — the orchestrator's device
+ceiling is a fraction of it.
 """
 
 from __future__ import annotations

@@ -31,8 +31,9 @@ Facts, and what they mean:
   the "lost a peer" crashes of the others) / ``finished`` of the newest attempt (a ``started``
   clears them); ``fatals`` of every attempt.
 - memory: ``device_mem`` (the newest reading, a dict), ``device_mem_now`` (its largest value),
-  ``device_mem_peak``, ``device_series``; supervisor samples (``samples``, ``sample_peaks``,
-  ``swap_first``).
+  ``device_mem_peak``, ``device_total`` (the device's own memory), ``device_series``;
+  supervisor samples (``samples``, ``sample_peaks`` — ``gpu_whole_card`` 1 when a GPU reading
+  was the whole card's — ``swap_first``).
 
 ``history`` bounds the series kept (steps, samples, checkpoints, device readings): the status
 screen keeps the recent past; the report, the supervisor and the night runner keep everything.
@@ -62,9 +63,16 @@ def num(value: Any) -> float | None:
 
 
 def mem_value(device_mem: dict[str, Any] | None) -> int | None:
-    """The largest reading of a ``device_mem`` dict (reserved/driver/allocated), or None."""
-    vals = [v for v in (device_mem or {}).values() if num(v) is not None]
+    """The largest reading of a ``device_mem`` dict (reserved/driver/allocated), or None;
+    ``total`` is the device's capacity, not a reading (:func:`mem_total`)."""
+    vals = [v for k, v in (device_mem or {}).items() if k != "total" and num(v) is not None]
     return int(max(vals)) if vals else None
+
+
+def mem_total(device_mem: dict[str, Any] | None) -> int | None:
+    """The device's own total memory a ``device_mem`` dict reports (CUDA, MPS), or None."""
+    total = num((device_mem or {}).get("total"))
+    return int(total) if total else None
 
 
 def metrics_of(ev: dict[str, Any]) -> Metrics:
@@ -122,6 +130,7 @@ class RunView:
     device_mem: dict[str, int] = field(default_factory=dict)
     device_mem_now: int | None = None
     device_mem_peak: int | None = None
+    device_total: int | None = None  # the device's own memory, as the worker reports it
     device_series: tuple[tuple[float, int], ...] = ()  # (ts, largest device_mem reading)
     samples: tuple[dict[str, Any], ...] = ()
     sample_peaks: dict[str, int] = field(default_factory=dict)
@@ -260,6 +269,7 @@ class RunFold:
             return
         v = self._v
         v["device_mem"] = dict(mem)
+        v["device_total"] = mem_total(mem) or v.get("device_total")
         peak = mem_value(mem)
         if peak is None:
             return
@@ -272,9 +282,11 @@ class RunFold:
         peaks = self._v["sample_peaks"]
         for s in samples:
             self._samples.append(s)
-            for key in ("worker_rss", "tree_rss", "tree_mem", "gpu_used", "swap_used"):
+            for key in ("worker_rss", "tree_rss", "tree_mem", "gpu_used", "gpu_total", "swap_used"):
                 if num(s.get(key)) is not None:
                     peaks[key] = max(int(s[key]), peaks.get(key, 0))
+            if s.get("gpu_whole_card") is True:  # NVML could not tell the tree's own usage
+                peaks["gpu_whole_card"] = 1
             avail = num(s.get("sys_available"))
             if avail is not None:
                 peaks["sys_available_min"] = min(int(avail), peaks.get("sys_available_min", 2**62))
@@ -310,6 +322,7 @@ class RunFold:
             device_mem=dict(v.get("device_mem") or {}),
             device_mem_now=v.get("device_mem_now"),
             device_mem_peak=v.get("device_mem_peak"),
+            device_total=v.get("device_total"),
             device_series=tuple(self._dev),
             samples=tuple(self._samples),
             sample_peaks=dict(v["sample_peaks"]),

@@ -1,7 +1,7 @@
 """Runbooks: the fallback ladders, thresholds, limits and success criteria of a night, as data.
 
     rb = load_runbook("runbooks/conservative.yaml")
-    rb.memory.ceiling_gb, rb.ladders.oom[0].overrides, rb.success.must
+    rb.memory.ceiling_gb, rb.memory.device_ceiling(total), rb.ladders.oom[0].overrides
 
 A runbook is YAML validated by :class:`Runbook` (unknown keys are errors naming the file and the
 key). Every rung's ``set:`` keys are checked against the worker's config schema
@@ -101,10 +101,46 @@ class HeartbeatTimeouts(_M):
 
 
 class MemoryLimits(_M):
-    good_gb: float = 20
-    warning_gb: float = 25
-    ceiling_gb: float = Field(28, gt=0, description="Worker tree RSS or device memory above → OOM.")
+    """Two ceilings: the host's, in GB, for what the worker tree owns in RAM (PSS/USS, else RSS);
+    the device's, as a fraction of the device's own total memory (what the worker reports: CUDA
+    ``total_memory``; MPS ``recommendedMaxWorkingSetSize``, the most Metal lets a process keep
+    resident on unified memory; NVML's total of the card when the worker has not reported yet).
+    A CPU run has no device ceiling: its device memory is the host's, under ``ceiling_gb``.
+
+    ``ceiling_gb`` keeps its host meaning; it was also compared with GPU memory once (a 28 GB
+    ceiling for a 32 GB Mac capped an 80 GB GPU at 28 GB) and no longer is."""
+
+    good_gb: float = Field(20, description="Host (worker tree) memory shown green up to here.")
+    warning_gb: float = Field(25, description="Host memory shown red from here.")
+    ceiling_gb: float = Field(
+        28,
+        gt=0,
+        description="HOST ceiling: worker tree memory (PSS/USS, else RSS) above → OOM. Never "
+        "compared with device memory (see device_fraction).",
+    )
     swap_growth_gb: float = Field(2.0, gt=0, description="Swap growth since launch above → OOM.")
+    device_fraction: float = Field(
+        0.92,
+        gt=0,
+        le=1,
+        description="DEVICE ceiling as a fraction of the device's own total memory: device "
+        "memory (the worker's reserved/driver reading, or NVML's) above → OOM; preflight probes "
+        "micro-batches up to it.",
+    )
+    near_fraction: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="A SIGKILL nobody here sent counts as an out-of-memory kill only when memory "
+        "in the samples before it reached this fraction of a ceiling (host or device), system "
+        "available memory fell under (1 - this) of the RAM, or the kernel counted an OOM kill; "
+        "otherwise the attempt restarts from its checkpoint unchanged.",
+    )
+
+    def device_ceiling(self, total: int | None) -> float | None:
+        """The device ceiling in bytes for a device of ``total`` bytes (None: no device total,
+        no device ceiling)."""
+        return self.device_fraction * total if total else None
 
 
 class Rung(_M):

@@ -16,8 +16,15 @@ tests use the real one. Readings that are unavailable come back as ``None``, nev
   (``tree_mem``, named by ``tree_measure``), the tree's plain RSS sum (``tree_rss``, for old
   readers), system available memory, swap used, and GPU memory through NVML when ``pynvml``
   (nvidia-ml-py) is importable: the tree's per-process usage when NVML lists those pids, else
-  the device total — of the fullest GPU when there are several (one rank per GPU: the memory
-  ceiling is per device).
+  the whole card's usage, flagged ``gpu_whole_card`` (in a container NVML reports the host's
+  pids, so nothing matches; other processes on the card count then) — of the fullest GPU when
+  there are several (one rank per GPU: the device ceiling is per device), with that GPU's
+  total (``gpu_total``) and the host's RAM (``sys_total``).
+- ``oom_kill_counts`` reads the kernel's own count of out-of-memory kills, for telling a host
+  OOM kill from any other SIGKILL: the ``oom_kill`` line of the worker's cgroup (v2
+  ``memory.events``, v1 ``memory.oom_control``: the victim's cgroup counts it, whichever limit
+  fired), else of the system-wide ``/proc/vmstat``; world-readable where the kernel log is
+  not. Empty on macOS and wherever none is readable.
 - The tree measure is PSS where the OS gives it (Linux: a page shared by k processes counts 1/k
   in each, so a memory-mapped dataset read by 4 loader workers counts once), else USS (macOS:
   private pages only), else RSS. PSS/USS come from ``memory_full_info``, which walks the page
@@ -72,6 +79,9 @@ class MemSample:
     gpu_used: int | None
     tree_mem: int | None = None  # what the tree owns, by ``tree_measure``; fed to the policy
     tree_measure: str | None = None  # "pss" | "uss" | "rss"
+    gpu_total: int | None = None  # the memory of the GPU ``gpu_used`` was read on
+    gpu_whole_card: bool | None = None  # True: NVML matched none of the tree's pids (container)
+    sys_total: int | None = None  # the host's RAM
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,6 +97,7 @@ class System:
         self.full_interval_s = full_interval_s
         # last full (PSS/USS) reading: (monotonic time, pids, measure, owned bytes, RSS sum)
         self._full: tuple[float, frozenset[int], str, int, int] | None = None
+        self._oom_paths: dict[int, str] = {}  # pid → its OOM-kill counter file ("" = none)
 
     # -- clock ----------------------------------------------------------------------------
     def monotonic(self) -> float:
@@ -269,21 +280,38 @@ class System:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
         mem, measure = self._tree_owned(procs, tree)
-        avail = swap = None
+        avail = swap = ram = None
         with contextlib.suppress(Exception):
-            avail = psutil.virtual_memory().available
+            vm = psutil.virtual_memory()
+            avail, ram = vm.available, vm.total
             swap = psutil.swap_memory().used
         pids = [q.pid for q in procs]
+        gpu = self._gpu_used(pids)
         return MemSample(
             self.wall(),
             worker,
             tree,
             avail,
             swap,
-            self._gpu_used(pids),
+            gpu[0] if gpu else None,
             tree_mem=mem,
             tree_measure=measure,
+            gpu_total=gpu[1] if gpu else None,
+            gpu_whole_card=gpu[2] if gpu else None,
+            sys_total=ram,
         )
+
+    def oom_kill_counts(self, pid: int) -> dict[str, int]:
+        """{counter file: the kernel's OOM-kill count} for ``pid`` (see the module docstring):
+        its cgroup's ``memory.events`` when readable, else ``/proc/vmstat``; {} elsewhere. Read
+        at launch and again once the worker is gone (pass the same pid: the cgroup path is
+        remembered, the process need not be alive)."""
+        path = self._oom_paths.get(pid)
+        if path is None:
+            path = _cgroup_events_path(pid) or (VMSTAT if Path(VMSTAT).is_file() else "")
+            self._oom_paths[pid] = path
+        count = _oom_kill_line(path) if path else None
+        return {path: count} if count is not None else {}
 
     def _tree_owned(
         self, procs: list[psutil.Process], rss: int | None
@@ -302,7 +330,8 @@ class System:
         self._full = (now, pids, measure, total, rss)
         return total, measure
 
-    def _gpu_used(self, pids: list[int]) -> int | None:
+    def _gpu_used(self, pids: list[int]) -> tuple[int, int | None, bool] | None:
+        """(bytes used, that GPU's total, whole card?) on the fullest GPU; None without NVML."""
         nv = self._nvml_module()
         if nv is None:
             return None
@@ -315,10 +344,9 @@ class System:
                     for proc in nv.nvmlDeviceGetComputeRunningProcesses(handle)
                     if proc.pid in pids and proc.usedGpuMemory
                 ]
-                per_device.append((sum(mine), bool(mine), nv.nvmlDeviceGetMemoryInfo(handle).used))
-            if any(seen for _, seen, _ in per_device):  # the fullest GPU the tree uses
-                return max(used for used, seen, _ in per_device if seen)
-            return max((total for _, _, total in per_device), default=None)
+                info = nv.nvmlDeviceGetMemoryInfo(handle)
+                per_device.append((sum(mine), bool(mine), int(info.used), int(info.total)))
+            return gpu_reading(per_device)
         except Exception:
             return None
 
@@ -355,3 +383,60 @@ def tree_full_measure(procs: list[psutil.Process]) -> tuple[str, int]:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             total += q.memory_info().rss
     return "rss", total
+
+
+def gpu_reading(
+    per_device: list[tuple[int, bool, int, int]],
+) -> tuple[int, int | None, bool] | None:
+    """From NVML's (tree's usage, tree seen, card used, card total) per GPU: the fullest GPU
+    the tree uses, else — NVML listed none of its pids — the fullest card's whole usage,
+    flagged (third item True)."""
+    seen = [(used, total) for used, mine, _, total in per_device if mine]
+    if seen:
+        used, total = max(seen)
+        return used, total, False
+    if not per_device:
+        return None
+    _, _, used, total = max(per_device, key=lambda d: d[2])
+    return used, total, True
+
+
+VMSTAT = "/proc/vmstat"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def _cgroup_events_path(pid: int) -> str | None:
+    """The file holding ``pid``'s cgroup OOM-kill count when readable: cgroup v2
+    ``memory.events``, v1 ``memory.oom_control``; inside a container whose cgroup mount is its
+    own root (the path /proc names does not exist there), the mount's root file."""
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    candidates: list[Path] = []
+    for line in lines:
+        _, controllers, rel = line.split(":", 2) if line.count(":") >= 2 else ("", "", "")
+        rel = rel.lstrip("/")
+        if controllers == "" and rel:  # v2 (a bare "0::/" on a v1 host names nothing)
+            candidates += [CGROUP_ROOT / rel / "memory.events"]
+        elif "memory" in controllers.split(","):
+            base = CGROUP_ROOT / "memory"
+            candidates += [base / rel / "memory.oom_control", base / "memory.oom_control"]
+    candidates.append(CGROUP_ROOT / "memory.events")
+    for path in candidates:
+        if _oom_kill_line(str(path)) is not None:
+            return str(path)
+    return None
+
+
+def _oom_kill_line(path: str) -> int | None:
+    """The ``oom_kill N`` count of a ``memory.events`` or ``/proc/vmstat`` file, or None."""
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name == "oom_kill" and value.strip().isdigit():
+            return int(value)
+    return None

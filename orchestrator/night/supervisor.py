@@ -24,9 +24,15 @@ States (every transition is in :meth:`Supervisor.tick` / the request helpers, wi
   phase's timeout — a wall-clock jump (NTP, a laptop waking up) never looks like a hang.
 - Memory: every ``runbook.sampling_interval_s`` one :class:`orchestrator.core.system.MemSample` is
   appended to ``RUN_DIR/samples.jsonl`` ({ts, worker_rss, tree_rss, sys_available, swap_used,
-  gpu_used, tree_mem, tree_measure}); the policy's memory check gets ``tree_mem`` (PSS/USS:
-  what the tree really owns: ``Observation.tree_mem``), RSS only where the OS
-  gives nothing better; swap growth is measured from the first sample of the attempt.
+  gpu_used, tree_mem, tree_measure, gpu_total, gpu_whole_card, sys_total}); the policy's
+  memory check gets ``tree_mem`` (PSS/USS: what the tree really owns: ``Observation.tree_mem``),
+  RSS only where the OS gives nothing better, against the host ceiling, and the device
+  readings (the worker's, with the device total it reports, and NVML's) against the device
+  ceiling; swap growth is measured from the first sample of the attempt.
+- A SIGKILL nobody here sent is judged on the last few samples before it and the kernel's
+  OOM-kill count since launch (:meth:`orchestrator.core.system.System.oom_kill_counts`):
+  ``oom`` (the OOM ladder) only with memory near a ceiling or a kernel count, else
+  ``killed`` (restarted as it was; :func:`orchestrator.policy.decide.kill_oom_evidence`).
 - Re-attach (:meth:`Supervisor.attach`): a worker left alive by a supervisor that died is
   supervised the same way (events tailed from the start of events.jsonl, so the view is
   complete; sampling, live decisions, control file, group signals). It cannot be wait()ed on,
@@ -48,8 +54,9 @@ from __future__ import annotations
 import json
 import signal
 import threading
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -57,7 +64,13 @@ from typing import Any
 from orchestrator.core.fold import SAMPLES_FILE, RunFold, RunView
 from orchestrator.core.runbook import Runbook
 from orchestrator.core.system import MemSample, System
-from orchestrator.policy import Decision, DecisionKind, Observation, classify_exit
+from orchestrator.policy import (
+    Decision,
+    DecisionKind,
+    Observation,
+    classify_exit,
+    kill_oom_evidence,
+)
 from orchestrator.policy.recovery import escalation
 from trainer.events import (
     EXIT_CODE_OF_KIND,
@@ -71,6 +84,7 @@ from trainer.events import (
 from trainer.events_read import EventTail
 
 LOG_TAIL_BYTES = 8192
+KILL_WINDOW_SAMPLES = 3  # the samples before an exit a SIGKILL is judged on
 
 
 class Stage(str, Enum):
@@ -129,6 +143,8 @@ class Supervisor:
         self._next_sample = 0.0
         self._swap0: int | None = None
         self._last_sample: MemSample | None = None
+        self._recent: deque[MemSample] = deque(maxlen=KILL_WINDOW_SAMPLES)
+        self._oom_kills0: dict[str, int] = {}  # the kernel's OOM-kill counts at launch
         self.attached = False  # True: a worker this supervisor did not start (no wait())
         self.create_time: float | None = None  # of an attached worker (pid reuse guard)
         self._last_signal: int | None = None
@@ -137,6 +153,7 @@ class Supervisor:
     def launch(self) -> int:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.pid = self.sys.spawn(self.argv, self.cwd, self.run_dir / WORKER_LOG_FILE, self.env)
+        self._oom_kills0 = self.sys.oom_kill_counts(self.pid)
         self._t0, self._w0 = self.sys.monotonic(), self.sys.wall()
         self._state_since = self._t0
         return self.pid
@@ -149,6 +166,7 @@ class Supervisor:
         the view (and passes it to ``on_event``); the ending is read from the events."""
         self.pid, self.attached = pid, True
         self.create_time = create_time
+        self._oom_kills0 = self.sys.oom_kill_counts(pid)
         self._t0, self._w0 = self.sys.monotonic(), self.sys.wall()
         self._state_since = self._t0
         return self.pid
@@ -220,8 +238,36 @@ class Supervisor:
             tree_mem=(s.tree_mem if s.tree_mem is not None else s.tree_rss) if s else None,
             tree_measure=(s.tree_measure or "rss") if s and s.tree_mem is not None else "rss",
             gpu_used=s.gpu_used if s else None,
+            gpu_total=s.gpu_total if s else None,
+            gpu_whole_card=bool(s.gpu_whole_card) if s else False,
             device_mem=v.device_mem_now,
+            device_total=v.device_total,
             swap_growth=swap,
+            sys_available=s.sys_available if s else None,
+            sys_total=s.sys_total if s else None,
+        )
+
+    def before_exit(self, now_w: float) -> Observation:
+        """The observation a SIGKILL is judged on: the peaks of the last few samples (lowest
+        system available memory), the worker's newest device reading."""
+        obs, recent = self.observation(now_w), list(self._recent)
+        if not recent:
+            return obs
+
+        def peak(name: str) -> int | None:
+            vals = [getattr(x, name) for x in recent if getattr(x, name) is not None]
+            return max(vals) if vals else None
+
+        tree = [x.tree_mem if x.tree_mem is not None else x.tree_rss for x in recent]
+        avail = [x.sys_available for x in recent if x.sys_available is not None]
+        swap, swap0 = peak("swap_used"), self._swap0
+        return replace(
+            obs,
+            tree_mem=max((t for t in tree if t is not None), default=None),
+            gpu_used=peak("gpu_used"),
+            gpu_whole_card=any(x.gpu_whole_card for x in recent),
+            sys_available=min(avail) if avail else None,
+            swap_growth=swap - swap0 if swap is not None and swap0 is not None else None,
         )
 
     # -- actions --------------------------------------------------------------------------
@@ -285,6 +331,7 @@ class Supervisor:
         self._next_sample = now_m + self.rb.sampling_interval_s
         s = self.sys.sample(self.pid)
         self._last_sample = s
+        self._recent.append(s)
         if self._swap0 is None and s.swap_used is not None:
             self._swap0 = s.swap_used
         with (self.run_dir / SAMPLES_FILE).open("a", encoding="utf-8") as fh:
@@ -298,12 +345,16 @@ class Supervisor:
         if self.attached and code is None:
             code = self._code_from_events(view)
         tail = _log_tail(self.run_dir / WORKER_LOG_FILE)
+        counts = self.sys.oom_kill_counts(self.pid)
+        kernel = sum(max(0, n - self._oom_kills0.get(k, n)) for k, n in counts.items())
+        now_w = self._w0 + (self.sys.monotonic() - self._t0)
         kind, message = classify_exit(
             code,
             view.fatal,
             tail,
             killed_for=self._kill_for,
             stop_requested=self.stop_reason is not None,
+            oom_evidence=kill_oom_evidence(self.before_exit(now_w), self.rb, kernel),
         )
         return AttemptOutcome(code, kind, message, view, self.stop_reason, self.pid)
 

@@ -5,7 +5,7 @@ supervisor and night runner gather observations and act on the decisions.
 """
 
 from orchestrator.policy.classify import classify_exit, is_oom_text
-from orchestrator.policy.decide import decide, heartbeat_timeout, silence
+from orchestrator.policy.decide import decide, heartbeat_timeout, kill_oom_evidence, silence
 from orchestrator.policy.success import judge
 from orchestrator.policy.types import (
     CONTINUE,
@@ -30,5 +30,6 @@ __all__ = [
     "heartbeat_timeout",
     "is_oom_text",
     "judge",
+    "kill_oom_evidence",
     "silence",
 ]

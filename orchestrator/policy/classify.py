@@ -7,8 +7,10 @@ The kinds are those of ``orchestrator.core.state.ExitKind``. Rules, first match 
 2. The worker's documented exit codes (``trainer.events``): 0 finished, 3 stopped, 10 oom,
    11 nonfinite, 12 feature, 13 data, 2 config, 15 resume; 14 (crash) is re-read as ``oom``
    when the fatal message or the stderr tail carries an OOM text.
-3. A signal nobody sent: SIGKILL (-9, or 137 from a shell) → ``killed`` (the host OOM killer is
-   the usual sender; the policy treats it as OOM). Other signals → ``crash``.
+3. A signal nobody sent: SIGKILL (-9, or 137 from a shell) → ``oom`` when ``oom_evidence``
+   says memory was near a ceiling or the kernel counted an OOM kill
+   (:func:`orchestrator.policy.decide.kill_oom_evidence`), else ``killed`` (a person, a
+   preemption, a rank that died: restarted as it was, not shrunk). Other signals → ``crash``.
 4. Any other code: a ``fatal`` event's kind if there is one, else ``oom`` on an OOM text in
    stderr, else ``crash``.
 
@@ -50,6 +52,7 @@ def classify_exit(
     stderr_tail: str = "",
     killed_for: str | None = None,
     stop_requested: bool = False,
+    oom_evidence: str | None = None,
 ) -> tuple[str, str]:
     """Return ``(exit_kind, message)`` for one ended attempt (see the module rules)."""
     fatal_msg = str(fatal.get("message", "")) if fatal else ""
@@ -70,7 +73,12 @@ def classify_exit(
         if stop_requested:
             return "stopped", "killed after a stop request (SIGKILL)"
         which = f" ({last_line})" if last_line.startswith("trainer.launch:") else ""
-        return "killed", f"killed by SIGKILL from outside (possibly the host OOM killer){which}"
+        if oom_evidence:
+            return "oom", f"killed by SIGKILL, out of memory: {oom_evidence}{which}"
+        return "killed", (
+            f"killed by SIGKILL from outside{which}; memory was not near a ceiling and the "
+            "kernel reported no out-of-memory kill"
+        )
     if code is not None and code < 0:
         if stop_requested:
             return "stopped", f"ended by signal {-code} after a stop request"

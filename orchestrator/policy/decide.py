@@ -11,8 +11,10 @@ Live worker (``obs.running``):
              slow_phase_timeout_s                      → RESTART trigger hang (kill first)
   (while a stop is already under way nothing else is considered)
   deadline   now ≥ deadline − final_eval               → STOP_FOR_DEADLINE (with final eval)
-  memory     worker tree memory (PSS/USS, else RSS), GPU or reported device memory >
-             ceiling, or swap growth > swap_growth_gb, and an OOM rung remains
+  memory     worker tree memory (PSS/USS, else RSS) > the host ceiling (ceiling_gb), the
+             worker's device reading or NVML's GPU reading (whole-card usage flagged) > the
+             device ceiling (device_fraction × that device's total; none on a CPU), or swap
+             growth > swap_growth_gb, and an OOM rung remains
                                                         → RESTART trigger memory
              (OOM ladder exhausted: CONTINUE, recorded once as a warning)
   slow       projected training end > deadline − final_eval → SET_EPOCHS to the largest runbook
@@ -29,7 +31,10 @@ Ended worker (``obs.exit_kind`` set):
   stopped for the deadline                   → END_NIGHT deadline
   time left < final_eval                     → END_NIGHT deadline (no time for another attempt)
   attempt or no-progress limit reached       → END_NIGHT limits (best checkpoint kept)
-  oom | killed (SIGKILL) | memory            → RESTART from newest checkpoint, next OOM rung
+  oom | memory                               → RESTART from newest checkpoint, next OOM rung
+                                               (a SIGKILL is ``oom`` only with memory near a
+                                               ceiling or a kernel OOM count before it:
+                                               ``kill_oom_evidence``)
   nonfinite                                  → RESTART from newest checkpoint strictly before
                                                the bad step (fatal step + 1: the worker reports
                                                steps completed), next LR/warmup/clip rung
@@ -39,7 +44,8 @@ Ended worker (``obs.exit_kind`` set):
                                                epochs = the smallest of the cut in force and
                                                the attempt's total (a cut is never undone)
   stopped for a daemon stop / recovered      → RESTART from newest checkpoint (not a fallback)
-  hang | crash | stopped (unasked)           → RESTART from newest checkpoint, same overrides
+  hang | crash | stopped (unasked) | killed  → RESTART from newest checkpoint, same overrides
+                                               (``killed``: a SIGKILL with no memory evidence)
   config | resume                            → END_NIGHT (nothing a rung can fix)
   a ladder with no rung left                 → END_NIGHT "<ladder> ladder exhausted"
 """
@@ -141,29 +147,70 @@ def _live(
     return _slow(obs, history, rb, deadline)
 
 
-def _memory_trip(obs: Observation, rb: Runbook) -> dict[str, object] | None:
-    ceiling = rb.memory.ceiling_gb * GB
-    readings = {"tree_mem": obs.tree_mem, "gpu_used": obs.gpu_used, "device_mem": obs.device_mem}
-    label = {
-        "tree_mem": f"worker tree memory ({obs.tree_measure})",
-        "gpu_used": "GPU memory",
-        "device_mem": "device memory the worker reports",
-    }
-    for name, value in readings.items():
-        if value is not None and value > ceiling:
-            return {
-                "what": f"{label[name]} {value / GB:.2f} GB over the ceiling "
-                f"{rb.memory.ceiling_gb:g} GB",
-                name + "_gb": round(value / GB, 3),
-                "ceiling_gb": rb.memory.ceiling_gb,
-            }
-    if obs.swap_growth is not None and obs.swap_growth > rb.memory.swap_growth_gb * GB:
+def _memory_trip(obs: Observation, rb: Runbook, near: float = 1.0) -> dict[str, object] | None:
+    """The first reading over ``near`` × its ceiling: the worker tree's memory against the host
+    ceiling (``memory.ceiling_gb``); the worker's device reading and NVML's GPU reading against
+    the device ceiling (``memory.device_fraction`` of that device's total; no total, no device
+    ceiling: a CPU's "device" memory is the host's). Then swap growth. None: nothing trips."""
+    m = rb.memory
+    share = "" if near >= 1.0 else f"{near:.0%} of "
+    host = m.ceiling_gb * GB
+    if obs.tree_mem is not None and obs.tree_mem > near * host:
+        return {
+            "what": f"worker tree memory ({obs.tree_measure}) {obs.tree_mem / GB:.2f} GB over "
+            f"{share}the host ceiling {m.ceiling_gb:g} GB",
+            "tree_mem_gb": round(obs.tree_mem / GB, 3),
+            "ceiling_gb": m.ceiling_gb,
+        }
+    whole = " (whole-card usage: NVML matched none of the worker's processes)"
+    devices = (
+        ("device_mem", obs.device_mem, obs.device_total, "device memory the worker reports", ""),
+        ("gpu_used", obs.gpu_used, obs.gpu_total or obs.device_total, "GPU memory", whole),
+    )
+    for name, value, total, label, note in devices:
+        ceiling = m.device_ceiling(total)
+        if value is None or ceiling is None or total is None or value <= near * ceiling:
+            continue
+        card = note if name == "gpu_used" and obs.gpu_whole_card else ""
+        evidence: dict[str, object] = {
+            "what": f"{label} {value / GB:.2f} GB over {share}the device ceiling "
+            f"{ceiling / GB:.1f} GB ({m.device_fraction:.0%} of {total / GB:.1f} GB){card}",
+            name + "_gb": round(value / GB, 3),
+            "device_ceiling_gb": round(ceiling / GB, 3),
+            "device_total_gb": round(total / GB, 3),
+        }
+        if card:
+            evidence["whole_card"] = True
+        return evidence
+    if obs.swap_growth is not None and obs.swap_growth > near * m.swap_growth_gb * GB:
         return {
             "what": f"swap grew {obs.swap_growth / GB:.2f} GB since launch "
-            f"(limit {rb.memory.swap_growth_gb:g} GB)",
+            f"(over {share}the limit {m.swap_growth_gb:g} GB)",
             "swap_growth_gb": round(obs.swap_growth / GB, 3),
-            "limit_gb": rb.memory.swap_growth_gb,
+            "limit_gb": m.swap_growth_gb,
         }
+    return None
+
+
+def kill_oom_evidence(obs: Observation, rb: Runbook, kernel_oom_kills: int = 0) -> str | None:
+    """Why a SIGKILL nobody here sent was an out-of-memory kill, or None: it was not.
+
+    Memory trouble only when the kernel counted an OOM kill during the attempt
+    (``kernel_oom_kills``, from the worker's cgroup or /proc/vmstat), or the memory in the
+    samples before the kill (``obs``: the peaks of the last few) was near a ceiling:
+    ``memory.near_fraction`` of the host or the device ceiling or of the swap limit, or system
+    available memory under (1 − near_fraction) of the RAM (a machine out of memory for other
+    reasons). Anything else — a person, a cluster's preemption, a rank killed on purpose — is
+    restarted from its checkpoint as it was."""
+    if kernel_oom_kills > 0:
+        return f"the kernel counted {kernel_oom_kills} out-of-memory kill(s) during the attempt"
+    near = rb.memory.near_fraction
+    trip = _memory_trip(obs, rb, near=near)
+    if trip is not None:
+        return f"{trip['what']} before it"
+    avail, ram = obs.sys_available, obs.sys_total
+    if avail is not None and ram and avail < (1.0 - near) * ram:
+        return f"system available memory {avail / GB:.2f} GB of {ram / GB:.1f} GB before it"
     return None
 
 
@@ -294,15 +341,11 @@ def _ended(
             f"{history.attempts_without_progress} attempts in a row without progress",
             ev,
         )
-    if kind in ("oom", "killed", "memory"):
+    if kind in ("oom", "memory"):
         step = ladders.oom_step(history, rb)
         if step is None:
             return _end(kind, "OOM ladder exhausted", ev)
-        what = {
-            "oom": "out of memory",
-            "killed": "killed by SIGKILL (host OOM?)",
-            "memory": "memory over the runbook limit",
-        }[kind]
+        what = "out of memory" if kind == "oom" else "memory over the runbook limit"
         return _restart(kind, step, newest, f"{what}: {step.effect}; resume", ev)
     if kind == "nonfinite":
         bad = (obs.fatal_step if obs.fatal_step is not None else obs.step) + 1
@@ -347,5 +390,7 @@ def _ended(
         "hang": "hung worker killed",
         "crash": f"crash ({obs.message})",
         "stopped": "worker stopped without being asked",
+        "killed": "killed by SIGKILL from outside, memory not near a ceiling",
     }.get(kind, kind)
-    return _restart(kind, None, newest, f"{what}: resume from the last checkpoint", ev)
+    as_was = " as it was" if kind == "killed" else ""
+    return _restart(kind, None, newest, f"{what}: resume from the last checkpoint{as_was}", ev)

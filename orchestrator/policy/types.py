@@ -68,8 +68,13 @@ class Observation:
     tree_mem: int | None = None  # memory the worker tree owns (PSS/USS; RSS where no other)
     tree_measure: str = "rss"  # which of those tree_mem is
     gpu_used: int | None = None
+    gpu_total: int | None = None  # NVML's total of the GPU gpu_used was read on
+    gpu_whole_card: bool = False  # gpu_used is the whole card's (NVML matched no tree pid)
     device_mem: int | None = None  # largest reading the worker reported
+    device_total: int | None = None  # the device's own memory, as the worker reports it
     swap_growth: int | None = None  # swap used now minus at launch
+    sys_available: int | None = None  # system available memory (lowest recent, for a kill)
+    sys_total: int | None = None  # the host's RAM
     # ending
     exit_kind: str | None = None
     exit_code: int | None = None

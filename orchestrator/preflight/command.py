@@ -63,6 +63,7 @@ from orchestrator.preflight.fit import (
     fit_epochs,
     night_seconds,
     prefer_checkpointing,
+    probe_ceiling,
     probe_order,
     record_fit,
 )
@@ -100,6 +101,12 @@ def run_probe(
     raise RuntimeError(f"probe exited {out.returncode}: {tail(out)}")
 
 
+def total_bytes(probe: dict[str, Any]) -> int | None:
+    """The device's own memory a probe reports (CUDA, MPS; None on a CPU)."""
+    total = (probe.get("memory") or {}).get("total")
+    return int(total) if isinstance(total, int | float) and total > 0 else None
+
+
 def peak_bytes(probe: dict[str, Any]) -> int | None:
     """Peak device memory of a probe (CUDA peak allocated; MPS driver; CPU process RSS)."""
     mem = probe.get("memory") or {}
@@ -117,10 +124,10 @@ def probe_batches(
     extra: list[str] | None = None,
 ) -> tuple[list[BatchTrial], dict[str, dict[str, Any]]]:
     """Grow the micro-batch over the effective batch's divisors until an OOM or the memory
-    ceiling; walk down when the recipe's own micro-batch breaks. Returns the trials and the
-    probe JSON per micro-batch that ran. ``extra``: more ``--set`` items for every probe."""
+    ceiling (device or host: :func:`probe_ceiling`); walk down when the recipe's own micro-batch
+    breaks. Returns the trials and the probe JSON per micro-batch that ran. ``extra``: more
+    ``--set`` items for every probe."""
     eff = cfg.effective_batch
-    ceiling = rb.memory.ceiling_gb * GB
     grow, shrink = probe_order(cfg.data.batch_size, eff)
     trials: list[BatchTrial] = []
     probes: dict[str, dict[str, Any]] = {}
@@ -139,16 +146,22 @@ def probe_batches(
             trial = BatchTrial(micro, None, oom=True)
         else:
             probes[str(micro)] = res
-            trial = BatchTrial(micro, peak_bytes(res), ms_per_step=float(res["ms_per_step"]))
+            trial = BatchTrial(
+                micro,
+                peak_bytes(res),
+                ms_per_step=float(res["ms_per_step"]),
+                total=total_bytes(res),
+            )
         trials.append(trial)
         return trial
 
     for micro in grow:
-        if breaks(one(micro), ceiling):
+        if breaks(one(micro), probe_ceiling(rb.memory, trials)):
             break
-    if choose_micro(trials, ceiling, args.margin) is None:
+    if choose_micro(trials, probe_ceiling(rb.memory, trials), args.margin) is None:
         for micro in shrink:
-            if choose_micro([one(micro)], ceiling, args.margin) is not None:
+            trial = one(micro)
+            if choose_micro([trial], probe_ceiling(rb.memory, trials), args.margin) is not None:
                 break
     return trials, probes
 
@@ -158,25 +171,26 @@ def plan_night(
 ) -> tuple[NightFit | None, str]:
     """Probe, choose the micro-batch (and whether gradient checkpointing stays on, see
     ``orchestrator/preflight/fit.py``), fit the epochs. (None, why) when no micro-batch fits."""
-    ceiling = rb.memory.ceiling_gb * GB
     checkpointing: bool | None = None
     trials_c: list[BatchTrial] = []
     if cfg.model.use_gradient_checkpointing:
         trials, probes = probe_batches(args, cfg, rb, status, [f"{CHECKPOINTING}=false"])
-        micro = choose_micro(trials, ceiling, args.margin)
+        micro = choose_micro(trials, probe_ceiling(rb.memory, trials), args.margin)
         checkpointing = False
         if micro is None or micro < cfg.data.batch_size:
             trials_c, probes_c = probe_batches(args, cfg, rb, status)
-            micro_c = choose_micro(trials_c, ceiling, args.margin)
+            ceiling_c = probe_ceiling(rb.memory, trials + trials_c)
+            micro_c = choose_micro(trials_c, ceiling_c, args.margin)
             if prefer_checkpointing(_at(micro, probes), _at(micro_c, probes_c)):
                 trials, trials_c = trials_c, trials
                 probes, micro, checkpointing = probes_c, micro_c, True
     else:
         trials, probes = probe_batches(args, cfg, rb, status)
-        micro = choose_micro(trials, ceiling, args.margin)
+        micro = choose_micro(trials, probe_ceiling(rb.memory, trials), args.margin)
     if micro is None:
         seen = trials_text(trials)
-        return None, f"no micro-batch fits under {rb.memory.ceiling_gb:g} GB ({seen})"
+        ceiling = probe_ceiling(rb.memory, trials + trials_c) / GB
+        return None, f"no micro-batch fits under {ceiling:.1f} GB ({seen})"
     probe = probes[str(micro)]
     epoch_s = float(probe["epoch_seconds"])
     ev = cfg.evaluation

@@ -9,7 +9,11 @@ Pure planning (no I/O) plus the one place that writes a plan into a plan file or
   exactly. The caller probes them in ascending order from the recipe's own micro-batch and stops
   at the first OOM or the first peak over the memory ceiling ("grow until it breaks"); when the
   recipe's micro-batch itself breaks, it walks down. ``choose_micro`` then backs off: the largest
-  probed candidate whose peak stays under ``ceiling × (1 - margin)``.
+  probed candidate whose peak stays under ``ceiling × (1 - margin)``. The ceiling is the one
+  the supervisor will hold the night to (:func:`probe_ceiling`): on a GPU or MPS the device
+  ceiling, ``memory.device_fraction`` of the total the probe reports (an 80 GB card is probed
+  up to ~74 GB, not to a 32 GB Mac's 28); on a CPU, where the probe's peak is the process RSS,
+  the host ceiling ``memory.ceiling_gb``.
 - **Gradient checkpointing**: a recipe that turns it on is probed WITHOUT it first; when the
   recipe's micro-batch fits that way, checkpointing is turned off (the same maths for about a
   third less compute); otherwise the probe is repeated with it and the faster fit per optimizer
@@ -34,6 +38,7 @@ from typing import Any
 
 import yaml
 
+from orchestrator.core.runbook import MemoryLimits
 from orchestrator.schedule.plan import PROJECT_ROOT
 
 GB = 1024**3
@@ -48,6 +53,7 @@ class BatchTrial:
     peak: int | None
     oom: bool = False
     ms_per_step: float | None = None
+    total: int | None = None  # the device's own memory the probe reported (None: a CPU)
 
 
 @dataclass
@@ -113,6 +119,14 @@ def probe_order(recipe_micro: int, effective: int) -> tuple[list[int], list[int]
     grow = [c for c in cands if c >= recipe_micro]
     shrink = sorted((c for c in cands if c < recipe_micro), reverse=True)
     return grow, shrink
+
+
+def probe_ceiling(memory: MemoryLimits, trials: list[BatchTrial]) -> float:
+    """The ceiling in bytes the probes' peaks are held to: the device ceiling when a probe
+    reported its device's total, else the host ceiling (a CPU probe's peak is its RSS)."""
+    total = next((t.total for t in trials if t.total), None)
+    device = memory.device_ceiling(total)
+    return device if device is not None else memory.ceiling_gb * GB
 
 
 def breaks(trial: BatchTrial, ceiling_bytes: float) -> bool:

@@ -18,6 +18,7 @@ from orchestrator.policy import (
     classify_exit,
     decide,
     is_oom_text,
+    kill_oom_evidence,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -135,7 +136,42 @@ LIVE_ROWS = [
         "hang",
     ),
     ("memory over ceiling", live(tree_mem=29 * GB), hist(), K.RESTART, "memory"),
-    ("device memory over ceiling", live(device_mem=30 * GB), hist(), K.RESTART, "memory"),
+    # two ceilings: host 28 GB (the worker tree), device 92% of the device's own total
+    (
+        "device memory over the device ceiling",
+        live(device_mem=75 * GB, device_total=80 * GB),
+        hist(),
+        K.RESTART,
+        "memory",
+    ),
+    (
+        "30 GB on an 80 GB GPU is not over the 28 GB host ceiling",
+        live(device_mem=30 * GB, device_total=80 * GB, gpu_used=31 * GB, gpu_total=80 * GB),
+        hist(),
+        K.CONTINUE,
+        "",
+    ),
+    (
+        "NVML reading over the device ceiling",
+        live(gpu_used=76 * GB, gpu_total=80 * GB),
+        hist(),
+        K.RESTART,
+        "memory",
+    ),
+    (
+        "a CPU's device reading is its RSS: no device ceiling, the host's covers it",
+        live(device_mem=30 * GB),
+        hist(),
+        K.CONTINUE,
+        "",
+    ),
+    (
+        "MPS: the device ceiling is a fraction of recommendedMaxWorkingSetSize",
+        live(device_mem=20 * GB, device_total=21 * GB),
+        hist(),
+        K.RESTART,
+        "memory",
+    ),
     ("swap growth", live(swap_growth=3 * GB), hist(), K.RESTART, "memory"),
     (
         "memory, OOM ladder exhausted: warn once",
@@ -298,7 +334,7 @@ ENDED_ROWS = [
         "deadline",
     ),
     ("oom", ended("oom"), hist(), K.RESTART, "oom"),
-    ("sigkill from outside", ended("killed"), hist(), K.RESTART, "killed"),
+    ("sigkill from outside, not memory", ended("killed"), hist(), K.RESTART, "killed"),
     ("memory trip", ended("memory"), hist(), K.RESTART, "memory"),
     ("oom ladder exhausted", ended("oom"), hist(rungs_used={"oom": 4}), K.END_NIGHT, "oom"),
     ("nonfinite", ended("nonfinite", fatal_step=250), hist(), K.RESTART, "nonfinite"),
@@ -485,3 +521,81 @@ CLASSIFY_ROWS = [
 def test_classify_exit(args: tuple[Any, ...], kind: str) -> None:
     got, message = classify_exit(*args)
     assert got == kind and message
+
+
+def test_whole_card_usage_is_named_in_the_decision() -> None:
+    """NVML matched none of the worker's pids (a container): the whole card's usage is what
+    was compared, and the decision says so."""
+    obs = live(gpu_used=76 * GB, gpu_total=80 * GB, gpu_whole_card=True)
+    d = decide(obs, hist(), CONS, NOW, DEADLINE)
+    assert d.trigger == "memory" and "whole-card usage" in d.action
+    assert d.evidence["whole_card"] is True and d.evidence["device_ceiling_gb"] == 73.6
+    own = decide(replace(obs, gpu_whole_card=False), hist(), CONS, NOW, DEADLINE)
+    assert "whole-card" not in own.action and "whole_card" not in own.evidence
+
+
+# --- a SIGKILL nobody here sent: memory trouble only with evidence --------------------------
+KILL_ROWS = [
+    # (name, memory before the kill, kernel OOM kills, exit kind, restart trigger, ladder)
+    ("host memory near the host ceiling", dict(tree_mem=26 * GB), 0, "oom", "oom", "oom"),
+    (
+        "device memory near the device ceiling",
+        dict(device_mem=70 * GB, device_total=80 * GB),
+        0,
+        "oom",
+        "oom",
+        "oom",
+    ),
+    (
+        "system out of memory, the tree small",
+        dict(tree_mem=3 * GB, sys_available=int(0.5 * GB), sys_total=16 * GB),
+        0,
+        "oom",
+        "oom",
+        "oom",
+    ),
+    ("the kernel counted an OOM kill", dict(tree_mem=2 * GB), 1, "oom", "oom", "oom"),
+    (
+        "memory far below every ceiling",
+        dict(
+            tree_mem=2 * GB,
+            device_mem=10 * GB,
+            device_total=80 * GB,
+            sys_available=22 * GB,
+            sys_total=32 * GB,
+        ),
+        0,
+        "killed",
+        "killed",
+        None,
+    ),
+    ("no readings at all", {}, 0, "killed", "killed", None),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "memory", "kernel", "kind", "trigger", "ladder"),
+    KILL_ROWS,
+    ids=[r[0] for r in KILL_ROWS],
+)
+def test_a_sigkill_is_an_oom_only_with_memory_evidence(
+    name: str, memory: dict[str, Any], kernel: int, kind: str, trigger: str, ladder: str | None
+) -> None:
+    before = live(**memory)
+    got, message = classify_exit(-9, None, "", oom_evidence=kill_oom_evidence(before, CONS, kernel))
+    assert got == kind, message
+    history = hist(overrides={"data.batch_size": 32})
+    d = decide(ended(got, message=message), history, CONS, NOW, DEADLINE)
+    assert (d.kind, d.trigger, d.ladder) == (K.RESTART, trigger, ladder)
+    assert d.resume_from == CKPTS[-1].path
+    if ladder is None:  # restarted as it was: same micro-batch, and no word of memory trouble
+        assert d.overrides == {} and "oom" not in d.action.lower() and "OOM" not in message
+        assert "as it was" in d.action
+    else:
+        assert d.overrides["data.batch_size"] < 32
+
+
+def test_a_plain_kill_counts_toward_the_no_progress_limit() -> None:
+    limit = CONS.limits.max_attempts_without_progress
+    d = decide(ended("killed"), hist(attempts_without_progress=limit), CONS, NOW, DEADLINE)
+    assert (d.kind, d.trigger) == (K.END_NIGHT, "limits")

@@ -169,3 +169,35 @@ def test_eval_reserve_adds_the_linear_probe_bound() -> None:
     worker's bound for the probe (``linear_probe_bound_s`` of ``--probe``)."""
     assert estimate_eval_s(100.0, 2048, 0.0) == pytest.approx(2048 / 300.0)
     assert estimate_eval_s(100.0, 2048, 4.5) == pytest.approx(2048 / 300.0 + 4.5)
+
+
+@pytest.mark.parametrize(
+    ("memory", "micro"),
+    [
+        # a GPU reports its total: probed up to 92% of 80 GB (less the margin), not to the
+        # runbook's 4 GB host ceiling — 64 samples at 1 GB each fit
+        ({"total": 80 * GB}, 64),
+        # a CPU reports no device total: its peak is the process RSS, under the host ceiling
+        ({}, 2),
+    ],
+)
+def test_probes_grow_to_the_device_ceiling_on_a_device_and_the_host_one_on_a_cpu(
+    tmp_path: Path, monkeypatch, memory: dict[str, int], micro: int
+) -> None:
+    def fake_probe(args, steps, extra=None):
+        m = int(extra[0].split("=")[1])
+        peak = {"peak": m * GB} if memory else {"allocated": m * GB}
+        return {"ms_per_step": 100.0, "steps_per_epoch": 64, "epoch_seconds": 6.4,
+                "img_per_s": 640.0, "device": "cuda:0" if memory else "cpu",
+                "memory": {**peak, **memory}}  # fmt: skip
+
+    monkeypatch.setattr(preflight, "run_probe", fake_probe)
+    args = argparse.Namespace(config="configs/demo_conservative.yaml", runbook=None, overrides=[],
+                              probe_steps=2, window="30m", margin=0.1, apply=None,
+                              state_dir=str(tmp_path / "var"))  # fmt: skip
+    cfg = preflight.load_config(args.config, ["data.batch_size=8", "training.accumulation_steps=8"])
+    rb = preflight.load_runbook(preflight.default_runbook_for(args.config))
+    assert rb.memory.ceiling_gb == 4 and cfg.effective_batch == 64
+    fit, why = preflight.plan_night(args, cfg, rb, 1800.0)
+    assert fit is not None, why
+    assert (fit.micro, fit.accum) == (micro, 64 // micro)

@@ -12,6 +12,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from orchestrator.core.runbook import load_runbook
 from orchestrator.core.system import MemSample, System
 from orchestrator.night.supervisor import SAMPLES_FILE, Stage, Supervisor
@@ -61,6 +63,11 @@ class FakeSystem(System):
     def sample(self, pid: int) -> MemSample:
         self.calls.append(("sample", pid))
         return MemSample(self.wall(), self.rss, self.rss + 1, 8 * 1024**3, 0, None)
+
+    oom_kills = 0  # the kernel's OOM-kill count the test scripts
+
+    def oom_kill_counts(self, pid: int) -> dict[str, int]:
+        return {"memory.events": self.oom_kills}
 
     def signals(self) -> list[int]:
         return [c[2] for c in self.calls if c[0] == "signal"]
@@ -191,6 +198,9 @@ def test_memory_samples_are_appended(tmp_path: Path) -> None:
         "gpu_used",
         "tree_mem",
         "tree_measure",
+        "gpu_total",
+        "gpu_whole_card",
+        "sys_total",
     }
 
 
@@ -203,6 +213,38 @@ def test_memory_over_ceiling_stops_gracefully_then_classifies_memory(tmp_path: P
     fs.exit = 3
     out = run_for(sup, fs, 1.0)
     assert out.exit_kind == "memory"
+
+
+GiB = 1024**3
+KILL_CASES = [
+    # (name, worker tree RSS, device reading {reserved, total}, kernel OOM kills, exit kind)
+    ("far below the ceilings", 500 * 1024**2, None, 0, "killed"),
+    ("tree near the 4 GB host ceiling", int(3.8 * GiB), None, 0, "oom"),
+    ("device near its ceiling", 500 * 1024**2, (7 * GiB, 8 * GiB), 0, "oom"),
+    ("device far below its ceiling", 500 * 1024**2, (2 * GiB, 8 * GiB), 0, "killed"),
+    ("the kernel counted an OOM kill", 500 * 1024**2, None, 1, "oom"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "rss", "device", "kernel", "kind"), KILL_CASES, ids=[c[0] for c in KILL_CASES]
+)
+def test_a_sigkill_is_judged_on_the_samples_before_it_and_the_kernel_count(
+    tmp_path: Path, name: str, rss: int, device: tuple[int, int] | None, kernel: int, kind: str
+) -> None:
+    sup, fs, decisions = make(tmp_path)
+    fs.rss = rss
+    mem = {"reserved": device[0], "total": device[1]} if device else {}
+    emit(tmp_path, fs, type="heartbeat", phase="train", progress_age_s=0.0, device_mem=mem)
+    run_for(sup, fs, 0.6)
+    fs.rss = 0  # the kill frees everything: only the samples before it tell
+    fs.oom_kills += kernel
+    fs.exit = -9
+    out = run_for(sup, fs, 1.0)
+    assert out.exit_kind == kind, out.message
+    assert not [d for d in decisions if d.trigger == "memory"]  # never tripped live
+    if kind == "killed":
+        assert "OOM" not in out.message
 
 
 def test_slow_epochs_are_cut_live_through_the_control_file(tmp_path: Path) -> None:
