@@ -140,7 +140,12 @@ class MemoryLimits(_M):
     def device_ceiling(self, total: int | None) -> float | None:
         """The device ceiling in bytes for a device of ``total`` bytes (None: no device total,
         no device ceiling)."""
-        return self.device_fraction * total if total else None
+        return device_ceiling(self.device_fraction, total) if total else None
+
+
+def device_ceiling(fraction: float, total: int) -> float:
+    """The device ceiling in bytes: ``fraction`` of a device of ``total`` bytes."""
+    return fraction * total
 
 
 class Rung(_M):

@@ -125,9 +125,11 @@ def plot_memory(
     t0: float | None,
     ceiling_gb: float | None,
     warning_gb: float | None = None,
+    device_ceiling_gb: float | None = None,
 ) -> Path | None:
     """Memory over time (hours since ``t0``): worker tree RSS, device memory, swap, GPU; the
-    runbook ceiling (and warning level) as horizontal lines."""
+    runbook's host ceiling (and warning level) and the device ceiling (when the device's total
+    is known) as horizontal lines."""
     samples = list(run.samples)
     dev = list(run.device_series)
     if not samples and not dev:
@@ -156,7 +158,11 @@ def plot_memory(
             label="device memory (worker)",
         )
     if ceiling_gb is not None:
-        ax.axhline(ceiling_gb, color="tab:red", ls="--", lw=1.2, label=f"ceiling {ceiling_gb:g} GB")
+        label = f"host ceiling {ceiling_gb:g} GB"
+        ax.axhline(ceiling_gb, color="tab:red", ls="--", lw=1.2, label=label)
+    if device_ceiling_gb is not None:
+        label = f"device ceiling {device_ceiling_gb:.1f} GB"
+        ax.axhline(device_ceiling_gb, color="tab:purple", ls="--", lw=1.2, label=label)
     if warning_gb is not None:
         ax.axhline(warning_gb, color="goldenrod", ls=":", lw=1, label=f"warning {warning_gb:g} GB")
     ax.set_xlabel("hours since the night started")

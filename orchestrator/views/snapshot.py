@@ -11,8 +11,9 @@ Sources, and nothing else (the worker is never contacted):
   (a 100 MB file is read once, then only its new bytes), folded by
   :class:`orchestrator.core.fold.RunFold` (the one fold the supervisor and the report use too);
 - each attempt's ``samples.jsonl`` (supervisor memory samples: ``ts``, ``worker_rss``,
-  ``tree_rss``, ``sys_available``, ``swap_used``, ``gpu_used``, ``tree_mem`` with its
-  ``tree_measure`` pss|uss|rss; bytes), folded the same way;
+  ``tree_rss``, ``sys_available``, ``swap_used``, ``gpu_used`` with ``gpu_total`` and
+  ``gpu_whole_card``, ``tree_mem`` with its ``tree_measure`` pss|uss|rss; bytes), folded the
+  same way;
 - the night's runbook, for display thresholds (:class:`Thresholds`; N/A when it cannot load).
 
 Paths recorded in the state (run dirs, runbooks) are resolved against, in order: the path as
@@ -30,6 +31,7 @@ from typing import Any
 import yaml
 
 from orchestrator.core.fold import SAMPLES_FILE, RunFold, RunView, num, sample_tail
+from orchestrator.core.runbook import device_ceiling
 from orchestrator.core.state import Attempt, Fallback, Night, State, parse_iso, read_snapshot
 from orchestrator.policy import forecast
 from trainer.events import EVENTS_FILE
@@ -72,7 +74,8 @@ class Thresholds:
     name: str | None = None
     memory_good_gb: float | None = None
     memory_warning_gb: float | None = None
-    memory_ceiling_gb: float | None = None
+    memory_ceiling_gb: float | None = None  # the HOST ceiling (worker tree memory)
+    device_fraction: float | None = None  # the DEVICE ceiling, of the device's own total
     swap_growth_gb: float | None = None
     epoch_minutes_good: float | None = None
     epoch_minutes_warning: float | None = None
@@ -83,6 +86,34 @@ class Thresholds:
     window_hours: float | None = None
     final_eval_minutes: float | None = None
     problem: str | None = None
+
+    def device_ceiling_gb(self, total: int | None) -> float | None:
+        """The device ceiling in GB for a device of ``total`` bytes (None: unknown)."""
+        if self.device_fraction is None or not total:
+            return None
+        return device_ceiling(self.device_fraction, total) / GB
+
+    def ceilings_text(self, total: int | None) -> str:
+        """ "host 28 GB · device 73.6 GB (92% of 80.0 GB)"; the device part says what it is
+        a share of when the device total is unknown, and is absent without a fraction."""
+        host = f"host {self.memory_ceiling_gb:g} GB" if self.memory_ceiling_gb else "host N/A"
+        if self.device_fraction is None:
+            return host
+        share = f"{self.device_fraction:.0%}"
+        dev = self.device_ceiling_gb(total)
+        if dev is None or total is None:
+            return f"{host} · device {share} of its total"
+        return f"{host} · device {dev:.1f} GB ({share} of {total / GB:.1f} GB)"
+
+
+def device_total(run: RunView) -> int | None:
+    """The device's own memory: what the worker reports, else NVML's total of the card."""
+    return run.device_total or run.sample_peaks.get("gpu_total")
+
+
+def whole_card(run: RunView) -> bool:
+    """Whether a GPU reading was the whole card's (NVML matched none of the worker's pids)."""
+    return bool(run.sample_peaks.get("gpu_whole_card"))
 
 
 def _get(obj: Any, *keys: str) -> Any:
@@ -112,6 +143,7 @@ def load_thresholds(path: Path | None) -> Thresholds:
             memory_good_gb=n(_get(rb, "memory", "good_gb")),
             memory_warning_gb=n(_get(rb, "memory", "warning_gb")),
             memory_ceiling_gb=n(_get(rb, "memory", "ceiling_gb")),
+            device_fraction=n(_get(rb, "memory", "device_fraction")),
             swap_growth_gb=n(_get(rb, "memory", "swap_growth_gb")),
             epoch_minutes_good=n(_get(rb, "display", "epoch_minutes", "good")),
             epoch_minutes_warning=n(_get(rb, "display", "epoch_minutes", "warning")),

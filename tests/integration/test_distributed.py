@@ -171,8 +171,10 @@ def test_two_nodes_on_localhost_train_to_the_end(tmp_path: Path) -> None:
 
 def test_a_dead_rank_and_an_oom_on_rank_1_inside_a_night(tmp_path: Path) -> None:
     """Faults in sequence on two ranks: rank 1 runs out of memory (both ranks shrink, the
-    global batch stays), then rank 1 is SIGKILLed (the group goes down, the night restarts
-    from a checkpoint); the night still succeeds and no rank outlives its attempt."""
+    global batch stays), then rank 1 is SIGKILLed with memory far below every ceiling (the
+    group goes down, the night restarts from a checkpoint with the same micro-batch: a kill is
+    not an OOM without memory evidence); the night still succeeds and no rank outlives its
+    attempt."""
     tiny = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in TINY)}
     overrides = {
         **tiny,
@@ -197,7 +199,14 @@ def test_a_dead_rank_and_an_oom_on_rank_1_inside_a_night(tmp_path: Path) -> None
     # the OOM rung halved data.batch_size: every rank's micro-batch halved, accumulation doubled
     assert (starts[0]["micro_batch"], starts[0]["accum_steps"]) == (16, 1)
     assert (starts[1]["micro_batch"], starts[1]["accum_steps"]) == (8, 2)
-    assert starts[2]["features"]["gradient_checkpointing"] == "on"  # the killed rank's rung
+    # the kill: resumed as it was, the same micro-batch, no OOM rung, and no word of OOM
+    assert (starts[2]["micro_batch"], starts[2]["accum_steps"]) == (8, 2)
+    assert starts[2]["features"]["gradient_checkpointing"] == "off"
+    after_kill = [d for d in n.decisions if d.evidence.get("after_attempt") == 2]
+    assert [d.trigger for d in after_kill] == ["killed"], after_kill
+    assert "oom" not in after_kill[0].action.lower(), after_kill[0].action
+    assert "OOM" not in (n.attempts[1].message or "")
+    assert [f.trigger for f in n.fallbacks].count("oom") == 1
     assert starts[1]["resumed_from"] and starts[2]["resumed_from"]
     assert n.status in ("succeeded", "partial"), n.reason
     for a in n.attempts:

@@ -115,7 +115,7 @@ def test_status_screen_at_80x24_and_resized_live(tmp_path: Path) -> None:
         assert any("1 conservative" in ln and "running" in ln for ln in lines)
         assert any("2 aggressive" in ln and "pending" in ln for ln in lines)
         for pattern in (r"epoch 13/50 · step \d+", r"deadline 06:00 · LATE by", r"img/s",
-                        r"/ ceiling 28 GB"):  # fmt: skip
+                        r"/ host ceiling 28 GB"):  # fmt: skip
             assert re.search(pattern, screen), pattern
         # a bigger pane gets the full panels on the next frame, without a restart
         subprocess.run([TMUX, "-L", socket, "resize-window", "-t", "status", "-x", "150",

@@ -77,7 +77,7 @@ def test_night_with_fallbacks(tmp_path: Path) -> None:
     assert "attempt 3 started, resumed from `ckpt-e0004-s00000400.pt`" in text
     assert "forecast error (first forecast − actual end): **-20m00s**" in text
     assert "--set data.batch_size=12 --set training.accumulation_steps=6" in text
-    assert "peak memory: worker tree 29.3 GB (rss)" in text and "ceiling 28 GB" in text
+    assert "peak memory: worker tree 29.3 GB (rss)" in text and "ceilings: host 28 GB" in text
     assert_valid_pngs(var / "reports" / "morning-2025-03-15.md", 4)
 
 

@@ -36,7 +36,7 @@ def test_running_night_frame_answers_is_it_ok_and_will_it_finish() -> None:
         "img/s",
         "kNN 1/5/20",
         "linear probe N/A",  # the eval at epoch 10 had no probe
-        "ceiling   28 GB",
+        "ceiling   host 28 GB · device 92% of its total",
         "fallbacks, newest first (1)",
         "tree_rss_gb=26.9",
     ):
@@ -114,7 +114,7 @@ def test_compact_layout_fits_80x24_without_wrapping() -> None:
         "epoch 13/50 · step",
         "deadline 06:00 · LATE by 35m00s",  # forecast against the deadline
         "img/s",
-        "/ ceiling 28 GB",  # memory against the ceiling
+        "/ host ceiling 28 GB",  # memory against the host ceiling
         "fallback 22:16 oom:",  # the newest fallback
     ):
         assert expected in text, expected

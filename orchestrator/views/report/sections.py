@@ -20,7 +20,7 @@ from orchestrator.views import plots
 from orchestrator.views.fmt import NA, batch_text, fmt_clock, fmt_dur, fmt_gb, fmt_num, fmt_pct
 from orchestrator.views.report.facts import NightFacts
 from orchestrator.views.report.markdown import fmt_set, md_table, set_args
-from orchestrator.views.snapshot import iso_ts
+from orchestrator.views.snapshot import device_total, iso_ts, whole_card
 
 
 def what_ran(f: NightFacts) -> list[str]:
@@ -186,6 +186,7 @@ def time_and_resources(f: NightFacts) -> list[str]:
     tree_measure = next(
         (str(x["tree_measure"]) for x in reversed(run.samples) if x.get("tree_measure")), "rss"
     )  # what the memory ceiling checked
+    card = whole_card(run)
     return [
         f"- time used **{fmt_dur(used)}** of a {fmt_dur(window)} window{share}; "
         f"{fmt_dur(evals_s)} of it in evaluation; final eval reserve "
@@ -198,9 +199,10 @@ def time_and_resources(f: NightFacts) -> list[str]:
         f"{fmt_num(f.median_img_s(n.attempts[-1].index) if n.attempts else None, '.1f')})",
         f"- peak memory: worker tree {fmt_gb(peaks.get('tree_mem', peaks.get('tree_rss')))} "
         f"({tree_measure}), device "
-        f"{fmt_gb(run.device_mem_peak)}, GPU {fmt_gb(peaks.get('gpu_used'))}; lowest system "
-        f"available {fmt_gb(peaks.get('sys_available_min'))}; swap growth {fmt_gb(swap_growth)}"
-        f"; ceiling {fmt_num(th.memory_ceiling_gb, 'g')} GB",
+        f"{fmt_gb(run.device_mem_peak)}, GPU {fmt_gb(peaks.get('gpu_used'))}"
+        f"{' (whole-card usage: NVML matched none of the worker processes)' if card else ''}"
+        f"; lowest system available {fmt_gb(peaks.get('sys_available_min'))}; swap growth "
+        f"{fmt_gb(swap_growth)}; ceilings: {th.ceilings_text(device_total(run))}",
         "",
     ]
 
@@ -321,6 +323,7 @@ def plot_links(f: NightFacts, out: Path) -> list[str]:
                 f.start,
                 th.memory_ceiling_gb,
                 th.memory_warning_gb,
+                th.device_ceiling_gb(device_total(run)),
             ),
         ),
         (

@@ -14,7 +14,7 @@ from rich.text import Text
 from orchestrator.core.fold import mem_value
 from orchestrator.views.fmt import NA, batch_text, fmt_clock, fmt_dur, fmt_gb, fmt_num
 from orchestrator.views.screen.levels import NIGHT_STYLE, level_high_bad, styled
-from orchestrator.views.snapshot import GB, Snapshot, iso_ts
+from orchestrator.views.snapshot import GB, Snapshot, device_total, iso_ts
 
 
 def _forecast_short(fc: Any) -> Text:
@@ -114,12 +114,24 @@ def render_compact(s: Snapshot, width: int = 80, height: int = 24) -> Renderable
     rss = sample.get("tree_rss")
     gb = rss / GB if rss is not None else None
     ceiling = f"{th.memory_ceiling_gb:g} GB" if th.memory_ceiling_gb else NA
+    dev_ceiling = th.device_ceiling_gb(device_total(run))
+    if dev is None and sample.get("gpu_used") is not None:
+        dev = sample["gpu_used"]
+    card = (
+        " (whole card)"
+        if mem_value(run.device_mem) is None and sample.get("gpu_whole_card")
+        else ""
+    )
+    dev_text = ""
+    if dev is not None:
+        dev_text = f" · device {fmt_gb(dev)}{card}"
+        dev_text += f" / {dev_ceiling:.1f} GB" if dev_ceiling is not None else ""
     lines.append(
         _line(
             f"{fmt_num(last.img_per_s if last else None, '.1f')} img/s · mem ",
             styled(fmt_gb(rss), level_high_bad(gb, th.memory_good_gb, th.memory_warning_gb)),
-            f" / ceiling {ceiling}",
-            f" · device {fmt_gb(dev)}" if dev is not None else "",
+            f" / host ceiling {ceiling}",
+            dev_text,
         )
     )
     if s.fallbacks:

@@ -4,12 +4,16 @@ shown night's progress and forecast, the loss, memory, the last evaluation and t
     console.print(render_full(SnapshotSource(Path("var")).take()))
 
 Every panel draws from one immutable :class:`~orchestrator.views.snapshot.Snapshot`; a missing
-reading renders as "N/A". Colours (``levels``): memory (worker tree, device) against
-``memory.good_gb``/``warning_gb`` (critical at or above ``warning_gb``; "over ceiling" at
-``ceiling_gb``); epoch minutes and grad norm against ``display.*`` (higher is worse); feature
-std against ``display.feature_std`` (lower is worse); swap growth since the attempt's first
-sample against ``memory.swap_growth_gb`` (warning from half of it); system available memory
-is this screen's own rule: warning under 5 GB, critical under 2 GB.
+reading renders as "N/A". Colours (``levels``): worker tree memory against
+``memory.good_gb``/``warning_gb`` (critical at or above ``warning_gb``; "over ceiling" at the
+host ceiling ``ceiling_gb``); device memory against the device ceiling
+(``memory.device_fraction`` of the device's total: warning from 80% of it, critical from 90%;
+"(whole-card usage)" when NVML could not tell the worker's share), or on a CPU against the host
+bands; the "ceiling" row names both ceilings; epoch minutes and grad norm against
+``display.*`` (higher is worse); feature std against ``display.feature_std`` (lower is
+worse); swap growth since the attempt's first sample against ``memory.swap_growth_gb``
+(warning from half of it); system available memory is this screen's own rule: warning under
+5 GB, critical under 2 GB.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from rich.text import Text
 from orchestrator.core.fold import mem_value, metrics_of
 from orchestrator.views.fmt import NA, batch_text, fmt_clock, fmt_dur, fmt_gb, fmt_num, fmt_pct
 from orchestrator.views.screen.levels import NIGHT_STYLE, level_high_bad, level_low_bad, styled
-from orchestrator.views.snapshot import GB, Snapshot, iso_ts
+from orchestrator.views.snapshot import GB, Snapshot, device_total, iso_ts
 
 BLOCKS = "▁▂▃▄▅▆▇█"
 
@@ -261,6 +265,18 @@ def _memory(s: Snapshot) -> RenderableType:
             text += " (over ceiling)"
         return styled(text, level_high_bad(gb, th.memory_good_gb, th.memory_warning_gb))
 
+    total = device_total(run)
+    dev_ceiling = th.device_ceiling_gb(total)
+
+    def device_cell(value: float | None, card: bool) -> Text:
+        gb = value / GB if value is not None else None
+        text = fmt_gb(value) + (" (whole-card usage)" if card else "")
+        if dev_ceiling is None:  # a CPU: its "device" is the host, under the host ceiling
+            return mem_cell(value) if not card else styled(text, None)
+        if gb is not None and gb >= dev_ceiling:
+            text += " (over ceiling)"
+        return styled(text, level_high_bad(gb, 0.8 * dev_ceiling, 0.9 * dev_ceiling))
+
     avail = sample.get("sys_available")
     swap = sample.get("swap_used")
     growth = swap - run.swap_first if swap is not None and run.swap_first is not None else None
@@ -268,9 +284,10 @@ def _memory(s: Snapshot) -> RenderableType:
     if growth is not None and th.swap_growth_gb:
         swap_level = level_high_bad(growth / GB, th.swap_growth_gb / 2, th.swap_growth_gb)
     dev = mem_value(run.device_mem)
+    card = dev is None and bool(sample.get("gpu_whole_card"))
     rows: list[tuple[str, RenderableType | str]] = [
         ("worker", mem_cell(sample.get("tree_rss"))),
-        ("device", mem_cell(dev if dev is not None else sample.get("gpu_used"))),
+        ("device", device_cell(dev if dev is not None else sample.get("gpu_used"), card)),
         (
             "available",
             styled(fmt_gb(avail), level_low_bad(avail / GB if avail is not None else None, 5, 2)),
@@ -282,7 +299,7 @@ def _memory(s: Snapshot) -> RenderableType:
                 f" (+{fmt_gb(growth)})" if growth is not None else "",
             ),
         ),
-        ("ceiling", f"{th.memory_ceiling_gb:g} GB" if th.memory_ceiling_gb else NA),
+        ("ceiling", th.ceilings_text(total) if th.memory_ceiling_gb else NA),
     ]
     peak = run.sample_peaks.get("tree_rss")
     if peak is not None:
