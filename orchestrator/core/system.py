@@ -31,6 +31,8 @@ tests use the real one. Readings that are unavailable come back as ``None``, nev
   tables (/proc/PID/smaps: ~20 ms per 700 MB of RSS, measured), so it is read at most every
   ``full_interval_s`` (30 s) or when the tree's pids change; in between ``tree_mem`` is the last
   full reading plus the tree's RSS change since then (growth shows at once, at RSS cost).
+- The readings themselves (the sample record, PSS/USS, NVML's per-GPU choice, the kernel's
+  OOM-kill counter files) are parsed in :mod:`orchestrator.core.meminfo`; only this seam calls it.
 - ``device_env`` adds, on macOS, ``PYTORCH_MPS_HIGH_WATERMARK_RATIO=1.0`` and
   ``PYTORCH_MPS_LOW_WATERMARK_RATIO=0.8`` (unless set) so MPS raises OOM instead of swapping.
 """
@@ -43,11 +45,19 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
+
+from orchestrator.core.meminfo import (
+    VMSTAT,
+    MemSample,
+    cgroup_oom_file,
+    gpu_reading,
+    oom_kill_count,
+    tree_full_measure,
+)
 
 
 def process_alive(pid: int | None, create_time: float | None) -> bool:
@@ -65,26 +75,6 @@ def process_alive(pid: int | None, create_time: float | None) -> bool:
         return abs(proc.create_time() - create_time) < 1.0
     except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
         return False
-
-
-@dataclass(frozen=True)
-class MemSample:
-    """One memory reading (bytes). The samples.jsonl line is ``as_json()``."""
-
-    ts: float
-    worker_rss: int | None
-    tree_rss: int | None  # plain RSS sum over the tree (shared pages once per process)
-    sys_available: int | None
-    swap_used: int | None
-    gpu_used: int | None
-    tree_mem: int | None = None  # what the tree owns, by ``tree_measure``; fed to the policy
-    tree_measure: str | None = None  # "pss" | "uss" | "rss"
-    gpu_total: int | None = None  # the memory of the GPU ``gpu_used`` was read on
-    gpu_whole_card: bool | None = None  # True: NVML matched none of the tree's pids (container)
-    sys_total: int | None = None  # the host's RAM
-
-    def as_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class System:
@@ -308,9 +298,9 @@ class System:
         remembered, the process need not be alive)."""
         path = self._oom_paths.get(pid)
         if path is None:
-            path = _cgroup_events_path(pid) or (VMSTAT if Path(VMSTAT).is_file() else "")
+            path = cgroup_oom_file(pid) or (VMSTAT if Path(VMSTAT).is_file() else "")
             self._oom_paths[pid] = path
-        count = _oom_kill_line(path) if path else None
+        count = oom_kill_count(path) if path else None
         return {path: count} if count is not None else {}
 
     def _tree_owned(
@@ -361,82 +351,3 @@ class System:
             except Exception:
                 self._nvml = None
         return self._nvml
-
-
-def tree_full_measure(procs: list[psutil.Process]) -> tuple[str, int]:
-    """("pss"|"uss"|"rss", summed bytes) over ``procs``: PSS where every process reports it,
-    else USS, else RSS (a process that vanished meanwhile counts 0)."""
-    infos: list[Any] = []
-    for q in procs:
-        try:
-            infos.append(q.memory_full_info())
-        except psutil.NoSuchProcess:
-            continue
-        except (psutil.AccessDenied, OSError):
-            infos = []
-            break
-    for measure in ("pss", "uss"):
-        if infos and all(hasattr(i, measure) for i in infos):
-            return measure, sum(int(getattr(i, measure)) for i in infos)
-    total = 0
-    for q in procs:
-        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            total += q.memory_info().rss
-    return "rss", total
-
-
-def gpu_reading(
-    per_device: list[tuple[int, bool, int, int]],
-) -> tuple[int, int | None, bool] | None:
-    """From NVML's (tree's usage, tree seen, card used, card total) per GPU: the fullest GPU
-    the tree uses, else — NVML listed none of its pids — the fullest card's whole usage,
-    flagged (third item True)."""
-    seen = [(used, total) for used, mine, _, total in per_device if mine]
-    if seen:
-        used, total = max(seen)
-        return used, total, False
-    if not per_device:
-        return None
-    _, _, used, total = max(per_device, key=lambda d: d[2])
-    return used, total, True
-
-
-VMSTAT = "/proc/vmstat"
-CGROUP_ROOT = Path("/sys/fs/cgroup")
-
-
-def _cgroup_events_path(pid: int) -> str | None:
-    """The file holding ``pid``'s cgroup OOM-kill count when readable: cgroup v2
-    ``memory.events``, v1 ``memory.oom_control``; inside a container whose cgroup mount is its
-    own root (the path /proc names does not exist there), the mount's root file."""
-    try:
-        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    candidates: list[Path] = []
-    for line in lines:
-        _, controllers, rel = line.split(":", 2) if line.count(":") >= 2 else ("", "", "")
-        rel = rel.lstrip("/")
-        if controllers == "" and rel:  # v2 (a bare "0::/" on a v1 host names nothing)
-            candidates += [CGROUP_ROOT / rel / "memory.events"]
-        elif "memory" in controllers.split(","):
-            base = CGROUP_ROOT / "memory"
-            candidates += [base / rel / "memory.oom_control", base / "memory.oom_control"]
-    candidates.append(CGROUP_ROOT / "memory.events")
-    for path in candidates:
-        if _oom_kill_line(str(path)) is not None:
-            return str(path)
-    return None
-
-
-def _oom_kill_line(path: str) -> int | None:
-    """The ``oom_kill N`` count of a ``memory.events`` or ``/proc/vmstat`` file, or None."""
-    try:
-        text = Path(path).read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name == "oom_kill" and value.strip().isdigit():
-            return int(value)
-    return None
