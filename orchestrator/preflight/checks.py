@@ -71,7 +71,7 @@ def check_memory(rb: Runbook) -> PreflightCheck:
     avail = psutil.virtual_memory().available / GB
     detail = (
         f"{avail:.1f} GB available; runbook expects ~{rb.memory.good_gb:g} GB, "
-        f"ceiling {rb.memory.ceiling_gb:g} GB"
+        f"host ceiling {rb.memory.ceiling_gb:g} GB"
     )
     if avail >= rb.memory.good_gb:
         return PreflightCheck("memory", "pass", detail)

@@ -158,8 +158,10 @@ def _failure_advice(f: NightFacts, rerun: str) -> str:
         "check with `hjepa-night preflight --config ...`, then rerun",
         "oom": "memory ran out on every rung of the OOM ladder: lower data.batch_size further or "
         "turn on model.use_gradient_checkpointing, check with preflight, then rerun",
-        "memory": "memory stayed over the runbook ceiling: lower data.batch_size or "
-        "data.num_workers, check with preflight, then rerun",
+        "memory": "memory stayed over a runbook ceiling (host or device): lower "
+        "data.batch_size or data.num_workers, check with preflight, then rerun",
+        "killed": "the worker kept being SIGKILLed from outside with memory far from every "
+        "ceiling: find the sender (a person, a scheduler's preemption, a watchdog), then rerun",
         "nonfinite": "the loss kept diverging after every LR rung: lower training.lr further and "
         "training.clip_grad to 1.0, then rerun",
         "feature": f"feature {fatal.get('feature') or '?'} kept failing: switch it off in the "
