@@ -317,8 +317,8 @@ def device_total_memory(device: torch.device) -> int | None:
     """The device's own memory in bytes (None on a CPU, or unreadable). No sync.
 
     CUDA: the card's ``total_memory``. MPS (unified memory): ``recommendedMaxWorkingSetSize``
-    (``torch.mps.recommended_max_memory``), the most Metal lets this process keep resident —
-    about two thirds to three quarters of the RAM; with the supervisor's
+    (``torch.mps.recommended_max_memory``), Metal's recommended working-set limit for a process,
+    roughly two thirds to four fifths of the RAM; with the supervisor's
     ``PYTORCH_MPS_HIGH_WATERMARK_RATIO=1.0`` it is also where MPS raises OOM. The host RAM
     stands in on a torch without that call. The rest of the RAM is the host ceiling's."""
     try:

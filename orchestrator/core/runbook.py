@@ -103,9 +103,10 @@ class HeartbeatTimeouts(_M):
 class MemoryLimits(_M):
     """Two ceilings: the host's, in GB, for what the worker tree owns in RAM (PSS/USS, else RSS);
     the device's, as a fraction of the device's own total memory (what the worker reports: CUDA
-    ``total_memory``; MPS ``recommendedMaxWorkingSetSize``, the most Metal lets a process keep
-    resident on unified memory; NVML's total of the card when the worker has not reported yet).
-    A CPU run has no device ceiling: its device memory is the host's, under ``ceiling_gb``.
+    ``total_memory``; MPS ``recommendedMaxWorkingSetSize``, Metal's recommended working-set
+    limit for a process on unified memory; NVML's total of the card when the worker has not
+    reported yet). A CPU run has no device ceiling: its device memory is the host's, under
+    ``ceiling_gb``.
 
     ``ceiling_gb`` keeps its host meaning; it was also compared with GPU memory once (a 28 GB
     ceiling for a 32 GB Mac capped an 80 GB GPU at 28 GB) and no longer is."""
