@@ -102,3 +102,35 @@ def test_the_report_names_both_ceilings_and_whole_card_usage(tmp_path: Path) -> 
     text = write_report(var).read_text()
     assert "GPU 40.0 GB (whole-card usage" in text
     assert "ceilings: host 28 GB · device 73.6 GB (92% of 80.0 GB)" in text
+
+
+def _frame(state_dir: Path, width: int = 110, height: int | None = None) -> str:
+    from rich.console import Console
+
+    from orchestrator.views.screen.live import render
+    from orchestrator.views.snapshot import SnapshotSource
+
+    now_file = state_dir / "NOW"
+    now = float(now_file.read_text()) if now_file.exists() else None
+    console = Console(record=True, width=width, height=height)
+    size = (width, height) if height else None
+    console.print(render(SnapshotSource(state_dir).take(now=now), size))
+    return console.export_text()
+
+
+def test_the_screen_holds_device_memory_to_the_device_ceiling(tmp_path: Path) -> None:
+    """An MPS worker reporting 20 GB of Metal memory on a 21 GB working set: over the device
+    ceiling (19.3 GB), though far under the 28 GB host ceiling it was once compared with."""
+    var = tmp_path / "night-running"
+    shutil.copytree(FIXTURES / "night-running", var)
+    events = var / "runs/conservative/attempt-02/events.jsonl"
+    last_ts = json.loads(events.read_text().splitlines()[-2])["ts"]  # the last one is torn
+    mem = {"allocated": 15 * GB, "driver": 20 * GB, "total": 21 * GB}
+    heartbeat = {"type": "heartbeat", "ts": last_ts + 1, "phase": "train", "device_mem": mem}
+    with events.open("a") as fh:
+        fh.write("\n" + json.dumps(heartbeat) + "\n")
+    text = _frame(var)
+    assert "device    20.0 GB (over ceiling)" in text
+    assert "ceiling   host 28 GB" in text and "device 19.3 GB (92% of 21.0 GB)" in text
+    compact = _frame(var, width=80, height=24)
+    assert "/ host ceiling 28 GB · device 20.0 GB / 19.3 GB" in compact

@@ -36,7 +36,8 @@ def test_running_night_frame_answers_is_it_ok_and_will_it_finish() -> None:
         "img/s",
         "kNN 1/5/20",
         "linear probe N/A",  # the eval at epoch 10 had no probe
-        "ceiling   host 28 GB · device 92% of its total",
+        "ceiling   host 28 GB",
+        "device 92% of its total",
         "fallbacks, newest first (1)",
         "tree_rss_gb=26.9",
     ):

@@ -299,8 +299,11 @@ def _memory(s: Snapshot) -> RenderableType:
                 f" (+{fmt_gb(growth)})" if growth is not None else "",
             ),
         ),
-        ("ceiling", th.ceilings_text(total) if th.memory_ceiling_gb else NA),
     ]
+    host, _, device = th.ceilings_text(total).partition(" · ")
+    rows.append(("ceiling", host if th.memory_ceiling_gb else NA))
+    if device:
+        rows.append(("", device))
     peak = run.sample_peaks.get("tree_rss")
     if peak is not None:
         rows.append(("peak", fmt_gb(peak)))
