@@ -151,7 +151,10 @@ def _memory_trip(obs: Observation, rb: Runbook, near: float = 1.0) -> dict[str, 
     """The first reading over ``near`` × its ceiling: the worker tree's memory against the host
     ceiling (``memory.ceiling_gb``); the worker's device reading and NVML's GPU reading against
     the device ceiling (``memory.device_fraction`` of that device's total; no total, no device
-    ceiling: a CPU's "device" memory is the host's). Then swap growth. None: nothing trips."""
+    ceiling: a CPU's "device" memory is the host's). NVML's whole-card usage (it matched none
+    of the worker's pids: a container) counts only while the worker reports no device reading
+    of its own, so a card's other tenants do not shrink this batch. Then swap growth. None:
+    nothing trips."""
     m = rb.memory
     share = "" if near >= 1.0 else f"{near:.0%} of "
     host = m.ceiling_gb * GB
@@ -168,6 +171,8 @@ def _memory_trip(obs: Observation, rb: Runbook, near: float = 1.0) -> dict[str, 
         ("gpu_used", obs.gpu_used, obs.gpu_total or obs.device_total, "GPU memory", whole),
     )
     for name, value, total, label, note in devices:
+        if name == "gpu_used" and obs.gpu_whole_card and obs.device_mem is not None:
+            continue  # the worker's own reading, not the card's other tenants
         ceiling = m.device_ceiling(total)
         if value is None or ceiling is None or total is None or value <= near * ceiling:
             continue

@@ -532,6 +532,9 @@ def test_whole_card_usage_is_named_in_the_decision() -> None:
     assert d.evidence["whole_card"] is True and d.evidence["device_ceiling_gb"] == 73.6
     own = decide(replace(obs, gpu_whole_card=False), hist(), CONS, NOW, DEADLINE)
     assert "whole-card" not in own.action and "whole_card" not in own.evidence
+    # the worker's own reading is there: the card's other tenants do not shrink this batch
+    shared = replace(obs, device_mem=10 * GB, device_total=80 * GB)
+    assert decide(shared, hist(), CONS, NOW, DEADLINE).kind is K.CONTINUE
 
 
 # --- a SIGKILL nobody here sent: memory trouble only with evidence --------------------------
