@@ -32,7 +32,7 @@ States (every transition is in :meth:`Supervisor.tick` / the request helpers, wi
 - A SIGKILL nobody here sent is judged on the last few samples before it and the kernel's
   OOM-kill count since launch (:meth:`orchestrator.core.system.System.oom_kill_counts`):
   ``oom`` (the OOM ladder) only with memory near a ceiling or a kernel count, else
-  ``killed`` (restarted as it was; :func:`orchestrator.policy.decide.kill_oom_evidence`).
+  ``killed`` (restarted as it was; :func:`orchestrator.policy.memory.kill_oom_evidence`).
 - Re-attach (:meth:`Supervisor.attach`): a worker left alive by a supervisor that died is
   supervised the same way (events tailed from the start of events.jsonl, so the view is
   complete; sampling, live decisions, control file, group signals). It cannot be wait()ed on,

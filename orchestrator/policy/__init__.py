@@ -5,7 +5,8 @@ supervisor and night runner gather observations and act on the decisions.
 """
 
 from orchestrator.policy.classify import classify_exit, is_oom_text
-from orchestrator.policy.decide import decide, heartbeat_timeout, kill_oom_evidence, silence
+from orchestrator.policy.decide import decide, heartbeat_timeout, silence
+from orchestrator.policy.memory import kill_oom_evidence
 from orchestrator.policy.success import judge
 from orchestrator.policy.types import (
     CONTINUE,

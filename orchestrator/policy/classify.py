@@ -9,7 +9,7 @@ The kinds are those of ``orchestrator.core.state.ExitKind``. Rules, first match 
    when the fatal message or the stderr tail carries an OOM text.
 3. A signal nobody sent: SIGKILL (-9, or 137 from a shell) → ``oom`` when ``oom_evidence``
    says memory was near a ceiling or the kernel counted an OOM kill
-   (:func:`orchestrator.policy.decide.kill_oom_evidence`), else ``killed`` (a person, a
+   (:func:`orchestrator.policy.memory.kill_oom_evidence`), else ``killed`` (a person, a
    preemption, a rank that died: restarted as it was, not shrunk). Other signals → ``crash``.
 4. Any other code: a ``fatal`` event's kind if there is one, else ``oom`` on an OOM text in
    stderr, else ``crash``.
