@@ -3,7 +3,10 @@
     hjepa-night start --plan sequential [--state-dir var] [--now] [--foreground] [--no-tui]
     hjepa-night stop [--state-dir var] [--timeout 120]
 
-``start`` validates the plan and the state file, then (unless ``--foreground``) re-runs itself
+``start`` validates the plan and the state file, checks that every night can start (config,
+device, data — downloading what ``download: true`` allows, ``readiness.py``; a night whose data
+is missing and cannot be fetched refuses the plan unless its dataset fallback covers it), then
+(unless ``--foreground``) re-runs itself
 detached (its own session, through :class:`orchestrator.core.system.System`) with
 ``--foreground --no-tui``, logging to ``STATE_DIR/daemon.log``, and prints the pid, the log and
 how to watch and stop it. In the foreground it takes the lock, creates or resumes the state,
@@ -226,9 +229,22 @@ def cmd_start(args: argparse.Namespace) -> int:
     if error:
         print(f"hjepa-night: {error}", file=sys.stderr)
         return 1
+    if os.environ.get(DETACHED_ENV) != "1":  # the detached daemon was checked by its parent
+        refused = _check_ready(plan)
+        if refused:
+            print(f"hjepa-night: {refused}", file=sys.stderr)
+            return 2
     if args.foreground:
         return run_foreground(args, plan, plan_path)
     return _spawn(args, plan_path)
+
+
+def _check_ready(plan: Plan) -> str | None:
+    """Every night's config, device and data, downloads included, before the plan is accepted
+    (``orchestrator.schedule.readiness``); the refusal text, or None."""
+    from orchestrator.schedule.readiness import check_plan, refusal_text
+
+    return refusal_text(check_plan(plan))
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
