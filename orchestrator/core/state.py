@@ -90,6 +90,15 @@ class Fallback(_M):
     attempt: int | None = None
 
 
+class ClockGap(_M):
+    """The machine slept (or its clock jumped) during a night: the wall clock ran ``seconds``
+    ahead of the monotonic clock; ``at`` is when it was noticed (wall clock, after the gap)."""
+
+    at: str
+    seconds: float
+    attempt: int | None = None
+
+
 class DecisionRecord(_M):
     """A decision as the state file keeps it (the policy's answer is ``policy.Decision``)."""
 
@@ -163,6 +172,8 @@ class Night(_M):
     device: str | None = None
     epochs_planned: int | None = None
     epochs_done: int | None = None
+    clock_gaps: list[ClockGap] = Field(default_factory=list)
+    awake: str | None = None  # how sleep was held off during the night, or why it was not
 
     # Every change of ``status`` goes through these two methods (``TRANSITIONS``).
     def start(self) -> None:
