@@ -140,7 +140,22 @@ def main(argv: list[str] | None = None) -> int:
 
     from trainer.loop import Worker  # heavy imports (torch) after the config is known good
 
-    emitter = Emitter(run_dir / EVENTS_FILE, period=cfg.logging.heartbeat_s, only=quiet)
+    sinks = []
+    if cfg.logging.use_tensorboard:
+        from trainer.tensorboard_log import TensorBoardSink, require_tensorboard, tensorboard_dir
+
+        try:
+            require_tensorboard()
+        except ImportError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            em = Emitter(run_dir / EVENTS_FILE, only=quiet)
+            em.emit(Fatal(kind="config", message=str(exc), rank=rank))
+            em.close()
+            return EXIT_USAGE
+        sinks.append(TensorBoardSink(tensorboard_dir(run_dir)))
+    emitter = Emitter(
+        run_dir / EVENTS_FILE, period=cfg.logging.heartbeat_s, only=quiet, sinks=sinks
+    )
     worker = Worker(cfg, run_dir, args.resume, emitter)
     emitter._memory = lambda: worker.mem() if hasattr(worker, "device") else {}
     signal.signal(signal.SIGTERM, worker.on_signal)

@@ -310,6 +310,8 @@ def commands(f: NightFacts, stamp: str) -> list[str]:
             f"python -m trainer --config {cfg} --run-dir {base_dir}/eval-{stamp} --resume {q} "
             "--eval-only",
         ]
+    if (base_dir / "tensorboard").is_dir():  # logging.use_tensorboard: every attempt's curves
+        out += ["# the night's TensorBoard curves", f"tensorboard --logdir {base_dir}/tensorboard"]
     return [*out, "```", ""]
 
 
