@@ -69,3 +69,11 @@ def slept_text(night: Any) -> str | None:
         f"the machine slept {fmt_dur(total)} during this night ({times}, last noticed {last}):"
         " training paused and the window shrank by that much; not counted as a hang"
     )
+
+
+def sleep_lines(night: Any) -> list[str]:
+    """The report's lines: how sleep was held off, and any sleep that happened anyway."""
+    out = [f"- sleep: {night.awake}"] if getattr(night, "awake", None) else []
+    if slept := slept_text(night):
+        out.append(f"- **{slept[0].upper()}{slept[1:]}**")
+    return out

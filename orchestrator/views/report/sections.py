@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import Any
 
 from orchestrator.preflight.fit import read_fits
 from orchestrator.views import plots
@@ -26,7 +25,7 @@ from orchestrator.views.fmt import (
     fmt_gb,
     fmt_num,
     fmt_pct,
-    slept_text,
+    sleep_lines,
 )
 from orchestrator.views.report.facts import NightFacts
 from orchestrator.views.report.markdown import fmt_set, md_table, set_args
@@ -211,17 +210,9 @@ def time_and_resources(f: NightFacts) -> list[str]:
         f"{fmt_gb(run.device_mem_peak)}, GPU {fmt_gb(peaks.get('gpu_used'))}; lowest system "
         f"available {fmt_gb(peaks.get('sys_available_min'))}; swap growth {fmt_gb(swap_growth)}"
         f"; ceiling {fmt_num(th.memory_ceiling_gb, 'g')} GB",
-        *_sleep_lines(n),
+        *sleep_lines(n),
         "",
     ]
-
-
-def _sleep_lines(n: Any) -> list[str]:
-    """Whether sleep was held off, and any sleep that happened anyway (``clock_gaps``)."""
-    out = [f"- sleep: {n.awake}"] if n.awake else []
-    if slept := slept_text(n):
-        out.append(f"- **{slept[0].upper()}{slept[1:]}**")
-    return out
 
 
 def fitted(f: NightFacts) -> list[str]:
