@@ -5,10 +5,10 @@
 ``--json`` prints the state snapshot (``orchestrator/core/state.py`` documents every key: ``plan``,
 ``current_night``, ``next_start``, ``daemon``, ``nights``...) plus ``daemon_alive`` (whether
 the daemon recorded in it still runs, from the lock) and ``service`` (whether a user service
-restarts the daemon after a reboot, ``hjepa-night service``; ``--once`` prints it last). It
-reads the file only — it works with no daemon, during a night and after a crash — and never
-moves a file aside. No state file yet: the empty state (``nights: []``), exit 0. A file that
-cannot be read: a message, exit 1.
+restarts the daemon after a reboot, ``hjepa-night service``; ``--once`` prints it last, then
+each night's TensorBoard folder). It reads the file only — it works with no daemon, during a
+night and after a crash — and never moves a file aside. No state file yet: the empty state
+(``nights: []``), exit 0. A file that cannot be read: a message, exit 1.
 Otherwise it hands over to the status screen, ``orchestrator.views.screen.live.run_status``.
 """
 
@@ -67,4 +67,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     code = int(run_status(state_dir, bool(args.once), getattr(args, "width", None)))
     if args.once:
         print(f"service: {service_text(state_dir)}")
+        for tb in sorted((state_dir / "runs").glob("*/tensorboard")):  # logging.use_tensorboard
+            print(f"tensorboard: tensorboard --logdir {tb}")
     return code

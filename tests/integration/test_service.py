@@ -107,6 +107,10 @@ def test_install_status_uninstall_from_the_command_line(tmp_path: Path, home: Pa
     assert written.is_file() and str(written).startswith(str(home))
     assert "load it with: " in r.stdout
     assert status_service() == f"installed: {written}"
+    (tmp_path / "var" / "runs" / "n1-demo" / "tensorboard").mkdir(parents=True)
+    once = cli("status", "--once", "--state-dir", "var", "--width", "100")
+    assert f"service: installed: {written}" in once.stdout, once.stdout + once.stderr
+    assert "tensorboard: tensorboard --logdir var/runs/n1-demo/tensorboard" in once.stdout
     bad = cli("service", "install", "--plan", "no-such-plan", "--state-dir", "var", "--no-enable")
     assert bad.returncode == 2 and "no-such-plan" in bad.stderr
     r = cli("service", "uninstall", "--state-dir", "var", "--no-enable")
