@@ -8,6 +8,8 @@
     hjepa-night join --config FILE --node-rank R [--set key=value ...]   (nodes 1.. of a night)
     hjepa-night preflight --config FILE [--window 8h] [--apply [PLAN_OR_STATE]] [--probe-steps N]
     hjepa-night init [DIR] [--force]
+    hjepa-night data imagenet100 --from DIR [--to ./data/imagenet]
+    hjepa-night service install --plan NAME [--state-dir var] | service uninstall [--state-dir var]
 
 Each verb lives in its own module (``cmd_<verb>(args) -> int``); this file only parses.
 """
@@ -27,6 +29,8 @@ VERBS = {
     "join": "orchestrator.night.join",
     "preflight": "orchestrator.preflight.command",
     "init": "orchestrator.core.datafiles",
+    "data": "orchestrator.preflight.imagenet100",
+    "service": "orchestrator.schedule.service",
 }
 
 
@@ -100,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("init", help="write editable copies of the configs, plans and runbooks")
     sp.add_argument("dir", nargs="?", default=".", help="target directory (.)")
     sp.add_argument("--force", action="store_true", help="overwrite existing files")
+    for module in ("orchestrator.preflight.imagenet100", "orchestrator.schedule.service"):
+        importlib.import_module(module).add_parser(sub)
     return p
 
 

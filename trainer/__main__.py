@@ -22,6 +22,7 @@ they fail (``trainer/dist.py``).
 ``--check`` (no ``--run-dir``, nothing written) prints one JSON document: the device the config
 resolves to and every training dataset's description or why it is missing; exit 0 when all is
 usable, 1 when not, 2 when the config does not load (``trainer/check.py`` has the shape).
+``--check --fetch`` first downloads the missing ``download: true`` datasets (progress on stderr).
 """
 
 from __future__ import annotations
@@ -65,7 +66,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="print the device and datasets this config finds, as JSON, and exit",
     )
+    p.add_argument(
+        "--fetch",
+        action="store_true",
+        help="with --check: download missing `download: true` datasets first (progress on stderr)",
+    )
     args = p.parse_args(argv)
+    if args.fetch and not args.check:
+        p.error("--fetch goes with --check")
     if not args.check and args.run_dir is None:
         p.error("the following arguments are required: --run-dir")
     return args
@@ -104,7 +112,7 @@ def check_main(args: argparse.Namespace) -> int:
         print(json.dumps(config_failure(args.config, exc)), flush=True)
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    doc = check(cfg, args.config)
+    doc = check(cfg, args.config, fetch=args.fetch)
     print(json.dumps(doc), flush=True)
     return 0 if doc["ok"] else 1
 
@@ -132,7 +140,22 @@ def main(argv: list[str] | None = None) -> int:
 
     from trainer.loop import Worker  # heavy imports (torch) after the config is known good
 
-    emitter = Emitter(run_dir / EVENTS_FILE, period=cfg.logging.heartbeat_s, only=quiet)
+    sinks = []
+    if cfg.logging.use_tensorboard:
+        from trainer.tensorboard_log import TensorBoardSink, require_tensorboard, tensorboard_dir
+
+        try:
+            require_tensorboard()
+        except ImportError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            em = Emitter(run_dir / EVENTS_FILE, only=quiet)
+            em.emit(Fatal(kind="config", message=str(exc), rank=rank))
+            em.close()
+            return EXIT_USAGE
+        sinks.append(TensorBoardSink(tensorboard_dir(run_dir)))
+    emitter = Emitter(
+        run_dir / EVENTS_FILE, period=cfg.logging.heartbeat_s, only=quiet, sinks=sinks
+    )
     worker = Worker(cfg, run_dir, args.resume, emitter)
     emitter._memory = lambda: worker.mem() if hasattr(worker, "device") else {}
     signal.signal(signal.SIGTERM, worker.on_signal)

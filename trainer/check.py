@@ -1,6 +1,7 @@
 """What the worker finds on this machine for a config, without training: ``--check``.
 
     python -m trainer --check --config configs/demo_conservative.yaml [--set key=value ...]
+    python -m trainer --check --fetch --config ...   # download missing `download: true` data
 
 prints one JSON document (the orchestrator's preflight reads it; it imports no torch itself)::
 
@@ -24,7 +25,9 @@ prints one JSON document (the orchestrator's preflight reads it; it imports no t
   (``trainer.data.describe_dataset``). ``status`` ``ok`` with a one-line ``description``;
   ``missing`` (``trainer.datasets.DataMissingError``): ``name`` and the expected ``path`` from
   the error, ``message`` its text, which says how to get the dataset; ``error``: any other
-  exception, ``message`` as ``Type: text``.
+  exception, ``message`` as ``Type: text``. ``downloadable``: ``download: true`` on a dataset
+  that can be downloaded (``trainer/fetch.py``); ``fetched``: this run downloaded it
+  (``--check --fetch`` only; without ``--fetch`` nothing is downloaded).
 - ``ok``: the device resolved and every dataset opened.
 
 A config that does not load prints ``{"config": …, "ok": false, "error": "<file: key: why>"}``
@@ -68,10 +71,12 @@ def device_facts(requested: str) -> dict[str, Any]:
     return facts
 
 
-def dataset_facts(cfg: Config) -> list[dict[str, Any]]:
-    """Every training dataset's description, or why it cannot be opened."""
+def dataset_facts(cfg: Config, fetch: bool = False) -> list[dict[str, Any]]:
+    """Every training dataset's description, or why it cannot be opened; with ``fetch``, a
+    missing ``download: true`` dataset is downloaded first (progress on stderr)."""
     from trainer.data import describe_dataset, named_datasets
     from trainer.datasets import DataMissingError
+    from trainer.fetch import FETCHABLE
 
     out: list[dict[str, Any]] = []
     for key, spec in named_datasets(cfg):
@@ -82,9 +87,17 @@ def dataset_facts(cfg: Config) -> list[dict[str, Any]]:
             "status": "ok",
             "description": None,
             "message": None,
+            "downloadable": bool(spec.download and spec.name in FETCHABLE),
+            "fetched": False,
         }
         try:
-            row["description"] = describe_dataset(spec, cfg)
+            try:
+                row["description"] = describe_dataset(spec, cfg, fetch_ok=False)
+            except DataMissingError:
+                if not (fetch and row["downloadable"]):
+                    raise
+                row["description"] = describe_dataset(spec, cfg, fetch_ok=True)
+                row["fetched"] = True
         except DataMissingError as exc:
             row.update(status="missing", name=exc.dataset, path=exc.path, message=str(exc))
         except Exception as exc:
@@ -120,14 +133,15 @@ def rank_facts(cfg: Config, device: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def check(cfg: Config, source: str) -> dict[str, Any]:
-    """The ``--check`` document for a loaded config (``source``: the config path as given)."""
+def check(cfg: Config, source: str, fetch: bool = False) -> dict[str, Any]:
+    """The ``--check`` document for a loaded config (``source``: the config path as given);
+    ``fetch`` (``--check --fetch``) downloads missing ``download: true`` datasets first."""
     device = device_facts(cfg.device)
     if device["error"] is None:
         ranks = rank_facts(cfg, device)
         device["ranks"] = ranks
         device["error"] = ranks["error"]
-    datasets = dataset_facts(cfg)
+    datasets = dataset_facts(cfg, fetch)
     ok = device["error"] is None and all(d["status"] == "ok" for d in datasets)
     return {
         "config": source,

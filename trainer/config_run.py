@@ -2,7 +2,7 @@
 precision, accumulation), ``evaluation``, ``checkpoint``, ``logging`` and ``faults`` (the test
 aid; its key names are a contract).
 
-Knobs upstream declared but we do not implement (Weights & Biases, TensorBoard, attention maps)
+Knobs upstream declared but we do not implement (Weights & Biases, attention maps)
 accept only their "off" value.
 """
 
@@ -129,8 +129,10 @@ class CheckpointConfig(Strict):
 
 class LoggingConfig(Strict):
     use_wandb: Literal[False] = Field(False, description="Not supported: only false.")
-    use_tensorboard: Literal[False] = Field(
-        False, description="Not supported (events.jsonl and the report replace it): only false."
+    use_tensorboard: bool = Field(
+        False,
+        description="Also write TensorBoard curves from the events (the night's tensorboard/"
+        " folder; needs the tensorboard extra; trainer/tensorboard_log.py).",
     )
     log_frequency: int = Field(50, ge=1, description="Emit a `step` event every N steps.")
     log_images: bool = Field(False, description="Save a mask-overlay PNG at each evaluation.")

@@ -258,9 +258,10 @@ def named_datasets(cfg: Config) -> list[tuple[str, DatasetSpec]]:
     return list(zip(_keys(specs), specs, strict=True))
 
 
-def describe_dataset(spec: DatasetSpec, cfg: Config) -> str:
-    """One dataset's line for :func:`describe`; raises :class:`DataMissingError` when missing."""
-    n = len(open_split(spec, "ssl", None, cfg.data))  # type: ignore[arg-type]
+def describe_dataset(spec: DatasetSpec, cfg: Config, fetch_ok: bool = True) -> str:
+    """One dataset's line for :func:`describe`; raises :class:`DataMissingError` when missing
+    (a ``download: true`` one is downloaded first unless ``fetch_ok`` is False)."""
+    n = len(open_split(spec, "ssl", None, cfg.data, fetch_ok))  # type: ignore[arg-type]
     where = location(spec)
     if where is None:
         s = cfg.data.synthetic

@@ -18,8 +18,8 @@ Items are ``(transform(image), label)``; STL-10's unlabeled split has label -1.
 Deliberate differences from plain torchvision, each for a measured or stated reason:
 - CIFAR-10 and STL-10 check that every file is present instead of hashing them (torchvision
   hashes each file on every construction: ~3 GB for STL-10 at every start and every eval;
-  small generated test files could not pass at all). ``download: true`` still uses torchvision's
-  download, which verifies the archive's md5.
+  small generated test files could not pass at all). ``download: true`` fetches torchvision's
+  archive and verifies its md5 (``trainer/fetch.py``, with a progress bar and mirrors).
 - STL-10 is read through ``np.memmap`` (torchvision reads 2.76 GB of ``unlabeled_X.bin`` into
   RAM and, with spawn-started DataLoader workers as on macOS, pickles it into every worker). The
   byte layout is torchvision's: uint8, 3×96×96 per image, column-major per channel; images are
@@ -41,13 +41,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 from torchvision import datasets as tvd
-from torchvision.datasets.utils import download_and_extract_archive
 
 from trainer import synthetic
 from trainer.config import DataConfig, DatasetSpec
+from trainer.config_paths import resolve_data
+from trainer.fetch import FetchError, approx_size, fetch
 
 SPLITS = ("ssl", "eval_train", "eval_test")
-DEFAULT_CLASS_LIST = Path(__file__).resolve().parents[1] / "configs" / "imagenet100_classes.txt"
+DEFAULT_CLASS_LIST = "configs/imagenet100_classes.txt"  # through trainer.config_paths
 STL_IMAGE_BYTES = 3 * 96 * 96
 
 
@@ -69,21 +70,22 @@ class CIFAR10Files(tvd.CIFAR10):
     meta: ClassVar[dict[str, Any]] = {**tvd.CIFAR10.meta, "md5": None}
 
 
-def _open_cifar10(spec: DatasetSpec, split: str, transform: Any) -> Dataset:
+def _open_cifar10(spec: DatasetSpec, split: str, transform: Any, fetch_ok: bool = True) -> Dataset:
     folder = Path(spec.path) / CIFAR10Files.base_folder
     needed = [n for n, _ in CIFAR10Files.train_list + CIFAR10Files.test_list]
     needed.append(CIFAR10Files.meta["filename"])
     missing = [n for n in needed if not (folder / n).is_file()]
-    if missing and spec.download:
-        _download("cifar10", spec.path, lambda: CIFAR10Files(spec.path, download=True))
+    if missing and spec.download and fetch_ok:
+        _download("cifar10", spec.path)
         missing = [n for n in needed if not (folder / n).is_file()]
     if missing:
         raise DataMissingError(
             "cifar10",
             folder,
-            f"cifar10: not found at {folder} (missing {', '.join(missing)}) — set download: true"
-            " in data.datasets (needs internet), or put torchvision's CIFAR-10 python version"
-            " there (data_batch_1..5, test_batch, batches.meta)",
+            f"cifar10: not found at {folder} (missing {', '.join(missing)}) — "
+            + _how_to_get("cifar10", spec)
+            + ", or put torchvision's CIFAR-10 python version there (data_batch_1..5,"
+            " test_batch, batches.meta)",
         )
     return CIFAR10Files(spec.path, train=split != "eval_test", transform=transform)
 
@@ -142,26 +144,20 @@ class STL10Binary(Dataset):
         return {**self.__dict__, "_images": None}  # workers reopen the memmap
 
 
-def _open_stl10(spec: DatasetSpec, split: str, transform: Any) -> Dataset:
+def _open_stl10(spec: DatasetSpec, split: str, transform: Any, fetch_ok: bool = True) -> Dataset:
     folder = Path(spec.path) / tvd.STL10.base_folder
     needed = [n for n in _STL_FILES[split] if n is not None]
     missing = [n for n in needed if not (folder / n).is_file()]
-    if missing and spec.download:
-        _download(
-            "stl10",
-            spec.path,
-            lambda: download_and_extract_archive(
-                tvd.STL10.url, spec.path, filename=tvd.STL10.filename, md5=tvd.STL10.tgz_md5
-            ),
-        )
+    if missing and spec.download and fetch_ok:
+        _download("stl10", spec.path)
         missing = [n for n in needed if not (folder / n).is_file()]
     if missing:
         raise DataMissingError(
             "stl10",
             folder,
-            f"stl10: not found at {folder} (missing {', '.join(missing)}) — set download: true"
-            " in data.datasets (needs internet, 2.6 GB), or extract torchvision's"
-            " stl10_binary.tar.gz there",
+            f"stl10: not found at {folder} (missing {', '.join(missing)}) — "
+            + _how_to_get("stl10", spec)
+            + ", or extract torchvision's stl10_binary.tar.gz there",
         )
     return STL10Binary(folder, split, transform)
 
@@ -185,13 +181,9 @@ def read_class_list(path: str | Path) -> list[str]:
 
 
 def class_list_path(data: DataConfig) -> Path:
-    """``data.imagenet_class_list`` (relative paths: cwd first, then the repo), or the default."""
-    if data.imagenet_class_list is None:
-        return DEFAULT_CLASS_LIST
-    p = Path(data.imagenet_class_list)
-    if p.is_absolute() or p.exists():
-        return p
-    return DEFAULT_CLASS_LIST.parents[1] / p
+    """``data.imagenet_class_list`` or the shipped list, through the one resolver of shipped
+    files (relative paths: the working directory first, then the clone or the wheel's data)."""
+    return resolve_data(data.imagenet_class_list or DEFAULT_CLASS_LIST)
 
 
 def _folder_root(spec: DatasetSpec, split: str) -> Path:
@@ -206,9 +198,9 @@ def _open_imagenet100(spec: DatasetSpec, split: str, transform: Any, data: DataC
             "imagenet100",
             root,
             f"imagenet100: not found at {root} — expected {spec.path}/train/<wnid>/ and"
-            f" {spec.path}/val/<wnid>/ for the classes in {list_file} (ImageNet-100 is not"
-            " downloadable: copy those class folders from ILSVRC-2012, with the validation"
-            " images sorted into class folders)",
+            f" {spec.path}/val/<wnid>/ for the classes in {list_file}; ImageNet-100 is not"
+            " downloadable: build it from an ImageNet-1k (ILSVRC-2012) copy with"
+            f" `hjepa-night data imagenet100 --from DIR --to {spec.path}` (links, not copies)",
         )
     if not list_file.is_file():
         raise DataMissingError(
@@ -222,7 +214,8 @@ def _open_imagenet100(spec: DatasetSpec, split: str, transform: Any, data: DataC
             "imagenet100",
             root,
             f"imagenet100: {len(missing)} of {len(classes)} class folders missing under {root}:"
-            f" {shown} (class list {list_file})",
+            f" {shown} (class list {list_file}); rebuild it with `hjepa-night data imagenet100"
+            f" --from DIR --to {spec.path}`",
         )
     return ClassFolders(root, classes, transform)
 
@@ -267,12 +260,15 @@ def _open_synthetic(split: str, transform: Any, data: DataConfig) -> Dataset:
 
 
 # -------------------------------------------------------------------------------- entry
-def open_split(spec: DatasetSpec, split: str, transform: Any, data: DataConfig) -> Dataset:
-    """The ``split`` (one of SPLITS) of ``spec`` with ``transform`` applied to each image."""
+def open_split(
+    spec: DatasetSpec, split: str, transform: Any, data: DataConfig, fetch_ok: bool = True
+) -> Dataset:
+    """The ``split`` (one of SPLITS) of ``spec`` with ``transform`` applied to each image; a
+    missing ``download: true`` dataset is downloaded first unless ``fetch_ok`` is False."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
     try:
-        return _open(spec, split, transform, data)
+        return _open(spec, split, transform, data, fetch_ok)
     except DataMissingError:
         raise
     except (OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:  # present, unreadable
@@ -286,11 +282,13 @@ def open_split(spec: DatasetSpec, split: str, transform: Any, data: DataConfig) 
         ) from exc
 
 
-def _open(spec: DatasetSpec, split: str, transform: Any, data: DataConfig) -> Dataset:
+def _open(
+    spec: DatasetSpec, split: str, transform: Any, data: DataConfig, fetch_ok: bool
+) -> Dataset:
     if spec.name == "cifar10":
-        return _open_cifar10(spec, split, transform)
+        return _open_cifar10(spec, split, transform, fetch_ok)
     if spec.name == "stl10":
-        return _open_stl10(spec, split, transform)
+        return _open_stl10(spec, split, transform, fetch_ok)
     if spec.name == "imagenet100":
         return _open_imagenet100(spec, split, transform, data)
     if spec.name == "imagefolder":
@@ -325,10 +323,18 @@ def num_classes(spec: DatasetSpec, data: DataConfig) -> int:
     return max(1, sum(1 for e in os.scandir(root) if e.is_dir()))
 
 
-def _download(name: str, path: str, fetch: Any) -> None:
+def _how_to_get(name: str, spec: DatasetSpec) -> str:
+    size = approx_size(name)
+    if spec.download:
+        return (
+            f"download: true fetches it ({size}) when `hjepa-night start` or `run` checks the"
+            " plan, or now with `python -m trainer --check --fetch --config FILE`"
+        )
+    return f"set download: true in data.datasets (needs internet, {size})"
+
+
+def _download(name: str, path: str) -> None:
     try:
-        fetch()
-    except Exception as exc:  # no network, bad archive, full disk: say what and where
-        raise DataMissingError(
-            name, path, f"{name}: download into {path} failed ({type(exc).__name__}: {exc})"
-        ) from exc
+        fetch(name, path)
+    except FetchError as exc:  # no network, bad archive, full disk: say what and where
+        raise DataMissingError(name, path, str(exc)) from exc

@@ -9,7 +9,8 @@ has made no progress for ``stall_s`` — a truly stuck worker falls silent and t
 heartbeat timeout fires. ``freeze()`` silences it at once (the ``hang_at_step`` fault).
 Emitting never blocks training for long: a lock around one ``write`` + ``flush``. ``only``
 limits what is written (ranks > 0 of a distributed run write only their ``fatal``; several
-processes append to one file, one whole line per ``write``).
+processes append to one file, one whole line per ``write``). ``sinks`` are handed every event
+written (``trainer/tensorboard_log.py``); a sink that fails is ignored.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Emitter:
         stall_s: float = 1800.0,
         memory: Callable[[], dict[str, int]] | None = None,
         only: tuple[str, ...] | None = None,
+        sinks: list[Callable[[dict[str, Any]], None]] | None = None,
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -42,6 +44,7 @@ class Emitter:
         self.stall_s = stall_s
         self._memory = memory or (lambda: {})
         self.only = only  # write only these event types (ranks > 0: their fatal)
+        self.sinks = list(sinks or [])  # also handed each written event (TensorBoard)
         self.phase = "startup"
         self.epoch = 0
         self.step = 0
@@ -62,6 +65,9 @@ class Emitter:
                 return
             self._fh.write(line)
             self._fh.flush()
+            for sink in self.sinks:
+                with contextlib.suppress(Exception):  # a view of the events never stops training
+                    sink(obj)
 
     # -- progress / heartbeat ----------------------------------------------------------------
     def progress(
@@ -111,3 +117,6 @@ class Emitter:
             self._thread.join(timeout=2)
         with self._lock:
             self._fh.close()
+            for sink in self.sinks:
+                with contextlib.suppress(Exception):
+                    getattr(sink, "close", lambda: None)()

@@ -91,12 +91,20 @@ class FaultInjection:
         self.fired |= self.load_fired() | {name}
         atomic_write_text(self.run_dir / FAULTS_FIRED_FILE, json.dumps(sorted(self.fired)))
 
+    def _injected_oom(self, why: str) -> str:
+        """An injected OOM's text, naming the device the worker runs on (not always CUDA)."""
+        dev = getattr(self, "device", None)
+        kind = dev.type.upper() if isinstance(dev, torch.device) else "device"
+        return f"{kind} out of memory on {dev}. Tried to allocate 2.00 GiB (injected: {why})"
+
     def inject_faults(self, nxt: int, micro: list[Any]) -> None:
         f = self.cfg.faults
         if f.oom_above_micro_batch is not None and self.micro > f.oom_above_micro_batch:
             raise torch.OutOfMemoryError(
-                f"CUDA out of memory. Tried to allocate 2.00 GiB (injected: micro-batch "
-                f"{self.micro} > faults.oom_above_micro_batch={f.oom_above_micro_batch})"
+                self._injected_oom(
+                    f"micro-batch {self.micro} > faults.oom_above_micro_batch="
+                    f"{f.oom_above_micro_batch}"
+                )
             )
         mine = f.sigkill_rank == self.dist.rank
         if f.sigkill_at_step == nxt and mine and "sigkill" not in self.fired:
@@ -105,10 +113,7 @@ class FaultInjection:
         mine = f.oom_rank is None or f.oom_rank == self.dist.rank
         if f.oom_at_step == nxt and mine and "oom" not in self.fired:
             self.mark_fired("oom")
-            raise torch.OutOfMemoryError(
-                f"CUDA out of memory. Tried to allocate 2.00 GiB (injected: "
-                f"faults.oom_at_step={nxt})"
-            )
+            raise torch.OutOfMemoryError(self._injected_oom(f"faults.oom_at_step={nxt}"))
         if (
             f.raise_in_feature
             and f.raise_in_feature_after_step is not None

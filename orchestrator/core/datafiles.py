@@ -1,4 +1,5 @@
-"""Where the shipped configs, plans and runbooks are, and how a relative path resolves.
+"""Where the shipped configs, plans and runbooks are, and how a relative path resolves (the
+resolver itself is ``trainer/config_paths.py``, shared with the worker).
 
 In a clone they are ``configs/`` and ``runbooks/`` beside the packages; in an installed wheel
 they are package data under ``orchestrator/shipped/`` (pyproject maps the two folders there).
@@ -13,28 +14,12 @@ import argparse
 import shutil
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-PACKAGE_DATA = Path(__file__).resolve().parents[1] / "shipped"
+from trainer.config_paths import PACKAGE_DATA as PACKAGE_DATA
+from trainer.config_paths import PROJECT_ROOT as PROJECT_ROOT
+from trainer.config_paths import resolve_data as resolve_data
+from trainer.config_paths import shipped_root
+
 KINDS = ("configs", "runbooks")
-
-
-def shipped_root() -> Path:
-    """The folder holding ``configs/`` and ``runbooks/``: the clone's root, else the package's."""
-    if (PROJECT_ROOT / "configs" / "plans").is_dir():
-        return PROJECT_ROOT
-    return PACKAGE_DATA
-
-
-def resolve_data(path: str | Path, base: Path | None = None) -> Path:
-    """An absolute path as it is; a relative one from ``base`` (default: the working directory)
-    if it exists there, else from the shipped files (returned even when missing, for errors)."""
-    p = Path(path)
-    if p.is_absolute():
-        return p
-    local = (base or Path.cwd()) / p
-    if local.exists():
-        return local.resolve()
-    return shipped_root() / p
 
 
 def plan_dirs() -> list[Path]:

@@ -24,7 +24,9 @@ Keys (documented contract; ``hjepa-night status --json`` prints this object):
   (epoch-0 eval of the random encoder), ``final_metrics`` (``epoch``, ``knn`` like the eval
   event, ``linear_probe``, ``feature_std``, ``effective_rank``), ``best_checkpoint`` (path),
   ``success`` (``level``: must|should|stretch|none, ``checks``: list of {name, level, passed,
-  value, threshold}), ``device``, ``epochs_planned``, ``epochs_done``.
+  value, threshold}), ``device``, ``epochs_planned``, ``epochs_done``, ``awake`` (how sleep
+  was held off during the night, or why not), ``clock_gaps`` (list with ``at``, ``seconds``,
+  ``attempt``: the machine slept anyway — the wall clock ran ahead of the monotonic one).
 - each attempt: ``index``, ``run_dir``, ``overrides`` (dict key.path → value, all in force for
   this attempt), ``resume_from`` (checkpoint path or null), ``started_at``, ``ended_at``,
   ``pid``, ``pid_create_time``, ``exit_code``, ``exit_kind`` (``finished|stopped|oom|nonfinite|
@@ -87,6 +89,15 @@ class Fallback(_M):
     at: str
     evidence: dict[str, Any] = Field(default_factory=dict)
     effect: str = ""
+    attempt: int | None = None
+
+
+class ClockGap(_M):
+    """The machine slept (or its clock jumped) during a night: the wall clock ran ``seconds``
+    ahead of the monotonic clock; ``at`` is when it was noticed (wall clock, after the gap)."""
+
+    at: str
+    seconds: float
     attempt: int | None = None
 
 
@@ -163,6 +174,8 @@ class Night(_M):
     device: str | None = None
     epochs_planned: int | None = None
     epochs_done: int | None = None
+    clock_gaps: list[ClockGap] = Field(default_factory=list)
+    awake: str | None = None  # how sleep was held off during the night, or why it was not
 
     # Every change of ``status`` goes through these two methods (``TRANSITIONS``).
     def start(self) -> None:

@@ -30,6 +30,7 @@ from orchestrator.core.runbook import (
 )
 from orchestrator.core.state import (
     Attempt,
+    ClockGap,
     DecisionRecord,
     Fallback,
     ForecastRecord,
@@ -52,6 +53,7 @@ from orchestrator.policy import (
     decide,
     forecast,
 )
+from orchestrator.policy.clock import ClockWatch
 from trainer.config import Config, load_config
 from trainer.events import (
     FAULTS_FIRED_FILE,
@@ -242,11 +244,26 @@ class NightBase:
         self.save()
         return self._supervise(att, sup)
 
+    def _decide_now(
+        self, watch: ClockWatch, att: Attempt, obs: Any, history: NightHistory
+    ) -> Decision:
+        """The policy's live decision, after recording any sleep of the machine (the wall
+        clock ran ahead of the monotonic one) in the night's ``clock_gaps``: hangs are timed
+        on the monotonic clock and never see a sleep; the deadline is the wall clock's."""
+        gap = watch.read(self.sys.monotonic(), self.sys.wall())
+        if gap is not None:
+            self.night.clock_gaps.append(
+                ClockGap(at=now_iso(self.sys.wall()), seconds=round(gap, 1), attempt=att.index)
+            )
+            self.save()
+        return decide(obs, history, self.rb, self.sys.wall(), self.deadline)
+
     def _supervisor(self, att: Attempt, argv: list[str], already_folded: int = 0) -> Supervisor:
         """A Supervisor for ``att`` wired to this night: the policy with the night's history,
         its events folded into the state (all but the first ``already_folded``, which a
         previous runner recorded), its decisions recorded before they act."""
         history = [self.history()]
+        watch = ClockWatch()
         sup = Supervisor(
             self.sys,
             self.rb,
@@ -254,7 +271,7 @@ class NightBase:
             argv=argv,
             cwd=os.getcwd(),
             deadline=self.deadline,
-            decide=lambda obs: decide(obs, history[0], self.rb, self.sys.wall(), self.deadline),
+            decide=lambda obs: self._decide_now(watch, att, obs, history[0]),
             stop=self.stop,
             env=worker_env(),
         )

@@ -177,6 +177,15 @@ def _run_locked(args: Any) -> int:
     except (ValueError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from orchestrator.schedule.readiness import check_night  # device and data, downloads
+
+    ready = check_night(0, Path(args.config).stem, Path(args.config), Path(runbook), args.overrides)
+    from orchestrator.core.awake import power_warnings
+
+    print("\n".join(ready.lines + [f"warning: {w}" for w in power_warnings()]), file=sys.stderr)
+    if ready.refusal:
+        print(f"error: {ready.refusal}", file=sys.stderr)
+        return 2
     if store.exists():
         old = store.load()
         busy = [x for x in old.nights if x.status in ("pending", "running")]

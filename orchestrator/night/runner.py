@@ -36,6 +36,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from orchestrator.core.awake import SleepGuard
 from orchestrator.core.runbook import (
     RunbookError,
 )
@@ -229,7 +230,9 @@ def run_night(
     """Run (or resume, or finalise) ``state.nights[night_index]``; returns the night record.
 
     A night that cannot even be set up (its runbook or its config with the recorded overrides
-    no longer loads) ends ``failed`` with the reason in the state file, never half-open."""
+    no longer loads) ends ``failed`` with the reason in the state file, never half-open. While
+    it runs, a sleep assertion is held (``orchestrator/core/awake.py``; ``night.awake`` says by
+    what, or why not) and released when it returns."""
     try:
         runner = NightRunner(
             store, night_index, stop or threading.Event(), system or System(), on_update
@@ -248,4 +251,8 @@ def run_night(
         if on_update is not None:
             on_update(state)
         return n
-    return runner.run()
+    if runner.night.status in FINISHED_KINDS:
+        return runner.run()
+    with SleepGuard() as guard:  # no idle or system sleep from the night's start to its end
+        runner.night.awake = guard.hold()
+        return runner.run()

@@ -81,6 +81,17 @@ def check_memory(rb: Runbook) -> PreflightCheck:
     )
 
 
+def check_power() -> PreflightCheck:
+    """On battery, or no way to hold off sleep for the night: warn (``core/awake.py``)."""
+    from orchestrator.core.awake import power_warnings
+
+    warnings = power_warnings()
+    if not warnings:
+        return PreflightCheck("power", "pass", "sleep is held off while a night runs")
+    detail = "; ".join(w.split(" — ")[0] for w in warnings)
+    return PreflightCheck("power", "warn", detail, " | ".join(w.split(" — ")[1] for w in warnings))
+
+
 # --------------------------------------------------------------------------------------------
 # asking the worker
 def run_worker(
@@ -89,10 +100,12 @@ def run_worker(
     mode: list[str],
     cwd: str | Path,
     command: list[str] | None = None,
+    stream_stderr: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """``python -m trainer --config CONFIG MODE... --set ITEM...`` run to completion in ``cwd``,
     output captured; the project root is on PYTHONPATH so the worker imports from any cwd.
     ``command`` replaces ``python -m trainer`` (the launcher around it, for several ranks).
+    ``stream_stderr``: the worker's stderr goes to ours (a download's progress bar) instead.
     Raises subprocess.TimeoutExpired after ``WORKER_TIMEOUT_S``."""
     cmd = [*(command or [sys.executable, "-m", "trainer"])]
     cmd += ["--config", str(Path(config).resolve()), *mode]
@@ -101,7 +114,13 @@ def run_worker(
     old = os.environ.get("PYTHONPATH")
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT) + (os.pathsep + old if old else "")}
     return subprocess.run(
-        cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=WORKER_TIMEOUT_S
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=None if stream_stderr else subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=None if stream_stderr else WORKER_TIMEOUT_S,  # a big download takes its time
     )
 
 
@@ -171,6 +190,16 @@ def check_dataset(facts: dict[str, Any]) -> PreflightCheck:
     rows = facts.get("datasets")
     if not isinstance(rows, list):
         return PreflightCheck("dataset", "fail", _why(facts, "datasets"), "check data.* paths")
+    fetch = [r for r in rows if r["status"] == "missing" and r.get("downloadable")]
+    if fetch and all(r["status"] == "ok" or r in fetch for r in rows):
+        names = ", ".join(str(r["name"]) for r in fetch)
+        return PreflightCheck(
+            "dataset",
+            "warn",
+            f"{names} not downloaded yet (download: true)",
+            "`hjepa-night start`/`run` downloads it before the night, or now: python -m trainer"
+            " --check --fetch --config FILE",
+        )
     for row in rows:
         if row["status"] == "missing":
             first = row["message"].splitlines()[0]

@@ -43,6 +43,7 @@ from orchestrator.preflight.checks import (
     check_device,
     check_disk,
     check_memory,
+    check_power,
     checkpoint_bytes,
     judge_timing,
     last_json,
@@ -261,6 +262,7 @@ def run_checks(args: argparse.Namespace, out: Console) -> list[PreflightCheck]:
     checks.append(check_dataset(facts))
     checks.append(check_disk(cfg, Path(getattr(args, "state_dir", "var"))))
     checks.append(check_memory(rb))
+    checks.append(check_power())
     checks.append(check_device(facts, cfg.device))
     if checks[2].result == "fail" or checks[-1].result == "fail":
         checks.append(

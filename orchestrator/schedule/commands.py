@@ -3,7 +3,10 @@
     hjepa-night start --plan sequential [--state-dir var] [--now] [--foreground] [--no-tui]
     hjepa-night stop [--state-dir var] [--timeout 120]
 
-``start`` validates the plan and the state file, then (unless ``--foreground``) re-runs itself
+``start`` validates the plan and the state file, checks that every night can start (config,
+device, data — downloading what ``download: true`` allows, ``readiness.py``; a night whose data
+is missing and cannot be fetched refuses the plan unless its dataset fallback covers it), then
+(unless ``--foreground``) re-runs itself
 detached (its own session, through :class:`orchestrator.core.system.System`) with
 ``--foreground --no-tui``, logging to ``STATE_DIR/daemon.log``, and prints the pid, the log and
 how to watch and stop it. In the foreground it takes the lock, creates or resumes the state,
@@ -31,7 +34,6 @@ from orchestrator.core.system import System
 from orchestrator.schedule.daemon import Daemon, NightFn
 from orchestrator.schedule.plan import (
     ENDED,
-    PROJECT_ROOT,
     Plan,
     PlanError,
     build_state,
@@ -39,13 +41,11 @@ from orchestrator.schedule.plan import (
     local_now,
     resolve_plan_path,
 )
+from orchestrator.schedule.service import DETACHED_ENV, daemon_command
 
 log = logging.getLogger("hjepa-night.daemon")
 
 LOG_FILE = "daemon.log"
-
-
-DETACHED_ENV = "HJEPA_NIGHT_DETACHED"
 
 
 # ------------------------------------------------------------------------------------------
@@ -75,6 +75,11 @@ def _check_state(store: StateStore, plan: Plan) -> str | None:
             f"--state-dir {store.dir}); use another --state-dir to run it again"
         )
     return None
+
+
+def _finished(store: StateStore) -> bool:
+    state = store.load()
+    return state.plan is not None and all(n.status in ENDED for n in state.nights)
 
 
 def _setup_logging(state_dir: Path, detached: bool, to_terminal: bool) -> Path:
@@ -110,6 +115,9 @@ def run_foreground(
         log_path = _setup_logging(state_dir, detached, to_terminal=not tui)
         store = StateStore(state_dir)
         error = _check_state(store, plan)
+        if error and detached and _finished(store):  # a service restarting it: nothing to do
+            log.info("%s; the daemon exits", error)
+            return 0
         if error:
             log.error(error)
             return 1
@@ -166,26 +174,7 @@ def _spawn(args: argparse.Namespace, plan_path: Path) -> int:
     state_dir = Path(args.state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     log_path = state_dir / LOG_FILE
-    cmd = [
-        sys.executable,
-        "-m",
-        "orchestrator.cli",
-        "start",
-        "--plan",
-        str(plan_path),
-        "--state-dir",
-        str(state_dir),
-        "--foreground",
-        "--no-tui",
-    ]
-    if args.now:
-        cmd.append("--now")
-    env = {
-        DETACHED_ENV: "1",
-        "PYTHONPATH": os.pathsep.join(
-            p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p
-        ),
-    }
+    cmd, env = daemon_command(plan_path, state_dir, bool(args.now))  # what a service runs too
     offset = log_path.stat().st_size if log_path.exists() else 0
     sys_ = System()
     pid = sys_.spawn(cmd, os.getcwd(), log_path, env=env)  # its own session: survives the shell
@@ -223,12 +212,26 @@ def cmd_start(args: argparse.Namespace) -> int:
     except (PlanError, StateError) as exc:
         print(f"hjepa-night: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, PlanError) else 1
+    detached = os.environ.get(DETACHED_ENV) == "1"
     if error:
         print(f"hjepa-night: {error}", file=sys.stderr)
-        return 1
+        return 0 if detached and _finished(StateStore(state_dir)) else 1  # a service: done
+    if not detached:  # the detached daemon was checked by its parent
+        refused = _check_ready(plan)
+        if refused:
+            print(f"hjepa-night: {refused}", file=sys.stderr)
+            return 2
     if args.foreground:
         return run_foreground(args, plan, plan_path)
     return _spawn(args, plan_path)
+
+
+def _check_ready(plan: Plan) -> str | None:
+    """Every night's config, device and data, downloads included, before the plan is accepted
+    (``orchestrator.schedule.readiness``); the refusal text, or None."""
+    from orchestrator.schedule.readiness import check_plan, refusal_text
+
+    return refusal_text(check_plan(plan))
 
 
 def cmd_stop(args: argparse.Namespace) -> int:

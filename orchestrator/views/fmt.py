@@ -54,3 +54,26 @@ def batch_text(started: dict[str, Any]) -> str:
     if world == 1:
         return f"{micro}×{accum}"
     return f"{micro}×{accum}×{world} = {started.get('global_batch', NA)}"
+
+
+def slept_text(night: Any) -> str | None:
+    """ "the machine slept 2h10m (1 time, noticed 03:12) …" for a night with clock gaps
+    (``Night.clock_gaps``), else None: the one wording of the screen and the report."""
+    gaps = list(getattr(night, "clock_gaps", None) or [])
+    if not gaps:
+        return None
+    total = sum(g.seconds for g in gaps)
+    times = f"{len(gaps)} time" + ("s" if len(gaps) > 1 else "")
+    last = gaps[-1].at[11:16] if len(gaps[-1].at) >= 16 else gaps[-1].at
+    return (
+        f"the machine slept {fmt_dur(total)} during this night ({times}, last noticed {last}):"
+        " training paused and the window shrank by that much; not counted as a hang"
+    )
+
+
+def sleep_lines(night: Any) -> list[str]:
+    """The report's lines: how sleep was held off, and any sleep that happened anyway."""
+    out = [f"- sleep: {night.awake}"] if getattr(night, "awake", None) else []
+    if slept := slept_text(night):
+        out.append(f"- **{slept[0].upper()}{slept[1:]}**")
+    return out

@@ -4,9 +4,11 @@
 
 ``--json`` prints the state snapshot (``orchestrator/core/state.py`` documents every key: ``plan``,
 ``current_night``, ``next_start``, ``daemon``, ``nights``...) plus ``daemon_alive`` (whether
-the daemon recorded in it still runs, from the lock). It reads the file only — it works with no
-daemon, during a night and after a crash — and never moves a file aside. No state file yet:
-the empty state (``nights: []``), exit 0. A file that cannot be read: a message, exit 1.
+the daemon recorded in it still runs, from the lock) and ``service`` (whether a user service
+restarts the daemon after a reboot, ``hjepa-night service``; ``--once`` prints it last, then
+each night's TensorBoard folder). It reads the file only — it works with no daemon, during a
+night and after a crash — and never moves a file aside. No state file yet: the empty state
+(``nights: []``), exit 0. A file that cannot be read: a message, exit 1.
 Otherwise it hands over to the status screen, ``orchestrator.views.screen.live.run_status``.
 """
 
@@ -30,7 +32,21 @@ def snapshot_json(state_dir: Path) -> str | None:
     data = state.model_dump(mode="json")
     owner = lock_owner(state_dir)
     data["daemon_alive"] = owner is not None
+    data["service"] = service_text(state_dir)
     return json.dumps(data, indent=2)
+
+
+def service_text(state_dir: Path) -> str:
+    """Whether a service runs this state dir's daemon after a reboot (``service install``)."""
+    from orchestrator.schedule.service import installed
+
+    path = installed(state_dir)
+    if path is None:
+        return (
+            "none (to survive a reboot: hjepa-night service install --plan NAME --state-dir "
+            f"{state_dir})"
+        )
+    return f"installed: {path}"
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -48,4 +64,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     from orchestrator.views.screen.live import run_status
 
-    return int(run_status(state_dir, bool(args.once), getattr(args, "width", None)))
+    code = int(run_status(state_dir, bool(args.once), getattr(args, "width", None)))
+    if args.once:
+        print(f"service: {service_text(state_dir)}")
+        for tb in sorted((state_dir / "runs").glob("*/tensorboard")):  # logging.use_tensorboard
+            print(f"tensorboard: tensorboard --logdir {tb}")
+    return code

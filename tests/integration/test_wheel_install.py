@@ -54,6 +54,22 @@ def test_wheel_installs_and_runs_the_demo_plan_from_an_empty_dir(tmp_path: Path)
     out = subprocess.run([str(exe), "start", "--plan", "no-such"], cwd=empty, env=env,
                          capture_output=True, text=True)  # fmt: skip
     assert out.returncode == 2 and "demo" in out.stderr and "sequential" in out.stderr
+    # the aggressive recipe's ImageNet-100 class list resolves from the package too: the
+    # worker's --check from the empty dir names the shipped list and counts its 100 classes
+    probe = (
+        "import json; from trainer.config import load_config; from trainer.config_paths import "
+        "resolve_data; from trainer.check import dataset_facts; from trainer.datasets import "
+        "class_list_path, num_classes; "
+        "cfg = load_config(resolve_data('configs/overnight_training_aggressive.yaml')); "
+        "print(json.dumps({'list': str(class_list_path(cfg.data)), 'n': num_classes("
+        "cfg.data.datasets[0], cfg.data), 'rows': dataset_facts(cfg)}))"
+    )
+    facts = json.loads(run([str(py), "-c", probe], empty, env).splitlines()[-1])
+    shipped_list = site / "orchestrator" / "shipped" / "configs" / "imagenet100_classes.txt"
+    assert facts["list"] == str(shipped_list) and facts["n"] == 100, facts
+    [row] = facts["rows"]
+    assert row["name"] == "imagenet100" and row["status"] == "missing", row
+    assert str(shipped_list) in row["message"] and "hjepa-night data imagenet100" in row["message"]
     # init writes editable copies; a shortened demo plan there wins over the shipped one
     run([str(exe), "init"], empty, env)
     assert (empty / "runbooks" / "demo.yaml").is_file()

@@ -131,6 +131,9 @@ def test_fault_injection_gives_its_kind_and_exit_code(tmp_path, sets, code, kind
     assert r.returncode == code, r.stderr
     fatal = events(tmp_path, "fatal")
     assert len(fatal) == 1 and fatal[0]["kind"] == kind and fatal[0]["feature"] == feature
+    if kind == "oom":  # an injected OOM names the device it ran on, not always CUDA
+        dev = events(tmp_path, "started")[0]["device"]
+        assert f"{dev.split(':')[0].upper()} out of memory on {dev}." in fatal[0]["message"]
 
 
 def test_nonfinite_is_caught_before_the_optimizer_step_and_passes_on_restart(tmp_path):

@@ -17,7 +17,16 @@ from pathlib import Path
 
 from orchestrator.preflight.fit import read_fits
 from orchestrator.views import plots
-from orchestrator.views.fmt import NA, batch_text, fmt_clock, fmt_dur, fmt_gb, fmt_num, fmt_pct
+from orchestrator.views.fmt import (
+    NA,
+    batch_text,
+    fmt_clock,
+    fmt_dur,
+    fmt_gb,
+    fmt_num,
+    fmt_pct,
+    sleep_lines,
+)
 from orchestrator.views.report.facts import NightFacts
 from orchestrator.views.report.markdown import fmt_set, md_table, set_args
 from orchestrator.views.snapshot import device_total, iso_ts, whole_card
@@ -203,6 +212,7 @@ def time_and_resources(f: NightFacts) -> list[str]:
         f"{' (whole-card usage: NVML matched none of the worker processes)' if card else ''}"
         f"; lowest system available {fmt_gb(peaks.get('sys_available_min'))}; swap growth "
         f"{fmt_gb(swap_growth)}; ceilings: {th.ceilings_text(device_total(run))}",
+        *sleep_lines(n),
         "",
     ]
 
@@ -293,6 +303,8 @@ def commands(f: NightFacts, stamp: str) -> list[str]:
             f"python -m trainer --config {cfg} --run-dir {base_dir}/eval-{stamp} --resume {q} "
             "--eval-only",
         ]
+    if (base_dir / "tensorboard").is_dir():  # logging.use_tensorboard: every attempt's curves
+        out += ["# the night's TensorBoard curves", f"tensorboard --logdir {base_dir}/tensorboard"]
     return [*out, "```", ""]
 
 

@@ -12,7 +12,7 @@ from rich.console import Group, RenderableType
 from rich.text import Text
 
 from orchestrator.core.fold import mem_value
-from orchestrator.views.fmt import NA, batch_text, fmt_clock, fmt_dur, fmt_gb, fmt_num
+from orchestrator.views.fmt import NA, batch_text, fmt_clock, fmt_dur, fmt_gb, fmt_num, slept_text
 from orchestrator.views.screen.levels import NIGHT_STYLE, level_high_bad, styled
 from orchestrator.views.snapshot import GB, Snapshot, device_total, iso_ts
 
@@ -84,6 +84,9 @@ def render_compact(s: Snapshot, width: int = 80, height: int = 24) -> Renderable
         )
     if len(nights) > room:
         lines.append(_line(f"… {len(nights) - room} more nights"))
+    for n in nights:
+        if slept := slept_text(n):
+            lines.append(_line((_cut(f"{n.index + 1} {slept}", width), "yellow")))
     if s.problem or s.night is None:
         lines.append(_line((s.problem or NA, "yellow")))
         return Group(*lines)

@@ -29,7 +29,16 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator.core.fold import mem_value, metrics_of
-from orchestrator.views.fmt import NA, batch_text, fmt_clock, fmt_dur, fmt_gb, fmt_num, fmt_pct
+from orchestrator.views.fmt import (
+    NA,
+    batch_text,
+    fmt_clock,
+    fmt_dur,
+    fmt_gb,
+    fmt_num,
+    fmt_pct,
+    slept_text,
+)
 from orchestrator.views.screen.levels import NIGHT_STYLE, level_high_bad, level_low_bad, styled
 from orchestrator.views.snapshot import GB, Snapshot, device_total, iso_ts
 
@@ -111,6 +120,12 @@ def _header(s: Snapshot) -> RenderableType:
                 n.reason or "",
             )
         parts.append(table)
+    for n in st.nights if st is not None else []:
+        if slept := slept_text(n):
+            parts.append(Text(f"night {n.index + 1} {n.name}: {slept}", style="yellow"))
+    if s.night is not None and s.night.awake and s.night.status == "running":
+        parts.append(Text(f"sleep: {s.night.awake}", style="" if "held by" in s.night.awake
+                          else "yellow"))  # fmt: skip
     if st is not None and st.next_start:
         parts.append(Text(f"next night starts {fmt_clock(iso_ts(st.next_start), True)}"))
     title = f"hjepa-night · {fmt_clock(s.taken_at)}"
