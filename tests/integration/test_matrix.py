@@ -12,7 +12,7 @@ three run on a CPU); event — a control stop, a live epoch cut, a time checkpoi
 a feature fault, SIGTERM to one rank (the non-writer; the worker alone), SIGKILL of one rank.
 
 A cell is a night in miniature: three runs of one recipe and one launch mode, each resuming from
-the previous run's newest checkpoint (as the supervisor does, with the feature rung's override
+the night's newest checkpoint (as the supervisor does, with the feature rung's override
 after a feature fault), each ending on its own event. Every run has time checkpoints
 (``checkpoint.every_minutes`` 0.6 s); every cell's first run also gets a live epoch cut (3 → 2
 epochs, written once the first time checkpoint is out) before its fault. Cells cover every pair
@@ -166,8 +166,10 @@ def play(cell: Cell, tmp_path: Path) -> list[float]:
             assert_resume_continues(prev, run, at_step, same_mode=same)
         if event == "feature":
             carried.append(recipe.feature_off)  # the feature rung
-        ckpt, at_step = newest_checkpoint(run)
-        resume, prev = str(ckpt), run
+        if events(run.run_dir, "checkpoint"):  # else the night's newest is still the last one
+            ckpt, at_step = newest_checkpoint(run)
+            resume = str(ckpt)
+        prev = run
         seconds.append(round(time.monotonic() - t0, 1))
     return seconds
 
@@ -179,7 +181,6 @@ def check_run(cell: Cell, i: int, run: Run, event: str, code: int, epochs: int, 
     else:
         assert code == EXIT[event], (event, code, log)
     saved = assert_ranks_agree(run)
-    assert saved, f"run {i + 1} wrote no checkpoint"
     if i == 0:
         assert any(e["reason"] == "time" for e in saved)
         control = events(run.run_dir, "control")
