@@ -175,9 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as exc:
         if isinstance(exc, SystemExit):
             raise
-        worker.dist.abandon()
         kind, feature = classify(exc)
         message = f"{type(exc).__name__}: {exc}"
+        # The fatal event first: tearing the process group down can block (NCCL with a dead
+        # peer) until the supervisor kills the process, and the exit kind must be on disk.
         emitter.emit(
             Fatal(
                 kind=kind,
@@ -188,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                 rank=rank,
             )
         )
+        worker.dist.abandon()
         traceback.print_exc(file=sys.stderr)
         where = f"rank {rank} " if rank else ""
         print(f"fatal {where}({kind}): {message}", file=sys.stderr)

@@ -186,6 +186,11 @@ class FaultsConfig(Strict):
     sigkill_at_step: int | None = Field(
         None, ge=1, description="The step at which sigkill_rank SIGKILLs itself, once."
     )
+    check_gradients: bool = Field(
+        False,
+        description="Before every optimizer step, fail (a crash naming them) if any trainable "
+        "parameter has no gradient: every parameter must learn in every step.",
+    )
 
     @model_validator(mode="after")
     def _pairs(self) -> FaultsConfig:

@@ -1,18 +1,24 @@
 """How the supervisor reaches a live worker: signals and the control file.
 
-Part of :class:`trainer.loop.Worker` (a base class of it). Signal handlers only set
-``stop_flag``; the loop checkpoints at the next step boundary and exits ``EXIT_STOPPED``. The
-control file (``RUN_DIR/control.json``, ``trainer.events.Control``) is polled at step
-boundaries: one ``os.stat`` per poll, read only when its mtime changed, acted on once per
-``seq``. ``epochs`` cuts the schedule at the current progress (never below the epoch in
-progress); ``stop`` (with ``final_eval``) stops like a signal. A ``control`` event says what was
-applied.
+Part of :class:`trainer.loop.Worker` (a base class of it). A stop (signal or control file)
+checkpoints at the next agreed step boundary and exits ``EXIT_STOPPED``. The control file
+(``RUN_DIR/control.json``, ``trainer.events.Control``) is polled at step boundaries: one
+``os.stat`` per poll, read only when its mtime changed, acted on once per ``seq``. ``epochs``
+cuts the schedule at the current progress (never below the epoch in progress); ``stop`` (with
+``final_eval``) stops like a signal. A ``control`` event says what was applied.
 
-With several ranks (``trainer.dist``) every rank must act at the same step: rank 0 reads the
-control file before each step (:meth:`ControlPolling.sync_out`), every rank adds whether a
-signal reached it, the numbers ride in the step's all-reduce, and every rank applies the same
-result after it (:meth:`ControlPolling.sync_in`); :meth:`ControlPolling.sync_control` does the
-same at an epoch boundary with an all-reduce of its own.
+A signal handler only records what reached THIS process (``signal_seen``); the loop acts on
+``stop_flag``, which only an agreement sets. Alone, the agreement is the process's own: the
+control file and ``signal_seen`` are read at step boundaries (:meth:`ControlPolling.poll_alone`).
+With several ranks (``trainer.dist``) every rank must act at the same step, so nothing a rank
+sees alone is acted on where it is seen: before each step the writer reads the control file,
+every rank adds whether a signal reached it and whether its checkpoint timer is due
+(:meth:`ControlPolling.sync_out`); the numbers ride in the step's all-reduce, and every rank
+applies the same sums when it reads that step (:meth:`ControlPolling.sync_in`): a cut at the
+same progress, a stop at the same step, a time checkpoint at the same step.
+:meth:`ControlPolling.sync_control` does the same at an epoch boundary with an all-reduce of its
+own. The points where a rank reads a step are themselves fixed by agreed facts only (the config,
+the step number, agreed decisions), so every rank reads every agreement at the same place.
 """
 
 from __future__ import annotations
@@ -26,17 +32,21 @@ from trainer.events import CONTROL_FILE, Control, ControlApplied, read_control
 
 
 class ControlPolling:
-    """Signals and control-file polling for the Worker (uses and sets its ``stop_flag``,
-    ``final_eval_on_stop``, ``control_seq``, ``_control_mtime``, ``schedule``; reads ``dist``,
-    ``device``)."""
+    """Signals and control-file polling for the Worker (uses and sets its ``signal_seen``,
+    ``stop_flag``, ``save_agreed``, ``final_eval_on_stop``, ``control_seq``,
+    ``_control_mtime``, ``schedule``; reads ``dist``, ``device``, ``clock_due``)."""
 
     def on_signal(self, signum: int, _frame: Any) -> None:
-        self.stop_flag = signal.Signals(signum).name
+        """Only a flag: acted on through the agreement (alone: the next ``poll_alone``)."""
+        self.signal_seen = signal.Signals(signum).name
 
-    def poll_control(self) -> None:
+    def poll_alone(self) -> None:
+        """One process: the control file and a signal, applied at this step boundary."""
         ctl = self.read_new_control()
         if ctl is not None:
             self.apply_control(ctl)
+        if self.signal_seen and not self.stop_flag:
+            self.stop_flag = self.signal_seen
 
     def read_new_control(self) -> Control | None:
         """The control file's content when it changed and holds a new ``seq``, else None."""
@@ -53,10 +63,11 @@ class ControlPolling:
             return None
         return ctl
 
-    # -- several ranks: [signalled, seq, epochs, stop, final_eval], summed over ranks --------
+    # -- several ranks: [signalled, seq, epochs, stop, final_eval, save_due], summed ----------
     def sync_out(self) -> list[float]:
+        """This rank's part of the next agreement (the writer alone reads the control file)."""
         ctl = self.read_new_control() if self.dist.main else None
-        out = [1.0 if self.stop_flag else 0.0, 0.0, 0.0, 0.0, 0.0]
+        out = [1.0 if self.signal_seen else 0.0, 0.0, 0.0, 0.0, 0.0]
         if ctl is not None:
             out[1:] = [
                 float(ctl.seq),
@@ -64,22 +75,25 @@ class ControlPolling:
                 float(ctl.stop),
                 float(ctl.final_eval),
             ]
-        return out
+        return [*out, 1.0 if self.clock_due() else 0.0]
 
     def sync_in(self, agreed: list[float]) -> None:
-        signalled, seq, epochs, stop, final_eval = (round(x) for x in agreed)
+        """Apply an agreement (the same sums on every rank): the writer's control, a stop when
+        a signal reached any rank, a time checkpoint when any rank's timer is due."""
+        signalled, seq, epochs, stop, final_eval, due = (round(x) for x in agreed)
         if seq > max(self.control_seq, 0):  # 0: rank 0 read nothing new
             ctl = Control(
                 seq=seq, epochs=epochs or None, stop=bool(stop), final_eval=bool(final_eval)
             )
             self.apply_control(ctl)
         if signalled and not self.stop_flag:
-            self.stop_flag = "peer"  # a signal reached another rank: stop together
+            self.stop_flag = self.signal_seen or "peer"  # peer: it reached another rank
+        self.save_agreed = due > 0
 
     def sync_control(self) -> None:
         """At a boundary outside a step: poll alone, agree with an all-reduce of its own."""
         if self.dist.world <= 1:
-            self.poll_control()
+            self.poll_alone()
             return
         t = self.dist.sum_(torch.tensor(self.sync_out(), dtype=torch.float32, device=self.device))
         self.sync_in(t.cpu().tolist())

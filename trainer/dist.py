@@ -108,6 +108,15 @@ class Dist:
         td.broadcast_object_list(box, src=self.writer)
         return box[0]
 
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj`` in rank order, on every rank (``[obj]`` alone; pickled: for
+        small values at agreed points, not the hot path)."""
+        if not self.active:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        td.all_gather_object(out, obj)
+        return out
+
     def close(self) -> None:
         """Wait for every rank (rank 0 may still be evaluating or writing), then leave."""
         if self.active:

@@ -171,6 +171,7 @@ class Step(_Event):
     loss_parts: dict[str, float] = Field(default_factory=dict)
     grad_norm: float
     lr: float
+    ema_momentum: float | None = None  # the EMA target's momentum this step ran at
     img_per_s: float
     micro_batch: int
     accum_steps: int
@@ -210,6 +211,8 @@ class Checkpoint(_Event):
     verified: bool = True
     seconds: float = 0.0
     reason: str = "epoch"
+    # state_digest of every rank's weights at this checkpoint, in rank order (equal: in sync)
+    digests: list[str] = Field(default_factory=list)
 
 
 class CheckpointRejected(_Event):

@@ -18,7 +18,10 @@ earlier checkpoint passes it — and ``oom_above_micro_batch`` and ``step_delay_
 :class:`FaultInjection` (a base class of :class:`trainer.loop.Worker`) applies them before each
 optimizer step, except ``step_delay_s``, which the loop sleeps after it. With several ranks
 every rank applies them, except ``oom_at_step`` with ``oom_rank`` and ``hang_at_step`` with
-``hang_rank`` (that rank only) and the SIGKILL (``sigkill_rank`` only).
+``hang_rank`` (that rank only) and the SIGKILL (``sigkill_rank`` only). Which faults have fired
+is the writer's record (``faults.fired.json`` in its run dir), broadcast to every rank at start
+and resume, so every node passes the same faults. ``check_gradients`` installs
+:func:`require_gradients` on the optimizer: a check, not a fault.
 """
 
 from __future__ import annotations
@@ -45,6 +48,36 @@ class FeatureError(RuntimeError):
     def __init__(self, feature: str, message: str) -> None:
         super().__init__(f"[{feature}] {message}")
         self.feature = feature
+
+
+class GradientlessParameterError(RuntimeError):
+    """A trainable parameter reached an optimizer step without a gradient."""
+
+
+def require_gradients(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """``faults.check_gradients``: before every ``optimizer.step()``, raise
+    :class:`GradientlessParameterError` naming each optimized parameter with no gradient (one
+    pass over the parameter list, no device work)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    optimized = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    untracked = [
+        n for n, p in model.named_parameters() if p.requires_grad and id(p) not in optimized
+    ]
+    if untracked:
+        raise GradientlessParameterError(f"trainable but not optimized: {', '.join(untracked)}")
+
+    def check(opt: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> None:
+        missing = [names[id(p)] for g in opt.param_groups for p in g["params"] if p.grad is None]
+        if missing:
+            shown = ", ".join(missing[:8]) + (
+                f" (+{len(missing) - 8} more)" if len(missing) > 8 else ""
+            )
+            raise GradientlessParameterError(
+                f"{len(missing)} trainable parameter(s) without a gradient at an optimizer "
+                f"step: {shown}"
+            )
+
+    optimizer.register_step_pre_hook(check)
 
 
 def set_injected_feature(name: str | None) -> None:

@@ -16,9 +16,10 @@ Phases are short named methods. :class:`Worker` holds the epoch loop and the wor
   ranks the model trains under DDP, the recipe's batch is shared (``per_rank_batch``): ``eff``
   is the global batch (micro × accumulation × world = data.batch_size × accumulation),
   the position counts global samples, rank 0 alone writes events, checkpoints and evaluates,
-  and stop/control decisions are agreed in the step's all-reduce (``ControlPolling.sync_*``).
+  and every decision a rank could take alone (stop, control, a time checkpoint) is agreed in
+  the step's all-reduce (``ControlPolling.sync_*``): no rank acts on what only it has seen.
 
-Signals only set a flag; the loop checkpoints at the next step boundary and exits
+Signals only set a flag; the loop checkpoints at the next agreed step boundary and exits
 ``EXIT_STOPPED``. The control file is polled at step boundaries (one ``os.stat`` per step).
 Every failure ends in a ``fatal`` event with its kind and the matching exit code (see
 ``trainer/events.py``).
@@ -69,7 +70,7 @@ from trainer.events import (
     Finished,
     Started,
 )
-from trainer.faults import FaultInjection, set_injected_feature
+from trainer.faults import FaultInjection, require_gradients, set_injected_feature
 from trainer.masks import MaskCollator
 from trainer.model import build_model, compile_model
 from trainer.modes import OtherModes
@@ -98,7 +99,9 @@ class Worker(TrainState, StepOutcomes, ControlPolling, FaultInjection, EvalPhase
         self.run_dir = Path(run_dir)
         self.resume_request = resume
         self.ev = emitter
-        self.stop_flag: str | None = None  # set by signal handlers / control file
+        self.signal_seen: str | None = None  # set by the signal handlers: this process only
+        self.stop_flag: str | None = None  # an agreed stop (a signal or the control file)
+        self.save_agreed = False  # several ranks: a time checkpoint agreed in the last step
         self.final_eval_on_stop = False
         self.control_seq = -1
         self._control_mtime = 0.0
@@ -129,6 +132,8 @@ class Worker(TrainState, StepOutcomes, ControlPolling, FaultInjection, EvalPhase
         self.step_fn = TrainStep(
             self.model, cfg, self.device, self.precision, self.dist, wrap_ddp(self.model, self.dist)
         )
+        if cfg.faults.check_gradients:
+            require_gradients(self.model, self.step_fn.optimizer)
         self.masks = MaskCollator(
             cfg.masking, cfg.data.image_size, cfg.model.patch_size, seed=cfg.experiment.seed
         )
@@ -145,7 +150,7 @@ class Worker(TrainState, StepOutcomes, ControlPolling, FaultInjection, EvalPhase
         self.step = 0  # optimizer steps completed
         self.best: float | None = None
         self.resumed_from: str | None = None
-        self.fired = self.load_fired()
+        self.fired = self.dist.broadcast(self.load_fired())  # the writer's, on every node
         f = cfg.faults
         set_injected_feature(f.raise_in_feature if f.raise_in_feature_after_step is None else None)
         self.overflow_steps = 0  # skipped for gradient overflow, this attempt
@@ -265,7 +270,7 @@ class Worker(TrainState, StepOutcomes, ControlPolling, FaultInjection, EvalPhase
             if f.step_delay_s:
                 time.sleep(f.step_delay_s)
             self.settle()  # the previous step, read while this one runs
-            self.in_flight.append(InFlight(pending, lr))
+            self.in_flight.append(InFlight(pending, lr, mom))
             self.step_times.append(time.monotonic() - t_step)
             self.ev.step_s = self.step_s()
             mid_epoch = self.samples_in_epoch < self.epoch_size
@@ -276,7 +281,7 @@ class Worker(TrainState, StepOutcomes, ControlPolling, FaultInjection, EvalPhase
                 elif self.save_due():
                     self.save("time")
             if self.dist.world == 1:
-                self.poll_control()
+                self.poll_alone()
             if self.stop_flag:
                 self.settle()
                 raise StopRequestedError(self.stop_flag)
@@ -293,6 +298,13 @@ class Worker(TrainState, StepOutcomes, ControlPolling, FaultInjection, EvalPhase
         )
 
     def save_due(self) -> bool:
+        """A time checkpoint is due: this process's timer alone; with several ranks the
+        agreement read with the last step (every rank's timer, ``ControlPolling.sync_in``), so
+        all ranks settle and save at the same step."""
+        return self.clock_due() if self.dist.world == 1 else self.save_agreed
+
+    def clock_due(self) -> bool:
+        """This process's timer: ``checkpoint.every_minutes`` since its last save."""
         minutes = self.cfg.checkpoint.every_minutes
         return minutes is not None and time.monotonic() - self.last_save >= 60.0 * minutes
 

@@ -71,8 +71,9 @@ class FPN(nn.Module):
     """Top-down fusion of 4 stages [shallow → deep] of [B, K, in_dim] tokens.
 
     P4 = lat4(C4); P_i = P_{i+1} + lat_i(C_i) (add) or Linear([lat_i(C_i), P_{i+1}]) (concat).
-    Returns [P1, P2, P3, P4] (each LayerNorm-ed, [B, K, dim]): P1 fused down to the shallowest
-    stage, P4 the deepest stage alone. Token-wise, so it runs on any token subset.
+    Returns the first ``levels`` of [P1, P2, P3, P4] (each LayerNorm-ed, [B, K, dim]): P1 fused
+    down to the shallowest stage, P4 the deepest stage alone. Token-wise, so it runs on any token
+    subset. The fusion itself needs every stage, so only the output norms depend on ``levels``.
     """
 
     def __init__(self, in_dim: int, dim: int, fusion: str) -> None:
@@ -86,7 +87,7 @@ class FPN(nn.Module):
         self.out_norm = nn.ModuleList(nn.LayerNorm(dim) for _ in range(4))
         init_weights(self, nn.ModuleList())
 
-    def forward(self, stages: list[torch.Tensor]) -> list[torch.Tensor]:
+    def forward(self, stages: list[torch.Tensor], levels: int = 4) -> list[torch.Tensor]:
         with feature_scope("fpn"):
             top = self.lateral[3](stages[3])
             fused = [top]
@@ -98,11 +99,12 @@ class FPN(nn.Module):
                     top = lat + top
                 fused.append(top)
             fused.reverse()
-            return [norm(f) for norm, f in zip(self.out_norm, fused, strict=True)]
+            return [norm(f) for norm, f in zip(self.out_norm[:levels], fused[:levels], strict=True)]
 
 
 class Encoder(nn.Module):
-    """ViT plus optional FPN: ``forward(images, keep_idx) → (tokens [B,K,D], fpn maps | None)``."""
+    """ViT plus optional FPN: ``forward(images, keep_idx, levels) → (tokens [B,K,D], the first
+    ``levels`` fpn maps | None)``."""
 
     def __init__(self, cfg: Config) -> None:
         super().__init__()
@@ -122,10 +124,10 @@ class Encoder(nn.Module):
         self.fpn = FPN(m.embed_dim, fpn_dim, m.fpn.fusion_method) if m.use_fpn else None
 
     def forward(
-        self, images: torch.Tensor, keep_idx: torch.Tensor | None = None
+        self, images: torch.Tensor, keep_idx: torch.Tensor | None = None, levels: int = 4
     ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         tokens, stages = self.vit(images, keep_idx, stages=self.fpn is not None)
-        return tokens, (self.fpn(stages) if self.fpn is not None else None)
+        return tokens, (self.fpn(stages, levels) if self.fpn is not None else None)
 
 
 class HJEPA(nn.Module):
@@ -143,6 +145,12 @@ class HJEPA(nn.Module):
                 f"{m.predictor.num_heads} and by 4"
             )
         self.encoder = Encoder(cfg)
+        if self.encoder.fpn is not None:
+            # The context path reads only the level-0 map (the predictor's input), so the output
+            # norms of levels 1-3 could never get a gradient (and DDP refuses parameters that
+            # get none). They stay frozen at their identity initialisation; the target encoder
+            # reads its EMA copies of them, which therefore stay identity too.
+            self.encoder.fpn.out_norm[1:].requires_grad_(False)
         self.target_encoder = copy.deepcopy(self.encoder)
         self.target_encoder.requires_grad_(False)
         tdim = (m.fpn.feature_dim or m.embed_dim) if m.use_fpn else m.embed_dim
@@ -164,14 +172,14 @@ class HJEPA(nn.Module):
     def forward(self, batch: Batch) -> LossOutput:
         lc = self.loss_cfg
         with torch.no_grad():
-            t_tokens, t_maps = self.target_encoder(batch.images)
-            maps = t_maps[: self.num_levels] if t_maps is not None else [t_tokens]
+            t_tokens, t_maps = self.target_encoder(batch.images, levels=self.num_levels)
+            maps = t_maps if t_maps is not None else [t_tokens]
             if lc.normalize_embeddings:
                 maps = [F.layer_norm(t.float(), (t.size(-1),)) for t in maps]
             b, m, nt = batch.tgt_idx.shape
             flat_idx = batch.tgt_idx.reshape(b, m * nt)
             targets = [gather_tokens(t, flat_idx).reshape(b, m, nt, -1) for t in maps]
-        c_tokens, c_maps = self.encoder(batch.images, batch.ctx_idx)
+        c_tokens, c_maps = self.encoder(batch.images, batch.ctx_idx, levels=1)
         preds = self.predictor(
             c_maps[0] if c_maps is not None else c_tokens, batch.ctx_idx, batch.tgt_idx
         )

@@ -30,10 +30,12 @@ from trainer.step import NonFiniteLossError, PendingStep, StepResult
 
 @dataclass
 class InFlight:
-    """A launched step whose numbers have not been read yet, with the LR it ran at."""
+    """A launched step whose numbers have not been read yet, with the LR and EMA momentum it
+    ran at."""
 
     pending: PendingStep
     lr: float
+    momentum: float
 
 
 class StepOutcomes:
@@ -47,10 +49,10 @@ class StepOutcomes:
         applied = False
         while self.in_flight:
             item = self.in_flight.pop(0)
-            applied = self.handle(item.pending.result(), item.lr)
+            applied = self.handle(item.pending.result(), item.lr, item.momentum)
         return applied
 
-    def handle(self, res: StepResult, lr: float) -> bool:
+    def handle(self, res: StepResult, lr: float, momentum: float) -> bool:
         """One step's outcome, in step order: a non-finite loss stops the run (the bad step
         itself changed nothing); an overflow is counted (too many in a row stop it);
         otherwise the step counts, and is logged every ``logging.log_frequency`` steps."""
@@ -70,7 +72,7 @@ class StepOutcomes:
             self.ev.progress(epoch=self.epoch, step=self.step)
             if nxt == 1 or nxt % self.cfg.logging.log_frequency == 0:
                 dt = max(time.monotonic() - self.t_log, 1e-9)
-                self.emit_step(res, lr, self.n_log / dt)
+                self.emit_step(res, lr, self.n_log / dt, momentum)
                 self.t_log, self.n_log = time.monotonic(), 0
         if self.dist.world > 1:
             self.sync_in(res.extra)  # decisions agreed in this step's all-reduce
@@ -107,7 +109,7 @@ class StepOutcomes:
                 f"{limit}; {self.overflow_steps} overflow step(s) skipped this attempt"
             )
 
-    def emit_step(self, res: Any, lr: float, img_per_s: float) -> None:
+    def emit_step(self, res: Any, lr: float, img_per_s: float, momentum: float) -> None:
         event = Step(
             epoch=self.epoch,
             step=self.step,
@@ -116,6 +118,7 @@ class StepOutcomes:
             loss_parts=res.parts,
             grad_norm=res.grad_norm,
             lr=lr,
+            ema_momentum=momentum,
             img_per_s=img_per_s,
             micro_batch=self.micro,
             accum_steps=self.accum,

@@ -10,7 +10,10 @@ force; otherwise a cut is added at the resume position. ``best.pt`` follows
 ``checkpoint.metric``/``mode`` over verified checkpoints (a ``best`` event names it).
 
 With several ranks rank 0 alone reads and writes checkpoints: a resume's state is broadcast to
-every rank (no shared filesystem needed), and a save on the other ranks writes nothing. The
+every rank (no shared filesystem needed), and a save on the other ranks writes nothing. Every
+rank takes part in every save (saves happen at agreed steps only): each restarts its checkpoint
+timer and hands in a digest of its weights (:func:`state_digest`, model and EMA target), which
+the ``checkpoint`` event lists per rank — equal digests are the proof that the ranks agree. The
 checkpoint records the world size and the global batch. The global batch is the recipe's
 (``trainer.dist.per_rank_batch``), so a resume at another world size continues at the same
 sample position with the same global batch; the ``resumed`` event names both world sizes.
@@ -18,6 +21,7 @@ sample position with the same global batch; the ``resumed`` event names both wor
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from pathlib import Path
@@ -100,6 +104,7 @@ class TrainState:
         self.best = state.get("best")
         set_rng_state(state["rng"])
         self.carry_fired(path.parent.parent)
+        self.fired = self.dist.broadcast(self.fired)  # the writer's record: one fault history
         if self.samples_in_epoch + self.eff > self.epoch_size:  # epoch was complete
             self.epoch, self.samples_in_epoch = self.epoch + 1, 0
         self.resume_schedule(state)
@@ -154,7 +159,11 @@ class TrainState:
     # -------------------------------------------------------------------------- checkpoint
     def save(self, reason: str) -> ckpt.Saved:
         """Checkpoint the complete training state (reason: epoch|steps|time|stop|final); with
-        several ranks only rank 0 writes (the others get a Saved with no path)."""
+        several ranks every rank calls it at the same step, only rank 0 writes (the others get
+        a Saved with no path)."""
+        self.last_save = time.monotonic()  # every rank's timer: the next time save is agreed
+        self.save_agreed = False
+        digests = self.dist.gather(state_digest(self.model))
         if not self.dist.main:
             return ckpt.Saved(path=Path(), verified=False, problem="not rank 0")
         self.ev.progress(phase="checkpoint")
@@ -195,12 +204,23 @@ class TrainState:
             verified=saved.verified,
             seconds=time.monotonic() - t,
             reason=reason,
+            digests=digests,
         )
         if saved.problem:
             event.problem = saved.problem  # type: ignore[attr-defined]
         self.ev.emit(event)
         self.ev.progress(phase="train")
         return saved
+
+
+def state_digest(model: torch.nn.Module) -> str:
+    """A short digest of every tensor in ``model.state_dict()`` (weights, EMA target, buffers),
+    bit for bit: two ranks with equal digests hold identical weights."""
+    h = hashlib.sha256()
+    for key, t in model.state_dict().items():
+        h.update(key.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------- RNG
