@@ -1,12 +1,15 @@
 """python3 bench/cuda_checks.py [--device cuda|cpu] [--steps 20] [--warmup 5] [--out DIR]
 
-More options: [--recipe FILE]... [--batch B] [--set k=v]... [--inject-read]. The whole device
-session (this, then bench/gpu_measure.py) is ``bash bench/gpu_session.sh``.
+More options: [--recipe FILE]... [--precision fp32|bf16|fp16]... [--batch B] [--set k=v]...
+[--inject-read]. The whole GPU session (this, then bench/gpu_measure.py) is
+``bash bench/gpu_session.sh``.
 
 The steady-state step of the shipped overnight recipes (configs/overnight_training_{conservative,
 aggressive}.yaml, every feature switch as shipped: gradient checkpointing, FPN, the contrastive
 term with its two views, per-module gradient norms on logging steps; synthetic batches through
-the real MaskCollator, already on the device) in two modes, one after the other in this process:
+the real MaskCollator, already on the device), in the recipe's precision (bf16 on CUDA) or in
+each ``--precision`` (fp16 runs its GradScaler), in two modes, one after the other in this
+process:
 
 - ``1 process``: ``TrainStep`` as the worker builds it alone;
 - ``DDP world 1``: a real process group of one rank (nccl on CUDA, gloo elsewhere; rendezvous
@@ -84,6 +87,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=5, help="untimed, unwatched steps first")
     ap.add_argument("--recipe", action="append", default=None, help="config (repeatable)")
     ap.add_argument("--batch", type=int, default=None, help="micro-batch (default: recipe's)")
+    ap.add_argument(
+        "--precision",
+        action="append",
+        choices=("fp32", "bf16", "fp16"),
+        default=None,
+        help="training.precision per cell (repeatable; default: the recipe's own)",
+    )
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--inject-read", action="store_true", help="self-test: plant an .item()")
@@ -227,15 +237,17 @@ def table(rows: list[dict[str, Any]], title: str) -> str:
         "| first sync | documented reads | error-mode gate |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    alone = {r["recipe"]: r.get("img_per_s") for r in rows if r["mode"] == MODES[0]}
+    key = lambda r: (r["recipe"], r["precision"])  # noqa: E731
+    alone = {key(r): r.get("img_per_s") for r in rows if r["mode"] == MODES[0]}
     for r in rows:
         if "error" in r:
             err = " ".join(r["error"].split()).replace("|", "/")[:300]
             lines.append(
-                f"| {r['recipe']} | {r['mode']} | – | – | – | – | – | – | – | {err} | – | – |"
+                f"| {r['recipe']} | {r['mode']} | {r['precision']} | – | – | – | – | – | – "
+                f"| {err} | – | – |"
             )
             continue
-        base = alone.get(r["recipe"])
+        base = alone.get(key(r))
         ratio = f"{r['img_per_s'] / base:.3f}" if r["mode"] != MODES[0] and base else "–"
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "–"
         first = r["first_sync"].replace("|", "/") or "–"
@@ -262,8 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     sets = [*a.overrides, f"device={a.device}"]
     if a.batch is not None:
         sets.append(f"data.batch_size={a.batch}")
+    forced = [[f"training.precision={p}"] for p in a.precision] if a.precision else [[]]
     try:
-        cfgs = [load_config(r, sets) for r in recipes]
+        cells = [(r, load_config(r, sets + f)) for f in forced for r in recipes]
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -273,12 +286,17 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     for mode in MODES:
         with group_of_one(device) if mode != MODES[0] else contextlib.nullcontext() as dist:
-            for recipe, cfg in zip(recipes, cfgs, strict=True):
+            for recipe, cfg in cells:
                 try:
                     row = run_cell(cfg, device, mode, a, dist)
                 except Exception as exc:  # one failing cell is a row, never the whole table
                     name = Path(cfg.experiment.output_dir).name or recipe.stem
-                    row = {"recipe": name, "mode": mode, "error": f"{type(exc).__name__}: {exc}"}
+                    row = {
+                        "recipe": name,
+                        "mode": mode,
+                        "precision": cfg.training.precision,
+                        "error": f"{type(exc).__name__}: {exc}",
+                    }
                 rows.append(row)
                 gc.collect()  # the cell's model, optimizer and batches
                 if device.type == "cuda":

@@ -5,10 +5,12 @@
 # Every GPU measurement and check of the project in one command of about 8 minutes on an
 # H100-class card, its results under $OUT (default ./gpu-session-out):
 #   1. bench/cuda_checks.py  - the overnight recipes' steady-state step alone and under DDP
-#      (a process group of one) with torch.cuda.set_sync_debug_mode around it: img/s,
-#      ms/step, MFU, peak memory, DDP on/off, every host sync with its line (about 1-2 min);
+#      (a process group of one), bf16 and fp16, with torch.cuda.set_sync_debug_mode around
+#      it: img/s, ms/step, MFU, peak memory, DDP on/off, every host sync with its line
+#      (about 2 min, at most 200 s);
 #   2. bench/gpu_measure.py  - the reference I-JEPA step against ours eager, compiled and with
-#      the real data pipeline: img/s, MFU, peak memory, ratio to the reference (about 5 min).
+#      the real data pipeline: img/s, MFU, peak memory, ratio to the reference (at most 300 s;
+#      its rows are logged as they come, so a cut run still gives the finished ones).
 # Files: gpu.txt, cuda_checks.{md,json,log}, gpu_measure.{md,json,log} (7 files). Both tables
 # are printed last. Exit status: cuda_checks.py's (0 clean, 1 a sync, 3 watch not live, 4 a
 # cell failed; 124 timed out), or 2 when the trainer's dependencies are missing.
@@ -65,9 +67,10 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
   python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 } >"$OUT/gpu.txt" 2>&1
 
-timeout 180 python3 bench/cuda_checks.py --out "$OUT" >"$OUT/cuda_checks.log" 2>&1
+timeout 200 python3 bench/cuda_checks.py --precision bf16 --precision fp16 --out "$OUT" \
+    >"$OUT/cuda_checks.log" 2>&1
 checks=$?
-timeout 330 python3 bench/gpu_measure.py --out "$OUT" >"$OUT/gpu_measure.log" 2>&1
+timeout 300 python3 bench/gpu_measure.py --out "$OUT" >"$OUT/gpu_measure.log" 2>&1
 measure=$?
 
 cat "$OUT/gpu.txt"

@@ -1,7 +1,8 @@
 """bench/cuda_checks.py runs its CUDA code path on this CPU (``--device cpu``: the dispatch-mode
 proxy for the sync debug mode): both overnight recipes at tiny shapes, alone and under DDP on a
 real gloo group of one, a table and an exit code that agree with what was found, and a planted
-``.item()`` inside the watched steps that must be reported with its line and fail the run."""
+``.item()`` inside the watched steps (fp16 with its GradScaler) that must be reported with its
+line and fail the run."""
 
 from __future__ import annotations
 
@@ -85,11 +86,14 @@ def test_both_recipes_alone_and_under_ddp_with_an_exit_code_that_matches(tmp_pat
 
 def test_a_planted_host_read_is_reported_with_its_line_and_fails_the_run(tmp_path):
     conservative = str(ROOT / "configs" / "overnight_training_conservative.yaml")
-    proc, rows = run_checks(tmp_path, "--recipe", conservative, "--inject-read")
+    proc, rows = run_checks(
+        tmp_path, "--recipe", conservative, "--precision", "fp16", "--inject-read"
+    )
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert len(rows) == 2
     for r in rows:
         assert "error" not in r, r
+        assert r["precision"] == "fp16"  # forced, with its GradScaler
         planted = [s for s in r["sync_sites"] if "bench/cuda_checks.py" in s and "run_cell" in s]
         assert planted, r["sync_sites"]
         assert r["syncs"] >= STEPS
