@@ -85,7 +85,9 @@ def _locate(stack: list[traceback.FrameSummary]) -> tuple[str, bool]:
     ours = [
         f
         for f in stack
-        if Path(f.filename).resolve().is_relative_to(ROOT) and Path(f.filename).resolve() != here
+        if not f.filename.startswith("<")  # <string>, <frozen ...>: no file
+        and Path(f.filename).resolve().is_relative_to(ROOT)
+        and Path(f.filename).resolve() != here
     ]
     documented = any(
         f.name == "result" and f.filename.endswith(("trainer/step.py", "trainer\\step.py"))
