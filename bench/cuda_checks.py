@@ -7,9 +7,10 @@ More options: [--recipe FILE]... [--precision fp32|bf16|fp16]... [--batch B] [--
 The steady-state step of the shipped overnight recipes (configs/overnight_training_{conservative,
 aggressive}.yaml, every feature switch as shipped: gradient checkpointing, FPN, the contrastive
 term with its two views, per-module gradient norms on logging steps; synthetic batches through
-the real MaskCollator, already on the device), in the recipe's precision (bf16 on CUDA) or in
-each ``--precision`` (fp16 runs its GradScaler), in two modes, one after the other in this
-process:
+the real MaskCollator, already on the device, so the host data pipeline and its DeiT-III
+augmentation are not in it: gpu_measure.py's real-data rows time that), in the recipe's
+precision (bf16 on CUDA) or in each ``--precision`` (fp16 runs its GradScaler), in two modes,
+one after the other in this process:
 
 - ``1 process``: ``TrainStep`` as the worker builds it alone;
 - ``DDP world 1``: a real process group of one rank (nccl on CUDA, gloo elsewhere; rendezvous
