@@ -19,6 +19,8 @@ Before running it on a bare device machine:
 - the trainer needs pydantic, which the device image lacks: carry the wheels
   (pydantic, pydantic-core, annotated-types, typing-inspection) as the device README says.
 Each run has its own timeout; a failed run becomes a row with its error, never a crash.
+``bash bench/gpu_session.sh`` does all of this and then runs bench/cuda_checks.py (host syncs
+in the recipes' steady-state step, alone and under DDP) in one command.
 """
 
 from __future__ import annotations
@@ -60,7 +62,9 @@ def find_reference() -> Path | None:
 
 def run_json(cmd: list[str], timeout: float) -> tuple[dict[str, Any] | None, str]:
     """(last stdout line as JSON, or None; error text)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    # ROOT first, then what the caller had (the carried wheels' --target directory)
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
     try:
         proc = subprocess.run(
             cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
