@@ -6,8 +6,9 @@ Nothing is measured twice: every scalar is a field of an event the worker alread
 TensorBoard and ``events.jsonl`` always agree. Tags (upstream's guide names the first ones):
 
 - ``step``: ``train/loss``, ``train/loss_level_0..N``, ``train/<part>`` for each loss part
-  (VICReg, contrastive), ``train/grad_norm``, ``train/lr``, ``train/img_per_s``,
-  ``train/step_s``, ``train/micro_batch``, ``memory/<key>_gb`` for the device memory readings.
+  (VICReg, contrastive), ``train/grad_norm``, ``train/lr``, ``train/ema_momentum``,
+  ``train/img_per_s``, ``train/step_s``, ``train/micro_batch``, ``memory/<key>_gb`` for the
+  device memory readings (not the device's total).
 - ``eval``: ``eval/knn_accuracy`` (k = 20, upstream's tag) and ``eval/knn_<k>`` for every k,
   ``eval/linear_probe``, ``eval/feature_std`` (upstream ``train/feature_variance``'s role),
   ``eval/effective_rank``, ``eval/val_loss``.
@@ -91,6 +92,7 @@ class TensorBoardSink:
                     "train/loss": ev.get("loss"),
                     "train/grad_norm": ev.get("grad_norm"),
                     "train/lr": ev.get("lr"),
+                    "train/ema_momentum": ev.get("ema_momentum"),
                     "train/img_per_s": ev.get("img_per_s"),
                     "train/step_s": ev.get("step_s"),
                     "train/micro_batch": ev.get("micro_batch"),
@@ -99,7 +101,7 @@ class TensorBoardSink:
                     **{
                         f"memory/{k}_gb": v / GB
                         for k, v in (ev.get("device_mem") or {}).items()
-                        if isinstance(v, int | float)
+                        if isinstance(v, int | float) and k != "total"  # the device's size
                     },
                 }
             )

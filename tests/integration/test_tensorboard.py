@@ -37,8 +37,9 @@ def test_tags_and_a_rolled_back_attempt_continue_one_curve(tmp_path: Path) -> No
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     want = {"train/loss", "train/loss_level_0", "train/loss_level_1", "train/loss_level_2",
-            "train/grad_norm", "train/lr", "train/img_per_s", "eval/knn_accuracy",
-            "eval/linear_probe", "eval/feature_std", "eval/effective_rank"}  # fmt: skip
+            "train/grad_norm", "train/lr", "train/ema_momentum", "train/img_per_s",
+            "eval/knn_accuracy", "eval/linear_probe", "eval/feature_std",
+            "eval/effective_rank"}  # fmt: skip
     assert want <= tags, sorted(tags)
     steps = [e.step for e in acc.Scalars("train/loss")]
     assert steps == list(range(1, 33)), steps
