@@ -76,6 +76,8 @@ def metrics_of(ev: dict[str, Any]) -> Metrics:
         feature_std=ev.get("feature_std"),
         effective_rank=ev.get("effective_rank"),
         val_loss=ev.get("val_loss"),
+        feature_variance=ev.get("feature_variance"),
+        contrastive_accuracy=ev.get("contrastive_accuracy"),
     )
 
 

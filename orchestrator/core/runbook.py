@@ -47,13 +47,22 @@ FeatureName = Literal[
 MetricName = Literal[
     "finished_in_window",
     "no_unrecovered_nonfinite",
+    "features_intact",
     "linear_probe",
     "knn_1",
     "knn_5",
     "knn_20",
     "feature_std",
+    "feature_variance",
     "effective_rank",
+    "contrastive_accuracy",
+    "final_loss",
+    "gain_over_previous_night",
+    "speedup_vs_no_flash",
+    "night_hours",
 ]
+# Checks that pass or fail without a threshold (op and value are not allowed).
+BOOLEAN_METRICS = ("finished_in_window", "no_unrecovered_nonfinite", "features_intact")
 RUNBOOK_DIR = shipped_root() / "runbooks"  # shipped; ./runbooks wins (default_runbook_for)
 
 
@@ -126,20 +135,46 @@ class Ladders(_M):
 
 
 class Check(_M):
+    """One success criterion (``orchestrator.policy.success`` scores it).
+
+    Metrics: ``finished_in_window``, ``no_unrecovered_nonfinite``; ``features_intact`` (the
+    listed ``features`` — or, without a list, every optional feature the night started with —
+    still on at its end: no fallback switched them off); the final evaluation's
+    ``linear_probe``, ``knn_K``, ``feature_std``, ``feature_variance`` (mean per-dimension
+    variance), ``effective_rank`` (RankMe, of 384 dims on the real recipes),
+    ``contrastive_accuracy`` (top-1 of the positive pair in the evaluation batch); ``final_loss``
+    (mean training loss of the last epoch); ``gain_over_previous_night`` (linear probe minus the
+    previous night's, a fraction: 0.05 = +5 points); ``speedup_vs_no_flash`` (preflight's step
+    time with flash attention off over on, at the planned batch); ``night_hours`` (window start
+    to the worker's finish)."""
+
     metric: MetricName
     op: Literal[">", ">=", "<", "<="] | None = None
     value: float | None = None
     relative: bool = Field(False, description="Compare the gain over the epoch-0 eval.")
+    features: list[FeatureName] | None = Field(
+        None, description="features_intact: the features that must stay on (default: all on)."
+    )
 
     @model_validator(mode="after")
     def _needs_threshold(self) -> Check:
-        boolean = self.metric in ("finished_in_window", "no_unrecovered_nonfinite")
+        boolean = self.metric in BOOLEAN_METRICS
         if not boolean and (self.op is None or self.value is None):
             raise ValueError(f"check {self.metric} needs op and value")
+        if boolean and (self.op is not None or self.value is not None):
+            raise ValueError(f"check {self.metric} takes no op or value")
+        if self.features is not None and self.metric != "features_intact":
+            raise ValueError(f"check {self.metric}: features applies to features_intact only")
         return self
 
     @property
     def name(self) -> str:
+        if self.metric == "features_intact":
+            return (
+                f"features_intact [{', '.join(self.features)}]"
+                if self.features
+                else ("features_intact [all enabled]")
+            )
         if self.op is None:
             return self.metric
         gain = " gain" if self.relative else ""
@@ -160,7 +195,10 @@ class Band(_M):
 class Display(_M):
     epoch_minutes: Band = Field(default_factory=lambda: Band(good=12, warning=15))
     grad_norm: Band = Field(default_factory=lambda: Band(good=5, warning=50))
-    feature_std: Band = Field(default_factory=lambda: Band(good=0.1, warning=0.05))
+    feature_variance: Band = Field(
+        default_factory=lambda: Band(good=0.1, warning=0.05),
+        description="Mean per-dimension feature variance of the evaluation (lower is worse).",
+    )
 
 
 class Runbook(_M):

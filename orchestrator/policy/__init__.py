@@ -13,6 +13,7 @@ from orchestrator.policy.types import (
     ConfigFacts,
     Decision,
     DecisionKind,
+    NightEvidence,
     NightHistory,
     Observation,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "ConfigFacts",
     "Decision",
     "DecisionKind",
+    "NightEvidence",
     "NightHistory",
     "Observation",
     "classify_exit",

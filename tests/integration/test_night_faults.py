@@ -314,6 +314,11 @@ def test_real_feature_failure_disables_it(tmp_path: Path) -> None:
     assert n.attempts[0].exit_kind == "feature"
     assert overrides_of(n)["model.use_flash_attention"] is False
     assert n.attempts[-1].exit_kind == "finished", n.reason
+    # the night trained to the end, but without a feature it started with: not succeeded
+    assert n.success is not None and n.status == "partial" and n.success.level == "none"
+    intact = next(c for c in n.success.checks if c.name.startswith("features_intact"))
+    assert intact.passed is False
+    assert intact.evidence["features"]["flash_attention"].startswith("switched off")
 
 
 @pytest.mark.slow

@@ -54,6 +54,12 @@ def test_successful_two_night_plan(tmp_path: Path) -> None:
     assert "## Conservative vs aggressive" in text
     assert "**+6.3 pts** (meets the +5 points" in text
     assert "No fallbacks were needed." in text
+    # every criterion with the evidence it read, in its own section
+    assert "### Success criteria and their evidence" in text
+    assert (
+        "| must | ✓ features intact [flash attention]: yes | pass | "
+        "features: flash_attention: on |" in text
+    )
     assert "| linear probe | 24.0% | 63.1% | +39.1 pts |" in text  # gain over random init
     assert "--eval-only" in text and "--resume" in text
     assert "runs/conservative/attempt-01/checkpoints/ckpt-e0050-s00005000.pt" in text
@@ -101,6 +107,8 @@ def test_failed_night_says_what_broke_what_was_tried_and_what_to_do(tmp_path: Pa
     assert "Tried 1 fallback" in first_screen and "worker.log" in first_screen
     assert "--set model.use_flash_attention=false" in first_screen
     assert "| feature | disable flash_attention |" in text
+    assert "| must | ✗ features intact [flash attention]: no | FAIL | features: " in text
+    assert "flash_attention: switched off: disable flash_attention |" in text
     assert "ckpt-e0001-s00000100.pt --eval-only" in text
     # loss, kNN (epoch 0), memory and epoch times were all recorded before it broke
     assert_valid_pngs(var / "reports" / "morning-2025-03-14.md", 4)
