@@ -33,7 +33,10 @@ sleep does not move it). Events from writers without ``mono`` fall back to ``ts`
 | epoch_end   | epoch, seconds, steps, mean_loss, total_epochs                               |
 | eval        | epoch, knn {"1","5","20"} in [0,1], linear_probe, feature_std,                |
 |             | effective_rank, val_loss, seconds, num_samples, linear_probe_l2 (the L2 the   |
-|             | probe chose on the training split; at the grid's weak end: extend the grid)   |
+|             | probe chose on the training split; at the grid's weak end: extend the grid),  |
+|             | feature_variance (mean per-dimension variance: the recipe's "> 0.1"),        |
+|             | contrastive_accuracy (loss.use_contrastive: top-1 of the positive pair in    |
+|             | the evaluation batch; else null)                                             |
 | checkpoint  | path, epoch, step, verified, seconds, reason (epoch|steps|time|stop|final),  |
 |             | problem? (why verification failed). verified: re-read after writing, sha256 |
 |             | matches the sidecar, loads with weights_only; false: older ones not pruned  |
@@ -198,6 +201,8 @@ class Eval(_Event):
     seconds: float = 0.0
     num_samples: int = 0
     linear_probe_l2: float | None = None
+    feature_variance: float | None = None
+    contrastive_accuracy: float | None = None
 
 
 class Checkpoint(_Event):
