@@ -30,6 +30,8 @@ Facts, and what they mean:
   ``attempt`` added; ``fatal`` (the first: with several ranks, the failing rank's comes before
   the "lost a peer" crashes of the others) / ``finished`` of the newest attempt (a ``started``
   clears them); ``fatals`` of every attempt.
+- health: ``health`` events of the newest worker process (a ``started`` clears them), for the
+  collapse/divergence judgement (``orchestrator/policy/health.py``).
 - memory: ``device_mem`` (the newest reading, a dict), ``device_mem_now`` (its largest value),
   ``device_mem_peak``, ``device_series``; supervisor samples (``samples``, ``sample_peaks``,
   ``swap_first``).
@@ -128,6 +130,7 @@ class RunView:
     samples: tuple[dict[str, Any], ...] = ()
     sample_peaks: dict[str, int] = field(default_factory=dict)
     swap_first: int | None = None
+    health: tuple[dict[str, Any], ...] = ()  # ``health`` events of the newest attempt
 
     @property
     def last_step(self) -> StepPoint | None:
@@ -164,6 +167,7 @@ class RunFold:
                 "epoch_seconds",
                 "eval_seconds",
                 "checkpoint_seconds",
+                "health",
             )
         }
         self._v: dict[str, Any] = {"sample_peaks": {}}
@@ -194,6 +198,7 @@ class RunFold:
                 v["step"] = ev["step"]
         if kind == "started":
             v.update(started=ev, fatal=None, finished=None, phase="startup", last_heartbeat_ts=ts)
+            lists["health"] = []  # health is judged per worker process (policy/health.py)
             v["total_epochs"] = ev.get("epochs", v.get("total_epochs"))
             start_epoch = ev.get("start_epoch")
             v["epoch"] = start_epoch if isinstance(start_epoch, int) else v.get("epoch")
@@ -235,6 +240,8 @@ class RunFold:
             lists["checkpoint_seconds"].append(num(ev.get("seconds")) or 0.0)
         elif kind == "best":
             lists["bests"].append({**ev, "attempt": attempt})
+        elif kind == "health":
+            lists["health"].append({**ev, "attempt": attempt})
         elif kind == "control" and isinstance(ev.get("epochs"), int) and ev["epochs"]:
             v["total_epochs"] = ev["epochs"]
         elif kind == "fatal":  # the first one: with several ranks, the others follow from it
@@ -316,6 +323,7 @@ class RunFold:
             samples=tuple(self._samples),
             sample_peaks=dict(v["sample_peaks"]),
             swap_first=v.get("swap_first"),
+            health=tuple(lists["health"]),
         )
 
 

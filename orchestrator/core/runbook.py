@@ -21,6 +21,10 @@ Ladder semantics (what the policy does with each list):
   and are used only when even the smallest possible epoch count does not fit.
 - ``features``: the order in which optional features are disabled (the failing one first).
 - ``dataset_fallback``: one rung applied when the dataset is missing.
+- ``health``: rungs in order after a collapse or a divergence (``health`` limits); the night
+  rolls back to the newest checkpoint before the drop. A ``training.lr`` rung is rescaled like
+  the non-finite ladder's and skipped unless it lowers the LR; a ``loss.vicreg.*`` rung is
+  skipped when the loss has no VICReg term.
 """
 
 from __future__ import annotations
@@ -116,6 +120,31 @@ class MemoryLimits(_M):
     swap_growth_gb: float = Field(2.0, gt=0, description="Swap growth since launch above → OOM.")
 
 
+class HealthLimits(_M):
+    """When the worker's ``health`` points (every ``logging.health_every_steps`` steps) make a
+    fault (``orchestrator/policy/health.py``): collapse or divergence, fixed by
+    ``ladders.health``."""
+
+    enabled: bool = Field(True, description="Judge the health points at all.")
+    warmup_points: int = Field(
+        2, ge=0, description="The first points of each attempt set no best (it settles first)."
+    )
+    rank_floor: float = Field(
+        1.0,
+        ge=0,
+        description="Batch effective rank below this → collapse (at most min(B, D)).",
+    )
+    rank_drop: float = Field(
+        0.6, gt=0, lt=1, description="Rank below (1 − this) × its best → collapse."
+    )
+    variance_drop: float = Field(
+        0.9, gt=0, lt=1, description="Feature variance below (1 − this) × its best → collapse."
+    )
+    divergence_factor: float = Field(
+        2.0, gt=1, description="Loss moving average above this × its lowest → divergence."
+    )
+
+
 class Rung(_M):
     overrides: dict[str, Any] = Field(alias="set", description="Config key.path → value.")
     note: str = ""
@@ -132,6 +161,11 @@ class Ladders(_M):
     slow: SlowLadder = Field(default_factory=SlowLadder)
     features: list[FeatureName] = Field(default_factory=list)
     dataset_fallback: Rung | None = None
+    health: list[Rung] = Field(
+        default_factory=list,
+        description="Collapse or divergence: roll back before the drop and take the next rung "
+        "(lower LR, then a higher EMA momentum, then a larger variance weight).",
+    )
 
 
 class Check(_M):
@@ -209,6 +243,7 @@ class Runbook(_M):
     heartbeat: HeartbeatTimeouts = Field(default_factory=HeartbeatTimeouts)
     sampling_interval_s: float = Field(5, gt=0)
     memory: MemoryLimits = Field(default_factory=MemoryLimits)
+    health: HealthLimits = Field(default_factory=HealthLimits)
     ladders: Ladders = Field(default_factory=Ladders)
     success: SuccessCriteria = Field(default_factory=SuccessCriteria)
     display: Display = Field(default_factory=Display)
@@ -239,6 +274,7 @@ def _check_rung_keys(rb: Runbook) -> list[str]:
     named: list[tuple[str, Rung]] = [(f"ladders.oom[{i}]", r) for i, r in enumerate(rb.ladders.oom)]
     named += [(f"ladders.nonfinite[{i}]", r) for i, r in enumerate(rb.ladders.nonfinite)]
     named += [(f"ladders.slow.then[{i}]", r) for i, r in enumerate(rb.ladders.slow.then)]
+    named += [(f"ladders.health[{i}]", r) for i, r in enumerate(rb.ladders.health)]
     if rb.ladders.dataset_fallback is not None:
         named.append(("ladders.dataset_fallback", rb.ladders.dataset_fallback))
     for where, rung in named:

@@ -58,6 +58,7 @@ from orchestrator.core.fold import SAMPLES_FILE, RunFold, RunView
 from orchestrator.core.runbook import Runbook
 from orchestrator.core.system import MemSample, System
 from orchestrator.policy import Decision, DecisionKind, Observation, classify_exit
+from orchestrator.policy.health import points_of
 from orchestrator.policy.recovery import escalation
 from trainer.events import (
     EXIT_CODE_OF_KIND,
@@ -222,6 +223,7 @@ class Supervisor:
             gpu_used=s.gpu_used if s else None,
             device_mem=v.device_mem_now,
             swap_growth=swap,
+            health=points_of(v.health),
         )
 
     # -- actions --------------------------------------------------------------------------

@@ -77,6 +77,8 @@ class Observation:
     fatal_feature: str | None = None
     fatal_step: int | None = None  # optimizer steps completed when it failed (bad = this + 1)
     finished_reason: str | None = None  # "completed" | "stopped" from the finished event
+    # this attempt's health points (trainer/health.py), oldest first: collapse and divergence
+    health: tuple[Any, ...] = ()
 
     @property
     def stopping(self) -> bool:
@@ -97,6 +99,7 @@ class NightHistory:
     checkpoints: tuple[CheckpointRef, ...] = ()  # usable ones of the current lineage
     best_checkpoint: str | None = None
     memory_warned: bool = False  # a memory trip with the OOM ladder exhausted was recorded
+    health_warned: bool = False  # a collapse/divergence with the health ladder exhausted, too
 
 
 @dataclass(frozen=True)
