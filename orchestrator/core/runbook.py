@@ -235,6 +235,26 @@ class Display(_M):
     )
 
 
+class Expectation(_M):
+    """What the recipe says a normal night looks like; the report compares each with what the
+    night measured (``orchestrator/views/report/expected.py``). Not a success criterion."""
+
+    measure: Literal[
+        "epoch_minutes", "memory_peak_gb", "final_loss", "knn_1", "knn_5", "knn_20", "linear_probe"
+    ]
+    low: float | None = Field(None, description="Lowest normal value (None: no lower bound).")
+    high: float | None = Field(None, description="Highest normal value (None: no upper bound).")
+    source: str = Field("", description="Where the range comes from.")
+
+    @model_validator(mode="after")
+    def _a_range(self) -> Expectation:
+        if self.low is None and self.high is None:
+            raise ValueError(f"expectation {self.measure} needs low or high")
+        if self.low is not None and self.high is not None and self.low > self.high:
+            raise ValueError(f"expectation {self.measure}: low > high")
+        return self
+
+
 class Runbook(_M):
     name: str
     window_hours: float = Field(8.0, gt=0)
@@ -247,6 +267,7 @@ class Runbook(_M):
     ladders: Ladders = Field(default_factory=Ladders)
     success: SuccessCriteria = Field(default_factory=SuccessCriteria)
     display: Display = Field(default_factory=Display)
+    expectations: list[Expectation] = Field(default_factory=list)
 
     @property
     def final_eval_s(self) -> float:
