@@ -7,6 +7,7 @@ the night measured, and whether it is inside the range.
 
 from __future__ import annotations
 
+from orchestrator.core.fold import num
 from orchestrator.core.runbook import Expectation, RunbookError, load_runbook
 from orchestrator.views.fmt import NA
 from orchestrator.views.report.facts import NightFacts
@@ -38,8 +39,8 @@ def measured(f: NightFacts, measure: str) -> float | None:
         vals = [v for v in (tree, peaks.get("gpu_used"), run.device_mem_peak) if v is not None]
         return max(vals) / GB if vals else None
     if measure == "final_loss":
-        losses = [e.get("mean_loss") for e in run.epochs if e.get("mean_loss") is not None]
-        return float(losses[-1]) if losses else None
+        losses = [float(e["mean_loss"]) for e in run.epochs if num(e.get("mean_loss")) is not None]
+        return losses[-1] if losses else None
     if f.final is None:
         return None
     if measure.startswith("knn_"):
