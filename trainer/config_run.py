@@ -142,6 +142,12 @@ class LoggingConfig(Strict):
         True, description="Per-dataset sample counts in the started event."
     )
     heartbeat_s: float = Field(5.0, gt=0, le=10.0, description="Heartbeat period.")
+    health_every_steps: int = Field(
+        25,
+        ge=0,
+        description="Emit a `health` event (batch RankMe, feature variance, loss trend) every "
+        "N optimizer steps; 0: never (no collapse/divergence detection).",
+    )
 
 
 class FaultsConfig(Strict):
@@ -173,6 +179,18 @@ class FaultsConfig(Strict):
         1, ge=1, description="With grad_overflow_at_step: this many consecutive overflows."
     )
     hang_at_step: int | None = Field(None, ge=1, description="Stop progressing here, once.")
+    collapse_at_step: int | None = Field(
+        None,
+        ge=1,
+        description="Collapse the representation at this step, once: the final LayerNorm "
+        "gains of both encoders → 0, so every image embeds alike (rank → 0).",
+    )
+    diverge_at_step: int | None = Field(
+        None,
+        ge=1,
+        description="A finite blow-up at this step, once: large noise added to the context "
+        "encoder's and the predictor's weights, so the loss jumps and stays up.",
+    )
     step_delay_s: float = Field(0.0, ge=0.0, description="Sleep this long every step.")
     oom_rank: int | None = Field(
         None, ge=0, description="With oom_at_step: raise it on this rank only (default: all)."

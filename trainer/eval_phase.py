@@ -3,7 +3,8 @@
 Part of :class:`trainer.loop.Worker` (a base class of it). :meth:`EvalPhase.evaluate` runs
 ``trainer.evaluation.evaluate`` (kNN, linear probe, feature std, effective rank) with
 heartbeats, adds the training objective on held-out images (fixed masks) when
-``checkpoint.metric`` is ``val_loss``, and saves a mask-overlay PNG when
+``checkpoint.metric`` is ``val_loss``, the contrastive accuracy when ``loss.use_contrastive``
+(:meth:`EvalPhase.contrastive_accuracy`), and saves a mask-overlay PNG when
 ``logging.log_images``.
 """
 
@@ -50,6 +51,10 @@ class EvalPhase:
                 seconds=res.seconds,
                 num_samples=res.num_samples,
                 linear_probe_l2=res.linear_probe_l2,
+                feature_variance=res.feature_variance,
+                contrastive_accuracy=(
+                    self.contrastive_accuracy() if self.cfg.loss.use_contrastive else None
+                ),
             )
         )
         if self.cfg.logging.log_images:
@@ -87,6 +92,39 @@ class EvalPhase:
         path.parent.mkdir(exist_ok=True)
         save_image(out, path, nrow=8)
         return path
+
+    @torch.no_grad()
+    def contrastive_accuracy(self) -> float:
+        """Top-1 of the positive pair among the evaluation batch, as the contrastive term sees
+        it: held-out images in batches of the training micro-batch (fixed masks), view 1 the
+        context encoder on the masked image, view 2 its horizontal flip through the encoder the
+        loss uses; an image's own other view must be the most similar of the batch (cosine),
+        both directions, averaged over at most 4 batches."""
+        _, test = self.eval_data
+        masks = MaskCollator(
+            self.cfg.masking, self.cfg.data.image_size, self.cfg.model.patch_size, seed=54321
+        )
+        was = self.model.training
+        self.model.eval()
+        n = min(len(test), 4 * self.micro)
+        size = max(2, min(self.micro, n))
+        hits, total = 0.0, 0
+        for i in range(0, n - size + 1, size):
+            chunk = [((x, x.flip(-1)), y) for x, y in (test[j] for j in range(i, i + size))]
+            batch = masks(chunk).to(self.device)
+            tokens, _ = self.model.encoder(batch.images, batch.ctx_idx)
+            z1 = torch.nn.functional.normalize(tokens.float().mean(dim=1), dim=-1)
+            on_context = self.cfg.loss.contrastive_on_context
+            z2 = torch.nn.functional.normalize(
+                self.model._embed_view2(batch, on_context=on_context), dim=-1
+            )
+            sim = z1 @ z2.T
+            truth = torch.arange(len(sim), device=sim.device)
+            hits += float((sim.argmax(1) == truth).sum() + (sim.argmax(0) == truth).sum()) / 2
+            total += len(sim)
+            self.ev.progress(phase="eval")
+        self.model.train(was)
+        return hits / max(total, 1)
 
     @torch.no_grad()
     def val_loss(self) -> float:

@@ -15,6 +15,8 @@ CPU tensors:
 - ``feature_std``: mean over dimensions of the per-dimension std across samples. Unlike the
   std over all elements (≈ 1 after a final LayerNorm whatever happens), it goes to ~0 when
   the encoder collapses to one output.
+- ``feature_variance``: mean over dimensions of the per-dimension variance across samples (the
+  recipe's "feature variance > 0.1" is on this number, not on the std).
 - ``effective_rank`` (RankMe): exp(entropy of the normalised singular values) of the centred
   [N, D] feature matrix, N = min(rank_samples, samples available) — held-out features first,
   topped up with probe-training features — so it is never capped by a batch size. SVD on CPU
@@ -53,6 +55,7 @@ class EvalResult:
     seconds: float
     num_samples: int  # held-out samples scored
     linear_probe_l2: float | None = None  # the L2 the probe chose on the training split
+    feature_variance: float | None = None  # mean per-dimension variance (collapse → 0)
 
     def as_event_fields(self) -> dict[str, Any]:
         """The fields of the ``eval`` event (trainer/events.py ``Eval``), minus ``epoch``."""
@@ -65,6 +68,7 @@ class EvalResult:
             "seconds": self.seconds,
             "num_samples": self.num_samples,
             "linear_probe_l2": self.linear_probe_l2,
+            "feature_variance": self.feature_variance,
         }
 
 
@@ -160,6 +164,13 @@ def feature_std(f: Tensor) -> float:
     return float(f.detach().double().cpu().std(dim=0).mean())
 
 
+def feature_variance(f: Tensor) -> float:
+    """Mean over dimensions of the per-dimension variance across samples (collapse → 0)."""
+    if f.shape[0] < 2:
+        return 0.0
+    return float(f.detach().double().cpu().var(dim=0).mean())
+
+
 def effective_rank(f: Tensor) -> float:
     """RankMe of ``f`` [N, D]: exp(entropy of the L1-normalised singular values of the centred
     matrix), between 0 (all samples equal) and min(N, D). NaN if ``f`` has non-finite values."""
@@ -243,6 +254,7 @@ def evaluate(
             probe, probe_l2 = fitted.accuracy(test_f, test_y), fitted.l2
         rank_f = torch.cat([test_f, train_f])[: ev.rank_samples]
         std = feature_std(rank_f)
+        var = feature_variance(rank_f)
         rank = effective_rank(rank_f)
         _beat(heartbeat)
         val_loss = float(val_loss_fn()) if val_loss_fn is not None else None
@@ -257,4 +269,5 @@ def evaluate(
         seconds=time.monotonic() - t0,
         num_samples=int(test_f.shape[0]),
         linear_probe_l2=probe_l2,
+        feature_variance=var,
     )

@@ -33,7 +33,14 @@ sleep does not move it). Events from writers without ``mono`` fall back to ``ts`
 | epoch_end   | epoch, seconds, steps, mean_loss, total_epochs                               |
 | eval        | epoch, knn {"1","5","20"} in [0,1], linear_probe, feature_std,                |
 |             | effective_rank, val_loss, seconds, num_samples, linear_probe_l2 (the L2 the   |
-|             | probe chose on the training split; at the grid's weak end: extend the grid)   |
+|             | probe chose on the training split; at the grid's weak end: extend the grid),  |
+|             | feature_variance (mean per-dimension variance: the recipe's "> 0.1"),        |
+|             | contrastive_accuracy (loss.use_contrastive: top-1 of the positive pair in    |
+|             | the evaluation batch; else null)                                             |
+| health      | epoch, step, rank, variance, loss_ema, batch, dim: every                     |
+|             | logging.health_every_steps steps, the RankMe and mean per-dimension variance |
+|             | of the last batch's pooled target embeddings, and the loss's moving average  |
+|             | (trainer/health.py; judged by orchestrator/policy/health.py)                |
 | checkpoint  | path, epoch, step, verified, seconds, reason (epoch|steps|time|stop|final),  |
 |             | problem? (why verification failed). verified: re-read after writing, sha256 |
 |             | matches the sidecar, loads with weights_only; false: older ones not pruned  |
@@ -201,6 +208,19 @@ class Eval(_Event):
     seconds: float = 0.0
     num_samples: int = 0
     linear_probe_l2: float | None = None
+    feature_variance: float | None = None
+    contrastive_accuracy: float | None = None
+
+
+class Health(_Event):
+    type: Literal["health"] = "health"
+    epoch: int
+    step: int
+    rank: float  # RankMe of the batch's pooled target embeddings, at most min(batch, dim)
+    variance: float  # their mean per-dimension variance
+    loss_ema: float | None = None  # the training loss's moving average (the trend)
+    batch: int = 0
+    dim: int = 0
 
 
 class Checkpoint(_Event):
@@ -287,6 +307,7 @@ EVENT_TYPES: dict[str, type[_Event]] = {
         Step,
         EpochEnd,
         Eval,
+        Health,
         Checkpoint,
         CheckpointRejected,
         Resumed,

@@ -12,8 +12,9 @@ feature is on (not one-shot: the fallback is to switch the feature off).
 Other faults are applied by the training loop: ``nonfinite_at_step`` (the loss → NaN),
 ``oom_at_step`` (an OutOfMemoryError), ``grad_overflow_at_step`` + ``grad_overflow_steps``
 (K consecutive steps with non-finite gradients and a finite loss: skipped steps),
-``hang_at_step``, ``sigkill_at_step`` (rank ``sigkill_rank`` SIGKILLs itself: a dead rank) —
-each one-shot, remembered in ``faults.fired.json`` so a restart from an
+``hang_at_step``, ``collapse_at_step`` (the representation collapses), ``diverge_at_step`` (a
+finite blow-up of the weights), ``sigkill_at_step`` (rank ``sigkill_rank`` SIGKILLs itself: a
+dead rank) — each one-shot, remembered in ``faults.fired.json`` so a restart from an
 earlier checkpoint passes it — and ``oom_above_micro_batch`` and ``step_delay_s`` (always).
 :class:`FaultInjection` (a base class of :class:`trainer.loop.Worker`) applies them before each
 optimizer step, except ``step_delay_s``, which the loop sleeps after it. With several ranks
@@ -101,6 +102,30 @@ def feature_scope(name: str) -> Iterator[None]:
         raise FeatureError(name, f"{type(exc).__name__}: {exc}") from exc
 
 
+@torch.no_grad()
+def collapse_representation(model: Any) -> None:
+    """``faults.collapse_at_step``: the final LayerNorm gains of both encoders → 0, so every
+    image gets the same embedding (the norm's bias): a collapsed representation."""
+    for enc in (model.encoder, model.target_encoder):
+        enc.vit.norm.weight.zero_()
+
+
+@torch.no_grad()
+def blow_up_weights(model: Any, seed: int, scale: float = 3.0, heads: float = -10.0) -> None:
+    """``faults.diverge_at_step``: a finite blow-up. Gaussian noise ``scale`` × each tensor's
+    own std added to the context encoder's and the predictor's weights, and the predictor's
+    output heads multiplied by ``heads`` (large, sign flipped), so the loss jumps several-fold
+    and stays up while training undoes it."""
+    gen = torch.Generator().manual_seed(seed)
+    for module in (model.encoder, model.predictor):
+        for p in module.parameters():
+            if p.ndim >= 2:
+                noise = torch.randn(p.shape, generator=gen).to(p.device, p.dtype)
+                p.add_(noise * scale * float(p.detach().float().std()))
+    for head in model.predictor.heads:
+        head.weight.mul_(heads)
+
+
 class FaultInjection:
     """The step faults for the Worker (uses its ``cfg``, ``micro``, ``run_dir``, ``step_fn``,
     ``dist``, ``ev`` and keeps ``fired`` and ``_overflow_fault_left``)."""
@@ -162,6 +187,12 @@ class FaultInjection:
         if self._overflow_fault_left > 0:
             self._overflow_fault_left -= 1
             self.step_fn.overflow_next = True
+        if f.collapse_at_step == nxt and "collapse" not in self.fired:
+            self.mark_fired("collapse")
+            collapse_representation(self.model)
+        if f.diverge_at_step == nxt and "diverge" not in self.fired:
+            self.mark_fired("diverge")
+            blow_up_weights(self.model, seed=nxt)
         mine = f.hang_rank is None or f.hang_rank == self.dist.rank
         if f.hang_at_step == nxt and mine and "hang" not in self.fired:
             self.mark_fired("hang")

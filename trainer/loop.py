@@ -71,6 +71,7 @@ from trainer.events import (
     Started,
 )
 from trainer.faults import FaultInjection, require_gradients, set_injected_feature
+from trainer.health import HealthMonitor
 from trainer.masks import MaskCollator
 from trainer.model import build_model, compile_model
 from trainer.modes import OtherModes
@@ -158,6 +159,7 @@ class Worker(TrainState, StepOutcomes, ControlPolling, FaultInjection, EvalPhase
         self._overflow_fault_left = 0
         self.step_times: deque[float] = deque(maxlen=20)
         self.last_save = time.monotonic()
+        self.health = HealthMonitor(cfg.logging.health_every_steps, self.ev.emit)
 
     def set_batch(self, micro: int, accum: int) -> None:
         """Micro-batch and accumulation of ONE rank; ``eff`` is the global batch of a step

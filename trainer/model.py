@@ -173,6 +173,8 @@ class HJEPA(nn.Module):
         lc = self.loss_cfg
         with torch.no_grad():
             t_tokens, t_maps = self.target_encoder(batch.images, levels=self.num_levels)
+            # pooled target embeddings [B, D] of this batch, read by trainer/health.py
+            self.last_target_embedding = t_tokens.detach().float().mean(dim=1)
             maps = t_maps if t_maps is not None else [t_tokens]
             if lc.normalize_embeddings:
                 maps = [F.layer_norm(t.float(), (t.size(-1),)) for t in maps]

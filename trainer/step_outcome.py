@@ -68,6 +68,7 @@ class StepOutcomes:
             self.overflow_run = 0
             self.step = nxt
             self.epoch_losses.append(res.loss)
+            self.health.after_step(self.epoch, self.step, res.loss, self.model)
             self.n_log += self.eff
             self.ev.progress(epoch=self.epoch, step=self.step)
             if nxt == 1 or nxt % self.cfg.logging.log_frequency == 0:
@@ -89,6 +90,8 @@ class StepOutcomes:
             f.grad_overflow_at_step,
             f.hang_at_step,
             f.raise_in_feature_after_step,
+            f.collapse_at_step,
+            f.diverge_at_step,
         )
         return any(a is not None and a in (nxt - 1, nxt) for a in aimed)
 

@@ -30,6 +30,8 @@ Facts, and what they mean:
   ``attempt`` added; ``fatal`` (the first: with several ranks, the failing rank's comes before
   the "lost a peer" crashes of the others) / ``finished`` of the newest attempt (a ``started``
   clears them); ``fatals`` of every attempt.
+- health: ``health`` events of the newest worker process (a ``started`` clears them), for the
+  collapse/divergence judgement (``orchestrator/policy/health.py``).
 - memory: ``device_mem`` (the newest reading, a dict), ``device_mem_now`` (its largest value),
   ``device_mem_peak``, ``device_total`` (the device's own memory), ``device_series``;
   supervisor samples (``samples``, ``sample_peaks`` — ``gpu_whole_card`` 1 when a GPU reading
@@ -84,6 +86,8 @@ def metrics_of(ev: dict[str, Any]) -> Metrics:
         feature_std=ev.get("feature_std"),
         effective_rank=ev.get("effective_rank"),
         val_loss=ev.get("val_loss"),
+        feature_variance=ev.get("feature_variance"),
+        contrastive_accuracy=ev.get("contrastive_accuracy"),
     )
 
 
@@ -135,6 +139,7 @@ class RunView:
     samples: tuple[dict[str, Any], ...] = ()
     sample_peaks: dict[str, int] = field(default_factory=dict)
     swap_first: int | None = None
+    health: tuple[dict[str, Any], ...] = ()  # ``health`` events of the newest attempt
 
     @property
     def last_step(self) -> StepPoint | None:
@@ -171,6 +176,7 @@ class RunFold:
                 "epoch_seconds",
                 "eval_seconds",
                 "checkpoint_seconds",
+                "health",
             )
         }
         self._v: dict[str, Any] = {"sample_peaks": {}}
@@ -201,6 +207,7 @@ class RunFold:
                 v["step"] = ev["step"]
         if kind == "started":
             v.update(started=ev, fatal=None, finished=None, phase="startup", last_heartbeat_ts=ts)
+            lists["health"] = []  # health is judged per worker process (policy/health.py)
             v["total_epochs"] = ev.get("epochs", v.get("total_epochs"))
             start_epoch = ev.get("start_epoch")
             v["epoch"] = start_epoch if isinstance(start_epoch, int) else v.get("epoch")
@@ -242,6 +249,8 @@ class RunFold:
             lists["checkpoint_seconds"].append(num(ev.get("seconds")) or 0.0)
         elif kind == "best":
             lists["bests"].append({**ev, "attempt": attempt})
+        elif kind == "health":
+            lists["health"].append({**ev, "attempt": attempt})
         elif kind == "control" and isinstance(ev.get("epochs"), int) and ev["epochs"]:
             v["total_epochs"] = ev["epochs"]
         elif kind == "fatal":  # the first one: with several ranks, the others follow from it
@@ -327,6 +336,7 @@ class RunFold:
             samples=tuple(self._samples),
             sample_peaks=dict(v["sample_peaks"]),
             swap_first=v.get("swap_first"),
+            health=tuple(lists["health"]),
         )
 
 

@@ -21,6 +21,10 @@ Ladder semantics (what the policy does with each list):
   and are used only when even the smallest possible epoch count does not fit.
 - ``features``: the order in which optional features are disabled (the failing one first).
 - ``dataset_fallback``: one rung applied when the dataset is missing.
+- ``health``: rungs in order after a collapse or a divergence (``health`` limits); the night
+  rolls back to the newest checkpoint before the drop. A ``training.lr`` rung is rescaled like
+  the non-finite ladder's and skipped unless it lowers the LR; a ``loss.vicreg.*`` rung is
+  skipped when the loss has no VICReg term.
 """
 
 from __future__ import annotations
@@ -47,13 +51,22 @@ FeatureName = Literal[
 MetricName = Literal[
     "finished_in_window",
     "no_unrecovered_nonfinite",
+    "features_intact",
     "linear_probe",
     "knn_1",
     "knn_5",
     "knn_20",
     "feature_std",
+    "feature_variance",
     "effective_rank",
+    "contrastive_accuracy",
+    "final_loss",
+    "gain_over_previous_night",
+    "speedup_vs_no_flash",
+    "night_hours",
 ]
+# Checks that pass or fail without a threshold (op and value are not allowed).
+BOOLEAN_METRICS = ("finished_in_window", "no_unrecovered_nonfinite", "features_intact")
 RUNBOOK_DIR = shipped_root() / "runbooks"  # shipped; ./runbooks wins (default_runbook_for)
 
 
@@ -149,6 +162,31 @@ def device_ceiling(fraction: float, total: int) -> float:
     return fraction * total
 
 
+class HealthLimits(_M):
+    """When the worker's ``health`` points (every ``logging.health_every_steps`` steps) make a
+    fault (``orchestrator/policy/health.py``): collapse or divergence, fixed by
+    ``ladders.health``."""
+
+    enabled: bool = Field(True, description="Judge the health points at all.")
+    warmup_points: int = Field(
+        2, ge=0, description="The first points of each attempt set no best (it settles first)."
+    )
+    rank_floor: float = Field(
+        1.0,
+        ge=0,
+        description="Batch effective rank below this → collapse (at most min(B, D)).",
+    )
+    rank_drop: float = Field(
+        0.6, gt=0, lt=1, description="Rank below (1 − this) × its best → collapse."
+    )
+    variance_drop: float = Field(
+        0.9, gt=0, lt=1, description="Feature variance below (1 − this) × its best → collapse."
+    )
+    divergence_factor: float = Field(
+        2.0, gt=1, description="Loss moving average above this × its lowest → divergence."
+    )
+
+
 class Rung(_M):
     overrides: dict[str, Any] = Field(alias="set", description="Config key.path → value.")
     note: str = ""
@@ -165,23 +203,54 @@ class Ladders(_M):
     slow: SlowLadder = Field(default_factory=SlowLadder)
     features: list[FeatureName] = Field(default_factory=list)
     dataset_fallback: Rung | None = None
+    health: list[Rung] = Field(
+        default_factory=list,
+        description="Collapse or divergence: roll back before the drop and take the next rung "
+        "(lower LR, then a higher EMA momentum, then a larger variance weight).",
+    )
 
 
 class Check(_M):
+    """One success criterion (``orchestrator.policy.success`` scores it).
+
+    Metrics: ``finished_in_window``, ``no_unrecovered_nonfinite``; ``features_intact`` (the
+    listed ``features`` — or, without a list, every optional feature the night started with —
+    still on at its end: no fallback switched them off); the final evaluation's
+    ``linear_probe``, ``knn_K``, ``feature_std``, ``feature_variance`` (mean per-dimension
+    variance), ``effective_rank`` (RankMe, of 384 dims on the real recipes),
+    ``contrastive_accuracy`` (top-1 of the positive pair in the evaluation batch); ``final_loss``
+    (mean training loss of the last epoch); ``gain_over_previous_night`` (linear probe minus the
+    previous night's, a fraction: 0.05 = +5 points); ``speedup_vs_no_flash`` (preflight's step
+    time with flash attention off over on, at the planned batch); ``night_hours`` (window start
+    to the worker's finish)."""
+
     metric: MetricName
     op: Literal[">", ">=", "<", "<="] | None = None
     value: float | None = None
     relative: bool = Field(False, description="Compare the gain over the epoch-0 eval.")
+    features: list[FeatureName] | None = Field(
+        None, description="features_intact: the features that must stay on (default: all on)."
+    )
 
     @model_validator(mode="after")
     def _needs_threshold(self) -> Check:
-        boolean = self.metric in ("finished_in_window", "no_unrecovered_nonfinite")
+        boolean = self.metric in BOOLEAN_METRICS
         if not boolean and (self.op is None or self.value is None):
             raise ValueError(f"check {self.metric} needs op and value")
+        if boolean and (self.op is not None or self.value is not None):
+            raise ValueError(f"check {self.metric} takes no op or value")
+        if self.features is not None and self.metric != "features_intact":
+            raise ValueError(f"check {self.metric}: features applies to features_intact only")
         return self
 
     @property
     def name(self) -> str:
+        if self.metric == "features_intact":
+            return (
+                f"features_intact [{', '.join(self.features)}]"
+                if self.features
+                else ("features_intact [all enabled]")
+            )
         if self.op is None:
             return self.metric
         gain = " gain" if self.relative else ""
@@ -202,7 +271,30 @@ class Band(_M):
 class Display(_M):
     epoch_minutes: Band = Field(default_factory=lambda: Band(good=12, warning=15))
     grad_norm: Band = Field(default_factory=lambda: Band(good=5, warning=50))
-    feature_std: Band = Field(default_factory=lambda: Band(good=0.1, warning=0.05))
+    feature_variance: Band = Field(
+        default_factory=lambda: Band(good=0.1, warning=0.05),
+        description="Mean per-dimension feature variance of the evaluation (lower is worse).",
+    )
+
+
+class Expectation(_M):
+    """What the recipe says a normal night looks like; the report compares each with what the
+    night measured (``orchestrator/views/report/expected.py``). Not a success criterion."""
+
+    measure: Literal[
+        "epoch_minutes", "memory_peak_gb", "final_loss", "knn_1", "knn_5", "knn_20", "linear_probe"
+    ]
+    low: float | None = Field(None, description="Lowest normal value (None: no lower bound).")
+    high: float | None = Field(None, description="Highest normal value (None: no upper bound).")
+    source: str = Field("", description="Where the range comes from.")
+
+    @model_validator(mode="after")
+    def _a_range(self) -> Expectation:
+        if self.low is None and self.high is None:
+            raise ValueError(f"expectation {self.measure} needs low or high")
+        if self.low is not None and self.high is not None and self.low > self.high:
+            raise ValueError(f"expectation {self.measure}: low > high")
+        return self
 
 
 class Runbook(_M):
@@ -213,9 +305,11 @@ class Runbook(_M):
     heartbeat: HeartbeatTimeouts = Field(default_factory=HeartbeatTimeouts)
     sampling_interval_s: float = Field(5, gt=0)
     memory: MemoryLimits = Field(default_factory=MemoryLimits)
+    health: HealthLimits = Field(default_factory=HealthLimits)
     ladders: Ladders = Field(default_factory=Ladders)
     success: SuccessCriteria = Field(default_factory=SuccessCriteria)
     display: Display = Field(default_factory=Display)
+    expectations: list[Expectation] = Field(default_factory=list)
 
     @property
     def final_eval_s(self) -> float:
@@ -243,6 +337,7 @@ def _check_rung_keys(rb: Runbook) -> list[str]:
     named: list[tuple[str, Rung]] = [(f"ladders.oom[{i}]", r) for i, r in enumerate(rb.ladders.oom)]
     named += [(f"ladders.nonfinite[{i}]", r) for i, r in enumerate(rb.ladders.nonfinite)]
     named += [(f"ladders.slow.then[{i}]", r) for i, r in enumerate(rb.ladders.slow.then)]
+    named += [(f"ladders.health[{i}]", r) for i, r in enumerate(rb.ladders.health)]
     if rb.ladders.dataset_fallback is not None:
         named.append(("ladders.dataset_fallback", rb.ladders.dataset_fallback))
     for where, rung in named:

@@ -24,9 +24,10 @@ Keys (documented contract; ``hjepa-night status --json`` prints this object):
   (epoch-0 eval of the random encoder), ``final_metrics`` (``epoch``, ``knn`` like the eval
   event, ``linear_probe``, ``feature_std``, ``effective_rank``), ``best_checkpoint`` (path),
   ``success`` (``level``: must|should|stretch|none, ``checks``: list of {name, level, passed,
-  value, threshold}), ``device``, ``epochs_planned``, ``epochs_done``, ``awake`` (how sleep
-  was held off during the night, or why not), ``clock_gaps`` (list with ``at``, ``seconds``,
-  ``attempt``: the machine slept anyway — the wall clock ran ahead of the monotonic one).
+  value, threshold, evidence}), ``device``, ``epochs_planned``, ``epochs_done``, ``awake``
+  (how sleep was held off during the night, or why not), ``clock_gaps`` (list with ``at``,
+  ``seconds``, ``attempt``: the machine slept anyway — the wall clock ran ahead of the
+  monotonic one).
 - each attempt: ``index``, ``run_dir``, ``overrides`` (dict key.path → value, all in force for
   this attempt), ``resume_from`` (checkpoint path or null), ``started_at``, ``ended_at``,
   ``pid``, ``pid_create_time``, ``exit_code``, ``exit_kind`` (``finished|stopped|oom|nonfinite|
@@ -81,6 +82,8 @@ class Metrics(_M):
     feature_std: float | None = None
     effective_rank: float | None = None
     val_loss: float | None = None
+    feature_variance: float | None = None
+    contrastive_accuracy: float | None = None
 
 
 class Fallback(_M):
@@ -142,6 +145,7 @@ class SuccessCheck(_M):
     passed: bool | None
     value: Any = None
     threshold: Any = None
+    evidence: dict[str, Any] = Field(default_factory=dict)
 
 
 class Success(_M):

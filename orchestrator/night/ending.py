@@ -21,6 +21,8 @@ from orchestrator.night.attempts import NightBase, worker_env
 from orchestrator.night.history import (
     attempt_view,
     best_of,
+    build_history,
+    config_facts,
     lineage,
     newest,
 )
@@ -29,6 +31,7 @@ from orchestrator.policy import (
     CheckpointRef,
     Decision,
     DecisionKind,
+    NightEvidence,
     forecast,
     judge,
 )
@@ -36,6 +39,7 @@ from orchestrator.policy.recovery import (
     end_status,
     final_eval_decide,
 )
+from orchestrator.preflight.fit import read_fits
 
 
 class Ending(NightBase):
@@ -78,6 +82,7 @@ class Ending(NightBase):
             n.baseline_metrics,
             finished_in_window=in_window,
             no_unrecovered_nonfinite=not unrecovered and n.final_metrics is not None,
+            evidence=self.evidence(finished_ts if completed else None),
         )
         n.success = Success.model_validate(asdict(verdict))
         actual = finished_ts or time.time()
@@ -91,6 +96,52 @@ class Ending(NightBase):
         if self.state.current_night == self.index:
             self.state.current_night = None
         self.save()
+
+    def evidence(self, finished_ts: float | None) -> NightEvidence:
+        """What the success checks read beyond the final evaluation (see ``NightEvidence``)."""
+        n = self.night
+        disabled_by = {
+            str(fb.evidence["feature"]): fb.action
+            for fb in n.fallbacks
+            if fb.evidence.get("ladder") == "features" and fb.evidence.get("feature")
+        }
+        final_cfg = self.cfg()
+        off = set(build_history(n, final_cfg, self.base_cfg).disabled_features)
+        now_on = {f: on and f not in off for f, on in config_facts(final_cfg).features.items()}
+        prev = self.state.nights[self.index - 1] if self.index > 0 else None
+        epochs = [e for att in n.attempts for e in attempt_view(att).epochs]
+        last = max(
+            epochs, key=lambda e: (int(e.get("epoch", 0)), float(e.get("ts", 0))), default=None
+        )
+        loss = last.get("mean_loss") if last else None
+        start = parse_iso(n.window_start).timestamp() if n.window_start else None
+        fits = [
+            r
+            for r in read_fits(self.store.dir)
+            if Path(str(r.get("config"))).name == Path(n.config).name
+            and r.get("speedup_vs_no_flash") is not None
+        ]
+        speedup = float(fits[-1]["speedup_vs_no_flash"]) if fits else None
+        source = ""
+        if fits:
+            r = fits[-1]
+            source = (
+                f"preflight at micro-batch {r.get('micro')}: {r.get('ms_flash_on')} ms/step "
+                f"with flash attention, {r.get('ms_flash_off')} without"
+            )
+        return NightEvidence(
+            features_planned=config_facts(self.base_cfg).features,
+            features_final=now_on,
+            disabled_by=disabled_by,
+            previous=prev.final_metrics if prev is not None else None,
+            previous_name=prev.name if prev is not None else None,
+            speedup_vs_no_flash=speedup,
+            speedup_source=source,
+            final_loss=float(loss) if isinstance(loss, int | float) else None,
+            night_hours=(
+                None if finished_ts is None or start is None else (finished_ts - start) / 3600
+            ),
+        )
 
     def eval_only(self, ref: CheckpointRef) -> dict[str, Any] | None:
         """Evaluate a checkpoint that has no eval (the worker died before its final eval)."""

@@ -34,6 +34,7 @@ from orchestrator.policy import (
     NightHistory,
     Observation,
 )
+from orchestrator.policy.health import points_of
 from orchestrator.policy.recovery import orphan_health as policy_orphan_health
 from trainer.config import Config
 
@@ -143,6 +144,10 @@ def build_history(night: Night, cfg: Config, base_cfg: Config) -> NightHistory:
         checkpoints=tuple(refs),
         best_checkpoint=top_ref.path if top_ref else None,
         memory_warned=any(d.trigger == "memory" and d.kind == "continue" for d in night.decisions),
+        health_warned=any(
+            d.trigger in ("collapse", "divergence") and d.kind == "continue"
+            for d in night.decisions
+        ),
     )
 
 
@@ -190,7 +195,13 @@ def stop_reason_of(night: Night, attempt_index: int) -> str | None:
             reason = "deadline"
         elif d.kind == "stop":
             reason = str(d.evidence.get("reason", "daemon"))
-        elif d.kind == "restart" and d.trigger in ("slow", "memory", "hang"):
+        elif d.kind == "restart" and d.trigger in (
+            "slow",
+            "memory",
+            "hang",
+            "collapse",
+            "divergence",
+        ):
             reason = d.trigger
     return reason
 
@@ -212,4 +223,5 @@ def ended_observation(att: Attempt, view: RunView, stop_reason: str | None) -> O
         fatal_feature=fatal.get("feature"),
         fatal_step=fatal.get("step"),
         finished_reason=(view.finished or {}).get("reason"),
+        health=points_of(view.health),
     )

@@ -71,6 +71,7 @@ from orchestrator.policy import (
     classify_exit,
     kill_oom_evidence,
 )
+from orchestrator.policy.health import points_of
 from orchestrator.policy.recovery import escalation
 from trainer.events import (
     EXIT_CODE_OF_KIND,
@@ -245,6 +246,7 @@ class Supervisor:
             swap_growth=swap,
             sys_available=s.sys_available if s else None,
             sys_total=s.sys_total if s else None,
+            health=points_of(v.health),
         )
 
     def before_exit(self, now_w: float) -> Observation:

@@ -14,6 +14,7 @@ from orchestrator.policy.types import (
     ConfigFacts,
     Decision,
     DecisionKind,
+    NightEvidence,
     NightHistory,
     Observation,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "ConfigFacts",
     "Decision",
     "DecisionKind",
+    "NightEvidence",
     "NightHistory",
     "Observation",
     "classify_exit",

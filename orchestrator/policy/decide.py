@@ -17,6 +17,11 @@ Live worker (``obs.running``):
              growth > swap_growth_gb, and an OOM rung remains
                                                         → RESTART trigger memory
              (OOM ladder exhausted: CONTINUE, recorded once as a warning)
+  health     the attempt's health points show a collapse (batch rank under its floor or far
+             below its best, or the feature variance far below its best) or a divergence (the
+             loss's moving average past a factor of its lowest), and a health rung remains
+                                                        → RESTART trigger collapse|divergence
+             (graceful stop; exhausted: CONTINUE, recorded once as a warning)
   slow       projected training end > deadline − final_eval → SET_EPOCHS to the largest runbook
              epoch rung that fits, else to what fits; when even the smallest rung does not fit,
              a ``slow.then`` rung remains, a checkpoint exists and ≥ 2 epochs would remain
@@ -38,6 +43,8 @@ Ended worker (``obs.exit_kind`` set):
   nonfinite                                  → RESTART from newest checkpoint strictly before
                                                the bad step (fatal step + 1: the worker reports
                                                steps completed), next LR/warmup/clip rung
+  stopped for collapse | divergence          → RESTART from the newest checkpoint at or before
+                                               the last healthy point, next health rung
   feature                                    → RESTART from newest checkpoint, feature disabled
   data                                       → RESTART with the dataset fallback
   stopped for slow                           → RESTART from newest checkpoint, next slow.then rung,
@@ -53,7 +60,7 @@ Ended worker (``obs.exit_kind`` set):
 from __future__ import annotations
 
 from orchestrator.core.runbook import Runbook
-from orchestrator.policy import forecast, ladders
+from orchestrator.policy import forecast, health, ladders
 from orchestrator.policy.memory import memory_trip
 from orchestrator.policy.types import (
     CONTINUE,
@@ -143,6 +150,24 @@ def _live(
                 "memory",
                 f"{mem['what']}, but the OOM ladder is exhausted: continuing and watching",
                 mem,
+            )
+    fault = health.health_fault(obs.health, rb.health)
+    if fault is not None:
+        step = ladders.health_step(history, rb)
+        if step is not None:
+            return Decision(
+                K.RESTART,
+                fault.kind,
+                f"{fault.what}: stop the worker, roll back to the checkpoint before the drop, "
+                f"{step.effect}",
+                fault.evidence,
+            )
+        if not history.health_warned:
+            return Decision(
+                K.CONTINUE,
+                fault.kind,
+                f"{fault.what}, but the health ladder is exhausted: continuing and watching",
+                fault.evidence,
             )
     return _slow(obs, history, rb, deadline)
 
@@ -294,6 +319,20 @@ def _ended(
             back,
             f"non-finite loss at step {bad}: roll back to {where}, {step.effect}",
             ev,
+        )
+    if kind == "stopped" and obs.stop_reason in ("collapse", "divergence"):
+        fault = health.health_fault(obs.health, rb.health)
+        step = ladders.health_step(history, rb)
+        if step is None:
+            return _end(obs.stop_reason, "health ladder exhausted", ev)
+        good = fault.good_step if fault is not None else None
+        back = _newest(history, before_step=None if good is None else good + 1)
+        if fault is not None:
+            ev.update(bad_step=fault.bad_step, good_step=good)
+        where = f"checkpoint at or before step {good}" if back else "the start (no earlier one)"
+        what = fault.what if fault is not None else obs.stop_reason
+        return _restart(
+            obs.stop_reason, step, back, f"{what}: roll back to {where}, {step.effect}", ev
         )
     if kind == "feature":
         step = ladders.feature_step(history, rb, obs.fatal_feature)

@@ -106,6 +106,30 @@ def nonfinite_step(history: NightHistory, runbook: Runbook) -> LadderStep | None
     return None
 
 
+def health_step(history: NightHistory, runbook: Runbook) -> LadderStep | None:
+    """Next collapse/divergence rung: an LR rung rescaled like the non-finite ladder's (skipped
+    unless it lowers the LR), a VICReg rung skipped when the loss has no VICReg term."""
+    facts = history.config
+    rungs = runbook.ladders.health
+    for i in range(history.rungs_used.get("health", 0), len(rungs)):
+        new = dict(rungs[i].overrides)
+        if _already(history, rungs[i]):
+            continue
+        if any(k.startswith("loss.vicreg") for k in new) and not facts.features.get("vicreg"):
+            continue
+        if LR in new:
+            scale = facts.micro_batch * facts.accum_steps / history.base_effective_batch
+            lr = float(f"{float(new[LR]) * scale:.6g}")
+            if lr >= facts.lr:
+                continue
+            new[LR] = lr
+            effect = f"LR {facts.lr:g} → {lr:g}"
+        else:
+            effect = _fmt(new)
+        return LadderStep("health", i, new, effect, {"lr_before": facts.lr})
+    return None
+
+
 def feature_step(history: NightHistory, runbook: Runbook, named: str | None) -> LadderStep | None:
     """Disable the named feature if it is on, else the next enabled one in the runbook order."""
     on = history.config.features

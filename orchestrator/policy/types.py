@@ -82,6 +82,8 @@ class Observation:
     fatal_feature: str | None = None
     fatal_step: int | None = None  # optimizer steps completed when it failed (bad = this + 1)
     finished_reason: str | None = None  # "completed" | "stopped" from the finished event
+    # this attempt's health points (trainer/health.py), oldest first: collapse and divergence
+    health: tuple[Any, ...] = ()
 
     @property
     def stopping(self) -> bool:
@@ -102,6 +104,7 @@ class NightHistory:
     checkpoints: tuple[CheckpointRef, ...] = ()  # usable ones of the current lineage
     best_checkpoint: str | None = None
     memory_warned: bool = False  # a memory trip with the OOM ladder exhausted was recorded
+    health_warned: bool = False  # a collapse/divergence with the health ladder exhausted, too
 
 
 @dataclass(frozen=True)
@@ -139,12 +142,37 @@ class MetricsFacts(Protocol):
 
 
 @dataclass(frozen=True)
+class NightEvidence:
+    """What the success checks read beyond the final evaluation, gathered by the night runner.
+
+    ``features_planned``: optional feature → on, as the night was planned (its config with the
+    plan's base overrides); ``features_final``: the same in force at the end (fallbacks
+    applied); ``disabled_by``: feature → the fallback action that switched it off.
+    ``previous`` / ``previous_name``: the final evaluation of the night this one depends on.
+    ``speedup_vs_no_flash``: preflight's measured step-time ratio (None: not measured).
+    ``final_loss``: mean training loss of the last epoch. ``night_hours``: window start → the
+    worker's finish (None: it did not finish).
+    """
+
+    features_planned: dict[str, bool] = field(default_factory=dict)
+    features_final: dict[str, bool] = field(default_factory=dict)
+    disabled_by: dict[str, str] = field(default_factory=dict)
+    previous: MetricsFacts | None = None
+    previous_name: str | None = None
+    speedup_vs_no_flash: float | None = None
+    speedup_source: str = ""
+    final_loss: float | None = None
+    night_hours: float | None = None
+
+
+@dataclass(frozen=True)
 class CheckResult:
     name: str
     level: Literal["must", "should", "stretch"]
     passed: bool | None
     value: Any = None
     threshold: Any = None
+    evidence: dict[str, Any] = field(default_factory=dict)  # what the check read, for the report
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,7 @@ from orchestrator.preflight.checks import (
 )
 from orchestrator.preflight.fit import (
     CHECKPOINTING,
+    FLASH,
     ApplyError,
     BatchTrial,
     NightFit,
@@ -230,7 +231,33 @@ def plan_night(
         checkpointing=checkpointing,
         trials_checkpointed=trials_c,
     )
+    if cfg.model.use_flash_attention:
+        fit.flash_off = probe_flash_off(args, cfg, micro, checkpointing, status)
     return fit, ""
+
+
+def probe_flash_off(
+    args: argparse.Namespace,
+    cfg: Config,
+    micro: int,
+    checkpointing: bool | None,
+    status: Any = None,
+) -> BatchTrial:
+    """One probe at the chosen micro-batch with flash attention off (the speed-up criterion)."""
+    if status is not None:
+        status.update(f"timing probe: micro-batch {micro} without flash attention...")
+    eff = cfg.effective_batch
+    sets = [
+        f"data.batch_size={micro}",
+        f"training.accumulation_steps={eff // micro}",
+        f"{FLASH}=false",
+    ]
+    if checkpointing is False:
+        sets.append(f"{CHECKPOINTING}=false")
+    res = run_probe(args, args.probe_steps, sets)
+    if res.get("oom"):
+        return BatchTrial(micro, None, oom=True)
+    return BatchTrial(micro, peak_bytes(res), ms_per_step=float(res["ms_per_step"]))
 
 
 def _at(micro: int | None, probes: dict[str, dict[str, Any]]) -> tuple[int | None, float | None]:

@@ -22,6 +22,9 @@ Pure planning (no I/O) plus the one place that writes a plan into a plan file or
 - **Epochs**: ``fit_epochs`` counts the epochs whose train time + periodic evals + checkpoints
   fit into ``window - final-eval reserve - margin × window``, never more than the recipe asks
   (a plan shortens a night; it does not lengthen a recipe) and never fewer than 1.
+- **Flash attention's speed-up**: a recipe with flash attention on is probed once more with it
+  off at the chosen micro-batch; the ratio of the two step times is recorded as
+  ``speedup_vs_no_flash`` (the runbooks' criterion reads it).
 - **Apply**: ``apply_overrides`` writes ``data.batch_size``, ``training.accumulation_steps``,
   ``training.epochs`` (and ``model.use_gradient_checkpointing: false`` when it was turned off)
   as base overrides of every not-yet-started night that runs the config, in
@@ -77,6 +80,18 @@ class NightFit:
     # effective batch fits without it, and it is faster); True = kept (it had to be).
     checkpointing: bool | None = None
     trials_checkpointed: list[BatchTrial] = field(default_factory=list)
+    # Flash attention off at the chosen micro-batch (the recipe's speed-up criterion): its ms
+    # per optimizer step, or None (the recipe does not use flash attention, or it OOMed).
+    flash_off: BatchTrial | None = None
+
+    @property
+    def speedup_vs_no_flash(self) -> float | None:
+        """Step time with flash attention off over on, at the planned batch (None: unmeasured)."""
+        on = self.probe.get("ms_per_step")
+        off = self.flash_off.ms_per_step if self.flash_off else None
+        if not isinstance(on, int | float) or off is None or on <= 0:
+            return None
+        return off / float(on)
 
     def overrides(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -90,6 +105,7 @@ class NightFit:
 
 
 CHECKPOINTING = "model.use_gradient_checkpointing"
+FLASH = "model.use_flash_attention"
 
 
 def prefer_checkpointing(
@@ -273,6 +289,11 @@ def record_fit(state_dir: str | Path, night_config: str, fit: NightFit, target: 
         "night_s": round(fit.night_s, 1),
         "window_s": fit.window_s,
     }
+    if fit.flash_off is not None:
+        speedup = fit.speedup_vs_no_flash
+        row["ms_flash_on"] = fit.probe.get("ms_per_step")
+        row["ms_flash_off"] = None if fit.flash_off.oom else fit.flash_off.ms_per_step
+        row["speedup_vs_no_flash"] = None if speedup is None else round(speedup, 3)
     with (d / FIT_LOG).open("a", encoding="utf-8") as fh:
         fh.write(json.dumps(row) + "\n")
 

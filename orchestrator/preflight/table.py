@@ -40,6 +40,15 @@ def fit_table(fit: NightFit, cfg: Config, rb: Runbook) -> Table:
     if fit.checkpointing is not None:
         kept = "on (nothing faster fits without it)" if fit.checkpointing else "off (fits without)"
         t.add_row("gradient checkpointing", "on", kept)
+    if fit.flash_off is not None:
+        speedup = fit.speedup_vs_no_flash
+        t.add_row(
+            "flash attention speed-up",
+            "",
+            "N/A (OOM without it)"
+            if speedup is None
+            else f"{speedup:.2f}x ({fit.flash_off.ms_per_step:.0f} ms/step without it)",
+        )
     t.add_row("batch probes (peak)", "", trials_text(fit.trials))
     if fit.trials_checkpointed:
         other = "without" if fit.checkpointing else "with"

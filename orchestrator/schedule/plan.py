@@ -13,7 +13,7 @@ A plan file (``configs/plans/*.yaml``, strict schema, errors name the file and t
         config: configs/overnight_training_conservative.yaml   # relative to the project root
         runbook: runbooks/conservative.yaml
         start: "22:00"          # local HH:MM, or after_previous (starts when the previous ends)
-        window: 8h
+        window: 8h              # optional; default: the runbook's window_hours
         overrides: {}           # key.path -> value, validated against the config schema
       - name: aggressive
         ...
@@ -75,7 +75,11 @@ class NightSpec(_Strict):
     runbook: str = Field(description="Runbook file (fallback ladders, success criteria).")
     overrides: dict[str, Any] = Field(default_factory=dict, description="key.path -> value.")
     start: str = Field("22:00", description="Local HH:MM, or after_previous.")
-    window: str = Field("8h", description="Length of the night's window (8h, 90m, ...).")
+    window: str | None = Field(
+        None,
+        description="Length of the night's window (8h, 90m, ...); default: the runbook's "
+        "window_hours (8 h conservative, 9 h aggressive).",
+    )
     requires: Literal["none", "previous_succeeded"] = "none"
     otherwise: Literal["repeat_previous", "skip"] = Field(
         "repeat_previous", description="When `requires` is not met."
@@ -90,13 +94,17 @@ class NightSpec(_Strict):
 
     @field_validator("window")
     @classmethod
-    def _window(cls, v: str) -> str:
-        parse_duration(v)
+    def _window(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_duration(v)
         return v
 
     @property
     def window_s(self) -> float:
-        return parse_duration(self.window)
+        """The plan's window, else the runbook's ``window_hours``."""
+        if self.window is not None:
+            return parse_duration(self.window)
+        return load_runbook(project_path(self.runbook)).window_hours * 3600
 
 
 class Plan(_Strict):

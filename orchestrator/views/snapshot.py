@@ -81,8 +81,8 @@ class Thresholds:
     epoch_minutes_warning: float | None = None
     grad_norm_good: float | None = None
     grad_norm_warning: float | None = None
-    feature_std_good: float | None = None
-    feature_std_warning: float | None = None
+    feature_variance_good: float | None = None
+    feature_variance_warning: float | None = None
     window_hours: float | None = None
     final_eval_minutes: float | None = None
     problem: str | None = None
@@ -149,8 +149,8 @@ def load_thresholds(path: Path | None) -> Thresholds:
             epoch_minutes_warning=n(_get(rb, "display", "epoch_minutes", "warning")),
             grad_norm_good=n(_get(rb, "display", "grad_norm", "good")),
             grad_norm_warning=n(_get(rb, "display", "grad_norm", "warning")),
-            feature_std_good=n(_get(rb, "display", "feature_std", "good")),
-            feature_std_warning=n(_get(rb, "display", "feature_std", "warning")),
+            feature_variance_good=n(_get(rb, "display", "feature_variance", "good")),
+            feature_variance_warning=n(_get(rb, "display", "feature_variance", "warning")),
             window_hours=n(_get(rb, "window_hours")),
             final_eval_minutes=n(_get(rb, "final_eval_minutes")),
         )

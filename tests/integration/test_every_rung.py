@@ -5,7 +5,7 @@ Generated from the files: each config in ``configs/*.yaml`` with the runbook it 
 datasets in their real on-disk formats, features, batch and accumulation; only the ViT is tiny
 and the images 32 px). One chain per recipe: a first attempt trains a few steps and is stopped
 through the control file (it checkpoints), then every rung of every ladder is applied in the
-order a night would meet them (oom, nonfinite, slow.then, features, dataset fallback), each
+order a night would meet them (oom, nonfinite, health, slow.then, features, dataset fallback), each
 computed by the real policy functions from the night's history — so rungs compose as they do
 across a night's restarts — and each next attempt must resume from the previous checkpoint
 (never step 0), train on, and checkpoint again. A rung added to a runbook is covered without
@@ -82,6 +82,7 @@ def ladder_walk(rb: Runbook) -> list[tuple[str, int]]:
     """(ladder, rung index) in the order a night meets them."""
     walk = [("oom", i) for i in range(len(rb.ladders.oom))]
     walk += [("nonfinite", i) for i in range(len(rb.ladders.nonfinite))]
+    walk += [("health", i) for i in range(len(rb.ladders.health))]
     walk += [("slow", i) for i in range(len(rb.ladders.slow.then))]
     walk += [("features", i) for i in range(len(rb.ladders.features))]  # i: runbook order
     if rb.ladders.dataset_fallback is not None:
@@ -123,6 +124,8 @@ class Chain:
             return L.oom_step(h, self.rb)
         if ladder == "nonfinite":
             return L.nonfinite_step(h, self.rb)
+        if ladder == "health":
+            return L.health_step(h, self.rb)
         if ladder == "slow":
             return L.slow_then_step(h, self.rb)
         if ladder == "features":

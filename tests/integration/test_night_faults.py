@@ -5,6 +5,7 @@ fault, each ending in a completed night whose state shows the right fallback (sl
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
@@ -70,6 +71,30 @@ def test_oom_ladder_keeps_effective_batch(tmp_path: Path) -> None:
     assert "effective batch 64 kept" in n.fallbacks[-1].effect
     assert n.final_metrics is not None and n.baseline_metrics is not None
     assert n.forecast_error_s is not None and n.success.level in ("must", "should", "stretch")
+
+
+@pytest.mark.parametrize("recorded", [None, 1.6, 2.5])
+def test_the_flash_speedup_criterion_reads_preflights_record(
+    tmp_path: Path, recorded: float | None
+) -> None:
+    """should: speedup_vs_no_flash >= 2 — from preflight.jsonl for the night's config; with no
+    record the check says "not measured" and fails instead of passing silently."""
+    success = yaml.safe_load(DEMO_RB.read_text())["success"]
+    success["should"] = [{"metric": "speedup_vs_no_flash", "op": ">=", "value": 2.0}]
+    store = night(tmp_path, {"training.epochs": 2}, rb=runbook(tmp_path, success=success))
+    if recorded is not None:
+        row = {"config": CONFIG, "micro": 64, "ms_flash_on": 100.0,
+               "ms_flash_off": 100.0 * recorded, "speedup_vs_no_flash": recorded}  # fmt: skip
+        (store.dir / "preflight.jsonl").write_text(json.dumps(row) + "\n")
+    n = run_fake(store)
+    assert n.status == "succeeded" and n.success is not None, n.reason
+    check = next(c for c in n.success.checks if c.name == "speedup_vs_no_flash >= 2")
+    assert check.value == recorded and check.passed is (recorded is not None and recorded >= 2)
+    assert n.success.level == ("should" if check.passed else "must")
+    if recorded is None:
+        assert check.evidence["missing"].startswith("not measured")
+    else:
+        assert "100.0 ms/step with flash attention" in check.evidence["source"]
 
 
 def test_nonfinite_rolls_back_before_the_bad_step(tmp_path: Path) -> None:
@@ -314,6 +339,11 @@ def test_real_feature_failure_disables_it(tmp_path: Path) -> None:
     assert n.attempts[0].exit_kind == "feature"
     assert overrides_of(n)["model.use_flash_attention"] is False
     assert n.attempts[-1].exit_kind == "finished", n.reason
+    # the night trained to the end, but without a feature it started with: not succeeded
+    assert n.success is not None and n.status == "partial" and n.success.level == "none"
+    intact = next(c for c in n.success.checks if c.name.startswith("features_intact"))
+    assert intact.passed is False
+    assert intact.evidence["features"]["flash_attention"].startswith("switched off")
 
 
 @pytest.mark.slow

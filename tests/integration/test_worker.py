@@ -56,6 +56,7 @@ def test_completed_run_honours_the_event_contract(tmp_path):
     for e in evals:
         assert set(e["knn"]) == {"1", "5", "20"} and all(0 <= v <= 1 for v in e["knn"].values())
         assert e["feature_std"] > 0 and e["effective_rank"] > 1
+        assert e["feature_variance"] > 0 and e["contrastive_accuracy"] is None  # no NT-Xent
     steps = events(tmp_path, "step")
     assert [s["step"] for s in steps] == list(range(1, 33))
     assert all(len(s["loss_levels"]) == 3 and s["grad_norm"] > 0 for s in steps)
@@ -377,6 +378,16 @@ def test_fpn_off_resumes_partially_and_contrastive_off_under_cjepa_trains(tmp_pa
     assert started["start_step"] == 4 and started["features"]["fpn"] == "off"
     assert started["features"]["contrastive"] == "off"
     assert not any(e["type"] == "warning" for e in events(nxt))
+
+
+def test_contrastive_accuracy_is_in_the_eval_event_when_the_term_is_on(tmp_path):
+    r = run_worker(tmp_path, ["training.epochs=1"], config=DEMO_AGGRESSIVE)
+    assert r.returncode == EXIT_OK, r.stderr
+    evals = events(tmp_path, "eval")
+    assert [e["epoch"] for e in evals] == [0, 1]
+    for e in evals:  # top-1 of the positive pair among a micro-batch of 16: chance is 1/16
+        assert 0.0 <= e["contrastive_accuracy"] <= 1.0 and e["feature_variance"] > 0
+    assert evals[-1]["contrastive_accuracy"] > 1 / 16
 
 
 def test_heartbeats_carry_step_time_and_best_follows_the_metric(tmp_path):

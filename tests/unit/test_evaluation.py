@@ -16,6 +16,7 @@ from trainer.evaluation import (
     evaluate,
     extract_features,
     feature_std,
+    feature_variance,
     knn_accuracy,
 )
 
@@ -82,6 +83,14 @@ def test_feature_std_zero_when_collapsed_and_blind_to_layernorm_trick():
     assert feature_std(collapsed) < 1e-6
     healthy = torch.randn(500, 64) * 2.0
     assert feature_std(healthy) == pytest.approx(2.0, rel=0.1)
+
+
+def test_feature_variance_is_the_variance_the_recipe_thresholds():
+    collapsed = torch.randn(1, 64).repeat(500, 1)
+    assert feature_variance(collapsed) < 1e-9
+    healthy = torch.randn(500, 64, generator=torch.Generator().manual_seed(0)) * 0.3
+    # std 0.3 passes "std > 0.1" but its variance 0.09 fails the recipe's "variance > 0.1"
+    assert feature_std(healthy) > 0.1 and feature_variance(healthy) == pytest.approx(0.09, rel=0.1)
 
 
 def test_effective_rank_isotropic_close_to_dim():

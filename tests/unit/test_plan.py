@@ -64,7 +64,20 @@ def test_sequential_runs_aggressive_only_after_success() -> None:
     plan = load_plan(resolve_plan_path("sequential"))
     assert [n.requires for n in plan.nights] == ["none", "previous_succeeded"]
     assert plan.nights[1].otherwise == "repeat_previous"
-    assert [n.window_s for n in plan.nights] == [8 * 3600, 8 * 3600]
+    # night 2 takes the aggressive runbook's 9 h (the recipe's "must < 9 h"), ending by 06:30
+    assert [n.window_s for n in plan.nights] == [8 * 3600, 9 * 3600]
+    assert plan.nights[1].window is None and plan.nights[1].start == "21:30"
+
+
+def test_night_two_window_from_the_runbook_unless_the_plan_sets_one(tmp_path: Path) -> None:
+    path = resolve_plan_path("sequential")
+    state = build_state(load_plan(path), path, at(10, 15), start_now=False)
+    n2 = state.nights[1]
+    assert (n2.window_start, n2.deadline) == (at(11, 21, 30).isoformat(), at(12, 6, 30).isoformat())
+    text = path.read_text().replace('start: "21:30"', 'start: "21:30"\n    window: 8h')
+    own = tmp_path / "own.yaml"
+    own.write_text(text)
+    assert load_plan(own).nights[1].window_s == 8 * 3600
 
 
 def test_unknown_plan_name_lists_the_known_ones() -> None:

@@ -95,7 +95,8 @@ def test_preflight_probes_plans_and_applies(tmp_path: Path, monkeypatch) -> None
         micro = int(extra[0].split("=")[1])
         if micro > 32:
             return {"oom": True}
-        return {"ms_per_step": 500.0, "steps_per_epoch": 64, "epoch_seconds": 32.0,
+        ms = 1250.0 if "model.use_flash_attention=false" in extra else 500.0
+        return {"ms_per_step": ms, "steps_per_epoch": 64, "epoch_seconds": 32.0,
                 "img_per_s": 128.0, "device": "cpu", "memory": {"allocated": GB}}  # fmt: skip
 
     monkeypatch.setattr(preflight, "run_probe", fake_probe)
@@ -108,8 +109,12 @@ def test_preflight_probes_plans_and_applies(tmp_path: Path, monkeypatch) -> None
     # the demo's aggressive recipe turns gradient checkpointing on: probed without it first,
     # and since its micro-batch fits that way, no probe with it is needed
     off = "model.use_gradient_checkpointing=false"
+    # and the chosen micro-batch once more with flash attention off: the speed-up criterion
+    flash_off = "model.use_flash_attention=false"
     assert seen == [["data.batch_size=32", "training.accumulation_steps=2", off],
-                    ["data.batch_size=64", "training.accumulation_steps=1", off]]  # fmt: skip
+                    ["data.batch_size=64", "training.accumulation_steps=1", off],
+                    ["data.batch_size=32", "training.accumulation_steps=2", flash_off,
+                     off]]  # fmt: skip
     night = yaml.safe_load(plan.read_text())["nights"][1]
     assert night["overrides"]["data.batch_size"] == 32
     assert night["overrides"]["training.accumulation_steps"] == 2
@@ -118,6 +123,8 @@ def test_preflight_probes_plans_and_applies(tmp_path: Path, monkeypatch) -> None
     assert night["overrides"]["training.epochs"] == 6
     fits = read_fits(tmp_path / "var")
     assert fits and fits[0]["epochs"] == night["overrides"]["training.epochs"]
+    assert (fits[0]["ms_flash_on"], fits[0]["ms_flash_off"]) == (500.0, 1250.0)
+    assert fits[0]["speedup_vs_no_flash"] == 2.5
     assert json.dumps(fits[0])
 
 

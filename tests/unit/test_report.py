@@ -54,6 +54,16 @@ def test_successful_two_night_plan(tmp_path: Path) -> None:
     assert "## Conservative vs aggressive" in text
     assert "**+6.3 pts** (meets the +5 points" in text
     assert "No fallbacks were needed." in text
+    # the recipe's expectations beside what the night measured
+    assert "| epoch time (min) | 9 – 10 | 9 | inside | recipe |" in text
+    assert "| kNN k=20 | 55.0% – 65.0% | 58.0% | inside | recipe |" in text
+    assert "| feature variance | 0.02 | 0.22 | +0.2 |" in text
+    # every criterion with the evidence it read, in its own section
+    assert "### Success criteria and their evidence" in text
+    assert (
+        "| must | ✓ features intact [flash attention]: yes | pass | "
+        "features: flash_attention: on |" in text
+    )
     assert "| linear probe | 24.0% | 63.1% | +39.1 pts |" in text  # gain over random init
     assert "--eval-only" in text and "--resume" in text
     assert "runs/conservative/attempt-01/checkpoints/ckpt-e0050-s00005000.pt" in text
@@ -101,6 +111,8 @@ def test_failed_night_says_what_broke_what_was_tried_and_what_to_do(tmp_path: Pa
     assert "Tried 1 fallback" in first_screen and "worker.log" in first_screen
     assert "--set model.use_flash_attention=false" in first_screen
     assert "| feature | disable flash_attention |" in text
+    assert "| must | ✗ features intact [flash attention]: no | FAIL | features: " in text
+    assert "flash_attention: switched off: disable flash_attention |" in text
     assert "ckpt-e0001-s00000100.pt --eval-only" in text
     # loss, kNN (epoch 0), memory and epoch times were all recorded before it broke
     assert_valid_pngs(var / "reports" / "morning-2025-03-14.md", 4)
@@ -164,3 +176,19 @@ def test_preflight_plan_beside_the_measured_night(tmp_path: Path) -> None:
     # without the file the section is absent
     (var / "preflight.jsonl").unlink()
     assert "Planned by preflight" not in write_report(var, night=1).read_text()
+
+
+def test_an_expectation_outside_its_range_says_which_side() -> None:
+    from orchestrator.core.runbook import Expectation
+    from orchestrator.views.report.expected import verdict
+
+    e = Expectation(measure="epoch_minutes", low=9, high=10)
+    assert [verdict(e, v) for v in (8.0, 9.5, 12.0, None)] == [
+        "BELOW",
+        "inside",
+        "ABOVE",
+        "not measured",
+    ]
+    assert verdict(Expectation(measure="final_loss", high=0.3), 0.1) == "inside"
+    with pytest.raises(ValueError, match="low or high"):
+        Expectation(measure="knn_20")

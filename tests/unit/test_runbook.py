@@ -15,7 +15,7 @@ from orchestrator.core.runbook import (
     parse_runbook,
 )
 from orchestrator.core.state import Metrics
-from orchestrator.policy import judge
+from orchestrator.policy import NightEvidence, judge
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -88,18 +88,25 @@ def test_success_levels_and_relative_checks() -> None:
     demo = load_runbook(ROOT / "runbooks/demo.yaml")
     base = Metrics(epoch=0, knn={"20": 0.11}, linear_probe=0.10)
     good = Metrics(epoch=6, knn={"20": 0.35}, linear_probe=0.20)
-    s = judge(demo.success, good, base, finished_in_window=True, no_unrecovered_nonfinite=True)
+    on = {"flash_attention": True, "fpn": False}
+    ev = NightEvidence(features_planned=on, features_final=on)
+    kw = {"no_unrecovered_nonfinite": True, "evidence": ev}
+    s = judge(demo.success, good, base, finished_in_window=True, **kw)
     assert s.level == "should"  # knn gain 0.24 > 0.10, probe gain 0.10 > 0.05 but not > 0.15
-    late = judge(demo.success, good, base, finished_in_window=False, no_unrecovered_nonfinite=True)
+    late = judge(demo.success, good, base, finished_in_window=False, **kw)
     assert late.level == "none"
-    nobase = judge(demo.success, good, None, finished_in_window=True, no_unrecovered_nonfinite=True)
+    nobase = judge(demo.success, good, None, finished_in_window=True, **kw)
     assert nobase.level == "none"  # a relative check without a baseline fails
     cons = load_runbook(ROOT / "runbooks/conservative.yaml")
+    healthy = NightEvidence(
+        features_planned=on, features_final=on, speedup_vs_no_flash=3.2, final_loss=0.4
+    )
     s2 = judge(
         cons.success,
-        Metrics(knn={"20": 0.7}, linear_probe=0.66),
+        Metrics(knn={"20": 0.7}, linear_probe=0.66, effective_rank=180, feature_variance=0.3),
         None,
         finished_in_window=True,
         no_unrecovered_nonfinite=True,
+        evidence=healthy,
     )
     assert s2.level == "stretch" and all(c.passed for c in s2.checks)

@@ -29,7 +29,8 @@ ICON = {
     "skipped": "⏭️",
     "pending": "…",
 }
-FRACTION_METRICS = ("linear_probe", "knn_1", "knn_5", "knn_20")
+FRACTION_METRICS = ("linear_probe", "knn_1", "knn_5", "knn_20", "contrastive_accuracy")
+POINTS_METRICS = ("gain_over_previous_night",)  # a fraction shown as linear probe points
 
 
 def _metric_value(metric: str, value: Any, gain: bool = False) -> str:
@@ -37,6 +38,8 @@ def _metric_value(metric: str, value: Any, gain: bool = False) -> str:
         return "yes" if value else "no"
     if not isinstance(value, int | float):
         return NA if value is None else str(value)
+    if metric in POINTS_METRICS:
+        return f"{100 * value:+.1f} pts"
     if metric in FRACTION_METRICS:
         return f"{100 * value:+.1f} pts" if gain else f"{100 * value:.1f}%"
     return f"{value:.3g}"

@@ -274,6 +274,14 @@ def metrics_table(f: NightFacts) -> list[str]:
     )
     rows.append(
         row(
+            "feature variance",
+            base.feature_variance if base else None,
+            fin.feature_variance if fin else None,
+            False,
+        )
+    )
+    rows.append(
+        row(
             "effective rank",
             base.effective_rank if base else None,
             fin.effective_rank if fin else None,

@@ -12,11 +12,12 @@ folder can be copied anywhere. The file is replaced atomically.
 
 First screen: one verdict line per night against its success checks, then the next step
 (``advice``). Then per night the sections (``sections``): what ran, the attempts, the timeline
-and every fallback, time against the window and the forecast error, throughput and peak
-memory, final metrics with the gain over the random-initialised encoder, the next step, the
-best checkpoint with the exact commands to resume or evaluate it, and the plots; then both
-nights side by side when two ran, and the notifications sent. A failed night says what broke,
-what was tried and what to do.
+and every fallback, time against the window and the forecast error, throughput and peak memory,
+the recipe's expectations beside what was measured, the success criteria with the evidence each
+read, final metrics with the gain over the random-initialised encoder, the next step, the best
+checkpoint with the exact commands to resume or evaluate it, and the plots; then both nights
+side by side when two ran, and the notifications sent. A failed night says what broke, what was
+tried and what to do.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from orchestrator.core.state import Night, State, read_snapshot
 from orchestrator.schedule.notify import report_lines as notify_report_lines
 from orchestrator.views.fmt import fmt_clock
 from orchestrator.views.report.advice import next_step, verdict_line
+from orchestrator.views.report.criteria import criteria_table
+from orchestrator.views.report.expected import expected_table
 from orchestrator.views.report.facts import NightFacts
 from orchestrator.views.report.sections import (
     commands,
@@ -76,9 +79,11 @@ def report_text(state_dir: Path, state: State, nights: list[Night], out: Path) -
             "",
         ]
         lines += what_ran(f)
+        lines += ["### Success criteria and their evidence", "", *criteria_table(f)]
         lines += ["### Timeline", "", *timeline(f)]
         lines += ["### Time, throughput and memory", "", *time_and_resources(f)]
         lines += fitted(f)
+        lines += expected_table(f)
         lines += ["### Final metrics vs the random-initialised encoder", "", *metrics_table(f)]
         lines += ["### Checkpoint and commands", "", *commands(f, stamp)]
         lines += ["### Plots", "", *plot_links(f, out)]

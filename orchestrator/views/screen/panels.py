@@ -10,10 +10,10 @@ host ceiling ``ceiling_gb``); device memory against the device ceiling
 (``memory.device_fraction`` of the device's total: warning from 80% of it, critical from 90%;
 "(whole-card usage)" when NVML could not tell the worker's share), or on a CPU against the host
 bands; the "ceiling" row names both ceilings; epoch minutes and grad norm against
-``display.*`` (higher is worse); feature std against ``display.feature_std`` (lower is
-worse); swap growth since the attempt's first sample against ``memory.swap_growth_gb``
-(warning from half of it); system available memory is this screen's own rule: warning under
-5 GB, critical under 2 GB.
+``display.*`` (higher is worse); feature variance against ``display.feature_variance`` (lower
+is worse; the recipe's thresholds are on the variance, not the std); swap growth since the
+attempt's first sample against ``memory.swap_growth_gb`` (warning from half of it); system
+available memory is this screen's own rule: warning under 5 GB, critical under 2 GB.
 """
 
 from __future__ import annotations
@@ -331,16 +331,12 @@ def _eval(s: Snapshot) -> RenderableType:
     if ev is None:
         return Panel(Text(f"{NA} (no evaluation yet)"), title="last eval", title_align="left")
     m = metrics_of(ev)
-    std = m.feature_std
+    var = m.feature_variance
+    good, warning = th.feature_variance_good, th.feature_variance_warning
     rows: list[tuple[str, RenderableType | str]] = [
         ("kNN 1/5/20", " / ".join(fmt_pct(m.knn.get(k)) for k in ("1", "5", "20"))),
         ("linear probe", fmt_pct(m.linear_probe)),
-        (
-            "feature std",
-            styled(
-                fmt_num(std, ".3f"), level_low_bad(std, th.feature_std_good, th.feature_std_warning)
-            ),
-        ),
+        ("feature var", styled(fmt_num(var, ".3f"), level_low_bad(var, good, warning))),
         ("eff. rank", fmt_num(ev.get("effective_rank"), ".1f")),
     ]
     if base is not None and ev.get("epoch"):
