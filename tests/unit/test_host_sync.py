@@ -244,3 +244,32 @@ def test_a_tensor_ema_weight_gives_bitwise_the_scalar_result(device):
         assert all(torch.equal(a, b) for a, b in zip(by_scalar, by_tensor, strict=True))
         if applied == 0.0:
             assert all(torch.equal(a, b) for a, b in zip(before, by_tensor, strict=True))
+
+
+# -- on CUDA, the real thing: torch's sync debug mode ------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_on_cuda_the_steady_state_step_never_synchronizes(precision):
+    """``torch.cuda.set_sync_debug_mode("error")`` around ``launch()``: any synchronizing CUDA
+    call (a device → host read, a blocking copy from pageable memory) raises."""
+    from trainer.device import PRECISIONS
+
+    cuda = torch.device("cuda")
+    torch.manual_seed(0)
+    cfg = cfg_of(training={"precision": precision})
+    step = TrainStep(build_model(cfg).to(cuda), cfg, cuda, PRECISIONS[precision])
+    batch = make_batch(cfg).pin_memory().to(cuda)
+    kw = {"extra": [1.0, 0.0]}
+    pending = step.launch([batch], lr=1e-3, momentum=0.99, **kw)
+    pending.result()
+    pending = step.launch([batch], lr=1e-3, momentum=0.99, **kw)
+    for _ in range(3):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            following = step.launch([batch], lr=1e-3, momentum=0.99, grad_norms=True, **kw)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        assert pending.result().extra == [1.0, 0.0]
+        pending = following
+    pending.result()
