@@ -109,7 +109,7 @@ def extract_features(
     labels: list[Tensor] = []
     for batch in loader:
         images, y = _split_batch(batch)
-        out = encode(images.to(device, non_blocking=True))
+        out = encode(dev.to_device(images, device))
         if out.ndim != 2 or out.shape[0] != images.shape[0]:
             raise ValueError(f"encode must return [B, D]; got {tuple(out.shape)}")
         feats.append(out.float())

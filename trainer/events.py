@@ -249,6 +249,7 @@ class Resumed(_Event):
     samples_in_epoch: int = 0
     world_size: int = 1
     from_world_size: int = 1
+    rng: str = ""  # what of the RNG state could not be restored ("" = all of it)
 
 
 class ResumePartial(_Event):

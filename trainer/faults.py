@@ -27,12 +27,10 @@ and resume, so every node passes the same faults. ``check_gradients`` installs
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,20 +84,33 @@ def set_injected_feature(name: str | None) -> None:
     _INJECT["feature"] = name
 
 
-@contextlib.contextmanager
-def feature_scope(name: str) -> Iterator[None]:
-    if _INJECT["feature"] == name:
-        raise FeatureError(name, f"injected fault in feature {name!r} (faults.raise_in_feature)")
-    try:
-        yield
-    except FeatureError:
-        raise
-    except Exception as exc:
+class _FeatureScope:
+    """The context of :func:`feature_scope`: a plain class (no generator), so ``torch.compile``
+    traces through it inside the compiled forward on every torch it runs on."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __enter__(self) -> None:
+        if _INJECT["feature"] == self.name:
+            raise FeatureError(
+                self.name, f"injected fault in feature {self.name!r} (faults.raise_in_feature)"
+            )
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None or isinstance(exc, FeatureError) or not isinstance(exc, Exception):
+            return False
         from trainer.device import is_oom
 
         if is_oom(exc):  # memory exhaustion is not the feature's fault
-            raise
-        raise FeatureError(name, f"{type(exc).__name__}: {exc}") from exc
+            return False
+        raise FeatureError(self.name, f"{type(exc).__name__}: {exc}") from exc
+
+
+def feature_scope(name: str) -> _FeatureScope:
+    return _FeatureScope(name)
 
 
 @torch.no_grad()

@@ -51,6 +51,7 @@ import torch
 from torch.utils.data import get_worker_info
 
 from trainer.config import MaskingConfig
+from trainer.device import to_device
 from trainer.photometric import Photometric
 from trainer.photometric import stack as stack_photometric
 
@@ -86,8 +87,11 @@ class Batch:
     colour: torch.Tensor | None = None
     colour2: torch.Tensor | None = None
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+    def to(self, device: torch.device | str) -> Batch:
+        """The batch on ``device``: asynchronously only where that is safe (pinned host memory to
+        CUDA, ``trainer.device.to_device``), a plain copy elsewhere."""
+        dev = torch.device(device)
+        return self._map(lambda t: to_device(t, dev))
 
     def pin_memory(self) -> Batch:
         """Called by DataLoader(pin_memory=True) for custom batch types."""

@@ -9,10 +9,14 @@ the copy is truly asynchronous). The compute stream waits on that copy's event o
 uses the batch, and each tensor is marked as used by the compute stream (``record_stream``) so
 the caching allocator never reuses its memory while a kernel may still read it. This is the
 classic prefetcher of the large-scale image training loops (one batch ahead is enough: the
-loader's workers keep their own queue of ready batches on the host).
+loader's workers keep their own queue of ready batches on the host). The side stream is one
+per process and device (:func:`side_stream`), shared by the prefetcher of every epoch: a new
+stream per epoch would leave the old one's cached blocks reserved in the allocator, which
+keeps a separate pool per stream.
 
-Elsewhere (CPU, MPS) there is nothing to overlap: each batch is moved when asked for, and no
-batch is drawn from the loader earlier than before.
+Elsewhere (CPU, MPS) there is nothing to overlap: each batch is moved when asked for, with a
+plain copy (``Batch.to``: non-blocking only from pinned memory to CUDA), and no batch is drawn
+from the loader earlier than before.
 
 A batch that arrives as uint8 images with colour parameters (``data.augmentation.photometric``
 on the device) is finished here, once on the device: jittered and normalised by
@@ -23,6 +27,7 @@ augmentation of the next batch overlaps the step in flight too.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -32,10 +37,16 @@ import torch
 from trainer.photometric import finish
 
 
+@functools.cache
+def side_stream(device: torch.device) -> Any:
+    """The copy stream for ``device`` (CUDA), made once per process; None elsewhere."""
+    return torch.cuda.Stream(device) if device.type == "cuda" else None
+
+
 class DevicePrefetch:
     def __init__(self, batches: Iterator[Any], device: torch.device) -> None:
         self.batches, self.device = batches, device
-        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.stream = side_stream(device)
         self.ready: deque[tuple[Any, Any]] = deque()
 
     def __iter__(self) -> DevicePrefetch:
@@ -43,7 +54,7 @@ class DevicePrefetch:
 
     def __next__(self) -> Any:
         if self.stream is None:
-            return finish(next(self.batches).to(self.device, non_blocking=True))
+            return finish(next(self.batches).to(self.device))
         if not self.ready:
             self._issue()  # raises StopIteration at the end
         batch, copied = self.ready.popleft()
@@ -59,7 +70,7 @@ class DevicePrefetch:
         host = next(self.batches)
         assert self.stream is not None
         with torch.cuda.stream(self.stream):
-            moved = finish(host.to(self.device, non_blocking=True))
+            moved = finish(host.to(self.device))
             copied = torch.cuda.Event()
             copied.record(self.stream)
         self.ready.append((moved, copied))

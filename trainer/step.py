@@ -47,7 +47,7 @@ from typing import Any
 import torch
 
 from trainer.config import Config
-from trainer.device import Precision, kernels_for
+from trainer.device import Precision, host_vector, kernels_for
 from trainer.dist import Dist
 from trainer.masks import Batch
 from trainer.model import HJEPA
@@ -223,7 +223,7 @@ class TrainStep:
         )
         n_extra = len(extra or [])
         if n_extra:
-            tail = torch.tensor(list(extra or []), dtype=vec.dtype, device=vec.device)
+            tail = host_vector(list(extra or []), vec.device)  # pinned, async on CUDA
             vec = torch.cat([vec / self.dist.world, tail])
         if self.dist.world > 1:  # the rank mean of every statistic, the sum of the extras
             vec = self.dist.sum_(vec if n_extra else vec / self.dist.world)

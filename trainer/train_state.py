@@ -102,7 +102,7 @@ class TrainState:
         self.epoch = int(state["epoch"])
         self.samples_in_epoch = int(state["samples_in_epoch"])
         self.best = state.get("best")
-        set_rng_state(state["rng"])
+        rng_note = set_rng_state(state["rng"])
         self.carry_fired(path.parent.parent)
         self.fired = self.dist.broadcast(self.fired)  # the writer's record: one fault history
         if self.samples_in_epoch + self.eff > self.epoch_size:  # epoch was complete
@@ -117,6 +117,7 @@ class TrainState:
                 samples_in_epoch=self.samples_in_epoch,
                 world_size=self.dist.world,
                 from_world_size=int(state.get("world_size", 1)),
+                rng=rng_note,
             )
         )
 
@@ -247,7 +248,11 @@ def rng_state() -> dict[str, Any]:
     return out
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any]) -> str:
+    """Restore the RNG states of ``rng_state``; returns "" when every one was restored, else a
+    line saying what was not. CUDA: the states of the first min(saved, visible) GPUs (a
+    checkpoint written where more GPUs were visible resumes with fewer; the others keep their
+    seeded state)."""
     torch.set_rng_state(state["torch"])
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
@@ -255,5 +260,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(
         ("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
     )
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = list(state.get("cuda") or [])
+    visible = torch.cuda.device_count() if saved and torch.cuda.is_available() else 0
+    restored = min(len(saved), visible)
+    for index in range(restored):
+        torch.cuda.set_rng_state(saved[index], index)
+    if restored == len(saved):
+        return ""
+    return (
+        f"CUDA RNG state restored for {restored} of the {len(saved)} GPUs the checkpoint saw "
+        f"({visible} visible now)"
+    )

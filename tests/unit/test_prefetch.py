@@ -59,3 +59,22 @@ def test_on_cuda_the_next_batch_is_already_on_its_way():
     rest = list(batches)
     assert [int(b.labels[0]) for b in rest] == [2, 3]
     assert all(b.ctx_idx.is_cuda and b.tgt_pool.is_cuda for b in rest)
+
+
+def test_one_side_stream_per_process_not_one_per_epoch(monkeypatch):
+    """The loop builds a prefetcher per epoch; each used to make its own CUDA stream, and the
+    caching allocator keeps a block pool per stream, so every finished epoch left its pool
+    reserved. Without a GPU the stream constructor is recorded; the prefetchers are real."""
+    from trainer import prefetch
+
+    made: list[object] = []
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: made.append(device) or object())
+    cuda = torch.device("cuda", 0)
+    try:
+        streams = {id(DevicePrefetch(iter([]), cuda).stream) for _epoch in range(3)}
+        assert len(made) == 1 and len(streams) == 1
+        assert DevicePrefetch(iter([]), torch.device("cpu")).stream is None
+    finally:
+        cache_clear = getattr(prefetch, "side_stream", None)
+        if cache_clear is not None:
+            cache_clear.cache_clear()  # drop the recorded stand-in
