@@ -17,10 +17,8 @@ Contracts:
   ``started`` event so the effective precision is never a guess.
 - ``memory_readings`` is cheap (no device sync) and never raises: it feeds heartbeats, and a
   missing reading must not kill the worker.
-- ``to_device`` is the one host → device copy: asynchronous (``non_blocking``) only from pinned
-  host memory to CUDA, a plain copy everywhere else. An unpinned source copied non-blocking
-  and then dropped can be read by the device after the host has reused its pages (MPS:
-  silently corrupted batches); a blocking copy from pageable memory costs CUDA a host sync.
+- host → device copies go through :mod:`trainer.copies` (``to_device``: asynchronous only from
+  pinned host memory to CUDA).
 - ``is_oom`` recognises every out-of-memory shape we know (CUDA, HIP, both MPS variants, cuDNN,
   cuBLAS, the CPU allocator, ``MemoryError``) and not a bare "Killed"; the texts are
   ``trainer.events.OOM_TEXTS``, the list the supervisor matches too.
@@ -322,26 +320,6 @@ def memory_readings(device: torch.device) -> dict[str, int]:
         return {"allocated": int(psutil.Process().memory_info().rss)}
     except Exception:
         return {}
-
-
-def copy_is_async(src: torch.Tensor, device: torch.device) -> bool:
-    """Whether copying ``src`` to ``device`` may be ``non_blocking``: pinned host memory to CUDA
-    only (the copy engine reads the pinned pages after the host has moved on, and the caching
-    host allocator keeps them until the copy is done). Everything else is a plain copy."""
-    return device.type == "cuda" and src.device.type == "cpu" and src.is_pinned()
-
-
-def to_device(src: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``src`` on ``device`` (``src`` itself when it is there already), copied the way that
-    device allows (:func:`copy_is_async`)."""
-    return src.to(device, non_blocking=copy_is_async(src, device))
-
-
-def host_vector(values: list[float], device: torch.device) -> torch.Tensor:
-    """A float32 vector of host numbers on ``device`` without a host sync: on CUDA it is built in
-    pinned memory and copied asynchronously; elsewhere an ordinary tensor."""
-    host = torch.tensor(values, dtype=torch.float32, pin_memory=device.type == "cuda")
-    return to_device(host, device)
 
 
 def device_total_memory(device: torch.device) -> int | None:

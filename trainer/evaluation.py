@@ -38,6 +38,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from trainer import device as dev
+from trainer.copies import to_device
 from trainer.probe import fit_probe
 
 Heartbeat = Callable[[], None]
@@ -109,7 +110,7 @@ def extract_features(
     labels: list[Tensor] = []
     for batch in loader:
         images, y = _split_batch(batch)
-        out = encode(dev.to_device(images, device))
+        out = encode(to_device(images, device))
         if out.ndim != 2 or out.shape[0] != images.shape[0]:
             raise ValueError(f"encode must return [B, D]; got {tuple(out.shape)}")
         feats.append(out.float())

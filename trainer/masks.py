@@ -51,7 +51,7 @@ import torch
 from torch.utils.data import get_worker_info
 
 from trainer.config import MaskingConfig
-from trainer.device import to_device
+from trainer.copies import to_device
 from trainer.photometric import Photometric
 from trainer.photometric import stack as stack_photometric
 
@@ -89,7 +89,7 @@ class Batch:
 
     def to(self, device: torch.device | str) -> Batch:
         """The batch on ``device``: asynchronously only where that is safe (pinned host memory to
-        CUDA, ``trainer.device.to_device``), a plain copy elsewhere."""
+        CUDA, ``trainer.copies.to_device``), a plain copy elsewhere."""
         dev = torch.device(device)
         return self._map(lambda t: to_device(t, dev))
 

@@ -47,7 +47,8 @@ from typing import Any
 import torch
 
 from trainer.config import Config
-from trainer.device import Precision, host_vector, kernels_for
+from trainer.copies import host_vector
+from trainer.device import Precision, kernels_for
 from trainer.dist import Dist
 from trainer.masks import Batch
 from trainer.model import HJEPA
