@@ -355,10 +355,14 @@ def fit_plan(args: argparse.Namespace) -> str:
 
 
 def _apply_night(plan_file: Path, name: str, overrides: dict[str, Any]) -> None:
-    import yaml
+    from orchestrator.core.userfile import edit_yaml
 
-    doc = yaml.safe_load(plan_file.read_text())
-    for night in doc["nights"]:
-        if night.get("name") == name:
-            night.setdefault("overrides", {}).update(overrides)
-    plan_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+    def edit(doc: Any) -> bool:
+        for night in doc["nights"]:
+            if night.get("name") == name:
+                if not isinstance(night.get("overrides"), dict):
+                    night["overrides"] = {}
+                night["overrides"].update(overrides)
+        return True
+
+    edit_yaml(plan_file, edit, backup=False)
