@@ -73,12 +73,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def classify(exc: BaseException) -> tuple[str, str | None]:
     """Exception → (fatal kind, feature name or None)."""
-    from trainer.checkpoints import NoCheckpointError
+    from trainer.checkpoints import DiskFullError, NoCheckpointError
     from trainer.data import DataMissingError
     from trainer.device import is_oom
     from trainer.faults import FeatureError
     from trainer.step import NonFiniteLossError
 
+    if isinstance(exc, DiskFullError):
+        return "disk", None
     if isinstance(exc, FeatureError):
         return "feature", exc.feature
     if is_oom(exc):
@@ -154,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         worker.dist.abandon()
         kind, feature = classify(exc)
-        message = f"{type(exc).__name__}: {exc}"
+        message = str(exc) if kind == "disk" else f"{type(exc).__name__}: {exc}"
         emitter.emit(
             Fatal(
                 kind=kind,

@@ -28,7 +28,7 @@ Keys (documented contract; ``hjepa-night status --json`` prints this object):
 - each attempt: ``index``, ``run_dir``, ``overrides`` (dict key.path → value, all in force for
   this attempt), ``resume_from`` (checkpoint path or null), ``started_at``, ``ended_at``,
   ``pid``, ``pid_create_time``, ``exit_code``, ``exit_kind`` (``finished|stopped|oom|nonfinite|
-  feature|data|crash|config|resume|hang|memory|killed`` or null while running), ``message``,
+  feature|data|crash|config|resume|hang|memory|killed|disk`` or null while running), ``message``,
   ``last_epoch``, ``last_step``.
 """
 
@@ -61,6 +61,7 @@ ExitKind = Literal[
     "hang",
     "memory",
     "killed",
+    "disk",
 ]
 
 
