@@ -297,9 +297,12 @@ def read_snapshot(state_dir: str | Path) -> State | None:
     path = Path(state_dir) / STATE_FILE
     for _ in range(3):
         try:
-            return State.model_validate_json(path.read_text(encoding="utf-8"))
+            state = State.model_validate_json(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return None
         except (ValueError, OSError):
             time.sleep(0.05)  # replaced mid-read: try again
+            continue
+        # a newer schema is not guessed at (``StateStore.load`` says so in words)
+        return state if state.schema_version <= SCHEMA_VERSION else None
     return None

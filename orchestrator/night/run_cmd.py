@@ -18,7 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from orchestrator.core.durations import parse_duration
+from orchestrator.core.durations import parse_window
 from orchestrator.core.runbook import (
     default_runbook_for,
     load_runbook,
@@ -215,7 +215,7 @@ def cmd_run(args: Any) -> int:
 def _run_locked(args: Any) -> int:
     store = StateStore(args.state_dir)
     try:
-        window = timedelta(seconds=parse_duration(args.window))
+        window = timedelta(seconds=parse_window(args.window))
     except ValueError as exc:
         print(f"error: --window {exc}", file=sys.stderr)
         return 2

@@ -34,6 +34,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator.core.durations import parse_window
 from orchestrator.core.launcher import rdzv_id, worker_command
 from orchestrator.core.runbook import Runbook, RunbookError, default_runbook_for, load_runbook
 from orchestrator.preflight.checks import (
@@ -67,7 +68,7 @@ from orchestrator.preflight.fit import (
     record_fit,
 )
 from orchestrator.preflight.table import fit_table, trials_text
-from orchestrator.schedule.plan import PROJECT_ROOT, parse_duration, project_path
+from orchestrator.schedule.plan import PROJECT_ROOT, project_path
 from trainer.config import Config, ConfigError, load_config
 from trainer.events import EXIT_CODE_OF_KIND
 
@@ -253,7 +254,7 @@ def run_checks(args: argparse.Namespace, out: Console) -> list[PreflightCheck]:
             PreflightCheck("timing probe", "fail", "skipped: dataset or device failed above")
         )
         return checks
-    window_s = parse_duration(args.window)
+    window_s = parse_window(args.window)
     with out.status("timing probe...") as status:
         try:
             fit, why = plan_night(args, cfg, rb, window_s, status)
@@ -277,7 +278,7 @@ def run_checks(args: argparse.Namespace, out: Console) -> list[PreflightCheck]:
 def cmd_preflight(args: argparse.Namespace) -> int:
     out = Console()
     try:
-        parse_duration(args.window)
+        parse_window(args.window)
     except ValueError as exc:
         out.print(f"[red]--window: {exc}[/]")
         return 2

@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from orchestrator.core.datafiles import PROJECT_ROOT as PROJECT_ROOT
 from orchestrator.core.datafiles import plan_dirs, resolve_data, shipped_root
-from orchestrator.core.durations import parse_duration
+from orchestrator.core.durations import parse_duration, parse_window
 from orchestrator.core.fold import fold_run_dir, metrics_of
 from orchestrator.core.runbook import RunbookError, load_runbook
 from orchestrator.core.state import (
@@ -91,7 +91,7 @@ class NightSpec(_Strict):
     @field_validator("window")
     @classmethod
     def _window(cls, v: str) -> str:
-        parse_duration(v)
+        parse_window(v)
         return v
 
     @property

@@ -268,7 +268,7 @@ class SnapshotSource:
             why = (
                 f"no state file at {state_path} (no plan or night started here yet)"
                 if not state_path.exists()
-                else f"{state_path} cannot be read (corrupt or from a newer hjepa-night)"
+                else _unreadable(self.state_dir)
             )
             return Snapshot(now, self.state_dir, None, problem=why)
         night = pick_night(state)
@@ -311,3 +311,16 @@ class SnapshotSource:
             forecast=make_forecast(night, run, th, now),
             fallbacks=tuple(reversed(night.fallbacks)),
         )
+
+
+def _unreadable(state_dir: Path) -> str:
+    """Why the state file cannot be shown, in StateStore's words (nothing moved aside)."""
+    from orchestrator.core.state import StateError, StateStore
+
+    try:
+        StateStore(state_dir).load(set_aside=False)
+    except (StateError, OSError, UnicodeDecodeError) as exc:
+        text = str(exc).splitlines()[0]
+        cause = text.split(": ", 1)[1] if ": " in text else text
+        return f"state.json cannot be read: {cause} ({state_dir / 'state.json'})"
+    return f"{state_dir / 'state.json'} cannot be read (corrupt or from a newer hjepa-night)"
