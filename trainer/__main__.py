@@ -167,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                 rank=rank,
             )
         )
-        traceback.print_exc(file=sys.stderr)
+        if kind not in ("resume", "disk", "config"):  # those say all in their one line
+            traceback.print_exc(file=sys.stderr)
         where = f"rank {rank} " if rank else ""
         print(f"fatal {where}({kind}): {message}", file=sys.stderr)
         return EXIT_CODE_OF_KIND[kind]

@@ -129,11 +129,11 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
 
 def verify(path: Path) -> dict[str, Any]:
     """Sidecar present and matching (size + sha256); returns the sidecar."""
+    if not path.exists():
+        raise CorruptCheckpointError(f"{path}: not found")
     meta = read_sidecar(path)
     if meta is None:
-        raise CorruptCheckpointError(f"{path}: no sidecar (incomplete write)")
-    if not path.exists():
-        raise CorruptCheckpointError(f"{path}: file missing")
+        raise CorruptCheckpointError(f"{path}: no sidecar {path.name}.json (incomplete write)")
     size = path.stat().st_size
     if size != meta.get("bytes"):
         raise CorruptCheckpointError(f"{path}: size {size} != recorded {meta.get('bytes')}")
@@ -179,20 +179,21 @@ def resolve(
         if wanted.is_dir():  # a run dir or a checkpoints dir
             folder = wanted / "checkpoints" if (wanted / "checkpoints").is_dir() else wanted
             candidates = list_checkpoints(folder)
+        elif not wanted.exists() and not wanted.parent.is_dir():
+            raise NoCheckpointError(f"--resume {request}: not found")
         else:
             older = [p for p in list_checkpoints(wanted.parent) if _older_or_same(p, wanted)]
             candidates = [wanted] + [p for p in older if p != wanted]
         if not candidates:
             raise NoCheckpointError(f"--resume {request}: no checkpoint there")
+    why: list[str] = []
     for path in candidates:
         try:
             return path, load(path)
         except CorruptCheckpointError as exc:
             on_reject(path, str(exc))
-    raise NoCheckpointError(
-        f"--resume {request}: every candidate checkpoint is corrupt "
-        f"({', '.join(p.name for p in candidates)})"
-    )
+            why.append(f"{path.name}: {str(exc).split(': ', 1)[-1]}")
+    raise NoCheckpointError(f"--resume {request}: no usable checkpoint ({'; '.join(why)})")
 
 
 def _older_or_same(candidate: Path, wanted: Path) -> bool:
