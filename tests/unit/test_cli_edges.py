@@ -105,3 +105,14 @@ def test_an_ascii_only_output_degrades_characters(tmp_path: Path, verb: list[str
     )  # fmt: skip
     assert "Traceback" not in got.stderr and "UnicodeEncodeError" not in got.stderr, got.stderr
     assert got.returncode == 0 and got.stdout.strip()
+
+
+@pytest.mark.parametrize("key", ["model.embed_dim=-3", "model.depth=0", "model.num_heads=0"])
+def test_negative_model_sizes_are_refused_before_a_night_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str
+) -> None:
+    """Found by the command-line fuzz test: a negative width validated and crashed the worker."""
+    rc = main(["run", "--config", CFG, "--set", key, "--state-dir", str(tmp_path)])
+    assert rc == 2
+    assert key.split("=")[0].split(".")[1] in capsys.readouterr().err
+    assert not (tmp_path / "state.json").exists()
