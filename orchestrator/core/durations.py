@@ -28,10 +28,13 @@ MIN_WINDOW_S = 60.0  # below a minute no epoch, checkpoint or final evaluation f
 MAX_WINDOW_S = 7 * 24 * 3600.0  # a week: past it the deadline is a typo (and dates overflow)
 
 
-def parse_window(text: str | float | int) -> float:
-    """A night's time window in seconds: :func:`parse_duration`, from a minute to a week."""
+def parse_window(text: str | float | int, minimum: float = MIN_WINDOW_S) -> float:
+    """A night's time window in seconds: :func:`parse_duration`, from ``minimum`` (a minute on
+    the command line; plans may be shorter, for tests of the deadline) to a week."""
     seconds = parse_duration(text)
-    if not MIN_WINDOW_S <= seconds <= MAX_WINDOW_S:
+    if seconds > MAX_WINDOW_S:
+        raise ValueError(f"{text!r}: a night's window must be at most 7d (168h), e.g. 8h or 90m")
+    if seconds < minimum:
         raise ValueError(
             f"{text!r}: a night's window must be between 1m and 7d (168h), e.g. 8h or 90m"
         )

@@ -91,7 +91,7 @@ class NightSpec(_Strict):
     @field_validator("window")
     @classmethod
     def _window(cls, v: str) -> str:
-        parse_window(v)
+        parse_window(v, minimum=0.0)
         return v
 
     @property

@@ -53,7 +53,7 @@ BROKEN_TEXT = st.sampled_from(
         GOOD_CONFIG.replace("embed_dim: 96", "embed_dim: -3").encode(),
         GOOD_CONFIG.replace("batch_size:", "batch_size: 'lots' #").encode(),
         (GOOD_PLAN + "\nextra_key: 1\n").encode(),
-        GOOD_PLAN.replace("window: 4m", "window: 1s").encode(),
+        GOOD_PLAN.replace("window: 4m", "window: 0m").encode(),
         GOOD_PLAN.replace("window: 4m", "window: 99999999h").encode(),
         GOOD_PLAN.replace("configs/demo_conservative.yaml", "../../etc/passwd").encode(),
     ]
