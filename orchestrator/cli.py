@@ -110,7 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from orchestrator.core.guard import degrade_output, state_dir_problem
+
+    degrade_output()
     args = build_parser().parse_args(argv)
+    problem = state_dir_problem(args)
+    if problem:
+        print(f"hjepa-night {args.verb}: {problem}", file=sys.stderr)
+        return 2
     if args.verb == "start" and args.fit:
         from orchestrator.preflight.command import fit_plan
         from orchestrator.preflight.fit import ApplyError

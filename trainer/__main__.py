@@ -81,12 +81,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def classify(exc: BaseException) -> tuple[str, str | None]:
     """Exception → (fatal kind, feature name or None)."""
-    from trainer.checkpoints import NoCheckpointError
+    from trainer.checkpoints import DiskFullError, NoCheckpointError
     from trainer.data import DataMissingError
     from trainer.device import is_oom
     from trainer.faults import FeatureError
     from trainer.step import NonFiniteLossError
 
+    if isinstance(exc, DiskFullError):
+        return "disk", None
     if isinstance(exc, FeatureError):
         return "feature", exc.feature
     if is_oom(exc):
@@ -176,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, SystemExit):
             raise
         kind, feature = classify(exc)
-        message = f"{type(exc).__name__}: {exc}"
+        message = str(exc) if kind == "disk" else f"{type(exc).__name__}: {exc}"
         # The fatal event first: tearing the process group down can block (NCCL with a dead
         # peer) until the supervisor kills the process, and the exit kind must be on disk.
         emitter.emit(
@@ -190,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         worker.dist.abandon()
-        traceback.print_exc(file=sys.stderr)
+        if kind not in ("resume", "disk", "config"):  # those say all in their one line
+            traceback.print_exc(file=sys.stderr)
         where = f"rank {rank} " if rank else ""
         print(f"fatal {where}({kind}): {message}", file=sys.stderr)
         return EXIT_CODE_OF_KIND[kind]

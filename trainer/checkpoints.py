@@ -44,6 +44,41 @@ class NoCheckpointError(RuntimeError):
     """A resume was requested and no usable checkpoint exists."""
 
 
+class DiskFullError(OSError):
+    """A checkpoint did not fit on its filesystem (its own fatal kind, ``disk``: the files
+    already written stay as they were; the supervisor frees old checkpoints or ends the
+    night instead of restarting into the same wall)."""
+
+
+_WRITE_FAILED = ("unexpected pos", "file write failed", "no space left")
+MB = 1024 * 1024
+
+
+def free_mb(directory: str | Path) -> float:
+    """Free space at ``directory`` (or its nearest existing parent), in MB."""
+    d = Path(directory)
+    while not d.exists() and d != d.parent:
+        d = d.parent
+    return shutil.disk_usage(d).free / MB
+
+
+def as_disk_full(exc: BaseException, directory: Path, need_bytes: int) -> DiskFullError | None:
+    """``exc`` as a DiskFullError when it is a full disk: ENOSPC/EDQUOT, or torch's serializer
+    failing a write (``unexpected pos``: the errno is lost, only worker.log says "No space
+    left") while less than about the checkpoint's size is free. None for anything else."""
+    import errno
+
+    enospc = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if not enospc:
+        text = str(exc).lower()
+        if not isinstance(exc, RuntimeError) or not any(t in text for t in _WRITE_FAILED):
+            return None
+        if free_mb(directory) * MB > 1.5 * need_bytes + MB:
+            return None
+    need = f" (a checkpoint of about {need_bytes / MB:.0f} MB)" if need_bytes else ""
+    return DiskFullError(f"disk full: {free_mb(directory):.0f} MB free at {directory}{need}")
+
+
 class CorruptCheckpointError(RuntimeError):
     pass
 
@@ -94,11 +129,11 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
 
 def verify(path: Path) -> dict[str, Any]:
     """Sidecar present and matching (size + sha256); returns the sidecar."""
+    if not path.exists():
+        raise CorruptCheckpointError(f"{path}: not found")
     meta = read_sidecar(path)
     if meta is None:
-        raise CorruptCheckpointError(f"{path}: no sidecar (incomplete write)")
-    if not path.exists():
-        raise CorruptCheckpointError(f"{path}: file missing")
+        raise CorruptCheckpointError(f"{path}: no sidecar {path.name}.json (incomplete write)")
     size = path.stat().st_size
     if size != meta.get("bytes"):
         raise CorruptCheckpointError(f"{path}: size {size} != recorded {meta.get('bytes')}")
@@ -144,20 +179,21 @@ def resolve(
         if wanted.is_dir():  # a run dir or a checkpoints dir
             folder = wanted / "checkpoints" if (wanted / "checkpoints").is_dir() else wanted
             candidates = list_checkpoints(folder)
+        elif not wanted.exists() and not wanted.parent.is_dir():
+            raise NoCheckpointError(f"--resume {request}: not found")
         else:
             older = [p for p in list_checkpoints(wanted.parent) if _older_or_same(p, wanted)]
             candidates = [wanted] + [p for p in older if p != wanted]
         if not candidates:
             raise NoCheckpointError(f"--resume {request}: no checkpoint there")
+    why: list[str] = []
     for path in candidates:
         try:
             return path, load(path)
         except CorruptCheckpointError as exc:
             on_reject(path, str(exc))
-    raise NoCheckpointError(
-        f"--resume {request}: every candidate checkpoint is corrupt "
-        f"({', '.join(p.name for p in candidates)})"
-    )
+            why.append(f"{path.name}: {str(exc).split(': ', 1)[-1]}")
+    raise NoCheckpointError(f"--resume {request}: no usable checkpoint ({'; '.join(why)})")
 
 
 def _older_or_same(candidate: Path, wanted: Path) -> bool:
@@ -185,11 +221,22 @@ class CheckpointWriter:
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as exc:
+            written = Path(tmp).stat().st_size if Path(tmp).exists() else 0
             Path(tmp).unlink(missing_ok=True)
+            full = as_disk_full(exc, self.dir, max(written, self._last_size()))
+            if full is not None:
+                raise full from exc
             raise
         sidecar = dict(meta, bytes=path.stat().st_size, sha256=_sha256(path), created=time.time())
-        atomic_write_text(str(path) + ".json", json.dumps(sidecar, indent=1))
+        try:
+            atomic_write_text(str(path) + ".json", json.dumps(sidecar, indent=1))
+        except OSError as exc:
+            full = as_disk_full(exc, self.dir, sidecar["bytes"])
+            if full is None:
+                raise
+            path.unlink(missing_ok=True)  # a checkpoint without its sidecar is not one
+            raise full from exc
         try:
             verify_written(path)
         except CorruptCheckpointError as exc:
@@ -197,10 +244,21 @@ class CheckpointWriter:
         self._prune()
         return Saved(path, True)
 
+    def _last_size(self) -> int:
+        found = list_checkpoints(self.dir)
+        return found[0].stat().st_size if found else 0
+
     def mark_best(self, path: Path, metric: str, value: float) -> Path:
         best = self.dir / "best.pt"
         tmp = self.dir / ".best.pt.tmp"
-        shutil.copyfile(path, tmp)
+        try:
+            shutil.copyfile(path, tmp)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            full = as_disk_full(exc, self.dir, path.stat().st_size)
+            if full is not None:
+                raise full from exc
+            raise
         os.replace(tmp, best)
         meta = dict(read_sidecar(path) or {}, source=path.name, metric=metric, value=value)
         atomic_write_text(str(best) + ".json", json.dumps(meta, indent=1))

@@ -178,12 +178,29 @@ def load_raw(path: str | Path, what: str = "config") -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"{p}: {what} file not found")
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = yaml.safe_load(read_utf8(p, what))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML ({exc})") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: top level must be a mapping")
     return fix_floats(raw)
+
+
+def read_utf8(p: Path, what: str) -> str:
+    """The text of a user's YAML file as UTF-8 whatever the locale; ConfigError (naming the
+    file and the fix) for a binary, non-UTF-8 or unreadable file."""
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read the {what} file ({exc.strerror or exc})") from None
+    if b"\x00" in raw:
+        raise ConfigError(f"{p}: a binary file, not a YAML {what}: give the {what}'s YAML file")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{p}: the {what} file is not UTF-8 text (byte {exc.start}): save it as UTF-8"
+        ) from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:

@@ -38,7 +38,9 @@ class PredictorConfig(Strict):
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    embed_dim: int | None = Field(None, description="Predictor width; default: encoder width.")
+    embed_dim: int | None = Field(
+        None, ge=1, description="Predictor width; default: encoder width."
+    )
 
 
 class EMAConfig(Strict):
@@ -54,11 +56,11 @@ class ModelConfig(Strict):
         "vit_small_patch16_224",
         description="A preset (vit_tiny/small/base_patch16_224) or 'custom' (set the sizes).",
     )
-    embed_dim: int = 384
-    depth: int = 12
-    num_heads: int = 6
-    patch_size: int = 16
-    mlp_ratio: float = 4.0
+    embed_dim: int = Field(384, ge=1)
+    depth: int = Field(12, ge=1)
+    num_heads: int = Field(6, ge=1)
+    patch_size: int = Field(16, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
     num_hierarchies: int = Field(3, ge=1, le=4, description="Target levels (1 = plain I-JEPA).")
     use_flash_attention: bool = Field(True, description="SDPA attention instead of explicit.")
     use_layerscale: bool = False

@@ -97,9 +97,19 @@ EXIT_FEATURE = 12
 EXIT_DATA = 13
 EXIT_CRASH = 14
 EXIT_RESUME = 15  # --resume asked for a checkpoint and none usable exists (never restarts at 0)
+EXIT_DISK = 16  # a checkpoint could not be written: no space left on the device
 
-FatalKind = Literal["oom", "nonfinite", "feature", "data", "crash", "config", "resume"]
-FATAL_KINDS: tuple[str, ...] = ("oom", "nonfinite", "feature", "data", "crash", "config", "resume")
+FatalKind = Literal["oom", "nonfinite", "feature", "data", "crash", "config", "resume", "disk"]
+FATAL_KINDS: tuple[str, ...] = (
+    "oom",
+    "nonfinite",
+    "feature",
+    "data",
+    "crash",
+    "config",
+    "resume",
+    "disk",
+)
 EXIT_CODE_OF_KIND: dict[str, int] = {
     "oom": EXIT_OOM,
     "nonfinite": EXIT_NONFINITE,
@@ -108,6 +118,7 @@ EXIT_CODE_OF_KIND: dict[str, int] = {
     "crash": EXIT_CRASH,
     "config": EXIT_USAGE,
     "resume": EXIT_RESUME,
+    "disk": EXIT_DISK,
 }
 KIND_OF_EXIT_CODE: dict[int, str] = {v: k for k, v in EXIT_CODE_OF_KIND.items()}
 

@@ -21,7 +21,8 @@ things differ from ``python -m torch.distributed.run``, each because the supervi
   rank died of signal N — not the "lost a peer" crash of the ranks that outlived it.
 - **Signals.** SIGTERM and SIGINT reach the ranks themselves (they checkpoint at the next step
   and exit 3, in agreement: ``trainer/dist.py``); the launcher forwards one it receives alone
-  to its ranks and waits for them, instead of tearing them down after 30 s.
+  to its ranks and waits for them, instead of tearing them down after 30 s. One that arrives
+  before any rank exists (the rendezvous is still waiting for its nodes) ends the launcher.
 
 ``--nproc-per-node auto`` means one rank per CUDA GPU, else one (torchrun's: one per CPU core
 on a machine without GPUs). The agent's per-rank files (error reports) go to
@@ -72,10 +73,21 @@ def rank_main(worker_args: list[str]) -> None:
 
 
 def _forward(signum: int, _frame: Any) -> None:
-    """A SIGTERM/SIGINT sent to the launcher alone: pass it to the ranks, keep waiting."""
+    """A SIGTERM/SIGINT sent to the launcher alone: pass it to the ranks, keep waiting. Before
+    any rank exists (still in the rendezvous) there is nobody to stop gracefully: the launcher
+    ends, by the signal's default action, instead of waiting on a rendezvous nobody will meet."""
     import psutil
 
+    ranks = []
     for child in psutil.Process().children():
+        with contextlib.suppress(psutil.Error):
+            if "resource_tracker" not in " ".join(child.cmdline()):
+                ranks.append(child)
+    if not ranks:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    for child in ranks:
         with contextlib.suppress(psutil.Error):
             child.send_signal(signum)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,12 @@ class TrainState:
 
         def reject(path: Path, reason: str) -> None:
             self.ev.emit(CheckpointRejected(path=str(path), reason=reason))
+            print(
+                f"resume: {path.name} rejected ({reason.split(': ', 1)[-1]}); "
+                "trying the next older checkpoint",
+                file=sys.stderr,
+                flush=True,
+            )
 
         found: tuple[Path, dict[str, Any]] | Exception
         try:

@@ -31,7 +31,7 @@ Keys (documented contract; ``hjepa-night status --json`` prints this object):
 - each attempt: ``index``, ``run_dir``, ``overrides`` (dict key.path → value, all in force for
   this attempt), ``resume_from`` (checkpoint path or null), ``started_at``, ``ended_at``,
   ``pid``, ``pid_create_time``, ``exit_code``, ``exit_kind`` (``finished|stopped|oom|nonfinite|
-  feature|data|crash|config|resume|hang|memory|killed`` or null while running), ``message``,
+  feature|data|crash|config|resume|hang|memory|killed|disk`` or null while running), ``message``,
   ``last_epoch``, ``last_step``.
 """
 
@@ -64,6 +64,7 @@ ExitKind = Literal[
     "hang",
     "memory",
     "killed",
+    "disk",
 ]
 
 
@@ -313,9 +314,12 @@ def read_snapshot(state_dir: str | Path) -> State | None:
     path = Path(state_dir) / STATE_FILE
     for _ in range(3):
         try:
-            return State.model_validate_json(path.read_text(encoding="utf-8"))
+            state = State.model_validate_json(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return None
         except (ValueError, OSError):
             time.sleep(0.05)  # replaced mid-read: try again
+            continue
+        # a newer schema is not guessed at (``StateStore.load`` says so in words)
+        return state if state.schema_version <= SCHEMA_VERSION else None
     return None

@@ -90,7 +90,9 @@ class Ending(NightBase):
         n.forecast_errors_s = forecast.forecast_errors(projections, actual)
         n.forecast_error_s = n.forecast_errors_s[0] if n.forecast_errors_s else None
         n.end(
-            end_status(completed, verdict.level, n.final_metrics is not None),  # type: ignore[arg-type]
+            end_status(  # type: ignore[arg-type]
+                completed, verdict.level, n.final_metrics is not None, n.epochs_done or 0
+            ),
             f"{d.reason} (success level: {verdict.level})",
         )
         if self.state.current_night == self.index:

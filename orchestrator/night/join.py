@@ -16,7 +16,9 @@ its resume state to every rank. Each attempt's log is under
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -42,10 +44,28 @@ def cmd_join(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
+    name = cfg.experiment.name
+    if not name or name in (".", "..") or Path(name).name != name or "\\" in name:
+        print(
+            f"hjepa-night join: experiment.name {name!r} must be a plain name (no '/', '\\' or "
+            f"'..'): it names this node's folder under {args.state_dir}/runs",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     head = worker_command(cfg.distributed, rdzv_id(cfg))
-    base = Path(args.state_dir) / "runs" / f"join-{cfg.experiment.name}" / f"node-{args.node_rank}"
+    base = Path(args.state_dir) / "runs" / f"join-{name}" / f"node-{args.node_rank}"
+    stopping: list[int] = []
+    child: list[subprocess.Popen[bytes]] = []
+
+    def on_term(signum: int, _frame: object) -> None:  # the launcher ends with this node
+        stopping.append(signum)
+        for proc in child:
+            with contextlib.suppress(OSError):
+                proc.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, on_term)
     attempt = 0
-    while True:
+    while not stopping:
         attempt += 1
         run_dir = base / f"attempt-{attempt:02d}"
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -55,12 +75,20 @@ def cmd_join(args: argparse.Namespace) -> int:
         print(f"[{time.strftime('%H:%M:%S')}] node {args.node_rank}: attempt {attempt}", flush=True)
         try:
             with (run_dir / WORKER_LOG_FILE).open("ab") as log:
-                code = subprocess.run(
+                proc = subprocess.Popen(
                     argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **worker_env()}
-                ).returncode
+                )
+                child[:] = [proc]
+                code = proc.wait()
         except KeyboardInterrupt:
+            if child:
+                child[0].wait()
             return 130
+        if stopping:
+            print(f"[{time.strftime('%H:%M:%S')}] node {args.node_rank}: stopped", flush=True)
+            return 128 + stopping[0]
         print(f"[{time.strftime('%H:%M:%S')}] node {args.node_rank}: exit {code}", flush=True)
         if code in (EXIT_OK, EXIT_USAGE) or args.once:
             return code
         time.sleep(args.retry_s)
+    return 128 + stopping[0]

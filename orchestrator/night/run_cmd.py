@@ -18,7 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from orchestrator.core.durations import parse_duration
+from orchestrator.core.durations import parse_window
 from orchestrator.core.runbook import (
     default_runbook_for,
     load_runbook,
@@ -26,8 +26,10 @@ from orchestrator.core.runbook import (
 from orchestrator.core.state import (
     Night,
     State,
+    StateError,
     StateStore,
     now_iso,
+    parse_iso,
 )
 from orchestrator.night.runner import run_night
 from trainer.config import ConfigError, load_config
@@ -138,6 +140,53 @@ def observers(display: NightDisplay, args: Any, store: StateStore) -> Callable[[
     return both
 
 
+def refuse_over(
+    old: State, store: StateStore, config: str, overrides: dict[str, Any], state_dir: str
+) -> str | None:
+    """Why ``run --config CONFIG`` may not use a state dir holding ``old`` (None: it may).
+    A state dir never loses a night's record: an empty one gets a new night, an unfinished
+    single night of the same config is resumed (any ``--set`` must agree with its overrides),
+    and everything else is refused, naming what holds the dir."""
+    if not old.nights:
+        return None
+    if old.plan is not None:
+        busy = [x for x in old.nights if x.status in ("pending", "running")]
+        if busy:
+            return (
+                f"{store.path} holds plan {old.plan.name!r} mid-way (night {busy[0].name} is "
+                f"{busy[0].status}); finish it with `hjepa-night start --plan "
+                f"{old.plan.name} --state-dir {state_dir}` or use another --state-dir"
+            )
+        return (
+            f"{store.path} holds the finished plan {old.plan.name!r}; its record stays: use "
+            "another --state-dir for this night"
+        )
+    n = old.nights[0]
+    if n.status not in ("pending", "running"):
+        return (
+            f"{store.path} holds the finished night {n.name} ({n.status}); its record and "
+            f"report stay: use another --state-dir for a new night"
+        )
+    again = f"hjepa-night run --config {n.config} --state-dir {state_dir}"
+    if not _same_file(n.config, config):
+        return (
+            f"{store.path} holds the unfinished night {n.name} of {n.config}; resume it with "
+            f"`{again}` or use another --state-dir"
+        )
+    base = n.attempts[0].overrides if n.attempts else n.overrides  # before any fallback
+    differ = [k for k, v in overrides.items() if k not in base or base[k] != v]
+    if differ:
+        return (
+            f"{store.path} holds the unfinished night {n.name} with other overrides "
+            f"({', '.join(differ)}); resume it as it was with `{again}` or use another --state-dir"
+        )
+    return None
+
+
+def _same_file(a: str, b: str) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
+
+
 def cmd_run(args: Any) -> int:
     """``hjepa-night run``: one night in the foreground, then the morning report.
 
@@ -166,7 +215,7 @@ def cmd_run(args: Any) -> int:
 def _run_locked(args: Any) -> int:
     store = StateStore(args.state_dir)
     try:
-        window = timedelta(seconds=parse_duration(args.window))
+        window = timedelta(seconds=parse_window(args.window))
     except ValueError as exc:
         print(f"error: --window {exc}", file=sys.stderr)
         return 2
@@ -186,25 +235,31 @@ def _run_locked(args: Any) -> int:
     if ready.refusal:
         print(f"error: {ready.refusal}", file=sys.stderr)
         return 2
-    if store.exists():
-        old = store.load()
-        busy = [x for x in old.nights if x.status in ("pending", "running")]
-        if old.plan is not None and busy:
-            print(
-                f"error: {store.path} holds plan {old.plan.name!r} mid-way (night "
-                f"{busy[0].name} is {busy[0].status}); finish it with `hjepa-night start "
-                f"--plan {old.plan.name} --state-dir {args.state_dir}` or use another "
-                "--state-dir",
-                file=sys.stderr,
-            )
-            return 2
     overrides: dict[str, Any] = {}
     from trainer.config import parse_override
 
     for item in args.overrides:
         path, value = parse_override(item)
         overrides[".".join(path)] = value
-    state = new_single_night(args.config, runbook, window, overrides)
+    try:
+        old = store.load()
+    except StateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    refusal = refuse_over(old, store, args.config, overrides, str(args.state_dir))
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
+    if old.nights:  # the same night, stopped or interrupted: resume it
+        state = old
+        n = state.nights[0]
+        deadline = parse_iso(n.deadline) if n.deadline else None
+        if deadline is None or deadline.timestamp() <= time.time():
+            n.deadline = now_iso(time.time() + window.total_seconds())
+        print(f"resuming night {n.name} ({len(n.attempts)} attempt(s) so far, "
+              f"deadline {n.deadline})")  # fmt: skip
+    else:
+        state = new_single_night(args.config, runbook, window, overrides)
     store.save(state)
     stop = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -216,7 +271,10 @@ def _run_locked(args: Any) -> int:
     finally:
         signal.signal(signal.SIGINT, previous)
     if night.status == "running":
-        print(f"stopped; the night is resumable (state in {store.path})")
+        print(
+            f"stopped; the night is resumable (state in {store.path}): run the same command "
+            "again to resume it"
+        )
         return 130
     try:
         from orchestrator.views.report.write import write_report

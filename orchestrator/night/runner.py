@@ -48,6 +48,7 @@ from orchestrator.core.state import (
 )
 from orchestrator.core.system import System
 from orchestrator.night.attempts import FINISHED_KINDS, MAX_RUNG_SKIPS, RUNNER_ERROR
+from orchestrator.night.disk import free_old_checkpoints
 from orchestrator.night.ending import Ending
 from orchestrator.night.history import (
     RUNG_SKIPPED,
@@ -64,6 +65,7 @@ from orchestrator.policy import (
     DecisionKind,
     decide,
 )
+from orchestrator.policy.decide import DISK_KEEP
 from trainer.config import ConfigError, load_config
 
 
@@ -145,14 +147,40 @@ class NightRunner(Recovery, Ending):
                 top = newest(lineage(n))
                 resume = top.path if top else None
             else:
+                if self.stop.is_set() and last.exit_kind != "finished":
+                    return n  # stopped: the next run decides (no restart recorded after a stop)
                 d = self._pending_restart(last) or self._decide_after(last)
                 if d.kind is DecisionKind.END_NIGHT:
                     self.finalise(d)
                     return n
                 resume = d.resume_from
+                if d.trigger == "disk":
+                    self._free_disk(last, resume)
             if self.stop.is_set():
                 return n
             self.launch(resume)
+
+    def _free_disk(self, last: Attempt, resume: str | None) -> None:
+        """The disk rung: free old checkpoints before the retry, and record what it freed."""
+        if any(r.kind == "freed" and r.evidence.get("after_attempt") == last.index
+               for r in self.night.decisions):  # fmt: skip
+            return
+        freed = free_old_checkpoints(self.night, DISK_KEEP, resume)
+        self.record(
+            Decision(
+                DecisionKind.CONTINUE,
+                "disk",
+                freed.sentence(),
+                {
+                    "files": freed.files,
+                    "bytes": freed.bytes,
+                    "free_mb": round(freed.free_mb, 1),
+                    "after_attempt": last.index,
+                },
+            ),
+            last.index,
+            kind="freed",
+        )
 
     def _rung_problem(self, d: Decision) -> str | None:
         """Why a restart's overrides do not validate against the recipe (None: they do)."""

@@ -5,8 +5,9 @@ The kinds are those of ``orchestrator.core.state.ExitKind``. Rules, first match 
 1. The supervisor ended it on purpose: ``hang`` or ``memory`` (what it killed it for), or a stop
    it requested that ended in exit 3 → ``stopped``.
 2. The worker's documented exit codes (``trainer.events``): 0 finished, 3 stopped, 10 oom,
-   11 nonfinite, 12 feature, 13 data, 2 config, 15 resume; 14 (crash) is re-read as ``oom``
-   when the fatal message or the stderr tail carries an OOM text.
+   11 nonfinite, 12 feature, 13 data, 2 config, 15 resume, 16 disk; 14 (crash) is re-read as
+   ``oom`` when the fatal message or the stderr tail carries an OOM text, as ``disk`` when it
+   carries "No space left on device" (an old worker, or a write outside the checkpointer).
 3. A signal nobody sent: SIGKILL (-9, or 137 from a shell) → ``oom`` when ``oom_evidence``
    says memory was near a ceiling or the kernel counted an OOM kill
    (:func:`orchestrator.policy.memory.kill_oom_evidence`), else ``killed`` (a person, a
@@ -39,11 +40,17 @@ _OOM_PATTERNS = (
     *(re.compile(pattern, re.MULTILINE) for pattern in OOM_LOG_PATTERNS),
 )
 SIGKILL = 9
+DISK_FULL_TEXTS = ("No space left on device", "disk full:", "Disk quota exceeded")
 
 
 def is_oom_text(text: str) -> bool:
     """Whether an error message or log tail shows an out-of-memory failure (any device)."""
     return any(p.search(text) for p in _OOM_PATTERNS)
+
+
+def is_disk_full_text(text: str) -> bool:
+    """Whether an error message or log tail shows a write that failed on a full disk."""
+    return any(t in text for t in DISK_FULL_TEXTS)
 
 
 def classify_exit(
@@ -68,6 +75,8 @@ def classify_exit(
         kind = KIND_OF_EXIT_CODE[code]
         if code == EXIT_CRASH and is_oom_text(fatal_msg + "\n" + stderr_tail):
             kind = "oom"
+        elif code == EXIT_CRASH and is_disk_full_text(fatal_msg + "\n" + stderr_tail):
+            kind = "disk"
         return kind, fatal_msg or last_line or f"exit {code}"
     if code is not None and code in (-SIGKILL, 128 + SIGKILL):
         if stop_requested:

@@ -54,6 +54,11 @@ Ended worker (``obs.exit_kind`` set):
   hang | crash | stopped (unasked) | killed  → RESTART from newest checkpoint, same overrides
                                                (``killed``: a SIGKILL with no memory evidence)
   config | resume                            → END_NIGHT (nothing a rung can fix)
+  disk (a checkpoint did not fit)            → RESTART from newest checkpoint once, the
+                                               checkpoints beyond the newest DISK_KEEP freed
+                                               first and keep_last_k = DISK_KEEP from then on;
+                                               a second one → END_NIGHT "disk full: …"
+  (every restart's action says "restart from step 0 (no checkpoint yet)" when nothing to resume)
   a ladder with no rung left                 → END_NIGHT "<ladder> ladder exhausted"
 """
 
@@ -262,6 +267,31 @@ def _restart(
     )
 
 
+def _from(newest: str | None) -> str:
+    """How the next attempt starts, in the words of an action."""
+    return "resume" if newest else "restart from step 0 (no checkpoint yet)"
+
+
+DISK_KEEP = 2  # checkpoints of the lineage a disk-full retry keeps (newest first), best.pt apart
+
+
+def _disk(
+    obs: Observation, history: NightHistory, newest: str | None, ev: dict[str, object]
+) -> Decision:
+    """A full disk: free the checkpoints beyond the newest good ones and retry once; a second
+    full disk ends the night (the last good checkpoint stays), never a restart loop."""
+    said = obs.message if obs.message and "disk full" in obs.message else None
+    what = said or f"disk full ({obs.message or f'exit {obs.exit_code}'})"
+    if history.rungs_used.get("disk", 0) >= 1:
+        return _end("disk", f"{what}, again after freeing old checkpoints", ev)
+    step = ladders.LadderStep(
+        "disk", 0, {"checkpoint.keep_last_k": DISK_KEEP},
+        f"checkpoints beyond the newest {DISK_KEEP} good ones freed, {DISK_KEEP} kept from now on",
+        {"free_keep": DISK_KEEP},
+    )  # fmt: skip
+    return _restart("disk", step, newest, f"{what}: free old checkpoints, {_from(newest)}", ev)
+
+
 def _ended(
     obs: Observation, history: NightHistory, rb: Runbook, now: float, deadline: float
 ) -> Decision:
@@ -279,6 +309,8 @@ def _ended(
     if kind in ("config", "resume"):
         return _end(kind, f"{kind} error the runbook cannot fix: {obs.message}", ev)
     newest = _newest(history)
+    if kind == "disk":
+        return _disk(obs, history, newest, ev)
     if now >= deadline - rb.final_eval_s:
         return _end("deadline", f"{kind} too close to the deadline to try again", ev)
     if kind == "stopped" and obs.stop_reason in ("daemon", "recovered"):
@@ -304,7 +336,7 @@ def _ended(
         if step is None:
             return _end(kind, "OOM ladder exhausted", ev)
         what = "out of memory" if kind == "oom" else "memory over the runbook limit"
-        return _restart(kind, step, newest, f"{what}: {step.effect}; resume", ev)
+        return _restart(kind, step, newest, f"{what}: {step.effect}; {_from(newest)}", ev)
     if kind == "nonfinite":
         bad = (obs.fatal_step if obs.fatal_step is not None else obs.step) + 1
         step = ladders.nonfinite_step(history, rb)
@@ -340,7 +372,7 @@ def _ended(
             return _end(
                 kind, f"feature failure ({obs.fatal_feature}) with no feature left to disable", ev
             )
-        return _restart(kind, step, newest, f"{step.effect}; resume", ev)
+        return _restart(kind, step, newest, f"{step.effect}; {_from(newest)}", ev)
     if kind == "data":
         step = ladders.dataset_step(history, rb)
         if step is None:
@@ -365,4 +397,5 @@ def _ended(
         "killed": "killed by SIGKILL from outside, memory not near a ceiling",
     }.get(kind, kind)
     as_was = " as it was" if kind == "killed" else ""
-    return _restart(kind, None, newest, f"{what}: resume from the last checkpoint{as_was}", ev)
+    how = f"resume from the last checkpoint{as_was}" if newest else _from(newest)
+    return _restart(kind, None, newest, f"{what}: {how}", ev)

@@ -141,11 +141,16 @@ def unended_reason(
     return "the night runner returned without ending the night"
 
 
-def end_status(completed: bool, success_level: str, evaluated: bool) -> str:
+def end_status(
+    completed: bool, success_level: str, evaluated: bool, trained_epochs: int | None = None
+) -> str:
     """``succeeded`` (trained to the end and met at least ``must``), ``partial`` (an evaluated
-    model, but not that), else ``failed``."""
+    model with at least one epoch trained, but not that), else ``failed`` — a night that never
+    finished an epoch has nothing to show but the random encoder."""
     if completed and success_level != "none":
         return "succeeded"
+    if trained_epochs is not None and trained_epochs < 1:
+        return "failed"
     return "partial" if evaluated else "failed"
 
 

@@ -21,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,9 +54,25 @@ def checkpoint_bytes(cfg: Config) -> int:
     return 4 * (2 * encoder + predictor + 2 * (encoder + predictor))
 
 
+def unwritable(directory: Path) -> str | None:
+    """Why nothing can be written in ``directory`` (None: a file can be), by trying it: a
+    read-only filesystem, a file where a directory belongs, no permission (also for root)."""
+    if not directory.is_dir():
+        return "not a directory" if directory.exists() else "does not exist"
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        return f"not writable ({exc.strerror or exc})"
+    return None
+
+
 def check_disk(cfg: Config, where: Path) -> PreflightCheck:
     need = checkpoint_bytes(cfg) * (cfg.checkpoint.keep_last_k + 2) + GB // 2
     probe_dir = where if where.exists() else Path.cwd()
+    why = unwritable(probe_dir)
+    if why:
+        return PreflightCheck("disk", "fail", f"{probe_dir}: {why}", "give a writable --state-dir")
     free = shutil.disk_usage(probe_dir).free
     detail = f"{free / GB:.1f} GB free in {probe_dir}, the night needs ~{need / GB:.1f} GB"
     if free < need:

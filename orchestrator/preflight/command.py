@@ -34,6 +34,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator.core.durations import parse_window
 from orchestrator.core.launcher import rdzv_id, worker_command
 from orchestrator.core.runbook import Runbook, RunbookError, default_runbook_for, load_runbook
 from orchestrator.preflight.checks import (
@@ -70,7 +71,7 @@ from orchestrator.preflight.fit import (
     record_fit,
 )
 from orchestrator.preflight.table import fit_table, trials_text
-from orchestrator.schedule.plan import PROJECT_ROOT, parse_duration, project_path
+from orchestrator.schedule.plan import PROJECT_ROOT, project_path
 from trainer.config import Config, ConfigError, load_config
 from trainer.events import EXIT_CODE_OF_KIND
 
@@ -296,7 +297,7 @@ def run_checks(args: argparse.Namespace, out: Console) -> list[PreflightCheck]:
             PreflightCheck("timing probe", "fail", "skipped: dataset or device failed above")
         )
         return checks
-    window_s = parse_duration(args.window)
+    window_s = parse_window(args.window)
     with out.status("timing probe...") as status:
         try:
             fit, why = plan_night(args, cfg, rb, window_s, status)
@@ -320,7 +321,7 @@ def run_checks(args: argparse.Namespace, out: Console) -> list[PreflightCheck]:
 def cmd_preflight(args: argparse.Namespace) -> int:
     out = Console()
     try:
-        parse_duration(args.window)
+        parse_window(args.window)
     except ValueError as exc:
         out.print(f"[red]--window: {exc}[/]")
         return 2
@@ -398,10 +399,14 @@ def fit_plan(args: argparse.Namespace) -> str:
 
 
 def _apply_night(plan_file: Path, name: str, overrides: dict[str, Any]) -> None:
-    import yaml
+    from orchestrator.core.userfile import edit_yaml
 
-    doc = yaml.safe_load(plan_file.read_text())
-    for night in doc["nights"]:
-        if night.get("name") == name:
-            night.setdefault("overrides", {}).update(overrides)
-    plan_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+    def edit(doc: Any) -> bool:
+        for night in doc["nights"]:
+            if night.get("name") == name:
+                if not isinstance(night.get("overrides"), dict):
+                    night["overrides"] = {}
+                night["overrides"].update(overrides)
+        return True
+
+    edit_yaml(plan_file, edit, backup=False)

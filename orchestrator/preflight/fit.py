@@ -39,9 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from orchestrator.core.runbook import MemoryLimits
+from orchestrator.core.userfile import UserFileError, edit_yaml
 from orchestrator.schedule.plan import PROJECT_ROOT
 
 GB = 1024**3
@@ -231,23 +230,26 @@ def apply_overrides(target: str | Path, config: str, overrides: dict[str, Any]) 
         raise ApplyError(f"--apply: {path} does not exist (a plan file or a state.json)")
     if path.suffix == ".json":
         return _apply_state(path, config, overrides)
+    changed: list[str] = []
+
+    def edit(doc: Any) -> bool:
+        nights = doc.get("nights") if isinstance(doc, dict) else None
+        if not isinstance(nights, list):
+            raise ApplyError(f"--apply: {path} has no 'nights' list")
+        for i, night in enumerate(nights):
+            if isinstance(night, dict) and _same_config(str(night.get("config", "")), config):
+                if not isinstance(night.get("overrides"), dict):
+                    night["overrides"] = {}
+                night["overrides"].update(overrides)
+                changed.append(str(night.get("name", f"night {i + 1}")))
+        if not changed:
+            raise ApplyError(f"--apply: no night in {path} runs {config}")
+        return True
+
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ApplyError(f"--apply: {path} is not valid YAML: {exc}") from exc
-    nights = doc.get("nights") if isinstance(doc, dict) else None
-    if not isinstance(nights, list):
-        raise ApplyError(f"--apply: {path} has no 'nights' list")
-    changed = []
-    for i, night in enumerate(nights):
-        if isinstance(night, dict) and _same_config(str(night.get("config", "")), config):
-            night.setdefault("overrides", {}).update(overrides)
-            changed.append(str(night.get("name", f"night {i + 1}")))
-    if not changed:
-        raise ApplyError(f"--apply: no night in {path} runs {config}")
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
-    tmp.replace(path)
+        edit_yaml(path, edit)
+    except UserFileError as exc:
+        raise ApplyError(f"--apply: {exc}") from None
     return changed
 
 

@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from orchestrator.core.datafiles import PROJECT_ROOT as PROJECT_ROOT
 from orchestrator.core.datafiles import plan_dirs, resolve_data, shipped_root
-from orchestrator.core.durations import parse_duration
+from orchestrator.core.durations import parse_duration, parse_window
 from orchestrator.core.fold import fold_run_dir, metrics_of
 from orchestrator.core.runbook import RunbookError, load_runbook
 from orchestrator.core.state import (
@@ -54,7 +54,7 @@ from orchestrator.core.state import (
 )
 from orchestrator.policy.recovery import learned_overrides, next_night
 from orchestrator.schedule.notify import NotifySpec
-from trainer.config import Config, ConfigError, format_validation_error, load_raw
+from trainer.config import Config, ConfigError, format_validation_error, load_raw, read_utf8
 
 PLANS_DIR = shipped_root() / "configs" / "plans"
 ENDED = ("succeeded", "partial", "failed", "skipped")
@@ -96,7 +96,7 @@ class NightSpec(_Strict):
     @classmethod
     def _window(cls, v: str | None) -> str | None:
         if v is not None:
-            parse_duration(v)
+            parse_window(v, minimum=0.0)
         return v
 
     @property
@@ -165,10 +165,12 @@ def project_path(path: str) -> Path:
 def load_plan(path: str | Path) -> Plan:
     """Parse and validate a plan file, including every night's config with its overrides."""
     path = Path(path)
+    if not path.is_file():
+        raise PlanError(f"{path}: plan file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise PlanError(f"{path}: plan file not found") from None
+        raw = yaml.safe_load(read_utf8(path, "plan"))
+    except ConfigError as exc:
+        raise PlanError(str(exc)) from None
     except yaml.YAMLError as exc:
         raise PlanError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(raw, dict):

@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from orchestrator.core.fold import SAMPLES_FILE, RunFold, RunView, num, sample_tail
+from orchestrator.core.lock import lock_owner
 from orchestrator.core.runbook import device_ceiling
 from orchestrator.core.state import Attempt, Fallback, Night, State, parse_iso, read_snapshot
 from orchestrator.policy import forecast
@@ -224,6 +225,17 @@ def pick_night(state: State) -> Night | None:
     return state.nights[0] if state.nights else None
 
 
+def shown_night(night: Night, owner_alive: bool) -> Night:
+    """The night as the screen shows it: one recorded ``running`` whose last attempt ended
+    ``stopped`` while nobody holds the state dir was stopped gracefully (a daemon ``stop``, a
+    SIGTERM to ``run``) and reads ``stopped`` — resumable, not running."""
+    last = night.attempts[-1] if night.attempts else None
+    stopped = last is not None and last.exit_kind == "stopped" and not owner_alive
+    if night.status == "running" and stopped:
+        return night.model_copy(update={"status": "stopped"})
+    return night
+
+
 def daemon_alive(state: State) -> bool | None:
     """Whether the daemon recorded in the state is alive (pid + create time); None if none."""
     if state.daemon is None:
@@ -300,7 +312,7 @@ class SnapshotSource:
             why = (
                 f"no state file at {state_path} (no plan or night started here yet)"
                 if not state_path.exists()
-                else f"{state_path} cannot be read (corrupt or from a newer hjepa-night)"
+                else _unreadable(self.state_dir)
             )
             return Snapshot(now, self.state_dir, None, problem=why)
         night = pick_night(state)
@@ -329,13 +341,18 @@ class SnapshotSource:
                 resolve_path(self.state_dir, night.runbook)
             )
         th = self._thresholds[night.runbook]
+        shown = shown_night(night, lock_owner(self.state_dir) is not None)
+        if shown is not night:
+            state = state.model_copy(
+                update={"nights": [shown if x is night else x for x in state.nights]}
+            )
         return Snapshot(
             taken_at=now,
             state_dir=self.state_dir,
             state=state,
             stale=stale,
             daemon_alive=daemon_alive(state),
-            night=night,
+            night=shown,
             attempt=night.attempts[-1] if night.attempts else None,
             run_dir=run_dir,
             run=run,
@@ -343,3 +360,16 @@ class SnapshotSource:
             forecast=make_forecast(night, run, th, now),
             fallbacks=tuple(reversed(night.fallbacks)),
         )
+
+
+def _unreadable(state_dir: Path) -> str:
+    """Why the state file cannot be shown, in StateStore's words (nothing moved aside)."""
+    from orchestrator.core.state import StateError, StateStore
+
+    try:
+        StateStore(state_dir).load(set_aside=False)
+    except (StateError, OSError, UnicodeDecodeError) as exc:
+        text = str(exc).splitlines()[0]
+        cause = text.split(": ", 1)[1] if ": " in text else text
+        return f"state.json cannot be read: {cause} ({state_dir / 'state.json'})"
+    return f"{state_dir / 'state.json'} cannot be read (corrupt or from a newer hjepa-night)"

@@ -22,6 +22,8 @@ from pathlib import Path
 from orchestrator.core.lock import lock_owner
 from orchestrator.core.state import State, StateStore, read_snapshot
 
+MIN_WIDTH, MAX_WIDTH = 20, 1000
+
 
 def snapshot_json(state_dir: Path) -> str | None:
     """The ``--json`` text, or None when a state file exists but cannot be read."""
@@ -51,6 +53,14 @@ def service_text(state_dir: Path) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir)
+    width = getattr(args, "width", None)
+    if width is not None and not MIN_WIDTH <= width <= MAX_WIDTH:
+        print(
+            f"hjepa-night status: --width {width}: give the screen's columns, "
+            f"{MIN_WIDTH} to {MAX_WIDTH}",
+            file=sys.stderr,
+        )
+        return 2
     if args.json:
         text = snapshot_json(state_dir)
         if text is None:

@@ -28,7 +28,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from orchestrator.core.state import Night, State, read_snapshot
+from orchestrator.core.state import Night, State, StateError, StateStore, read_snapshot
 from orchestrator.schedule.notify import report_lines as notify_report_lines
 from orchestrator.views.fmt import fmt_clock
 from orchestrator.views.report.advice import next_step, verdict_line
@@ -103,6 +103,12 @@ def write_report(state_dir: Path, night: int | None = None, out: Path | None = N
     state_dir = Path(state_dir)
     state = read_snapshot(state_dir)
     if state is None:
+        store = StateStore(state_dir)
+        if store.path.is_file():
+            try:  # the precise reason (corrupt, newer schema), nothing moved aside
+                store.load(set_aside=False)
+            except StateError as exc:
+                raise ReportError(str(exc)) from None
         raise ReportError(f"{state_dir / 'state.json'}: no readable state file")
     nights = [n for n in state.nights if n.status != "pending" or n.attempts]
     if night is not None:
@@ -111,12 +117,20 @@ def write_report(state_dir: Path, night: int | None = None, out: Path | None = N
         nights = [state.nights[night - 1]]
     if not nights:
         raise ReportError("no night has started yet: nothing to report")
-    if out is None:
-        suffix = f"-night{night}" if night is not None else ""
-        out = state_dir / "reports" / f"morning-{_morning_date(nights)}{suffix}.md"
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, report_text(state_dir, state, nights, out))
+    suffix = f"-night{night}" if night is not None else ""
+    name = f"morning-{_morning_date(nights)}{suffix}.md"
+    out = state_dir / "reports" / name if out is None else Path(out)
+    if out.is_dir():  # --out DIR: the report (and its plots) inside it
+        out = out / name
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, report_text(state_dir, state, nights, out))
+    except OSError as exc:
+        where = exc.filename or out
+        raise ReportError(
+            f"cannot write the report to {out} ({exc.strerror or exc}: {where}); "
+            "give --out a writable file"
+        ) from None
     return out
 
 

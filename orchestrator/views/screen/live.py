@@ -15,6 +15,7 @@ line per fact (``compact``).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console, RenderableType
@@ -35,6 +36,21 @@ def render(snapshot: Snapshot, size: tuple[int, int] | None = None) -> Renderabl
     return render_full(snapshot)
 
 
+PLAIN_EVERY_S = 15.0
+
+
+def _plain(source: SnapshotSource, console: Console, size: Callable[[], tuple[int, int]]) -> int:
+    """A terminal rich cannot drive (TERM=dumb, a pipe, a log file): one plain frame every
+    ``PLAIN_EVERY_S`` seconds, printed one after the other, until Ctrl-C."""
+    try:
+        while True:
+            console.print(render(source.take(), size()))
+            console.file.flush()
+            time.sleep(PLAIN_EVERY_S)
+    except KeyboardInterrupt:
+        return 0
+
+
 def run_status(state_dir: Path, once: bool, width: int | None = None) -> int:
     """Show the status screen for ``state_dir``: one frame with ``once``, else live until Ctrl-C.
 
@@ -51,6 +67,8 @@ def run_status(state_dir: Path, once: bool, width: int | None = None) -> int:
         snap = source.take()
         console.print(render(snap, size()))
         return 1 if snap.state is None else 0
+    if not console.is_terminal or console.is_dumb_terminal:
+        return _plain(source, console, size)
     from rich.live import Live
 
     try:
