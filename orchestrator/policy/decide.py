@@ -65,8 +65,9 @@ Ended worker (``obs.exit_kind`` set):
 from __future__ import annotations
 
 from orchestrator.core.runbook import Runbook
-from orchestrator.policy import forecast, health, ladders
+from orchestrator.policy import health, ladders
 from orchestrator.policy.memory import memory_trip
+from orchestrator.policy.slow import too_slow
 from orchestrator.policy.types import (
     CONTINUE,
     Decision,
@@ -174,61 +175,7 @@ def _live(
                 f"{fault.what}, but the health ladder is exhausted: continuing and watching",
                 fault.evidence,
             )
-    return _slow(obs, history, rb, deadline)
-
-
-def _slow(obs: Observation, history: NightHistory, rb: Runbook, deadline: float) -> Decision:
-    per = forecast.epoch_cost(
-        obs.epoch_seconds, obs.eval_seconds, obs.checkpoint_seconds, len(obs.epoch_seconds)
-    )
-    if per is None or obs.epoch_end_ts is None or obs.total_epochs <= obs.epoch:
-        return CONTINUE
-    limit = deadline - rb.final_eval_s
-    end = forecast.projected_training_end(obs.epoch_end_ts, obs.epoch, obs.total_epochs, per)
-    if end <= limit:
-        return CONTINUE
-    fit = forecast.epochs_that_fit(obs.epoch_end_ts, obs.epoch, per, limit)
-    evidence = {
-        "epoch": obs.epoch,
-        "total_epochs": obs.total_epochs,
-        "epoch_cost_s": round(per, 1),
-        "late_by_s": round(end - limit, 1),
-        "epochs_that_fit": fit,
-    }
-    preferred = rb.ladders.slow.epochs
-    target = ladders.epoch_cut(obs.total_epochs, fit, obs.epoch, preferred)
-    then = ladders.slow_then_step(history, rb)
-    if (
-        target is not None
-        and preferred
-        and target < min(preferred)
-        and then is not None
-        and history.checkpoints
-        and target - obs.epoch >= 2
-    ):
-        return Decision(
-            K.RESTART,
-            "slow",
-            f"even {min(preferred)} epochs do not fit ({fit} do): checkpoint, stop and restart "
-            f"with {then.effect} and {target} epochs",
-            dict(evidence, epochs=target),
-            epochs=target,
-            overrides={"training.epochs": target},
-        )
-    if target is not None:
-        return Decision(
-            K.SET_EPOCHS,
-            "slow",
-            f"projected to end {end - limit:.0f} s past deadline − final eval at "
-            f"{per:.0f} s/epoch: cut epochs {obs.total_epochs} → {target} live",
-            evidence,
-            epochs=target,
-            overrides={"training.epochs": target},
-            effect=f"epochs {obs.total_epochs} → {target} (the rest of the LR/EMA schedules "
-            "rescaled)",
-            fallback=True,
-        )
-    return CONTINUE
+    return too_slow(obs, history, rb, deadline)
 
 
 # ---------------------------------------------------------------------------------------------

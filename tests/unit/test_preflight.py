@@ -11,6 +11,7 @@ import yaml
 
 from orchestrator.core.state import Night, State, StateStore
 from orchestrator.preflight import command as preflight
+from orchestrator.preflight import probes
 from orchestrator.preflight.fit import (
     GB,
     ApplyError,
@@ -99,7 +100,7 @@ def test_preflight_probes_plans_and_applies(tmp_path: Path, monkeypatch) -> None
         return {"ms_per_step": ms, "steps_per_epoch": 64, "epoch_seconds": 32.0,
                 "img_per_s": 128.0, "device": "cpu", "memory": {"allocated": GB}}  # fmt: skip
 
-    monkeypatch.setattr(preflight, "run_probe", fake_probe)
+    monkeypatch.setattr(probes, "run_probe", fake_probe)
     plan = tmp_path / "demo.yaml"
     plan.write_text(Path("configs/plans/demo.yaml").read_text())
     args = argparse.Namespace(config="configs/demo_aggressive.yaml", runbook=None, overrides=[],
@@ -157,13 +158,13 @@ def test_a_recipe_that_fits_only_smaller_without_checkpointing_takes_the_faster_
         return {"ms_per_step": ms, "steps_per_epoch": 64, "epoch_seconds": ms * 64 / 1000,
                 "img_per_s": 64e3 / ms, "device": "cpu", "memory": {"allocated": GB}}  # fmt: skip
 
-    monkeypatch.setattr(preflight, "run_probe", fake_probe)
+    monkeypatch.setattr(probes, "run_probe", fake_probe)
     args = argparse.Namespace(config="configs/demo_aggressive.yaml", runbook=None, overrides=[],
                               probe_steps=2, window="30m", margin=0.1, apply=None,
                               state_dir=str(tmp_path / "var"))  # fmt: skip
     cfg = preflight.load_config(args.config, [])
     rb = preflight.load_runbook(preflight.default_runbook_for(args.config))
-    fit, why = preflight.plan_night(args, cfg, rb, 1800.0)
+    fit, why = probes.plan_night(args, cfg, rb, 1800.0)
     assert fit is not None, why
     assert (fit.checkpointing, fit.micro, fit.accum) == (checkpointing, micro, 64 // micro)
     assert ("model.use_gradient_checkpointing" in fit.overrides()) is (not checkpointing)
@@ -198,13 +199,13 @@ def test_probes_grow_to_the_device_ceiling_on_a_device_and_the_host_one_on_a_cpu
                 "img_per_s": 640.0, "device": "cuda:0" if memory else "cpu",
                 "memory": {**peak, **memory}}  # fmt: skip
 
-    monkeypatch.setattr(preflight, "run_probe", fake_probe)
+    monkeypatch.setattr(probes, "run_probe", fake_probe)
     args = argparse.Namespace(config="configs/demo_conservative.yaml", runbook=None, overrides=[],
                               probe_steps=2, window="30m", margin=0.1, apply=None,
                               state_dir=str(tmp_path / "var"))  # fmt: skip
     cfg = preflight.load_config(args.config, ["data.batch_size=8", "training.accumulation_steps=8"])
     rb = preflight.load_runbook(preflight.default_runbook_for(args.config))
     assert rb.memory.ceiling_gb == 4 and cfg.effective_batch == 64
-    fit, why = preflight.plan_night(args, cfg, rb, 1800.0)
+    fit, why = probes.plan_night(args, cfg, rb, 1800.0)
     assert fit is not None, why
     assert (fit.micro, fit.accum) == (micro, 64 // micro)

@@ -32,6 +32,7 @@ from orchestrator.core.state import Night, State, StateError, StateStore, read_s
 from orchestrator.schedule.notify import report_lines as notify_report_lines
 from orchestrator.views.fmt import fmt_clock
 from orchestrator.views.report.advice import next_step, verdict_line
+from orchestrator.views.report.compare import side_by_side
 from orchestrator.views.report.criteria import criteria_table
 from orchestrator.views.report.expected import expected_table
 from orchestrator.views.report.facts import NightFacts
@@ -40,7 +41,6 @@ from orchestrator.views.report.sections import (
     fitted,
     metrics_table,
     plot_links,
-    side_by_side,
     time_and_resources,
     timeline,
     what_ran,
