@@ -229,7 +229,14 @@ def _run_locked(args: Any) -> int:
         return 2
     from orchestrator.schedule.readiness import check_night  # device and data, downloads
 
-    ready = check_night(0, Path(args.config).stem, Path(args.config), Path(runbook), args.overrides)
+    ready = check_night(
+        0,
+        Path(args.config).stem,
+        Path(args.config),
+        Path(runbook),
+        args.overrides,
+        Path(args.state_dir),
+    )
     from orchestrator.core.awake import power_warnings
 
     print("\n".join(ready.lines + [f"warning: {w}" for w in power_warnings()]), file=sys.stderr)
