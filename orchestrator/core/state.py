@@ -14,7 +14,8 @@ Keys (documented contract; ``hjepa-night status --json`` prints this object):
 - ``daemon`` — ``{pid, create_time, started_at, log}`` of the owning daemon, or null.
 - ``nights`` — list of nights, each:
   ``name``, ``index``, ``config`` (path), ``runbook`` (path), ``status``
-  (``pending|running|succeeded|partial|failed|skipped``), ``reason`` (why it ended so),
+  (``pending|running|stopped|succeeded|partial|failed|skipped``; ``stopped`` is a night a stop
+  request ended before its end — resumable like ``running``), ``reason`` (why it ended so),
   ``window_start``/``deadline`` (ISO), ``started_at``/``ended_at`` (ISO), ``overrides`` (the
   overrides in force now: base plan overrides + fallbacks), ``attempts`` (list, below),
   ``fallbacks`` (list with ``trigger``, ``action``, ``at``, ``evidence``, ``effect``),
@@ -50,7 +51,7 @@ from trainer.events import atomic_write_text
 SCHEMA_VERSION = 1
 STATE_FILE = "state.json"
 
-NightStatus = Literal["pending", "running", "succeeded", "partial", "failed", "skipped"]
+NightStatus = Literal["pending", "running", "stopped", "succeeded", "partial", "failed", "skipped"]
 ExitKind = Literal[
     "finished",
     "stopped",
@@ -184,9 +185,17 @@ class Night(_M):
 
     # Every change of ``status`` goes through these two methods (``TRANSITIONS``).
     def start(self) -> None:
-        """pending|running → running (a resumed night keeps its first ``started_at``)."""
+        """pending|running|stopped → running (a resumed night keeps its first ``started_at``)."""
+        if self.status == "stopped":
+            self.reason = None
         self._move("running")
         self.started_at = self.started_at or now_iso()
+
+    def pause(self, reason: str) -> None:
+        """running → stopped: a stop request ended the night before its end; it is resumed
+        (``start``) exactly like a running one."""
+        self._move("stopped")
+        self.reason = reason
 
     def end(self, status: NightStatus, reason: str, keep_ended_at: bool = False) -> None:
         """→ an ending (succeeded, partial, failed, skipped) with the reason a person reads."""
@@ -200,10 +209,15 @@ class Night(_M):
         self.status = to
 
 
+# A night not ended yet: ``start`` (a plan) or the same ``run`` picks it up again.
+RESUMABLE = ("pending", "running", "stopped")
+
 # The night's life: the only status changes there are (Night.start / Night.end).
 TRANSITIONS: dict[str, tuple[str, ...]] = {
+    # FROM -> TO
     "pending": ("running", "skipped", "partial", "failed"),
-    "running": ("running", "succeeded", "partial", "failed", "skipped"),
+    "running": ("running", "stopped", "succeeded", "partial", "failed", "skipped"),
+    "stopped": ("running", "succeeded", "partial", "failed", "skipped"),
     "succeeded": (),
     "partial": (),
     "failed": (),

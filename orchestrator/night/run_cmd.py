@@ -24,6 +24,7 @@ from orchestrator.core.runbook import (
     load_runbook,
 )
 from orchestrator.core.state import (
+    RESUMABLE,
     Night,
     State,
     StateError,
@@ -150,7 +151,7 @@ def refuse_over(
     if not old.nights:
         return None
     if old.plan is not None:
-        busy = [x for x in old.nights if x.status in ("pending", "running")]
+        busy = [x for x in old.nights if x.status in RESUMABLE]
         if busy:
             return (
                 f"{store.path} holds plan {old.plan.name!r} mid-way (night {busy[0].name} is "
@@ -162,7 +163,7 @@ def refuse_over(
             "another --state-dir for this night"
         )
     n = old.nights[0]
-    if n.status not in ("pending", "running"):
+    if n.status not in RESUMABLE:
         return (
             f"{store.path} holds the finished night {n.name} ({n.status}); its record and "
             f"report stay: use another --state-dir for a new night"
@@ -228,7 +229,14 @@ def _run_locked(args: Any) -> int:
         return 2
     from orchestrator.schedule.readiness import check_night  # device and data, downloads
 
-    ready = check_night(0, Path(args.config).stem, Path(args.config), Path(runbook), args.overrides)
+    ready = check_night(
+        0,
+        Path(args.config).stem,
+        Path(args.config),
+        Path(runbook),
+        args.overrides,
+        Path(args.state_dir),
+    )
     from orchestrator.core.awake import power_warnings
 
     print("\n".join(ready.lines + [f"warning: {w}" for w in power_warnings()]), file=sys.stderr)
@@ -270,7 +278,7 @@ def _run_locked(args: Any) -> int:
             night = run_night(store, 0, stop=stop, on_update=observers(display, args, store))
     finally:
         signal.signal(signal.SIGINT, previous)
-    if night.status == "running":
+    if night.status in ("running", "stopped"):
         print(
             f"stopped; the night is resumable (state in {store.path}): run the same command "
             "again to resume it"

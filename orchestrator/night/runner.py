@@ -25,8 +25,8 @@ Resume rules:
   continues from the newest checkpoint. Never two workers at once.
 - A last attempt that finished is finalised, not re-run. A recorded restart decision that has
   no attempt after it is carried out, not decided again (rungs are never applied twice).
-- ``stop`` set: the worker checkpoints and exits; the attempt is ``stopped``, the night stays
-  ``running`` and the next ``run_night`` resumes it.
+- ``stop`` set: the worker checkpoints and exits; the attempt and the night are ``stopped``
+  and the next ``run_night`` resumes it.
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ class NightRunner(Recovery, Ending):
                 resume = top.path if top else None
             else:
                 if self.stop.is_set() and last.exit_kind != "finished":
-                    return n  # stopped: the next run decides (no restart recorded after a stop)
+                    return self._stopped()  # the next run decides (no restart after a stop)
                 d = self._pending_restart(last) or self._decide_after(last)
                 if d.kind is DecisionKind.END_NIGHT:
                     self.finalise(d)
@@ -157,8 +157,16 @@ class NightRunner(Recovery, Ending):
                 if d.trigger == "disk":
                     self._free_disk(last, resume)
             if self.stop.is_set():
-                return n
+                return self._stopped()
             self.launch(resume)
+
+    def _stopped(self) -> Night:
+        """A stop request ends the night here, resumable: stored as ``stopped``."""
+        self.night.pause("stopped on request; resumable")
+        if self.state.current_night == self.index:
+            self.state.current_night = None
+        self.save()
+        return self.night
 
     def _free_disk(self, last: Attempt, resume: str | None) -> None:
         """The disk rung: free old checkpoints before the retry, and record what it freed."""

@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,13 +68,23 @@ def unwritable(directory: Path) -> str | None:
     return None
 
 
-def check_disk(cfg: Config, where: Path) -> PreflightCheck:
+def disk_free(directory: Path) -> int:
+    """Free bytes on the filesystem holding ``directory``."""
+    return shutil.disk_usage(directory).free
+
+
+def check_disk(
+    cfg: Config, where: Path, free_of: Callable[[Path], int] | None = None
+) -> PreflightCheck:
+    """Free space where the runs go (``where``, the state dir) vs what a night of ``cfg``
+    writes; used by preflight and by ``start``/``run`` before a night is accepted.
+    ``free_of`` reads the free bytes (default :func:`disk_free`; tests give a reading)."""
     need = checkpoint_bytes(cfg) * (cfg.checkpoint.keep_last_k + 2) + GB // 2
     probe_dir = where if where.exists() else Path.cwd()
     why = unwritable(probe_dir)
     if why:
         return PreflightCheck("disk", "fail", f"{probe_dir}: {why}", "give a writable --state-dir")
-    free = shutil.disk_usage(probe_dir).free
+    free = (free_of or disk_free)(probe_dir)
     detail = f"{free / GB:.1f} GB free in {probe_dir}, the night needs ~{need / GB:.1f} GB"
     if free < need:
         return PreflightCheck(

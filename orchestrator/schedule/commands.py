@@ -217,7 +217,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         print(f"hjepa-night: {error}", file=sys.stderr)
         return 0 if detached and _finished(StateStore(state_dir)) else 1  # a service: done
     if not detached:  # the detached daemon was checked by its parent
-        refused = _check_ready(plan)
+        refused = _check_ready(plan, state_dir)
         if refused:
             print(f"hjepa-night: {refused}", file=sys.stderr)
             return 2
@@ -226,12 +226,12 @@ def cmd_start(args: argparse.Namespace) -> int:
     return _spawn(args, plan_path)
 
 
-def _check_ready(plan: Plan) -> str | None:
-    """Every night's config, device and data, downloads included, before the plan is accepted
-    (``orchestrator.schedule.readiness``); the refusal text, or None."""
+def _check_ready(plan: Plan, state_dir: Path) -> str | None:
+    """Every night's config, disk, device and data, downloads included, before the plan is
+    accepted (``orchestrator.schedule.readiness``); the refusal text, or None."""
     from orchestrator.schedule.readiness import check_plan, refusal_text
 
-    return refusal_text(check_plan(plan))
+    return refusal_text(check_plan(plan, state_dir=state_dir))
 
 
 def cmd_stop(args: argparse.Namespace) -> int:

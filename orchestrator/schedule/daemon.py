@@ -15,7 +15,7 @@ of truth: on every start the daemon reconciles it (windows that passed while not
 
 - ``start-i`` at the night's window start, ``misfire_grace_time`` = the window, so a daemon
   (re)started inside the window runs the night with the time left and one started after it
-  gets a *missed* event (→ reconcile); a night already ``running`` resumes at once;
+  gets a *missed* event (→ reconcile); a night already ``running`` or ``stopped`` resumes at once;
 - ``deadline-i`` at deadline + grace: a night runner still busy then is asked to stop;
 - ``report-i`` at the plan's morning report time after the night's deadline.
 
@@ -23,7 +23,7 @@ Jobs only post messages; the main loop (:meth:`Daemon.tick`, time as a parameter
 them, one night at a time, each night in a thread running ``night_fn(store, i, stop=event)``.
 While a night runs only the night runner writes the state; the daemon writes before and after.
 SIGTERM/SIGINT only set a flag; the loop then asks the night to stop (the worker checkpoints;
-the night stays ``running``), saves the state, releases the lock and exits 0 — ``start``
+the night is stored ``stopped``), saves the state, releases the lock and exits 0 — ``start``
 resumes. After ``kill -9`` the same ``start`` resumes too: the night runner stops or adopts the
 orphaned worker; workers of nights whose window passed are stopped here (pid + create time).
 """
@@ -44,7 +44,7 @@ from typing import Any
 from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from orchestrator.core.state import DaemonRecord, Night, State, StateStore
+from orchestrator.core.state import RESUMABLE, DaemonRecord, Night, State, StateStore
 from orchestrator.core.state import parse_iso as _iso
 from orchestrator.core.system import System
 from orchestrator.policy.recovery import deadline_grace_s, unended_reason
@@ -130,7 +130,7 @@ class Daemon:
                 _iso(upcoming.window_start),
                 _iso(upcoming.deadline),
             )
-            if upcoming.status == "running":
+            if upcoming.status in ("running", "stopped"):
                 self._post("start", i)  # resume at once: its window is still open
             else:
                 grace = max(1, int((deadline - start).total_seconds()))
@@ -169,7 +169,8 @@ class Daemon:
     def advance(self, state: State, now: datetime) -> None:
         """Reconcile passed windows and make every due night-N decision, until stable."""
         for night in state.nights:
-            if night.status == "running" and night.deadline and _iso(night.deadline) <= now:
+            started = night.status in ("running", "stopped")
+            if started and night.deadline and _iso(night.deadline) <= now:
                 stop_orphan_workers(night)
         while True:
             changed = reconcile(state, now)
@@ -239,7 +240,7 @@ class Daemon:
             state = self.store.load()
             self.advance(state, now)
             night = state.nights[index]
-            if kind == "start" and night.status in ("pending", "running"):
+            if kind == "start" and night.status in RESUMABLE:
                 state.current_night = index
                 state.next_start = next_start(state)
                 self.store.save(state)

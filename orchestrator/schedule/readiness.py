@@ -3,7 +3,9 @@
     results = check_plan(plan)              # prints progress and one verdict line per night
     refused = [r for r in results if r.refusal]
 
-For each night: its config loads with the night's overrides; the device resolves; every
+For each night: its config loads with the night's overrides; the state dir's disk holds what
+the night writes (its kept checkpoints and best.pt: preflight's :func:`check_disk`); the
+device resolves; every
 training dataset is there, or is downloaded *now* (``python -m trainer --check --fetch``,
 its progress bar and "downloaded N MB into DIR" passed through to the terminal). A dataset that
 is missing and cannot be downloaded refuses the plan with the fix — unless the night's runbook
@@ -19,13 +21,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from orchestrator.core.runbook import RunbookError, load_runbook
 from orchestrator.night.history import override_args
-from orchestrator.preflight.checks import last_json, run_worker, tail
+from orchestrator.preflight.checks import check_disk, last_json, run_worker, tail
 from trainer.config import ConfigError, load_config
 
 
@@ -69,7 +72,13 @@ def _names(doc: dict[str, Any]) -> str:
 
 
 def check_night(
-    index: int, name: str, config: Path, runbook: Path | None, sets: list[str]
+    index: int,
+    name: str,
+    config: Path,
+    runbook: Path | None,
+    sets: list[str],
+    state_dir: Path = Path("var"),
+    free_of: Callable[[Path], int] | None = None,
 ) -> NightReadiness:
     """The verdict for one night (see the module docstring)."""
     res = NightReadiness(index, name)
@@ -79,6 +88,12 @@ def check_night(
     except ConfigError as exc:
         res.refusal = f"{label}: {exc}"
         return res
+    disk = check_disk(cfg, state_dir, free_of)
+    if disk.result == "fail":
+        res.refusal = f"{label}: not enough disk: {disk.detail}; {disk.fix}"
+        return res
+    if disk.result == "warn":
+        res.lines.append(f"warning: {label}: {disk.detail} ({disk.fix})")
     if cfg.device in ("auto", "cpu") and all(d.name == "synthetic" for d in cfg.data.datasets):
         res.lines.append(f"{label}: ready (synthetic data, device {cfg.device})")
         return res
@@ -123,9 +138,12 @@ def check_night(
     return res
 
 
-def check_plan(plan: Any, out: IO[str] | None = None) -> list[NightReadiness]:
-    """Every night of ``plan`` (an :class:`orchestrator.schedule.plan.Plan`) checked in order;
-    each verdict line is printed to ``out`` (stderr) as it is known."""
+def check_plan(
+    plan: Any, out: IO[str] | None = None, state_dir: Path = Path("var")
+) -> list[NightReadiness]:
+    """Every night of ``plan`` (an :class:`orchestrator.schedule.plan.Plan`) checked in order,
+    its runs written under ``state_dir``; each verdict line is printed to ``out`` (stderr) as
+    it is known."""
     from orchestrator.schedule.plan import project_path
 
     out = out or sys.stderr
@@ -139,6 +157,7 @@ def check_plan(plan: Any, out: IO[str] | None = None) -> list[NightReadiness]:
             project_path(spec.config),
             project_path(spec.runbook),
             override_args(spec.overrides),
+            state_dir,
         )
         for line in res.lines + ([f"REFUSED {res.refusal}"] if res.refusal else []):
             out.write(line + "\n")

@@ -226,9 +226,9 @@ def pick_night(state: State) -> Night | None:
 
 
 def shown_night(night: Night, owner_alive: bool) -> Night:
-    """The night as the screen shows it: one recorded ``running`` whose last attempt ended
-    ``stopped`` while nobody holds the state dir was stopped gracefully (a daemon ``stop``, a
-    SIGTERM to ``run``) and reads ``stopped`` — resumable, not running."""
+    """The night as the screen shows it. A graceful stop is stored ``stopped``; a state file
+    written before that (``running``, last attempt ``stopped``, nobody holding the state dir)
+    reads ``stopped`` too — resumable, not running."""
     last = night.attempts[-1] if night.attempts else None
     stopped = last is not None and last.exit_kind == "stopped" and not owner_alive
     if night.status == "running" and stopped:

@@ -48,7 +48,7 @@ def test_stop_checkpoints_and_leaves_the_night_to_resume(demo_run) -> None:
     assert s["stop"].returncode == 0, s["stop"].stdout + s["stop"].stderr
     after = s["after_stop"]
     assert after["daemon"] is None and after["daemon_alive"] is False
-    assert after["nights"][0]["status"] == "running"
+    assert after["nights"][0]["status"] == "stopped"
     assert after["nights"][0]["attempts"][-1]["exit_kind"] == "stopped"
     assert s["workers_alive_after_stop"] == []
 

@@ -132,7 +132,7 @@ def test_daemon_stop_leaves_night_resumable_then_resumes(tmp_path: Path, monkeyp
     timer.start()
     n = run_fake(store, stop)
     timer.cancel()
-    assert n.status == "running" and n.attempts[-1].exit_kind == "stopped"
+    assert n.status == "stopped" and n.attempts[-1].exit_kind == "stopped"
     monkeypatch.setenv("FAKE_STEP_S", "0.05")
     n = run_fake(store)
     assert n.status == "succeeded", n.reason

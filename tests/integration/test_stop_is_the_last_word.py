@@ -16,7 +16,7 @@ def test_no_restart_is_recorded_after_a_stop(tmp_path: Any, monkeypatch: Any) ->
     timer.start()
     n = run_fake(store, stop)
     timer.cancel()
-    assert n.status == "running" and n.attempts[-1].exit_kind == "stopped"
+    assert n.status == "stopped" and n.attempts[-1].exit_kind == "stopped"
     kinds = [d.kind for d in n.decisions]
     last_stop = max(i for i, k in enumerate(kinds) if k == "stop") if "stop" in kinds else -1
     assert "restart" not in kinds[last_stop + 1 :], [(d.kind, d.action) for d in n.decisions]

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from orchestrator.cli import main
-from orchestrator.core.state import Attempt, Night, State, StateStore
+from orchestrator.core.state import Attempt, Night, State, StateError, StateStore
 from orchestrator.policy.recovery import end_status
 from orchestrator.views.snapshot import SnapshotSource, shown_night
 
@@ -32,3 +34,19 @@ def test_a_night_that_never_finished_an_epoch_is_failed() -> None:
     assert end_status(False, "none", True, trained_epochs=0) == "failed"
     assert end_status(False, "none", True, trained_epochs=2) == "partial"
     assert end_status(True, "must", True, trained_epochs=2) == "succeeded"
+
+
+def test_a_stop_request_stores_the_night_stopped_and_start_resumes_it() -> None:
+    n = Night(name="n1", index=0, config="c.yaml", runbook="r.yaml")
+    n.start()
+    first = n.started_at
+    n.pause("stopped on request; resumable")
+    assert n.status == "stopped" and n.reason and n.ended_at is None
+    n.start()  # resumed like a running night: same start, the stop's reason gone
+    assert n.status == "running" and n.started_at == first and n.reason is None
+    n.pause("again")
+    n.end("partial", "window passed")
+    assert n.status == "partial"
+    fresh = Night(name="n2", index=1, config="c.yaml", runbook="r.yaml")
+    with pytest.raises(StateError, match="pending -> stopped"):
+        fresh.pause("nothing ran")

@@ -15,7 +15,7 @@ import re
 import shlex
 from typing import Any
 
-from orchestrator.core.state import SuccessCheck
+from orchestrator.core.state import RESUMABLE, SuccessCheck
 from orchestrator.views.fmt import NA, fmt_pct
 from orchestrator.views.report.facts import NightFacts
 from orchestrator.views.report.markdown import set_args
@@ -26,6 +26,7 @@ ICON = {
     "partial": "⚠️",
     "failed": "❌",
     "running": "⏳",
+    "stopped": "⏸️",
     "skipped": "⏭️",
     "pending": "…",
 }
@@ -75,7 +76,7 @@ def verdict_line(f: NightFacts) -> str:
                 by_level.append(f"{level} {ok}/{len(cs)} ({'; '.join(check_text(c) for c in cs)})")
         if by_level:
             head += " — " + " · ".join(by_level)
-    elif n.status in ("running", "pending"):
+    elif n.status in RESUMABLE:
         head += " — not judged yet"
     if n.reason:
         head += f". {n.reason}"
@@ -156,6 +157,11 @@ def _failure_advice(f: NightFacts, rerun: str) -> str:
     log = f.last_run_dir / WORKER_LOG_FILE if f.last_run_dir else None
     if n.status == "running":
         return "Still running: no evaluated model yet. Watch it with `hjepa-night status`."
+    if n.status == "stopped":
+        return (
+            "Stopped on request, resumable: `hjepa-night start` resumes a plan, "
+            f"{rerun} a single night."
+        )
     advice = {
         "data": "the dataset is missing or unreadable: fetch it (or point data.datasets at it), "
         "check with `hjepa-night preflight --config ...`, then rerun",

@@ -11,7 +11,13 @@ from __future__ import annotations
 from rich.text import Text
 
 STYLE = {"good": "green", "warning": "yellow", "critical": "bold red", None: ""}
-NIGHT_STYLE = {"succeeded": "green", "partial": "yellow", "failed": "bold red", "running": "cyan"}
+NIGHT_STYLE = {
+    "succeeded": "green",
+    "partial": "yellow",
+    "failed": "bold red",
+    "running": "cyan",
+    "stopped": "magenta",
+}
 
 
 def level_high_bad(value: float | None, good: float | None, warning: float | None) -> str | None:
