@@ -285,6 +285,12 @@ def assert_resume_continues(prev: Run, run: Run, ckpt_step: int, same_mode: bool
     if steps:
         assert steps[0]["step"] == ckpt_step + 1, [e["step"] for e in steps]
     before = {e["step"]: e for e in events(prev.run_dir, "step")}
+    if _cut_after(prev, ckpt_step):
+        # the live cut landed after this checkpoint: the resume re-plans it at the checkpoint's
+        # position (trainer/train_state.py resume_schedule), so the curves differ from there on
+        (total,) = {e["total_epochs"] for e in events(run.run_dir, "epoch_end")} or {None}
+        assert total in (None, started["epochs"]), (total, started)
+        return
     for e in steps:
         old = before.get(e["step"])
         if old is None:
@@ -297,3 +303,15 @@ def assert_resume_continues(prev: Run, run: Run, ckpt_step: int, same_mode: bool
                 e["loss"],
                 old["loss"],
             )
+
+
+def _cut_after(prev: Run, ckpt_step: int) -> bool:
+    """Whether ``prev`` applied a live epoch cut after its step ``ckpt_step`` (the step events
+    before the ``control`` event say where it landed)."""
+    last_step = 0
+    for e in events(prev.run_dir):
+        if e["type"] == "step":
+            last_step = e["step"]
+        elif e["type"] == "control" and e.get("epochs") is not None and last_step >= ckpt_step:
+            return True
+    return False

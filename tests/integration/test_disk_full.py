@@ -67,7 +67,11 @@ SETS = [
 
 @pytest.mark.slow
 def test_a_full_disk_frees_old_checkpoints_retries_once_and_finishes(small_disk: Path) -> None:
-    state_dir = small_disk / "var"
+    # the state dir on the ordinary disk (start/run check its free space before the night), the
+    # runs (checkpoints) on the small one: the volume the night writes to fills up mid-night
+    state_dir = small_disk.parent / "var"
+    state_dir.mkdir()
+    (state_dir / "runs").symlink_to(small_disk, target_is_directory=True)
     cmd = [sys.executable, "-m", "orchestrator.cli", "run", "--config", str(DEMO)]
     cmd += ["--window", "20m", "--state-dir", str(state_dir), "--no-tui"]
     for s in SETS:
