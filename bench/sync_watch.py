@@ -99,7 +99,7 @@ def _locate(stack: list[traceback.FrameSummary]) -> tuple[str, bool]:
     return f"{Path(f.filename).resolve().relative_to(ROOT)}:{f.lineno} in {f.name}", documented
 
 
-def _is_host_read(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+def is_host_read(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     packet = func.overloadpacket
     if packet in HOST_READS:
         return True
@@ -118,7 +118,7 @@ class _DispatchReads(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
-        if _is_host_read(func, args, kwargs):
+        if is_host_read(func, args, kwargs):
             self.record(str(func))
         return func(*args, **kwargs)
 

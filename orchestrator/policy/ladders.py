@@ -8,6 +8,7 @@ force, a rung whose values are already set) are skipped, not counted as used.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,11 +86,33 @@ def oom_step(history: NightHistory, runbook: Runbook) -> LadderStep | None:
 
 def nonfinite_step(history: NightHistory, runbook: Runbook) -> LadderStep | None:
     """Next non-finite rung; an LR rung is rescaled if an OOM rung changed the effective batch."""
+    return _lowering_step("nonfinite", runbook.ladders.nonfinite, history)
+
+
+def health_step(history: NightHistory, runbook: Runbook) -> LadderStep | None:
+    """Next collapse/divergence rung: an LR rung rescaled like the non-finite ladder's (skipped
+    unless it lowers the LR), a VICReg rung skipped when the loss has no VICReg term."""
+    no_vicreg = not history.config.features.get("vicreg")
+
+    def skip(new: dict[str, Any]) -> bool:
+        return no_vicreg and any(k.startswith("loss.vicreg") for k in new)
+
+    return _lowering_step("health", runbook.ladders.health, history, skip)
+
+
+def _lowering_step(
+    ladder: str,
+    rungs: list[Rung],
+    history: NightHistory,
+    skip: Callable[[dict[str, Any]], bool] | None = None,
+) -> LadderStep | None:
+    """The next unused rung of a ladder that calms training down: an LR rung is rescaled by the
+    effective batch in force (an OOM rung may have changed it) and skipped unless it lowers the
+    LR; ``skip`` drops rungs that do not apply to this recipe."""
     facts = history.config
-    rungs = runbook.ladders.nonfinite
-    for i in range(history.rungs_used.get("nonfinite", 0), len(rungs)):
+    for i in range(history.rungs_used.get(ladder, 0), len(rungs)):
         new = dict(rungs[i].overrides)
-        if _already(history, rungs[i]):
+        if _already(history, rungs[i]) or (skip is not None and skip(new)):
             continue
         if LR in new:
             scale = facts.micro_batch * facts.accum_steps / history.base_effective_batch
@@ -102,31 +125,7 @@ def nonfinite_step(history: NightHistory, runbook: Runbook) -> LadderStep | None
                 effect += f" (rung {rungs[i].overrides[LR]:g} × effective-batch scale {scale:g})"
         else:
             effect = _fmt(new)
-        return LadderStep("nonfinite", i, new, effect, {"lr_before": facts.lr})
-    return None
-
-
-def health_step(history: NightHistory, runbook: Runbook) -> LadderStep | None:
-    """Next collapse/divergence rung: an LR rung rescaled like the non-finite ladder's (skipped
-    unless it lowers the LR), a VICReg rung skipped when the loss has no VICReg term."""
-    facts = history.config
-    rungs = runbook.ladders.health
-    for i in range(history.rungs_used.get("health", 0), len(rungs)):
-        new = dict(rungs[i].overrides)
-        if _already(history, rungs[i]):
-            continue
-        if any(k.startswith("loss.vicreg") for k in new) and not facts.features.get("vicreg"):
-            continue
-        if LR in new:
-            scale = facts.micro_batch * facts.accum_steps / history.base_effective_batch
-            lr = float(f"{float(new[LR]) * scale:.6g}")
-            if lr >= facts.lr:
-                continue
-            new[LR] = lr
-            effect = f"LR {facts.lr:g} → {lr:g}"
-        else:
-            effect = _fmt(new)
-        return LadderStep("health", i, new, effect, {"lr_before": facts.lr})
+        return LadderStep(ladder, i, new, effect, {"lr_before": facts.lr})
     return None
 
 

@@ -31,6 +31,7 @@ import torch.distributed as td
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from bench.sync_watch import PY_READS, is_host_read
 from tests.unit.test_model_switches import cfg_of, make_batch
 from trainer.device import FP16, FP32, Precision, kernels_for
 from trainer.dist import Dist, wrap_ddp
@@ -41,34 +42,6 @@ CPU = torch.device("cpu")
 aten = torch.ops.aten
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-# aten ops whose result the host must read from the tensor's memory: a device sync on CUDA/MPS
-HOST_READS = {
-    aten._local_scalar_dense,  # .item(), float(t), int(t), a tensor passed as a Scalar
-    aten.item,
-    aten.is_nonzero,  # bool(t), `if t:`
-    aten.equal,  # torch.equal
-    aten.allclose,
-    aten.nonzero,  # data-dependent output shapes: the host waits to learn the size
-    aten.nonzero_static,
-    aten.masked_select,
-    aten._unique,
-    aten._unique2,
-    aten.unique_dim,
-    aten.unique_consecutive,
-    aten.bincount,
-}
-# Python-level reads that never reach the dispatcher for a CPU tensor (they do on CUDA, as copies)
-PY_READS = {
-    torch.Tensor.tolist,
-    torch.Tensor.numpy,
-    torch.Tensor.cpu,
-    torch.Tensor.item,
-    torch.Tensor.__bool__,
-    torch.Tensor.__float__,
-    torch.Tensor.__int__,
-    torch.Tensor.__index__,
-}
 
 
 class HostReadError(AssertionError):
@@ -82,15 +55,7 @@ class _DispatchReads(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        packet = func.overloadpacket
-        bad = packet in HOST_READS
-        if packet is aten.repeat_interleave and func is aten.repeat_interleave.Tensor:
-            bad = kwargs.get("output_size") is None  # the sizes come from the data
-        if packet in (aten.index, aten.index_put, aten.index_put_):
-            idx = args[1] if len(args) > 1 else kwargs.get("indices", ())
-            bad = any(
-                t is not None and t.dtype in (torch.bool, torch.uint8) for t in idx
-            )  # boolean-mask indexing: nonzero inside
+        bad = is_host_read(func, args, kwargs)  # the ops bench/sync_watch.py watches for
         if bad:
             self.seen.append(str(func))
             raise HostReadError(f"host read inside the step: {func}")
