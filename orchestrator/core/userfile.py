@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from trainer.config import ConfigError, read_utf8
+
 
 class UserFileError(ValueError):
     """A user file that cannot be read or edited; the message names the file and the fix."""
@@ -24,24 +26,17 @@ class UserFileError(ValueError):
 
 def read_text(path: str | Path, what: str = "file") -> str:
     """The text of ``path`` decoded as UTF-8; raises UserFileError for a missing, unreadable,
-    directory or non-UTF-8 file (a NUL byte counts as binary)."""
+    directory or non-UTF-8 file (a NUL byte counts as binary: ``trainer.config.read_utf8``,
+    the one UTF-8 reader of user YAML)."""
     p = Path(path)
+    if not p.exists():
+        raise UserFileError(f"{what} {p} not found")
+    if p.is_dir():
+        raise UserFileError(f"{what} {p} is a directory, not a file")
     try:
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        raise UserFileError(f"{what} {p} not found") from None
-    except IsADirectoryError:
-        raise UserFileError(f"{what} {p} is a directory, not a file") from None
-    except OSError as exc:
-        raise UserFileError(f"cannot read {what} {p}: {exc.strerror or exc}") from None
-    if b"\x00" in raw:
-        raise UserFileError(f"{what} {p} is a binary file, not YAML text: give the YAML file")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise UserFileError(
-            f"{what} {p} is not UTF-8 text (byte {exc.start}): save it as UTF-8"
-        ) from None
+        return read_utf8(p, what)
+    except ConfigError as exc:
+        raise UserFileError(str(exc)) from None
 
 
 def _yaml() -> Any:
