@@ -31,7 +31,12 @@ class EvalPhase:
 
     def evaluate(self, epoch: int) -> EvalResult:
         self.ev.progress(phase="eval", epoch=epoch, step=self.step)
-        hb = lambda: self.ev.progress(phase="eval")  # noqa: E731
+
+        def hb() -> None:
+            self.ev.progress(phase="eval")
+            if self.cpu_threads is not None:  # evaluation suffers a busy core the most
+                self.cpu_threads.tick()
+
         res = evaluate(
             self.model,
             self.cfg,

@@ -56,6 +56,7 @@ from trainer import checkpoints as ckpt
 from trainer.allocator import keep_freed_memory
 from trainer.config import Config, write_resolved
 from trainer.control_poll import ControlPolling
+from trainer.cpu_threads import CpuThreads
 from trainer.data import TrainLoader, build_eval_data, build_train_data
 from trainer.device import memory_readings, select_device, select_precision
 from trainer.dist import Dist, per_rank_batch, wrap_ddp
@@ -107,6 +108,7 @@ class Worker(TrainState, StepOutcomes, ControlPolling, FaultInjection, EvalPhase
         self.control_seq = -1
         self._control_mtime = 0.0
         self.t0 = time.monotonic()
+        self.cpu_threads: CpuThreads | None = None  # set in setup on a CPU device
 
     # ------------------------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -122,6 +124,7 @@ class Worker(TrainState, StepOutcomes, ControlPolling, FaultInjection, EvalPhase
                 self.ev.only = None
                 self.ev.start()
         seed_everything(cfg.experiment.seed)
+        self.cpu_threads = CpuThreads.for_run(self.device, self.dist.world)
         self.precision = select_precision(self.device, cfg.training.use_amp, cfg.training.precision)
         self.ev.progress(phase="data")
         self.train_data = build_train_data(cfg, device=self.device)
@@ -160,6 +163,8 @@ class Worker(TrainState, StepOutcomes, ControlPolling, FaultInjection, EvalPhase
         self.step_times: deque[float] = deque(maxlen=20)
         self.last_save = time.monotonic()
         self.health = HealthMonitor(cfg.logging.health_every_steps, self.ev.emit)
+        if self.cpu_threads is not None:  # the set-up's seconds are the first sample
+            self.cpu_threads.decide_now()
 
     def set_batch(self, micro: int, accum: int) -> None:
         """Micro-batch and accumulation of ONE rank; ``eff`` is the global batch of a step
@@ -284,6 +289,8 @@ class Worker(TrainState, StepOutcomes, ControlPolling, FaultInjection, EvalPhase
                     self.save("time")
             if self.dist.world == 1:
                 self.poll_alone()
+            if self.cpu_threads is not None:
+                self.cpu_threads.tick()
             if self.stop_flag:
                 self.settle()
                 raise StopRequestedError(self.stop_flag)
