@@ -24,9 +24,15 @@ NO_CUDA = not torch.cuda.is_available()
 NO_MPS = not torch.backends.mps.is_available()
 
 
-def test_auto_picks_the_best_available_device():
-    expected = "cuda" if not NO_CUDA else ("mps" if not NO_MPS else "cpu")
-    assert select_device("auto").type == expected
+@pytest.mark.parametrize(
+    ("cuda", "mps", "want"),
+    [(True, True, "cuda"), (True, False, "cuda"), (False, True, "mps"), (False, False, "cpu")],
+)
+def test_auto_picks_cuda_then_mps_then_cpu(monkeypatch, cuda: bool, mps: bool, want: str):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(device_mod, "_mps_available", lambda: mps)
+    assert select_device("auto") == torch.device(want)
+    assert select_device(" Auto ") == torch.device(want)
     assert select_device("cpu") == CPU
 
 
