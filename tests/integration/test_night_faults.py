@@ -22,6 +22,9 @@ from orchestrator.night.run_cmd import new_single_night
 from orchestrator.night.runner import NightRunner, run_night
 from trainer.events_read import read_events
 
+pytestmark = pytest.mark.slow  # real processes
+
+
 ROOT = Path(__file__).resolve().parents[2]
 FAKE = [sys.executable, str(ROOT / "tests/integration/fixtures/fake_worker.py")]
 CONFIG = str(ROOT / "configs/demo_conservative.yaml")
