@@ -210,6 +210,7 @@ def test_a_checkpoint_damaged_on_disk_after_writing_is_unverified(tmp_path, monk
 
 
 # -- phases: "loader" until the first batch of an epoch, "data" for mid-epoch waits -----------
+@pytest.mark.slow
 def test_phase_is_loader_for_the_first_batch_and_data_after(tmp_path):
     from tests.workerutil import DEMO, TINY
     from trainer.config import load_config

@@ -74,6 +74,7 @@ def test_worker_facts_without_a_document(monkeypatch) -> None:
     assert check_device(facts, "cpu").result == check_dataset(facts).result == "fail"
 
 
+@pytest.mark.slow
 def test_preflight_imports_only_the_worker_contracts() -> None:
     code = (
         "import sys, orchestrator.preflight.command, orchestrator.preflight.checks\n"
