@@ -274,7 +274,8 @@ def test_an_error_inside_the_runner_still_ends_the_night(tmp_path: Path, monkeyp
     runner = NightRunner(store, 0, threading.Event(), System(), observer, worker=FAKE)
     n = runner.run()
     assert raised
-    assert n.status in ("failed", "partial") and n.ended_at is not None
+    # an epoch trained and evaluated before the error: partial (failed only without a model)
+    assert n.status == "partial" and n.ended_at is not None, n.status
     assert "the night runner failed: RuntimeError: observer broke" in (n.reason or "")
     assert any(d.kind == "runner_error" for d in store.load().nights[0].decisions)
     assert not System().is_alive(raised[0], n.attempts[0].pid_create_time)
@@ -317,12 +318,16 @@ def overrides_of(n: Night) -> dict[str, Any]:
 
 @pytest.mark.slow
 def test_real_oom_shrinks_micro_batch_keeps_effective_batch(tmp_path: Path) -> None:
-    n = real(tmp_path, {"faults.oom_above_micro_batch": 16})
+    # judged on what the repair owes (finished in its window, no NaN left, features intact),
+    # not on how much two tiny epochs learn: the night must succeed
+    must = yaml.safe_load(DEMO_RB.read_text())["success"]["must"]
+    rb = runbook(tmp_path, **{"success.must": [c for c in must if c["metric"] != "knn_20"]})
+    n = real(tmp_path, {"faults.oom_above_micro_batch": 16}, rb=rb)
     assert n.attempts[0].exit_kind == "oom"
     assert n.attempts[-1].exit_kind == "finished", n.reason
     o = overrides_of(n)
     assert o["data.batch_size"] * o["training.accumulation_steps"] == 64
-    assert o["data.batch_size"] <= 16 and n.status in ("succeeded", "partial")
+    assert o["data.batch_size"] <= 16 and n.status == "succeeded", n.reason
 
 
 @pytest.mark.slow
@@ -405,7 +410,7 @@ def test_real_aggressive_feature_rungs_resume_mid_run(tmp_path: Path, feature: s
     store = night(tmp_path, {**TINY, **faults}, config=str(ROOT / "configs/demo_aggressive.yaml"))
     n = run_night(store, 0)
     assert [a.exit_kind for a in n.attempts] == ["feature", "finished"], n.reason
-    assert n.status in ("succeeded", "partial")
+    assert n.status == "partial"  # a feature it started with is off: features_intact fails
     second = n.attempts[1]
     assert second.resume_from is not None and "-s00000002" in second.resume_from
     from trainer.events_read import read_events

@@ -109,9 +109,17 @@ def test_memory_readings_never_raise():
     assert isinstance(memory_readings(torch.device("meta")), dict)
 
 
-def test_cpu_housekeeping_calls_are_safe():
-    empty_cache(CPU)
-    synchronize(CPU)
+def test_housekeeping_calls_go_to_the_devices_own_backend(monkeypatch):
+    """Each device's cache and queue calls reach its own backend and no other (a CPU run
+    never touches CUDA or MPS, which would fail or initialise a context there)."""
+    calls: list[str] = []
+    for mod, name in ((torch.cuda, "cuda"), (torch.mps, "mps")):
+        monkeypatch.setattr(mod, "empty_cache", lambda n=name: calls.append(f"{n} empty"))
+        monkeypatch.setattr(mod, "synchronize", lambda *_, n=name: calls.append(f"{n} sync"))
+    for dev in (CPU, torch.device("cuda"), torch.device("mps")):
+        empty_cache(dev)
+        synchronize(dev)
+    assert calls == ["cuda empty", "cuda sync", "mps empty", "mps sync"]
 
 
 def test_optimizer_kwargs_give_a_working_adamw():
