@@ -4,11 +4,12 @@ cores without oversubscribing them. ``one_thread`` pins torch's intra-op threads
 module's tests (``pytestmark = pytest.mark.usefixtures("one_thread")``): tiny tensors are
 fastest that way and immune to a busy machine.
 
-The tests are handed out longest first (``pytest_collection_modifyitems``): the end-to-end
-tests, then the other ``slow`` ones, then the rest, each group in file order. With
-``--dist loadgroup`` (pyproject) the two processes take them in that order, so no long test
-starts while the other process has only seconds of work left; the shared demo run's tests
-(``xdist_group("demo_run")``, the longest setup) go first as one unit."""
+The tests are ordered longest first (``pytest_collection_modifyitems``): the end-to-end
+tests, then the other ``slow`` ones (the files that measured longest first), then the rest,
+each group in file order. ``--dist worksteal`` (pyproject) gives each process half of that
+list; the first process starts with the shared demo run (tests/e2e/conftest.py, minutes), the
+other with the fast tests, and an idle process takes the tail of the other's queue, so the
+two meet among short tests and end together."""
 
 import os
 
@@ -18,12 +19,25 @@ import torch
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
+HEAVY_FIRST = (  # slow files by measured time per file on 2 cores, most first
+    "tests/integration/test_every_rung.py",
+    "tests/integration/test_night_faults.py",
+    "tests/integration/test_matrix.py",
+    "tests/integration/test_distributed.py",
+    "tests/integration/test_worker.py",
+    "tests/integration/test_composed_faults.py",
+    "tests/integration/test_cli_fuzz.py",
+)
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    def cost_rank(item: pytest.Item) -> int:
+    def cost_rank(item: pytest.Item) -> tuple[int, int]:
         if item.get_closest_marker("e2e"):
-            return 0
-        return 1 if item.get_closest_marker("slow") else 2
+            return (0, 0)
+        if not item.get_closest_marker("slow"):
+            return (2, 0)
+        path = item.nodeid.split("::")[0]
+        return (1, HEAVY_FIRST.index(path) if path in HEAVY_FIRST else len(HEAVY_FIRST))
 
     items.sort(key=cost_rank)  # stable: file order within each group
 

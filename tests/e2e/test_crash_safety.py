@@ -12,8 +12,7 @@ import pytest
 
 from trainer.events_read import read_events
 
-# One process runs every test that reads the shared demo run (``--dist loadgroup``).
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.xdist_group("demo_run")]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def night_events(state: dict[str, Any], night: int) -> list[list[dict[str, Any]]]:

@@ -10,8 +10,7 @@ import pytest
 
 from trainer.events_read import read_events
 
-# One process runs every test that reads the shared demo run (``--dist loadgroup``).
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.xdist_group("demo_run")]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def test_plan_completes_with_night_one_succeeded(demo_run) -> None:
