@@ -61,7 +61,9 @@ def snapshot(state_dir: Path) -> dict[str, Any]:
     return dict(json.loads(out.stdout))
 
 
-def wait_for(what: str, cond: Any, timeout: float, every: float = 1.0) -> Any:
+def wait_for(what: str, cond: Any, timeout: float, every: float = 3.0) -> Any:
+    """Poll ``cond`` every ``every`` s (a status call is a Python start-up of about half a CPU
+    second: polled each second, it took a core's time from the training it waits for)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         value = cond()

@@ -122,9 +122,15 @@ def test_housekeeping_calls_go_to_the_devices_own_backend(monkeypatch):
     assert calls == ["cuda empty", "cuda sync", "mps empty", "mps sync"]
 
 
-def test_optimizer_kwargs_give_a_working_adamw():
+def test_optimizer_kwargs_give_a_working_adamw(monkeypatch):
+    """Fused AdamW where torch lists fused kernels for the device, else foreach; what this
+    torch chooses for the CPU builds an AdamW that steps."""
+    for fused, want in ((True, {"fused": True}), (False, {"foreach": True})):
+        monkeypatch.setattr(device_mod, "_fused_supported", lambda _t, f=fused: f)
+        monkeypatch.setattr(device_mod, "_foreach_supported", lambda _t: True)
+        assert optimizer_kwargs(CPU) == want
+    monkeypatch.undo()
     kwargs = optimizer_kwargs(CPU)
-    assert kwargs in ({"fused": True}, {"foreach": True})
     p = torch.nn.Parameter(torch.ones(3))
     opt = torch.optim.AdamW([p], lr=0.1, **kwargs)
     p.grad = torch.ones(3)
