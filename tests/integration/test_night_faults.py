@@ -356,9 +356,10 @@ def test_real_feature_failure_disables_it(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_real_slow_steps_cut_epochs_live(tmp_path: Path) -> None:
-    # 2 steps/epoch + a 10 s delay per step: 8 epochs (160 s) cannot fit a 150 s window
-    rb = runbook(tmp_path, **{"ladders.slow.epochs": [], "final_eval_minutes": 0.5})
-    n = real(tmp_path, {"training.epochs": 8, "faults.step_delay_s": 10.0}, window_s=150, rb=rb)
+    # 2 steps/epoch + a 5 s delay per step: 8 epochs (80 s) cannot fit a 75 s window less
+    # its 15 s final-evaluation reserve
+    rb = runbook(tmp_path, **{"ladders.slow.epochs": [], "final_eval_minutes": 0.25})
+    n = real(tmp_path, {"training.epochs": 8, "faults.step_delay_s": 5.0}, window_s=75, rb=rb)
     cut = [d for d in n.decisions if d.kind == "set_epochs"]
     assert cut and len(n.attempts) == 1  # no restart
     assert n.attempts[0].exit_kind in ("finished", "stopped")
