@@ -8,11 +8,14 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from trainer.events_read import read_events
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo_conservative.yaml"
 DEMO_AGGRESSIVE = ROOT / "configs" / "demo_aggressive.yaml"
+DEMO_RUNBOOK = ROOT / "runbooks" / "demo.yaml"
 
 # A very small variant of the demo config: a few seconds per epoch on one core.
 TINY = [
@@ -91,3 +94,14 @@ def wait_for(predicate, timeout: float = 120, interval: float = 0.1) -> bool:
             return True
         time.sleep(interval)
     return False
+
+
+def repair_runbook(folder: Path) -> str:
+    """The demo runbook judged only on what a repaired night owes — finished in its window, no
+    NaN left, every feature it started with still on — not on how much a few tiny epochs learn
+    (the kNN gain, which differs between CPUs): such a night has one outcome, ``succeeded``."""
+    raw = yaml.safe_load(DEMO_RUNBOOK.read_text())
+    raw["success"]["must"] = [c for c in raw["success"]["must"] if c["metric"] != "knn_20"]
+    path = folder / "repair-runbook.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)

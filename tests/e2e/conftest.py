@@ -12,13 +12,21 @@ user would, with the worst interruptions in the middle of night 1:
 5. ``start`` again and wait for the plan to finish.
 
 It records what each step returned; ``test_demo_plan.py`` and ``test_crash_safety.py`` assert
-on it. Every daemon and worker it saw is killed at teardown if still alive.
+on it. Every daemon and worker it saw is killed at the end if still alive.
+
+The run is played once per test session, whichever test process asks first: that process
+holds a lock on a file in the session's shared temporary folder while it plays the run, then
+stores the record there (pickle); another process that needs it waits on the lock and reads
+the record (or the failure) instead of playing a second run of several minutes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -53,7 +61,9 @@ def snapshot(state_dir: Path) -> dict[str, Any]:
     return dict(json.loads(out.stdout))
 
 
-def wait_for(what: str, cond: Any, timeout: float, every: float = 1.0) -> Any:
+def wait_for(what: str, cond: Any, timeout: float, every: float = 3.0) -> Any:
+    """Poll ``cond`` every ``every`` s (a status call is a Python start-up of about half a CPU
+    second: polled each second, it took a core's time from the training it waits for)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         value = cond()
@@ -105,8 +115,28 @@ def _reattached_and_training(state_dir: Path, epochs_at_kill: int) -> bool:
 
 
 @pytest.fixture(scope="session")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    base = tmp_path_factory.mktemp("demo")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    """The one demo run of this session (see the module docstring)."""
+    basetemp = tmp_path_factory.getbasetemp()
+    shared = basetemp.parent if os.environ.get("PYTEST_XDIST_WORKER") else basetemp
+    record = shared / "demo-run.pickle"
+    with (shared / "demo-run.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not record.exists():
+            try:
+                outcome: DemoRun | str = play_demo(tmp_path_factory.mktemp("demo"))
+            except BaseException as exc:  # the other process must not play it again
+                outcome = f"{type(exc).__name__}: {exc}"
+                record.write_bytes(pickle.dumps(outcome))
+                raise
+            record.write_bytes(pickle.dumps(outcome))
+        outcome = pickle.loads(record.read_bytes())
+    if isinstance(outcome, str):
+        pytest.fail(f"the shared demo run failed: {outcome}")
+    return outcome
+
+
+def play_demo(base: Path) -> DemoRun:
     plan = yaml.safe_load((ROOT / "configs/plans/demo.yaml").read_text())
     plan["name"] = "demo-e2e"
     for night in plan["nights"]:
@@ -155,11 +185,12 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
         wait_for("the plan to finish", lambda: not _alive(pid3), FINISH_TIMEOUT_S, 2.0)
         run.final = snapshot(run.state_dir)
         run.wall_s = time.monotonic() - t0
-        yield run
+        return run
     finally:
-        nights = snapshot(run.state_dir)["nights"] if run.state_dir.exists() else []
-        for night in nights:
-            run.pids.update(a["pid"] for a in night["attempts"] if a.get("pid"))
+        with contextlib.suppress(Exception):  # a broken state must not hide the failure
+            nights = snapshot(run.state_dir)["nights"] if run.state_dir.exists() else []
+            for night in nights:
+                run.pids.update(a["pid"] for a in night["attempts"] if a.get("pid"))
         for pid in run.pids:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)

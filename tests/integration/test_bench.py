@@ -159,6 +159,7 @@ def test_bench_compiles_the_step_on_cpu(tmp_path: Path):
     assert out["first_step_s"] > 5 * out["ms_per_step"]["p50"] / 1000
 
 
+@pytest.mark.slow
 def test_bench_bad_override_is_a_usage_error(tmp_path: Path):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(TINY)

@@ -32,6 +32,9 @@ from orchestrator.cli import main
 from orchestrator.core.state import StateError, StateStore
 from tests.workerutil import ROOT, env
 
+pytestmark = pytest.mark.slow  # real processes
+
+
 GOOD_CONFIG = (ROOT / "configs" / "demo_conservative.yaml").read_text(encoding="utf-8")
 GOOD_PLAN = (ROOT / "configs" / "plans" / "demo.yaml").read_text(encoding="utf-8")
 

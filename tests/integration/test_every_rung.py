@@ -3,7 +3,7 @@
 Generated from the files: each config in ``configs/*.yaml`` with the runbook it runs under
 (``default_runbook_for``), shrunk to run on a CPU with the SAME switches on (the recipe's
 datasets in their real on-disk formats, features, batch and accumulation; only the ViT is tiny
-and the images 32 px). One chain per recipe: a first attempt trains a few steps and is stopped
+and the images 32 px). One chain per recipe: a first attempt trains a step and is stopped
 through the control file (it checkpoints), then every rung of every ladder is applied in the
 order a night would meet them (oom, nonfinite, health, slow.then, features, dataset fallback), each
 computed by the real policy functions from the night's history — so rungs compose as they do
@@ -60,7 +60,10 @@ SHRINK: dict[str, Any] = {
     "logging.log_frequency": 1,
     "logging.heartbeat_s": 1.0,
 }
-STEPS_PER_ATTEMPT = 2
+# One optimizer step an attempt: enough to show it resumed at the checkpoint and trains on
+# (each attempt checkpoints every step); each further step cost seconds in every one of the
+# ~65 attempts of the four chains.
+STEPS_PER_ATTEMPT = 1
 
 
 def shrink_for(cfg: Config) -> dict[str, Any]:

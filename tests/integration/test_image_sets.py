@@ -20,6 +20,9 @@ from trainer.image_sets import write_image_folder
 pytest.importorskip("sklearn")
 
 
+pytestmark = pytest.mark.slow  # real processes
+
+
 def make_cfg(root, size=32):
     return Config.model_validate(
         {

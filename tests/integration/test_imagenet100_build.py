@@ -14,6 +14,9 @@ import pytest
 from orchestrator.preflight.imagenet100 import BuildError, build, read_classes, summary
 from tests.workerutil import ROOT, env
 
+pytestmark = pytest.mark.slow  # real processes
+
+
 CLASSES = read_classes(ROOT / "configs" / "imagenet100_classes.txt")
 EXTRA = ["n99999901", "n99999902"]  # ImageNet-1k classes outside the subset
 

@@ -201,6 +201,7 @@ def test_damaged_files_are_a_data_error_naming_the_path(tmp_path):
         build_train_data(cfg)
 
 
+@pytest.mark.slow
 def test_loader_workers_persist_across_epochs_and_batches_stay_exact(tmp_path):
     """One TrainLoader per attempt: epoch 2 runs on epoch 1's worker processes, and every
     batch (pixels and masks) equals what a fresh loader gives for that epoch and start."""

@@ -19,6 +19,9 @@ import yaml
 
 from orchestrator.schedule.plan import local_now
 
+pytestmark = pytest.mark.slow  # real processes
+
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -20,7 +20,11 @@ from orchestrator.core.state import Attempt, Night, StateStore, now_iso
 from orchestrator.core.system import System
 from orchestrator.night.run_cmd import new_single_night
 from orchestrator.night.runner import NightRunner, run_night
+from tests.workerutil import repair_runbook
 from trainer.events_read import read_events
+
+pytestmark = pytest.mark.slow  # real processes
+
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKE = [sys.executable, str(ROOT / "tests/integration/fixtures/fake_worker.py")]
@@ -271,7 +275,8 @@ def test_an_error_inside_the_runner_still_ends_the_night(tmp_path: Path, monkeyp
     runner = NightRunner(store, 0, threading.Event(), System(), observer, worker=FAKE)
     n = runner.run()
     assert raised
-    assert n.status in ("failed", "partial") and n.ended_at is not None
+    # an epoch trained and evaluated before the error: partial (failed only without a model)
+    assert n.status == "partial" and n.ended_at is not None, n.status
     assert "the night runner failed: RuntimeError: observer broke" in (n.reason or "")
     assert any(d.kind == "runner_error" for d in store.load().nights[0].decisions)
     assert not System().is_alive(raised[0], n.attempts[0].pid_create_time)
@@ -314,12 +319,12 @@ def overrides_of(n: Night) -> dict[str, Any]:
 
 @pytest.mark.slow
 def test_real_oom_shrinks_micro_batch_keeps_effective_batch(tmp_path: Path) -> None:
-    n = real(tmp_path, {"faults.oom_above_micro_batch": 16})
+    n = real(tmp_path, {"faults.oom_above_micro_batch": 16}, rb=repair_runbook(tmp_path))
     assert n.attempts[0].exit_kind == "oom"
     assert n.attempts[-1].exit_kind == "finished", n.reason
     o = overrides_of(n)
     assert o["data.batch_size"] * o["training.accumulation_steps"] == 64
-    assert o["data.batch_size"] <= 16 and n.status in ("succeeded", "partial")
+    assert o["data.batch_size"] <= 16 and n.status == "succeeded", n.reason
 
 
 @pytest.mark.slow
@@ -348,9 +353,10 @@ def test_real_feature_failure_disables_it(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_real_slow_steps_cut_epochs_live(tmp_path: Path) -> None:
-    # 2 steps/epoch + a 10 s delay per step: 8 epochs (160 s) cannot fit a 150 s window
-    rb = runbook(tmp_path, **{"ladders.slow.epochs": [], "final_eval_minutes": 0.5})
-    n = real(tmp_path, {"training.epochs": 8, "faults.step_delay_s": 10.0}, window_s=150, rb=rb)
+    # 2 steps/epoch + a 5 s delay per step: 8 epochs (80 s) cannot fit a 75 s window less
+    # its 15 s final-evaluation reserve
+    rb = runbook(tmp_path, **{"ladders.slow.epochs": [], "final_eval_minutes": 0.25})
+    n = real(tmp_path, {"training.epochs": 8, "faults.step_delay_s": 5.0}, window_s=75, rb=rb)
     cut = [d for d in n.decisions if d.kind == "set_epochs"]
     assert cut and len(n.attempts) == 1  # no restart
     assert n.attempts[0].exit_kind in ("finished", "stopped")
@@ -402,7 +408,7 @@ def test_real_aggressive_feature_rungs_resume_mid_run(tmp_path: Path, feature: s
     store = night(tmp_path, {**TINY, **faults}, config=str(ROOT / "configs/demo_aggressive.yaml"))
     n = run_night(store, 0)
     assert [a.exit_kind for a in n.attempts] == ["feature", "finished"], n.reason
-    assert n.status in ("succeeded", "partial")
+    assert n.status == "partial"  # a feature it started with is off: features_intact fails
     second = n.attempts[1]
     assert second.resume_from is not None and "-s00000002" in second.resume_from
     from trainer.events_read import read_events

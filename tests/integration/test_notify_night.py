@@ -7,12 +7,16 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import pytest
+
 from orchestrator.core.system import System
 from orchestrator.night.runner import NightRunner
 from orchestrator.schedule.notify import Notifier, NotifySpec
 from orchestrator.views.report.write import write_report
 from tests.integration.test_night_faults import FAKE, night
 from tests.unit.test_notify import received, recorder
+
+pytestmark = pytest.mark.slow  # real processes
 
 
 def test_a_real_night_notifies_each_fallback_and_its_end(tmp_path: Path) -> None:

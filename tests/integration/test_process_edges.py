@@ -23,6 +23,9 @@ from orchestrator.night.runner import NightRunner
 from orchestrator.schedule.daemon import stop_orphan_workers
 from tests.integration.test_night_faults import CONFIG, FAKE, night
 
+pytestmark = pytest.mark.slow  # real processes
+
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -17,6 +17,8 @@ import pytest
 from orchestrator.cli import main
 from tests.workerutil import ROOT, env
 
+pytestmark = pytest.mark.slow  # real processes
+
 
 def test_status_on_a_dumb_terminal_prints_plain_frames(tmp_path: Path) -> None:
     leader, follower = pty.openpty()

@@ -5,7 +5,11 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import pytest
+
 from tests.integration.test_night_faults import night, run_fake
+
+pytestmark = pytest.mark.slow  # real processes
 
 
 def test_no_restart_is_recorded_after_a_stop(tmp_path: Any, monkeypatch: Any) -> None:

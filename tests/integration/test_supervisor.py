@@ -9,10 +9,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from orchestrator.core.runbook import load_runbook
 from orchestrator.core.system import System
 from orchestrator.night.supervisor import SAMPLES_FILE, Supervisor
 from orchestrator.policy import ConfigFacts, NightHistory, decide
+
+pytestmark = pytest.mark.slow  # real processes
+
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKE = ROOT / "tests/integration/fixtures/fake_worker.py"

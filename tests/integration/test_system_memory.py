@@ -9,7 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from orchestrator.core.system import System
+
+pytestmark = pytest.mark.slow  # real processes
+
 
 MB = 1024**2
 SIZE = 192 * MB

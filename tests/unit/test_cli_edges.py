@@ -96,6 +96,7 @@ def test_report_and_status_name_a_newer_schema(
     assert "newer hjepa-night" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("verb", [["status", "--once"], ["report"]])
 def test_an_ascii_only_output_degrades_characters(tmp_path: Path, verb: list[str]) -> None:
     _finished_night(tmp_path)

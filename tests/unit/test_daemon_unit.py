@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +110,7 @@ def test_night_two_repeats_night_one_after_a_partial_night(tmp_path: Path) -> No
     fake = FakeNight({0: ["partial"], 1: ["succeeded"]})
     daemon, store, _ = make(tmp_path, fake)
     start(daemon)
-    drive(daemon)
+    assert drive(daemon) is False  # plan done
     daemon.scheduler.shutdown(wait=False)
     n2 = store.load().nights[1]
     assert n2.name == "n2-safe" and n2.overrides == {"data.batch_size": 24}
@@ -148,17 +148,45 @@ def test_a_crashing_night_runner_fails_the_night_and_the_plan_goes_on(tmp_path: 
     assert n2.name == "n2-safe" and n2.status == "succeeded"
 
 
+def drive_at(daemon: Daemon, now: datetime, until: Any = None, seconds: float = 5.0) -> bool:
+    """Tick at the test's time ``now``, firing the jobs due by then as the scheduler would at
+    that hour (the scheduler is paused: no job fires on the wall clock); False when the daemon
+    wants to exit, True when ``until()`` holds or the bound on real waiting is up."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for job in daemon.scheduler.get_jobs():
+            if job.next_run_time is not None and job.next_run_time <= now:
+                daemon.scheduler.remove_job(job.id)
+                job.func(*job.args)
+        if not daemon.tick(now):
+            return False
+        if until is not None and until():
+            return True
+        time.sleep(0.02)
+    return True
+
+
 def test_deadline_guard_stops_an_overrunning_night(tmp_path: Path) -> None:
     fake = FakeNight({0: ["wait"], 1: ["succeeded"]})
-    # 3 s, not 1: the state records times to the second, so a window opened at hh:mm:ss.9 has
-    # (window − 0.9) s left when the daemon first looks; 1 s could already be over (→ skipped)
-    daemon, store, _ = make(tmp_path, fake, window="3s", deadline_grace_s=0.0)
-    start(daemon)
-    assert drive(daemon, seconds=8) is False
+    daemon, store, _ = make(tmp_path, fake, window="1h", deadline_grace_s=0.0)
+    now = local_now()
+    daemon.scheduler.start(paused=True)
+    daemon.prepare(now, RECORD)
+    deadline = datetime.fromisoformat(store.load().nights[0].deadline or "")
+
+    def night_one(status: str) -> Any:
+        return lambda: store.load().nights[0].status == status
+
+    # a second before its deadline the overrunning night is left alone
+    assert drive_at(daemon, now, until=lambda: fake.calls) is True
+    assert drive_at(daemon, deadline - timedelta(seconds=1), seconds=0.5) is True
+    assert fake.calls == [0] and night_one("running")()
+    # a second after it, the night is asked to stop, closed as failed, and the plan goes on
+    assert drive_at(daemon, deadline + timedelta(seconds=1)) is False
     daemon.scheduler.shutdown(wait=False)
-    n1 = store.load().nights[0]
+    n1, n2 = store.load().nights
     assert n1.status == "failed" and "past its deadline" in (n1.reason or "")
-    assert fake.calls == [0, 1]
+    assert fake.calls == [0, 1] and n2.status == "succeeded"
 
 
 def test_restart_inside_the_window_runs_with_the_time_left(tmp_path: Path) -> None:

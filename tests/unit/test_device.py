@@ -24,9 +24,15 @@ NO_CUDA = not torch.cuda.is_available()
 NO_MPS = not torch.backends.mps.is_available()
 
 
-def test_auto_picks_the_best_available_device():
-    expected = "cuda" if not NO_CUDA else ("mps" if not NO_MPS else "cpu")
-    assert select_device("auto").type == expected
+@pytest.mark.parametrize(
+    ("cuda", "mps", "want"),
+    [(True, True, "cuda"), (True, False, "cuda"), (False, True, "mps"), (False, False, "cpu")],
+)
+def test_auto_picks_cuda_then_mps_then_cpu(monkeypatch, cuda: bool, mps: bool, want: str):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(device_mod, "_mps_available", lambda: mps)
+    assert select_device("auto") == torch.device(want)
+    assert select_device(" Auto ") == torch.device(want)
     assert select_device("cpu") == CPU
 
 
@@ -103,14 +109,28 @@ def test_memory_readings_never_raise():
     assert isinstance(memory_readings(torch.device("meta")), dict)
 
 
-def test_cpu_housekeeping_calls_are_safe():
-    empty_cache(CPU)
-    synchronize(CPU)
+def test_housekeeping_calls_go_to_the_devices_own_backend(monkeypatch):
+    """Each device's cache and queue calls reach its own backend and no other (a CPU run
+    never touches CUDA or MPS, which would fail or initialise a context there)."""
+    calls: list[str] = []
+    for mod, name in ((torch.cuda, "cuda"), (torch.mps, "mps")):
+        monkeypatch.setattr(mod, "empty_cache", lambda n=name: calls.append(f"{n} empty"))
+        monkeypatch.setattr(mod, "synchronize", lambda *_, n=name: calls.append(f"{n} sync"))
+    for dev in (CPU, torch.device("cuda"), torch.device("mps")):
+        empty_cache(dev)
+        synchronize(dev)
+    assert calls == ["cuda empty", "cuda sync", "mps empty", "mps sync"]
 
 
-def test_optimizer_kwargs_give_a_working_adamw():
+def test_optimizer_kwargs_give_a_working_adamw(monkeypatch):
+    """Fused AdamW where torch lists fused kernels for the device, else foreach; what this
+    torch chooses for the CPU builds an AdamW that steps."""
+    for fused, want in ((True, {"fused": True}), (False, {"foreach": True})):
+        monkeypatch.setattr(device_mod, "_fused_supported", lambda _t, f=fused: f)
+        monkeypatch.setattr(device_mod, "_foreach_supported", lambda _t: True)
+        assert optimizer_kwargs(CPU) == want
+    monkeypatch.undo()
     kwargs = optimizer_kwargs(CPU)
-    assert kwargs in ({"fused": True}, {"foreach": True})
     p = torch.nn.Parameter(torch.ones(3))
     opt = torch.optim.AdamW([p], lr=0.1, **kwargs)
     p.grad = torch.ones(3)

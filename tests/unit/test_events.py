@@ -2,14 +2,43 @@
 
 import json
 
+import trainer.events as ev
+from trainer.emitter import Emitter
 from trainer.events import EVENT_TYPES, Control, Heartbeat, read_control, write_control
 from trainer.events_read import EventTail, read_events
 
 
-def test_every_event_has_v_type_ts():
-    for name, cls in EVENT_TYPES.items():
-        fields = cls.model_fields
-        assert {"v", "type", "ts"} <= set(fields), name
+def _event_classes() -> set[type]:
+    found, todo = set(), [ev._Event]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            if sub.__module__ == ev.__name__ and sub not in found:
+                found.add(sub)
+                todo.append(sub)
+    return found
+
+
+def test_every_event_class_is_registered_once_under_its_own_type():
+    """A new event class left out of ``EVENT_TYPES``, or two classes sharing one ``type`` (the
+    table is built from the literals, so the second would silently replace the first), fails."""
+    assert set(EVENT_TYPES.values()) == _event_classes()
+    assert len(EVENT_TYPES) == len(_event_classes())
+
+
+def test_an_emitted_event_reads_back_with_version_type_and_time(tmp_path):
+    """What the worker writes is what the supervisor reads: the schema version, the type, a
+    wall-clock and a monotonic time and the event's own fields, one JSON line each."""
+    em = Emitter(tmp_path / "events.jsonl")
+    em.emit(Heartbeat(phase="eval", epoch=2, step=7, ts=1000.5, mono=20.25))
+    em.emit(ev.Fatal(kind="oom", message="CUDA out of memory", step=7, ts=1001.0))
+    hb, fatal = read_events(tmp_path / "events.jsonl")
+    assert hb == {
+        "v": ev.SCHEMA_VERSION, "type": "heartbeat", "ts": 1000.5, "mono": 20.25,
+        "phase": "eval", "epoch": 2, "step": 7, "device_mem": {}, "step_s": None,
+    }  # fmt: skip
+    assert (fatal["v"], fatal["type"], fatal["kind"], fatal["ts"]) == (
+        ev.SCHEMA_VERSION, "fatal", "oom", 1001.0,
+    )  # fmt: skip
 
 
 def test_tail_returns_only_complete_lines(tmp_path):

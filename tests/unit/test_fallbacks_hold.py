@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.utils import _foreach_utils as fu
 
+import trainer.device as device_mod
 from tests.unit.test_model_switches import cfg_of, make_batch
 from trainer import checkpoints as ck
 from trainer.config import ConfigError
@@ -72,10 +73,12 @@ def test_no_foreach_or_fused_flag_is_hard_coded_outside_device_py():
 
 
 # -- precision ---------------------------------------------------------------------------------
-def test_forced_precision_and_use_amp():
+def test_forced_precision_and_use_amp(monkeypatch):
     assert select_precision(CPU, True, "fp16") is FP16
     # auto = the device's choice (bf16 on a CPU with bf16 instructions, else fp32)
-    assert select_precision(CPU, True, "auto") in (FP32, BF16)
+    for native, want in ((True, BF16), (False, FP32)):
+        monkeypatch.setattr(device_mod, "cpu_native_bf16", lambda n=native: n)
+        assert select_precision(CPU, True, "auto") is want
     assert select_precision(CPU, True, "fp32") is FP32
     assert select_precision(CPU, False, "auto") is FP32
     assert select_precision(CPU, True, "bf16").dtype == torch.bfloat16
@@ -207,6 +210,7 @@ def test_a_checkpoint_damaged_on_disk_after_writing_is_unverified(tmp_path, monk
 
 
 # -- phases: "loader" until the first batch of an epoch, "data" for mid-epoch waits -----------
+@pytest.mark.slow
 def test_phase_is_loader_for_the_first_batch_and_data_after(tmp_path):
     from tests.workerutil import DEMO, TINY
     from trainer.config import load_config

@@ -81,6 +81,7 @@ def test_a_night_never_imports_the_views() -> None:
     assert not bad, bad
 
 
+@pytest.mark.slow
 def test_the_orchestrator_type_checks() -> None:
     out = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]

@@ -91,6 +91,7 @@ def test_thresholds_name_both_ceilings() -> None:
     assert th.ceilings_text(None) == "host 28 GB · device 92% of its total"
 
 
+@pytest.mark.slow
 def test_the_report_names_both_ceilings_and_whole_card_usage(tmp_path: Path) -> None:
     var = tmp_path / "night-fallbacks"
     shutil.copytree(FIXTURES / "night-fallbacks", var)

@@ -87,6 +87,7 @@ def test_apply_to_state_touches_pending_nights_only(tmp_path: Path) -> None:
     assert state.nights[1].overrides == {"training.lr": 1e-3, "training.epochs": 3}
 
 
+@pytest.mark.slow
 def test_preflight_probes_plans_and_applies(tmp_path: Path, monkeypatch) -> None:
     """The whole command over a recording probe: grows 32 -> 64, stops at the OOM, applies."""
     seen: list[list[str]] = []

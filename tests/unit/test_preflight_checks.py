@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from orchestrator.preflight import checks as pc
 from orchestrator.preflight.checks import GB, check_dataset, check_device, worker_facts
 
@@ -72,6 +74,7 @@ def test_worker_facts_without_a_document(monkeypatch) -> None:
     assert check_device(facts, "cpu").result == check_dataset(facts).result == "fail"
 
 
+@pytest.mark.slow
 def test_preflight_imports_only_the_worker_contracts() -> None:
     code = (
         "import sys, orchestrator.preflight.command, orchestrator.preflight.checks\n"
@@ -103,6 +106,7 @@ def test_device_line_lists_the_ranks_and_their_devices() -> None:
     assert c.detail.endswith("2 process(es) here on cuda:0, cuda:1, world size 2 (1 node(s))")
 
 
+@pytest.mark.slow
 def test_worker_check_reports_the_ranks_of_the_config() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "trainer", "--check", "--config", "configs/demo_conservative.yaml",

@@ -27,6 +27,7 @@ def _noisy_one_direction(n: int, d: int, seed: int) -> tuple[torch.Tensor, torch
     return x, y
 
 
+@pytest.mark.slow
 def test_separable_scores_high_and_same_inputs_give_same_score():
     g = _gen(0)
     w = torch.randn(24, 5, generator=g)
@@ -72,6 +73,7 @@ def test_converges_to_scikit_learns_optimum_at_the_same_penalty():
     )
 
 
+@pytest.mark.slow
 def test_l2_is_chosen_on_the_training_split_and_the_choice_helps():
     # many noise dimensions, few samples: the weakest penalty over-fits, the strongest wins
     x, y = _noisy_one_direction(1000, 300, seed=0)

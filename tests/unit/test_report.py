@@ -39,6 +39,7 @@ def assert_valid_pngs(report: Path, expected: int) -> None:
             assert im.size[0] > 400 and im.size[1] > 200
 
 
+@pytest.mark.slow
 def test_successful_two_night_plan(tmp_path: Path) -> None:
     var = copy("plan-success", tmp_path)
     path = write_report(var)
@@ -70,6 +71,7 @@ def test_successful_two_night_plan(tmp_path: Path) -> None:
     assert_valid_pngs(path, 8)
 
 
+@pytest.mark.slow
 def test_night_with_fallbacks(tmp_path: Path) -> None:
     var = copy("night-fallbacks", tmp_path)
     text = write_report(var).read_text()
@@ -91,6 +93,7 @@ def test_night_with_fallbacks(tmp_path: Path) -> None:
     assert_valid_pngs(var / "reports" / "morning-2025-03-15.md", 4)
 
 
+@pytest.mark.slow
 def test_peak_memory_names_the_tree_measure_the_ceiling_checked(tmp_path: Path) -> None:
     var = copy("night-fallbacks", tmp_path)
     for samples in var.glob("runs/*/attempt-*/samples.jsonl"):
@@ -102,6 +105,7 @@ def test_peak_memory_names_the_tree_measure_the_ceiling_checked(tmp_path: Path) 
     assert "peak memory: worker tree 14.7 GB (pss)" in text  # half of 29.3 GB
 
 
+@pytest.mark.slow
 def test_failed_night_says_what_broke_what_was_tried_and_what_to_do(tmp_path: Path) -> None:
     var = copy("night-failed", tmp_path)
     text = write_report(var).read_text()
@@ -118,6 +122,7 @@ def test_failed_night_says_what_broke_what_was_tried_and_what_to_do(tmp_path: Pa
     assert_valid_pngs(var / "reports" / "morning-2025-03-14.md", 4)
 
 
+@pytest.mark.slow
 def test_night_in_progress_and_single_night_out_file(tmp_path: Path) -> None:
     var = copy("night-running", tmp_path)
     out = tmp_path / "elsewhere" / "night1.md"
@@ -132,6 +137,7 @@ def test_night_in_progress_and_single_night_out_file(tmp_path: Path) -> None:
         write_report(var, night=3)
 
 
+@pytest.mark.slow
 def test_demo_plan_next_step_is_relative_to_the_random_encoder(tmp_path: Path) -> None:
     var = copy("plan-success", tmp_path)
     state = json.loads((var / "state.json").read_text())
@@ -142,6 +148,7 @@ def test_demo_plan_next_step_is_relative_to_the_random_encoder(tmp_path: Path) -
     assert "+39.1 pts" in text and "hjepa-night start --plan sequential" in text
 
 
+@pytest.mark.slow
 def test_cmd_report_exit_codes(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     var = copy("night-failed", tmp_path)
     args = argparse.Namespace(state_dir=str(var), night=None, out=None)
@@ -153,6 +160,7 @@ def test_cmd_report_exit_codes(tmp_path: Path, capsys) -> None:  # type: ignore[
     )
 
 
+@pytest.mark.slow
 def test_preflight_plan_beside_the_measured_night(tmp_path: Path) -> None:
     var = copy("plan-success", tmp_path)
     state = json.loads((var / "state.json").read_text())

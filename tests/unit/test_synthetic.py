@@ -2,6 +2,7 @@
 
 import pickle
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -58,6 +59,7 @@ def power_spectrum(images):
     return torch.fft.fft2(grey).abs().flatten(1)
 
 
+@pytest.mark.slow
 def test_raw_pixels_cannot_tell_classes_apart_but_spatial_structure_can():
     train = synthetic.generate(1500, 10, 32, seed=0, split="eval_train")
     test = synthetic.generate(500, 10, 32, seed=0, split="eval_test")
