@@ -52,9 +52,10 @@ from orchestrator.core.state import (
     now_iso,
     parse_iso,
 )
+from orchestrator.night.history import override_args
 from orchestrator.policy.recovery import learned_overrides, next_night
 from orchestrator.schedule.notify import NotifySpec
-from trainer.config import Config, ConfigError, format_validation_error, load_raw, read_utf8
+from trainer.config import ConfigError, format_validation_error, load_config, read_utf8
 
 PLANS_DIR = shipped_root() / "configs" / "plans"
 ENDED = ("succeeded", "partial", "failed", "skipped")
@@ -195,31 +196,14 @@ def load_plan(path: str | Path) -> Plan:
 
 
 def check_overrides(config: str, overrides: dict[str, Any], where: str) -> None:
-    """Raise PlanError unless ``config`` + ``overrides`` validate against the worker schema."""
+    """Raise PlanError unless ``config`` + ``overrides`` load as the worker will load them:
+    ``trainer.config.load_config`` with the same ``--set`` items the night passes
+    (:func:`orchestrator.night.history.override_args`), so every spelling the worker accepts
+    (``evaluation.eval_frequency`` beside ``experiment.eval_frequency``...) is accepted here."""
     try:
-        raw = load_raw(project_path(config))
+        load_config(project_path(config), override_args(overrides))
     except ConfigError as exc:
         raise PlanError(f"{where}: {exc}") from None
-    for key, value in overrides.items():
-        node = raw
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise PlanError(f"{where}: {key}: {part!r} is not a section of the config")
-            node = child
-        node[parts[-1]] = _yaml_float(value)
-    try:
-        Config.model_validate(raw)
-    except ValidationError as exc:
-        raise PlanError(format_validation_error(exc, f"{where} on {config}")) from None
-
-
-def _yaml_float(value: Any) -> Any:
-    """YAML 1.1 reads ``1e-4`` as a string; the worker's --set reads it as a float."""
-    if isinstance(value, str) and re.fullmatch(r"[-+]?\d*\.?\d+(e[-+]?\d+)?", value.lower()):
-        return float(value)
-    return value
 
 
 # ------------------------------------------------------------------------------------------
