@@ -53,7 +53,7 @@ from orchestrator.core.state import (
     parse_iso,
 )
 from orchestrator.night.history import override_args
-from orchestrator.policy.recovery import learned_overrides, next_night
+from orchestrator.policy.recovery import learned_overrides, next_night, passed_window_status
 from orchestrator.schedule.notify import NotifySpec
 from trainer.config import ConfigError, format_validation_error, load_config, read_utf8
 
@@ -343,7 +343,8 @@ def close_night(night: Night, reason: str) -> None:
     if found is not None:
         night.best_checkpoint = night.best_checkpoint or found[0]
         night.final_metrics = night.final_metrics or found[1]
-    night.end("partial" if found is not None else "failed", reason, keep_ended_at=True)
+    status = passed_window_status(started=True, evaluated_checkpoint=found is not None)
+    night.end(status, reason, keep_ended_at=True)  # type: ignore[arg-type]
 
 
 def reconcile(state: State, now: datetime) -> list[str]:
@@ -353,10 +354,12 @@ def reconcile(state: State, now: datetime) -> list[str]:
         if night.status in ENDED or not night.deadline or parse_iso(night.deadline) > now:
             continue
         window = f"{night.window_start} – {night.deadline}"
-        if night.status == "pending" and not night.attempts:
-            night.end("skipped", f"its window {window} passed while no daemon was running")
+        reason = f"its window {window} passed while no daemon was running"
+        started = night.status != "pending" or bool(night.attempts)
+        if started:
+            close_night(night, reason)
         else:
-            close_night(night, f"its window {window} passed while no daemon was running")
+            night.end(passed_window_status(started, False), reason)  # type: ignore[arg-type]
         changed.append(f"{night.name}: {night.status} ({night.reason})")
     state.next_start = next_start(state)
     return changed

@@ -110,3 +110,13 @@ def test_success_levels_and_relative_checks() -> None:
         evidence=healthy,
     )
     assert s2.level == "stretch" and all(c.passed for c in s2.checks)
+
+
+def test_progress_timeouts_key_and_its_former_spelling() -> None:
+    """``progress:`` names the progress timeouts; a user's runbook that still says
+    ``heartbeat:`` reads the same."""
+    from orchestrator.core.runbook import parse_runbook
+
+    new = parse_runbook({"name": "x", "progress": {"step_timeout_s": 7}}, "new.yaml")
+    old = parse_runbook({"name": "x", "heartbeat": {"step_timeout_s": 7}}, "old.yaml")
+    assert new.progress == old.progress and new.progress.step_timeout_s == 7
