@@ -37,6 +37,8 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from orchestrator.core.datafiles import resolve_data, shipped_root
 from trainer.config import Config, ConfigError, format_validation_error, load_raw
 
+# The optional features: runbook name → the config switch. ``FeatureName`` spells the same names
+# for the schema (tests/unit/test_runbook.py keeps the two equal).
 FEATURE_KEYS: dict[str, str] = {
     "contrastive": "loss.use_contrastive",
     "fpn": "model.use_fpn",
@@ -381,12 +383,10 @@ def load_runbook(path: str | Path) -> Runbook:
 
 
 def default_runbook_for(config_path: str | Path) -> Path:
-    """``demo_*`` → demo.yaml, ``*aggressive*`` → aggressive.yaml, else conservative.yaml;
-    from ``./runbooks`` when the working directory has that file, else the shipped one."""
-    stem = Path(config_path).stem
-    name = "conservative.yaml"
-    if stem.startswith("demo_"):
-        name = "demo.yaml"
-    elif "aggressive" in stem:
-        name = "aggressive.yaml"
+    """The runbook file for a config nobody named one for: the policy's table
+    (:func:`orchestrator.policy.runbooks.runbook_name_for`), from ``./runbooks`` when the
+    working directory has that file, else the shipped one."""
+    from orchestrator.policy.runbooks import runbook_name_for  # the policy imports this module
+
+    name = f"{runbook_name_for(config_path)}.yaml"
     return resolve_data(Path("runbooks") / name)  # ./runbooks first, then RUNBOOK_DIR

@@ -40,10 +40,10 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.core.runbook import MemoryLimits
+from orchestrator.core.units import GB
 from orchestrator.core.userfile import UserFileError, edit_yaml
 from orchestrator.schedule.plan import PROJECT_ROOT
 
-GB = 1024**3
 FIT_LOG = "preflight.jsonl"
 
 

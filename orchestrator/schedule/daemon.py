@@ -44,7 +44,7 @@ from typing import Any
 from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from orchestrator.core.state import RESUMABLE, DaemonRecord, Night, State, StateStore
+from orchestrator.core.state import ENDED, RESUMABLE, DaemonRecord, Night, State, StateStore
 from orchestrator.core.state import parse_iso as _iso
 from orchestrator.core.system import System
 from orchestrator.policy.recovery import (
@@ -54,7 +54,6 @@ from orchestrator.policy.recovery import (
     unended_reason,
 )
 from orchestrator.schedule.plan import (
-    ENDED,
     Plan,
     at_or_after,
     close_night,

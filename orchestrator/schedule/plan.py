@@ -44,6 +44,7 @@ from orchestrator.core.durations import parse_duration, parse_window
 from orchestrator.core.fold import fold_run_dir, metrics_of
 from orchestrator.core.runbook import RunbookError, load_runbook
 from orchestrator.core.state import (
+    ENDED,
     DecisionRecord,
     Metrics,
     Night,
@@ -58,7 +59,6 @@ from orchestrator.schedule.notify import NotifySpec
 from trainer.config import ConfigError, format_validation_error, load_config, read_utf8
 
 PLANS_DIR = shipped_root() / "configs" / "plans"
-ENDED = ("succeeded", "partial", "failed", "skipped")
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.core.fold import metrics_of
+from orchestrator.core.runbook import Check, RunbookError, load_runbook
 from orchestrator.core.state import Metrics, Night, State
 from orchestrator.views.snapshot import (
     RunView,
@@ -50,13 +51,28 @@ def display_path(state_dir: Path, recorded: str) -> str:
     return recorded
 
 
+def check_specs(runbook: Path | None) -> dict[str, Check]:
+    """The runbook's success criteria by the name the state records for each check (its
+    ``Check.name``); empty when the runbook cannot be read (the report words the bare name)."""
+    if runbook is None:
+        return {}
+    try:
+        rb = load_runbook(runbook)
+    except (RunbookError, OSError):
+        return {}
+    s = rb.success
+    return {c.name: c for c in (*s.must, *s.should, *s.stretch)}
+
+
 class NightFacts:
     """Everything one night's section needs, gathered once."""
 
     def __init__(self, state_dir: Path, state: State, night: Night) -> None:
         self.state_dir, self.state, self.night = state_dir, state, night
         self.run: RunView = read_night_run(state_dir, night)
-        self.th: Thresholds = load_thresholds(resolve_path(state_dir, night.runbook))
+        rb_path = resolve_path(state_dir, night.runbook)
+        self.th: Thresholds = load_thresholds(rb_path)
+        self.check_specs: dict[str, Check] = check_specs(rb_path)
         self.demo = is_demo(state, night)
         self.start = iso_ts(night.started_at)
         self.end = iso_ts(night.ended_at)
