@@ -19,6 +19,7 @@ from typing import Any
 from orchestrator.core.fold import metrics_of
 from orchestrator.core.runbook import Check, RunbookError, load_runbook
 from orchestrator.core.state import Metrics, Night, State
+from orchestrator.policy import forecast
 from orchestrator.views.snapshot import (
     RunView,
     Thresholds,
@@ -139,10 +140,13 @@ class NightFacts:
 
     @property
     def pace_s(self) -> float | None:
+        """The pace needed from the window's start: ``policy.forecast.pace_needed`` with none
+        of the planned epochs done (the screen asks the same function from now)."""
         planned = self.night.epochs_planned or self.run.total_epochs
-        if not self.window_s or not planned:
+        if self.window_start is None or self.deadline is None or not planned:
             return None
-        return (self.window_s - 60 * (self.th.final_eval_minutes or 0)) / planned
+        reserve = 60 * (self.th.final_eval_minutes or 0)
+        return forecast.pace_needed(self.deadline, reserve, self.window_start, 0, planned)
 
     def median_img_s(self, attempt: int | None = None) -> float | None:
         vals = sorted(
