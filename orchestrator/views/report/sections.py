@@ -202,8 +202,9 @@ def time_and_resources(f: NightFacts) -> list[str]:
         f"{fmt_num(th.final_eval_minutes, 'g')} min",
         f"- forecast error (first forecast − actual end): **{fmt_dur(n.forecast_error_s)}** "
         f"(each forecast: {errors}; positive = finished earlier than forecast)",
-        f"- epoch time: mean of the last 3 {fmt_dur(run.recent_epoch_seconds())}, pace needed "
-        f"{fmt_dur(f.pace_s)}",
+        f"- epoch training time (mean of the last 3 epochs, evaluation and checkpoints not "
+        f"included): {fmt_dur(run.recent_epoch_seconds())}; pace needed from the window's "
+        f"start (all included): {fmt_dur(f.pace_s)}",
         f"- throughput: median {fmt_num(f.median_img_s(), '.1f')} img/s (last attempt "
         f"{fmt_num(f.median_img_s(n.attempts[-1].index) if n.attempts else None, '.1f')})",
         f"- peak memory: worker tree {fmt_gb(peaks.get('tree_mem', peaks.get('tree_rss')))} "
