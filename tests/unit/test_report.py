@@ -52,7 +52,7 @@ def test_successful_two_night_plan(tmp_path: Path) -> None:
     # decision matrix on the last night: 69.4% → resume for 50-100 more epochs
     assert "65-70%, good" in first_screen and "training.epochs=90" in text
     assert "## Conservative vs aggressive" in text
-    assert "**+6.3 pts** (meets the +5 points" in text
+    assert "**+6.3 pts**." in text  # its runbook has no gain criterion: no verdict
     assert "No fallbacks were needed." in text
     # the recipe's expectations beside what the night measured
     assert "| epoch time (min) | 9 – 10 | 9 | inside | recipe |" in text
@@ -192,3 +192,28 @@ def test_an_expectation_outside_its_range_says_which_side() -> None:
     assert verdict(Expectation(measure="final_loss", high=0.3), 0.1) == "inside"
     with pytest.raises(ValueError, match="low or high"):
         Expectation(measure="knn_20")
+
+
+def test_the_gain_over_the_previous_night_is_judged_by_its_recorded_criterion(
+    tmp_path: Path,
+) -> None:
+    """No verdict of its own: the line quotes the night's recorded gain_over_previous_night
+    check, from the criterion in its runbook, and says nothing when there is none."""
+    var = copy("plan-success", tmp_path)
+    assert (
+        "Aggressive − conservative linear probe: **+6.3 pts**.\n" in write_report(var).read_text()
+    )
+    rb = var / "runbook-aggressive.yaml"
+    rb.write_text(
+        rb.read_text().replace(
+            "  should: [",
+            '  should: [{metric: gain_over_previous_night, op: ">=", value: 0.05}, ',
+        )
+    )
+    state = json.loads((var / "state.json").read_text())
+    name = "gain_over_previous_night >= 0.05"
+    check = {"name": name, "level": "should", "passed": False, "value": 0.063, "threshold": 0.05}
+    state["nights"][1]["success"]["checks"].append(check)
+    (var / "state.json").write_text(json.dumps(state))
+    text = write_report(var).read_text()
+    assert "**+6.3 pts** (misses its should criterion of +5 points)." in text

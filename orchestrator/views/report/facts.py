@@ -20,6 +20,7 @@ from orchestrator.core.fold import metrics_of
 from orchestrator.core.runbook import Check, RunbookError, load_runbook
 from orchestrator.core.state import Metrics, Night, State
 from orchestrator.policy import forecast
+from orchestrator.policy.runbooks import runbook_name_for
 from orchestrator.views.snapshot import (
     RunView,
     Thresholds,
@@ -33,10 +34,12 @@ from trainer.events_read import read_events
 
 
 def is_demo(state: State, night: Night) -> bool:
+    """A demo night: the demo plan, the demo runbook, or a recipe the policy's table runs under
+    it (:func:`orchestrator.policy.runbooks.runbook_name_for`)."""
     return bool(
         (state.plan and state.plan.name == "demo")
         or Path(night.runbook).stem == "demo"
-        or Path(night.config).stem.startswith("demo")
+        or runbook_name_for(night.config) == "demo"
     )
 
 
