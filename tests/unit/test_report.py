@@ -126,6 +126,9 @@ def test_night_in_progress_and_single_night_out_file(tmp_path: Path) -> None:
     text = out.read_text()
     assert "⏳ **Night 1 — conservative: RUNNING** — not judged yet" in text
     assert "Still running" in text
+    # no best recorded yet: the newest checkpoint is offered under its own name
+    assert "- newest checkpoint (no best recorded yet): `" in text
+    assert "best checkpoint:" not in text
     assert all(p.parent == out.parent for p in linked_pngs(out))  # plots beside the report
     assert_valid_pngs(out, 4)
     with pytest.raises(ReportError, match="no night 3"):

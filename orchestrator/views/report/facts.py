@@ -1,7 +1,7 @@
 """What the morning report knows about one night, gathered once: :class:`NightFacts`.
 
     f = NightFacts(Path("var"), state, state.nights[0])
-    f.final, f.base, f.best_checkpoint, f.used_s, f.median_img_s()
+    f.final, f.base, f.best_checkpoint, f.newest_checkpoint, f.used_s, f.median_img_s()
 
 It reads the state file's record of the night, the night's
 :class:`~orchestrator.views.snapshot.RunView` (every attempt's ``events.jsonl`` and
@@ -117,12 +117,17 @@ class NightFacts:
 
     @property
     def best_checkpoint(self) -> str | None:
+        """The best checkpoint the night recorded (by the recipe's metric), as a usable path;
+        None when none was recorded (see :attr:`newest_checkpoint`)."""
         recorded = self.night.best_checkpoint
-        if recorded is None and self.run.checkpoints:
-            recorded = self.run.checkpoints[-1].get("path")
-        if recorded is None:
-            return None
-        return display_path(self.state_dir, recorded)
+        return display_path(self.state_dir, recorded) if recorded else None
+
+    @property
+    def newest_checkpoint(self) -> str | None:
+        """The newest checkpoint in the events: what a night with no best recorded yet (still
+        running, or stopped before its first evaluation) offers to resume from."""
+        path = self.run.checkpoints[-1].get("path") if self.run.checkpoints else None
+        return display_path(self.state_dir, str(path)) if path else None
 
     @property
     def resolved_config(self) -> str:
