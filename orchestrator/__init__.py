@@ -9,11 +9,13 @@ Read the rooms in the order a night goes through them:
 - ``night``: one night — the runner (attempts, crash recovery, the ending), the supervisor of
   one worker process, and ``hjepa-night run``.
 - ``policy``: every decision, pure — live and after an attempt (ladders, epoch cuts, deadline),
-  recovery, the night's ending, success, the one forecast model.
+  recovery, the night's ending and what its record means, success, the next step, which
+  runbook an unnamed recipe gets, the one cost model.
 - ``views``: what a person reads — the status screen, the morning report, plots, and the
   snapshot of a state dir they share.
-- ``core``: what every room shares — the state file (``state``), the one seam to the OS
-  (``system``), the one fold of worker events (``fold``), runbooks, durations, shipped files.
+- ``core``: what every room shares — the state file (``state``), the seam to the worker's
+  processes (``system``), the one fold of worker events (``fold``), runbooks, durations,
+  shipped files, units.
 
 From the worker the orchestrator imports only its contract: ``trainer.events`` and
 ``trainer.config``.

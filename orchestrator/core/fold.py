@@ -44,7 +44,6 @@ screen keeps the recent past; the report, the supervisor and the night runner ke
 from __future__ import annotations
 
 import json
-import statistics
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -52,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.core.state import Metrics
+from orchestrator.policy import forecast
 from trainer.events import EVENTS_FILE
 from trainer.events_read import EventTail, read_events
 
@@ -153,9 +153,12 @@ class RunView:
     def last_sample(self) -> dict[str, Any] | None:
         return self.samples[-1] if self.samples else None
 
-    def recent_epoch_seconds(self, n: int = 3) -> float | None:
-        secs = [e["seconds"] for e in self.epochs[-n:] if num(e.get("seconds")) is not None]
-        return statistics.fmean(secs) if secs else None
+    def recent_epoch_seconds(self) -> float | None:
+        """Mean training seconds of the newest epochs (``policy.forecast.recent_train_s``)."""
+        recent = self.epochs[-forecast.RECENT :]
+        return forecast.recent_train_s(
+            [float(e["seconds"]) for e in recent if num(e.get("seconds")) is not None]
+        )
 
 
 class RunFold:

@@ -32,11 +32,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from orchestrator.core.datafiles import resolve_data, shipped_root
 from trainer.config import Config, ConfigError, format_validation_error, load_raw
 
+# The optional features: runbook name → the config switch. ``FeatureName`` spells the same names
+# for the schema (tests/unit/test_runbook.py keeps the two equal).
 FEATURE_KEYS: dict[str, str] = {
     "contrastive": "loss.use_contrastive",
     "fpn": "model.use_fpn",
@@ -92,7 +94,12 @@ class Limits(_M):
     )
 
 
-class HeartbeatTimeouts(_M):
+class ProgressTimeouts(_M):
+    """How long the worker may go without a sign of progress (a step, an epoch's end, an
+    evaluation, a checkpoint, a heartbeat) in each phase before the policy calls it hung
+    (``orchestrator.policy.decide.progress_timeout``), and the SIGTERM grace of a stop. The
+    runbook key is ``progress``; ``heartbeat``, its former name, is still read."""
+
     startup_timeout_s: float = Field(900, gt=0, description="Until the first train heartbeat.")
     step_timeout_s: float = Field(
         180,
@@ -302,7 +309,11 @@ class Runbook(_M):
     window_hours: float = Field(8.0, gt=0)
     final_eval_minutes: float = Field(20, ge=0, description="Reserved before the deadline.")
     limits: Limits = Field(default_factory=Limits)
-    heartbeat: HeartbeatTimeouts = Field(default_factory=HeartbeatTimeouts)
+    progress: ProgressTimeouts = Field(
+        default_factory=ProgressTimeouts,
+        validation_alias=AliasChoices("progress", "heartbeat"),
+        description="Progress timeouts per phase (key formerly spelt heartbeat, still read).",
+    )
     sampling_interval_s: float = Field(5, gt=0)
     memory: MemoryLimits = Field(default_factory=MemoryLimits)
     health: HealthLimits = Field(default_factory=HealthLimits)
@@ -372,12 +383,10 @@ def load_runbook(path: str | Path) -> Runbook:
 
 
 def default_runbook_for(config_path: str | Path) -> Path:
-    """``demo_*`` → demo.yaml, ``*aggressive*`` → aggressive.yaml, else conservative.yaml;
-    from ``./runbooks`` when the working directory has that file, else the shipped one."""
-    stem = Path(config_path).stem
-    name = "conservative.yaml"
-    if stem.startswith("demo_"):
-        name = "demo.yaml"
-    elif "aggressive" in stem:
-        name = "aggressive.yaml"
+    """The runbook file for a config nobody named one for: the policy's table
+    (:func:`orchestrator.policy.runbooks.runbook_name_for`), from ``./runbooks`` when the
+    working directory has that file, else the shipped one."""
+    from orchestrator.policy.runbooks import runbook_name_for  # the policy imports this module
+
+    name = f"{runbook_name_for(config_path)}.yaml"
     return resolve_data(Path("runbooks") / name)  # ./runbooks first, then RUNBOOK_DIR

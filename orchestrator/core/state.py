@@ -223,6 +223,8 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {
     "failed": (),
     "skipped": (),
 }
+# A night that ended: a status with no way out (succeeded, partial, failed, skipped).
+ENDED: tuple[str, ...] = tuple(status for status, to in TRANSITIONS.items() if not to)
 
 
 class PlanRecord(_M):

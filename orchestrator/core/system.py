@@ -1,6 +1,8 @@
-"""The one seam to the operating system: spawn, signal, sample memory, read the clock.
+"""The seam to the worker's processes: spawn, signal, sample memory, read the clock.
 
-Everything the supervisor and the night runner do to processes goes through :class:`System`;
+Everything the supervisor and the night runner do to processes goes through :class:`System`
+(one-shot commands outside a night's supervision — notify, service, join, preflight's runs, the
+sleep inhibitor — call the OS directly);
 unit tests replace it with a recording double (tests/unit/test_supervisor_unit.py), integration
 tests use the real one. Readings that are unavailable come back as ``None``, never an exception.
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from orchestrator.core.datafiles import PROJECT_ROOT
 from orchestrator.core.fold import RunView, metrics_of
 from orchestrator.core.launcher import rdzv_id, worker_command
 from orchestrator.core.runbook import (
@@ -29,6 +30,7 @@ from orchestrator.core.runbook import (
     load_runbook,
 )
 from orchestrator.core.state import (
+    ENDED,
     Attempt,
     ClockGap,
     DecisionRecord,
@@ -60,8 +62,7 @@ from trainer.events import (
     atomic_write_text,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
-FINISHED_KINDS = ("succeeded", "partial", "failed", "skipped")
+FINISHED_KINDS = ENDED  # the statuses a night ends in (core.state.TRANSITIONS)
 RUNNER_ERROR = "runner_error"  # an exception inside the night runner itself
 MAX_RUNG_SKIPS = 20
 
@@ -325,4 +326,4 @@ class NightBase:
 def worker_env() -> dict[str, str]:
     """The project root on PYTHONPATH, so ``python -m trainer`` imports from any cwd."""
     old = os.environ.get("PYTHONPATH")
-    return {"PYTHONPATH": str(ROOT) + (os.pathsep + old if old else "")}
+    return {"PYTHONPATH": str(PROJECT_ROOT) + (os.pathsep + old if old else "")}

@@ -38,6 +38,9 @@ from orchestrator.policy import (
 from orchestrator.policy.recovery import (
     end_status,
     final_eval_decide,
+    finished_in_window,
+    needs_final_eval,
+    no_unrecovered_nonfinite,
 )
 from orchestrator.preflight.fit import read_fits
 
@@ -57,7 +60,9 @@ class Ending(NightBase):
             if int(ev.get("epoch", 0)) > 0
         ]
         final_ev = max(evals, key=lambda p: float(p[0].get("ts", 0)))[0] if evals else None
-        if top is not None and (final_ev is None or int(final_ev["epoch"]) < top.epoch):
+        if top is not None and needs_final_eval(
+            int(final_ev["epoch"]) if final_ev else None, top.epoch
+        ):
             final_ev = self.eval_only(top) or final_ev
         n.final_metrics = metrics_of(final_ev) if final_ev else None
         if n.baseline_metrics is None:  # e.g. epoch 0 ran under a supervisor that died
@@ -74,14 +79,14 @@ class Ending(NightBase):
             fin = attempt_view(last).finished
             finished_ts = float(fin["ts"]) if fin else None
         completed = d.trigger == "completed"
-        in_window = completed and finished_ts is not None and finished_ts <= self.deadline
-        unrecovered = last is not None and last.exit_kind == "nonfinite"
         verdict = judge(
             self.rb.success,
             n.final_metrics,
             n.baseline_metrics,
-            finished_in_window=in_window,
-            no_unrecovered_nonfinite=not unrecovered and n.final_metrics is not None,
+            finished_in_window=finished_in_window(completed, finished_ts, self.deadline),
+            no_unrecovered_nonfinite=no_unrecovered_nonfinite(
+                last.exit_kind if last else None, n.final_metrics is not None
+            ),
             evidence=self.evidence(finished_ts if completed else None),
         )
         n.success = Success.model_validate(asdict(verdict))

@@ -7,7 +7,8 @@
   attempt that resumed from step S abandons every later checkpoint), the newest one, and the
   best one by the config's metric.
 - ``build_history``: the :class:`~orchestrator.policy.NightHistory` (rungs taken, features
-  disabled, attempts without progress, checkpoints) derived from the state alone.
+  disabled, attempts without progress, checkpoints) derived from the state alone; what counts
+  as progress and as a warning already given is :mod:`orchestrator.policy.record`'s rule.
 - ``orphan_health`` / ``ended_observation`` / ``stop_reason_of``: the observations the policy
   judges after an attempt ended or its supervisor died.
 """
@@ -35,6 +36,15 @@ from orchestrator.policy import (
     Observation,
 )
 from orchestrator.policy.health import points_of
+from orchestrator.policy.record import (
+    HEALTH_WARNING,
+    MEMORY_WARNING,
+    AttemptOutcome,
+    attempts_without_progress,
+    rungs_taken,
+    stop_reason,
+    warned,
+)
 from orchestrator.policy.recovery import orphan_health as policy_orphan_health
 from trainer.config import Config
 
@@ -111,43 +121,26 @@ def best_of(night: Night, refs: list[CheckpointRef]) -> str | None:
 
 
 def build_history(night: Night, cfg: Config, base_cfg: Config) -> NightHistory:
-    rungs: dict[str, int] = {}
-    disabled: list[str] = []
     taken = [fb.evidence for fb in night.fallbacks]
     taken += [d.evidence for d in night.decisions if d.kind == RUNG_SKIPPED]
-    for evidence in taken:
-        ladder, rung = evidence.get("ladder"), evidence.get("rung")
-        if isinstance(ladder, str) and isinstance(rung, int):
-            rungs[ladder] = max(rungs.get(ladder, 0), rung + 1)
-        if ladder == "features" and isinstance(evidence.get("feature"), str):
-            disabled.append(evidence["feature"])
-    best, without = -1, 0
-    for att in night.attempts:
-        steps = [int(c["step"]) for c in attempt_view(att).checkpoints]
-        top = max(steps, default=-1)
-        if att.exit_kind in (None, "finished"):
-            continue
-        if top > best:
-            best, without = top, 0
-        elif att.exit_kind not in ("stopped",):
-            without += 1
-    refs = lineage(night)
-    top_ref = newest(refs)
+    rungs, disabled = rungs_taken(taken)
+    outcomes = [
+        AttemptOutcome(
+            att.exit_kind, max((int(c["step"]) for c in attempt_view(att).checkpoints), default=-1)
+        )
+        for att in night.attempts
+    ]
     return NightHistory(
         attempts=len(night.attempts),
-        attempts_without_progress=without,
+        attempts_without_progress=attempts_without_progress(outcomes),
         config=config_facts(cfg),
         base_effective_batch=base_cfg.effective_batch,
         overrides=dict(night.overrides),
         rungs_used=rungs,
-        disabled_features=tuple(disabled),
-        checkpoints=tuple(refs),
-        best_checkpoint=top_ref.path if top_ref else None,
-        memory_warned=any(d.trigger == "memory" and d.kind == "continue" for d in night.decisions),
-        health_warned=any(
-            d.trigger in ("collapse", "divergence") and d.kind == "continue"
-            for d in night.decisions
-        ),
+        disabled_features=disabled,
+        checkpoints=tuple(lineage(night)),
+        memory_warned=warned(night.decisions, MEMORY_WARNING),
+        health_warned=warned(night.decisions, HEALTH_WARNING),
     )
 
 
@@ -187,23 +180,8 @@ def orphan_health(
 
 
 def stop_reason_of(night: Night, attempt_index: int) -> str | None:
-    reason = None
-    for d in night.decisions:
-        if d.evidence.get("attempt") != attempt_index:
-            continue
-        if d.kind == "stop_for_deadline":
-            reason = "deadline"
-        elif d.kind == "stop":
-            reason = str(d.evidence.get("reason", "daemon"))
-        elif d.kind == "restart" and d.trigger in (
-            "slow",
-            "memory",
-            "hang",
-            "collapse",
-            "divergence",
-        ):
-            reason = d.trigger
-    return reason
+    """Why the attempt was asked to stop (:func:`orchestrator.policy.record.stop_reason`)."""
+    return stop_reason(night.decisions, attempt_index)
 
 
 def ended_observation(att: Attempt, view: RunView, stop_reason: str | None) -> Observation:

@@ -284,7 +284,9 @@ class Supervisor:
             self.fold.cut_epochs(d.epochs)
         elif d.kind is DecisionKind.STOP_FOR_DEADLINE:
             self.request_stop("deadline", now_m, final_eval=True)
-        elif d.kind is DecisionKind.RESTART and d.trigger == "hang":
+        elif d.kind is DecisionKind.KILL or (
+            d.kind is DecisionKind.RESTART and d.trigger == "hang"
+        ):
             self._kill_for = "hang"
             self.stop_reason = self.stop_reason or "hang"
             self._signal(signal.SIGTERM, now_m)  # RUNNING|STOPPING -> TERMINATING

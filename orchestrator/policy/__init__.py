@@ -5,7 +5,7 @@ supervisor and night runner gather observations and act on the decisions.
 """
 
 from orchestrator.policy.classify import classify_exit, is_oom_text
-from orchestrator.policy.decide import decide, heartbeat_timeout, silence
+from orchestrator.policy.decide import decide, progress_timeout, silence
 from orchestrator.policy.memory import kill_oom_evidence
 from orchestrator.policy.success import judge
 from orchestrator.policy.types import (
@@ -30,9 +30,9 @@ __all__ = [
     "Observation",
     "classify_exit",
     "decide",
-    "heartbeat_timeout",
     "is_oom_text",
     "judge",
     "kill_oom_evidence",
+    "progress_timeout",
     "silence",
 ]

@@ -88,9 +88,9 @@ def decide(
 
 
 # ---------------------------------------------------------------------------------------------
-def heartbeat_timeout(obs: Observation, runbook: Runbook) -> tuple[float, str]:
+def progress_timeout(obs: Observation, runbook: Runbook) -> tuple[float, str]:
     """The silence allowed in the worker's current phase, and the phase's name."""
-    hb = runbook.heartbeat
+    hb = runbook.progress
     if (obs.last_heartbeat_at is None and obs.silent_s is None) or obs.phase == "startup":
         return hb.startup_timeout_s, "startup"
     if obs.phase in ("train", "data"):
@@ -113,7 +113,7 @@ def silence(obs: Observation, now: float) -> float:
 def _live(
     obs: Observation, history: NightHistory, rb: Runbook, now: float, deadline: float
 ) -> Decision:
-    timeout, phase = heartbeat_timeout(obs, rb)
+    timeout, phase = progress_timeout(obs, rb)
     silent = silence(obs, now)
     if silent > timeout:
         return Decision(

@@ -15,14 +15,29 @@ or the runbook's final-eval reserve before any was measured. The night runner re
 every ``epoch_end``, the status screen shows that record (or, before the first one, the same
 function on what it has folded), and the policy cuts epochs on the same epoch cost — one model.
 The forecast error is projected minus actual finish (positive: finished early).
+
+Before a night runs, preflight plans it on the same costs (:func:`planned_night_s`: probed step
+time, estimated evaluation and checkpoint time). :func:`pace_needed` is the one "pace needed":
+seconds per remaining epoch that still end in time, from ``now`` (the screen) or from the
+window's start (the report's planned pace).
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 
 RECENT = 3
+
+
+def recent_train_s(epoch_seconds: Sequence[float], n: int = RECENT) -> float | None:
+    """Mean training seconds of the newest ``n`` epochs (evaluation and checkpoints not
+    included): what the screen and the report show as the epoch's training time.
+    :func:`epoch_cost` starts from the same window, drops a warm-up first epoch and adds the
+    evaluation and checkpoint time per epoch; None before an epoch was measured."""
+    recent = list(epoch_seconds)[-n:]
+    return statistics.fmean(recent) if recent else None
 
 
 def epoch_cost(
@@ -89,6 +104,21 @@ def pace_needed(
         return None
     budget = deadline - final_eval_reserve_s - now
     return budget / (total_epochs - epochs_done) if budget > 0 else None
+
+
+def planned_night_s(
+    epochs: int,
+    epoch_s: float,
+    eval_s: float,
+    eval_every: int,
+    checkpoint_s: float,
+    final_eval_s: float,
+) -> float:
+    """A night planned before it runs (preflight), on the same costs the live forecast measures:
+    every epoch trains and checkpoints, an evaluation runs before training (the random-encoder
+    baseline) and every ``eval_every`` epochs, then the final evaluation."""
+    evals = 1 + epochs // max(1, eval_every)
+    return epochs * (epoch_s + checkpoint_s) + evals * eval_s + final_eval_s
 
 
 def epochs_that_fit(anchor: float, epochs_done: int, per_epoch_s: float, limit: float) -> int:

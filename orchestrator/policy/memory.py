@@ -11,9 +11,8 @@ out-of-memory kill. Pure (see :mod:`orchestrator.policy.decide`, which calls bot
 from __future__ import annotations
 
 from orchestrator.core.runbook import Runbook
+from orchestrator.core.units import GB
 from orchestrator.policy.types import Observation
-
-GB = 1024**3
 
 
 def memory_trip(obs: Observation, rb: Runbook, near: float = 1.0) -> dict[str, object] | None:

@@ -15,6 +15,7 @@ class DecisionKind(str, Enum):
     CONTINUE = "continue"
     SET_EPOCHS = "set_epochs"  # live: control file, schedules rescale, no restart
     RESTART = "restart"  # (stop the worker if alive and) launch again with overrides
+    KILL = "kill"  # kill a hung worker that is not launched again (a separate final eval)
     STOP_FOR_DEADLINE = "stop_for_deadline"  # live: control stop + final_eval
     END_NIGHT = "end_night"
 
@@ -102,7 +103,6 @@ class NightHistory:
     rungs_used: dict[str, int] = field(default_factory=dict)  # ladder name → rungs taken
     disabled_features: tuple[str, ...] = ()
     checkpoints: tuple[CheckpointRef, ...] = ()  # usable ones of the current lineage
-    best_checkpoint: str | None = None
     memory_warned: bool = False  # a memory trip with the OOM ladder exhausted was recorded
     health_warned: bool = False  # a collapse/divergence with the health ladder exhausted, too
 

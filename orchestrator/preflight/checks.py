@@ -30,10 +30,10 @@ from typing import Any
 import psutil
 
 from orchestrator.core.runbook import Runbook
+from orchestrator.core.units import GB
 from orchestrator.schedule.plan import PROJECT_ROOT
 from trainer.config import Config
 
-GB = 1024**3
 WORKER_TIMEOUT_S = 1800
 
 

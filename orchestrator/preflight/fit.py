@@ -19,9 +19,10 @@ Pure planning (no I/O) plus the one place that writes a plan into a plan file or
   third less compute); otherwise the probe is repeated with it and the faster fit per optimizer
   step wins (``prefer_checkpointing``). On a large GPU this is what makes the aggressive
   recipe's "checkpointing for a 32 GB Mac" not cost a third of the night.
-- **Epochs**: ``fit_epochs`` counts the epochs whose train time + periodic evals + checkpoints
-  fit into ``window - final-eval reserve - margin × window``, never more than the recipe asks
-  (a plan shortens a night; it does not lengthen a recipe) and never fewer than 1.
+- **Epochs**: ``fit_epochs`` counts the epochs whose planned night (the forecast's cost model,
+  ``policy.forecast.planned_night_s``: train time + checkpoints + the baseline and periodic
+  evals + the final-eval reserve) fits into ``window - margin × window``, never more than the
+  recipe asks (a plan shortens a night; it does not lengthen a recipe) and never fewer than 1.
 - **Flash attention's speed-up**: a recipe with flash attention on is probed once more with it
   off at the chosen micro-batch; the ratio of the two step times is recorded as
   ``speedup_vs_no_flash`` (the runbooks' criterion reads it).
@@ -39,11 +40,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.core.runbook import MemoryLimits
+from orchestrator.core.datafiles import PROJECT_ROOT
+from orchestrator.core.runbook import FEATURE_KEYS, MemoryLimits
+from orchestrator.core.units import GB
 from orchestrator.core.userfile import UserFileError, edit_yaml
-from orchestrator.schedule.plan import PROJECT_ROOT
+from orchestrator.policy import forecast
 
-GB = 1024**3
 FIT_LOG = "preflight.jsonl"
 
 
@@ -103,8 +105,8 @@ class NightFit:
         return out
 
 
-CHECKPOINTING = "model.use_gradient_checkpointing"
-FLASH = "model.use_flash_attention"
+CHECKPOINTING = FEATURE_KEYS["gradient_checkpointing"]
+FLASH = FEATURE_KEYS["flash_attention"]
 
 
 def prefer_checkpointing(
@@ -170,14 +172,12 @@ def fit_epochs(
     final_eval_s: float,
     margin: float,
 ) -> int:
-    """Epochs that fit: per epoch ``epoch_s + checkpoint_s`` plus ``eval_s`` every ``eval_every``
-    epochs and once before training (the random-encoder baseline); the budget is the window less
-    the final-eval reserve and ``margin × window``. Capped at the recipe; at least 1."""
-    budget = window_s * (1.0 - margin) - final_eval_s - eval_s
+    """Epochs that fit: the most whose planned night (:func:`night_seconds`) stays within the
+    window less ``margin × window``. Capped at the recipe; at least 1."""
+    budget = window_s * (1.0 - margin)
     best = 1
     for n in range(1, recipe_epochs + 1):
-        cost = n * (epoch_s + checkpoint_s) + (n // max(1, eval_every)) * eval_s
-        if cost <= budget:
+        if night_seconds(n, epoch_s, eval_s, eval_every, checkpoint_s, final_eval_s) <= budget:
             best = n
     return best
 
@@ -190,9 +190,9 @@ def night_seconds(
     checkpoint_s: float,
     final_eval_s: float,
 ) -> float:
-    """Projected length of a night of ``epochs`` (the same cost model as ``fit_epochs``)."""
-    evals = 1 + epochs // max(1, eval_every)
-    return epochs * (epoch_s + checkpoint_s) + evals * eval_s + final_eval_s
+    """Projected length of a night of ``epochs``: the forecast's cost model
+    (:func:`orchestrator.policy.forecast.planned_night_s`)."""
+    return forecast.planned_night_s(epochs, epoch_s, eval_s, eval_every, checkpoint_s, final_eval_s)
 
 
 def estimate_eval_s(img_per_s: float, eval_images: int, probe_s: float) -> float:

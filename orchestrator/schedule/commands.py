@@ -29,11 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.core.lock import LOCK_FILE, DaemonLock, lock_owner
-from orchestrator.core.state import DaemonRecord, StateError, StateStore, now_iso
+from orchestrator.core.state import ENDED, DaemonRecord, StateError, StateStore, now_iso
 from orchestrator.core.system import System
 from orchestrator.schedule.daemon import Daemon, NightFn
 from orchestrator.schedule.plan import (
-    ENDED,
     Plan,
     PlanError,
     build_state,

@@ -44,12 +44,16 @@ from typing import Any
 from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from orchestrator.core.state import RESUMABLE, DaemonRecord, Night, State, StateStore
+from orchestrator.core.state import ENDED, RESUMABLE, DaemonRecord, Night, State, StateStore
 from orchestrator.core.state import parse_iso as _iso
 from orchestrator.core.system import System
-from orchestrator.policy.recovery import deadline_grace_s, unended_reason
+from orchestrator.policy.recovery import (
+    ORPHAN_TERM_S,
+    deadline_grace_s,
+    orphan_escalation,
+    unended_reason,
+)
 from orchestrator.schedule.plan import (
-    ENDED,
     Plan,
     at_or_after,
     close_night,
@@ -64,18 +68,20 @@ NightFn = Callable[..., Any]
 
 
 def stop_orphan_workers(
-    night: Night, grace_s: float = 60.0, system: System | None = None
+    night: Night, grace_s: float = ORPHAN_TERM_S, system: System | None = None
 ) -> list[int]:
     """Stop every live worker of ``night``'s attempts (pid + create time) through the one
-    escalation of the process seam: SIGTERM to its whole process group (the worker checkpoints,
-    its DataLoader workers go too), SIGKILL to the group after ``grace_s``."""
+    escalation of the process seam, timed by the policy
+    (:func:`~orchestrator.policy.recovery.orphan_escalation`): SIGTERM to its whole process
+    group (the worker checkpoints, its DataLoader workers go too), SIGKILL to the group after
+    ``grace_s``."""
     sys_ = system or System()
     stopped = []
     for attempt in night.attempts:
         if attempt.pid is None or not sys_.is_alive(attempt.pid, attempt.pid_create_time):
             continue
         log.warning("stopping orphaned worker pid %d of %s", attempt.pid, night.name)
-        sys_.stop_group(attempt.pid, attempt.pid_create_time, (0.0, grace_s, 10.0))
+        sys_.stop_group(attempt.pid, attempt.pid_create_time, orphan_escalation(grace_s).waits)
         stopped.append(attempt.pid)
     return stopped
 

@@ -34,13 +34,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.core.state import Night, State, now_iso
+from orchestrator.core.state import ENDED, Night, State, now_iso
 
 log = logging.getLogger(__name__)
 NOTIFY_LOG = "notify.jsonl"
 NotifyEvent = Literal["night_end", "fallback", "failed"]
 ALL_EVENTS: tuple[NotifyEvent, ...] = ("night_end", "fallback", "failed")
-NIGHT_ENDED = ("succeeded", "partial", "failed", "skipped")
+NIGHT_ENDED = ENDED  # a night that ended (core.state.TRANSITIONS)
 
 
 class NotifySpec(BaseModel):

@@ -44,6 +44,7 @@ from orchestrator.core.durations import parse_duration, parse_window
 from orchestrator.core.fold import fold_run_dir, metrics_of
 from orchestrator.core.runbook import RunbookError, load_runbook
 from orchestrator.core.state import (
+    ENDED,
     DecisionRecord,
     Metrics,
     Night,
@@ -52,12 +53,12 @@ from orchestrator.core.state import (
     now_iso,
     parse_iso,
 )
-from orchestrator.policy.recovery import learned_overrides, next_night
+from orchestrator.night.history import override_args
+from orchestrator.policy.recovery import learned_overrides, next_night, passed_window_status
 from orchestrator.schedule.notify import NotifySpec
-from trainer.config import Config, ConfigError, format_validation_error, load_raw, read_utf8
+from trainer.config import ConfigError, format_validation_error, load_config, read_utf8
 
 PLANS_DIR = shipped_root() / "configs" / "plans"
-ENDED = ("succeeded", "partial", "failed", "skipped")
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
 
@@ -195,31 +196,14 @@ def load_plan(path: str | Path) -> Plan:
 
 
 def check_overrides(config: str, overrides: dict[str, Any], where: str) -> None:
-    """Raise PlanError unless ``config`` + ``overrides`` validate against the worker schema."""
+    """Raise PlanError unless ``config`` + ``overrides`` load as the worker will load them:
+    ``trainer.config.load_config`` with the same ``--set`` items the night passes
+    (:func:`orchestrator.night.history.override_args`), so every spelling the worker accepts
+    (``evaluation.eval_frequency`` beside ``experiment.eval_frequency``...) is accepted here."""
     try:
-        raw = load_raw(project_path(config))
+        load_config(project_path(config), override_args(overrides))
     except ConfigError as exc:
         raise PlanError(f"{where}: {exc}") from None
-    for key, value in overrides.items():
-        node = raw
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise PlanError(f"{where}: {key}: {part!r} is not a section of the config")
-            node = child
-        node[parts[-1]] = _yaml_float(value)
-    try:
-        Config.model_validate(raw)
-    except ValidationError as exc:
-        raise PlanError(format_validation_error(exc, f"{where} on {config}")) from None
-
-
-def _yaml_float(value: Any) -> Any:
-    """YAML 1.1 reads ``1e-4`` as a string; the worker's --set reads it as a float."""
-    if isinstance(value, str) and re.fullmatch(r"[-+]?\d*\.?\d+(e[-+]?\d+)?", value.lower()):
-        return float(value)
-    return value
 
 
 # ------------------------------------------------------------------------------------------
@@ -359,7 +343,8 @@ def close_night(night: Night, reason: str) -> None:
     if found is not None:
         night.best_checkpoint = night.best_checkpoint or found[0]
         night.final_metrics = night.final_metrics or found[1]
-    night.end("partial" if found is not None else "failed", reason, keep_ended_at=True)
+    status = passed_window_status(started=True, evaluated_checkpoint=found is not None)
+    night.end(status, reason, keep_ended_at=True)  # type: ignore[arg-type]
 
 
 def reconcile(state: State, now: datetime) -> list[str]:
@@ -369,10 +354,12 @@ def reconcile(state: State, now: datetime) -> list[str]:
         if night.status in ENDED or not night.deadline or parse_iso(night.deadline) > now:
             continue
         window = f"{night.window_start} – {night.deadline}"
-        if night.status == "pending" and not night.attempts:
-            night.end("skipped", f"its window {window} passed while no daemon was running")
+        reason = f"its window {window} passed while no daemon was running"
+        started = night.status != "pending" or bool(night.attempts)
+        if started:
+            close_night(night, reason)
         else:
-            close_night(night, f"its window {window} passed while no daemon was running")
+            night.end(passed_window_status(started, False), reason)  # type: ignore[arg-type]
         changed.append(f"{night.name}: {night.status} ({night.reason})")
     state.next_start = next_start(state)
     return changed

@@ -30,16 +30,15 @@ from typing import Any
 
 import yaml
 
+from orchestrator.core.datafiles import PROJECT_ROOT
 from orchestrator.core.fold import SAMPLES_FILE, RunFold, RunView, num, sample_tail
 from orchestrator.core.lock import lock_owner
 from orchestrator.core.runbook import device_ceiling
 from orchestrator.core.state import Attempt, Fallback, Night, State, parse_iso, read_snapshot
+from orchestrator.core.units import GB
 from orchestrator.policy import forecast
 from trainer.events import EVENTS_FILE
 from trainer.events_read import EventTail
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-GB = 1024**3
 
 
 def resolve_path(state_dir: Path, recorded: str | None) -> Path | None:

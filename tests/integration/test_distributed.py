@@ -262,7 +262,7 @@ def test_a_hung_rank_brings_the_group_down_and_the_night_resumes(tmp_path: Path)
         "logging.heartbeat_s": 1.0,
     }
     raw = yaml.safe_load((ROOT / "runbooks/demo.yaml").read_text())
-    raw["heartbeat"].update(step_timeout_s=8, term_grace_s=3)
+    raw["progress"].update(step_timeout_s=8, term_grace_s=3)
     rb = tmp_path / "runbook.yaml"
     rb.write_text(yaml.safe_dump(raw))
     store = StateStore(tmp_path / "var")

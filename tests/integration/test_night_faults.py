@@ -205,7 +205,7 @@ def test_crash_safety_stops_a_hung_orphan_and_resumes(tmp_path: Path, monkeypatc
     adopted but killed (SIGTERM → SIGKILL on its group), and the night resumes from its newest
     checkpoint in a new attempt."""
     monkeypatch.setenv("FAKE_STEP_S", "0.2")
-    rb = runbook(tmp_path, **{"heartbeat.step_timeout_s": 2, "heartbeat.term_grace_s": 1})
+    rb = runbook(tmp_path, **{"progress.step_timeout_s": 2, "progress.term_grace_s": 1})
     store = night(tmp_path, {"training.epochs": 3}, rb=rb)
     pid, run_dir, system = orphan(store, ["training.epochs=3", "faults.hang_at_step=5"])
     wait_for_event(run_dir, "checkpoint")  # epoch 1's checkpoint, then it hangs at step 5
@@ -366,7 +366,7 @@ def test_real_slow_steps_cut_epochs_live(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_real_hang_is_killed_and_resumed(tmp_path: Path) -> None:
-    rb = runbook(tmp_path, **{"heartbeat.step_timeout_s": 8, "heartbeat.term_grace_s": 3})
+    rb = runbook(tmp_path, **{"progress.step_timeout_s": 8, "progress.term_grace_s": 3})
     n = real(tmp_path, {"faults.hang_at_step": 3}, rb=rb)
     assert n.attempts[0].exit_kind == "hang"
     hang = n.decisions[0].evidence  # the step timeout, stretched to the run's own pace
@@ -456,7 +456,7 @@ def test_real_fp16_overflow_is_skipped_not_a_fallback(tmp_path: Path) -> None:
 def test_real_slow_steps_are_not_a_hang(tmp_path: Path) -> None:
     """Every step takes 1.5x the runbook's step timeout: slow, not hung. The timeout follows
     the run's own pace (step_timeout_factor × recent step time) and nothing is killed."""
-    rb = runbook(tmp_path, **{"heartbeat.step_timeout_s": 3, "heartbeat.term_grace_s": 3})
+    rb = runbook(tmp_path, **{"progress.step_timeout_s": 3, "progress.term_grace_s": 3})
     n = real(tmp_path, {"faults.step_delay_s": 4.5, "logging.log_frequency": 1}, rb=rb)
     assert [a.exit_kind for a in n.attempts] == ["finished"], n.reason
     assert not [d for d in n.decisions if d.trigger == "hang"]

@@ -22,8 +22,8 @@ pytestmark = pytest.mark.slow  # real processes
 ROOT = Path(__file__).resolve().parents[2]
 FAKE = ROOT / "tests/integration/fixtures/fake_worker.py"
 RB = load_runbook(ROOT / "runbooks/demo.yaml").model_copy(deep=True)
-RB.heartbeat.step_timeout_s = 2.0
-RB.heartbeat.term_grace_s = 1.5
+RB.progress.step_timeout_s = 2.0
+RB.progress.term_grace_s = 1.5
 RB.sampling_interval_s = 0.5
 
 
@@ -83,7 +83,7 @@ def test_hung_worker_is_killed_within_the_timeout(tmp_path: Path) -> None:
     took = time.monotonic() - t0
     assert out.exit_kind == "hang"
     assert decisions[0].trigger == "hang" and decisions[0].evidence["timeout_s"] == 2.0
-    assert took < 2.0 + RB.heartbeat.term_grace_s + 10  # timeout + grace + start-up slack
+    assert took < 2.0 + RB.progress.term_grace_s + 10  # timeout + grace + start-up slack
 
 
 def test_worker_ignoring_sigterm_is_killed(tmp_path: Path) -> None:

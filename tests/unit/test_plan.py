@@ -248,3 +248,25 @@ def test_plan_notify_section(tmp_path: Path) -> None:
     assert plan.notify is not None and plan.notify.on == ["failed"]
     assert plan.notify.timeout_s == 10
     assert load_plan(write_plan(tmp_path)).notify is None
+
+
+def test_plan_check_accepts_every_override_the_worker_accepts(tmp_path: Path) -> None:
+    """The plan check loads the config the way the worker does: the alias
+    ``evaluation.eval_frequency`` on a recipe that also spells ``experiment.eval_frequency``
+    follows along instead of disagreeing; a value the worker refuses is refused here too."""
+    from orchestrator.night.history import override_args
+    from trainer.config import load_config
+
+    recipe = str(Path("configs/overnight_training_conservative.yaml").resolve())
+    path = write_plan(tmp_path)
+    raw = yaml.safe_load(path.read_text())
+    raw["nights"][1]["config"] = recipe
+    raw["nights"][1]["overrides"] = {"evaluation.eval_frequency": 20}
+    path.write_text(yaml.safe_dump(raw))
+    plan = load_plan(path)
+    cfg = load_config(recipe, override_args(plan.nights[1].overrides))
+    assert cfg.evaluation.eval_frequency == 20 and cfg.experiment.eval_frequency == 20
+    raw["nights"][1]["overrides"] = {"evaluation.eval_frequency": "often"}
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(PlanError, match=r"(?s)nights\.1\.overrides.*eval_frequency"):
+        load_plan(path)

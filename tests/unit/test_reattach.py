@@ -140,9 +140,9 @@ def test_an_attached_worker_s_exit_is_read_from_its_events(
 def test_an_attached_hung_worker_is_killed_and_ends_as_hang(tmp_path: Path) -> None:
     fs = Foreign()
     sup, decisions = attached(tmp_path, fs)
-    run_for(sup, fs, RB.heartbeat.step_timeout_s + 2)  # no progress after step 1
+    run_for(sup, fs, RB.progress.step_timeout_s + 2)  # no progress after step 1
     assert fs.signals[:1] == [signal.SIGTERM] and decisions[-1].trigger == "hang"
-    run_for(sup, fs, RB.heartbeat.term_grace_s + 1)
+    run_for(sup, fs, RB.progress.term_grace_s + 1)
     assert fs.signals == [signal.SIGTERM, signal.SIGKILL]
     fs.alive = False
     out = run_for(sup, fs, 1.0)
@@ -193,9 +193,9 @@ def test_health_is_measured_on_the_worker_s_monotonic_clock() -> None:
     h = orphan_health(events, RB, now_mono=115.0, now_wall=T0 + 3600, created_at=None)
     assert h["healthy"] and h["silent_s"] == 5.0 and h["phase"] == "train" and h["step"] == 5
     h = orphan_health(
-        events, RB, now_mono=110.0 + RB.heartbeat.step_timeout_s + 1, now_wall=T0, created_at=None
+        events, RB, now_mono=110.0 + RB.progress.step_timeout_s + 1, now_wall=T0, created_at=None
     )
-    assert not h["healthy"] and h["timeout_s"] == RB.heartbeat.step_timeout_s
+    assert not h["healthy"] and h["timeout_s"] == RB.progress.step_timeout_s
 
 
 def test_health_counts_a_heartbeat_at_its_last_progress_and_adapts_to_step_time() -> None:
@@ -206,11 +206,11 @@ def test_health_counts_a_heartbeat_at_its_last_progress_and_adapts_to_step_time(
     assert orphan_health([slow], RB, now_mono=210.0, now_wall=T0, created_at=None)["healthy"]
     evals = ev("heartbeat", 200.0, phase="eval", progress_age_s=55.0)
     h = orphan_health([evals], RB, now_mono=210.0, now_wall=T0, created_at=None)
-    assert h["healthy"] and h["timeout_s"] == RB.heartbeat.slow_phase_timeout_s
+    assert h["healthy"] and h["timeout_s"] == RB.progress.slow_phase_timeout_s
 
 
 def test_health_without_events_uses_the_process_age_and_without_mono_the_wall_clock() -> None:
-    startup = RB.heartbeat.startup_timeout_s
+    startup = RB.progress.startup_timeout_s
     h = orphan_health([], RB, now_mono=0.0, now_wall=T0, created_at=T0 - startup + 5)
     assert h["healthy"] and h["phase"] == "startup"
     assert not orphan_health([], RB, 0.0, T0, created_at=T0 - startup - 5)["healthy"]

@@ -12,14 +12,21 @@ from orchestrator.core.runbook import load_runbook
 from orchestrator.core.state import Night, StateError
 from orchestrator.policy import DecisionKind, Observation
 from orchestrator.policy.recovery import (
+    KILL_WAIT_S,
+    ORPHAN_TERM_S,
     Health,
     deadline_grace_s,
     end_status,
     escalation,
     final_eval_decide,
+    finished_in_window,
     learned_overrides,
+    needs_final_eval,
     next_night,
+    no_unrecovered_nonfinite,
+    orphan_escalation,
     orphan_health,
+    passed_window_status,
     recovered_ending,
     recovery_action,
     unended_reason,
@@ -68,7 +75,7 @@ def test_orphan_health_uses_the_phase_timeout() -> None:
         running=True, started_at=0.0, silent_s=30.0, recent_step_s=1.0, phase="train", step=7
     )
     h = orphan_health(obs, RB)
-    assert h.healthy and h.step == 7 and h.timeout_s == RB.heartbeat.step_timeout_s
+    assert h.healthy and h.step == 7 and h.timeout_s == RB.progress.step_timeout_s
     unknown = Observation(running=True, started_at=0.0, silent_s=None, phase="startup")
     assert not orphan_health(unknown, RB).healthy  # no way to tell: never healthy
     assert orphan_health(unknown, RB).as_json()["phase"] == "startup"
@@ -78,12 +85,12 @@ def test_the_final_eval_is_only_stopped_for_a_hang() -> None:
     quiet = Observation(
         running=True,
         started_at=0.0,
-        silent_s=RB.heartbeat.slow_phase_timeout_s + 1,
+        silent_s=RB.progress.slow_phase_timeout_s + 1,
         phase="eval",
         total_epochs=6,
         epoch=6,
     )
-    assert final_eval_decide(quiet, RB, now=1e9).kind is DecisionKind.RESTART
+    assert final_eval_decide(quiet, RB, now=1e9).kind is DecisionKind.KILL
     busy = Observation(
         running=True, started_at=0.0, silent_s=5.0, phase="eval", tree_mem=10**12
     )  # far over any ceiling: still not its business
@@ -116,7 +123,7 @@ def test_end_status(completed: bool, level: str, evaluated: bool, status: str) -
 
 
 def test_one_escalation_schedule() -> None:
-    hb = RB.heartbeat
+    hb = RB.progress
     graceful = escalation(RB)
     assert graceful.waits == (
         max(hb.slow_phase_timeout_s, 60.0),
@@ -164,3 +171,60 @@ def test_a_repeated_night_keeps_its_fallbacks_never_its_faults() -> None:
         {"data.batch_size": 24, "training.lr": 1e-4, "faults.nonfinite_at_step": 100}
     )
     assert got == {"data.batch_size": 24, "training.lr": 1e-4}
+
+
+@pytest.mark.parametrize(
+    ("final_eval_epoch", "newest_ckpt_epoch", "needed"),
+    [
+        (None, None, False),  # nothing to evaluate
+        (None, 3, True),  # checkpoints but no evaluation after epoch 0
+        (3, 3, False),  # the newest checkpoint was evaluated
+        (2, 3, True),  # trained past the last evaluation
+        (4, 3, False),  # an evaluation newer than any usable checkpoint (lineage rolled back)
+    ],
+)
+def test_needs_final_eval(
+    final_eval_epoch: int | None, newest_ckpt_epoch: int | None, needed: bool
+) -> None:
+    assert needs_final_eval(final_eval_epoch, newest_ckpt_epoch) is needed
+
+
+@pytest.mark.parametrize(
+    ("completed", "finished_ts", "in_window"),
+    [
+        (True, 99.0, True),
+        (True, 100.0, True),  # at the deadline is in time
+        (True, 100.5, False),
+        (True, None, False),  # no finished event
+        (False, 50.0, False),  # stopped early: not a completed night
+    ],
+)
+def test_finished_in_window(completed: bool, finished_ts: float | None, in_window: bool) -> None:
+    assert finished_in_window(completed, finished_ts, deadline=100.0) is in_window
+
+
+@pytest.mark.parametrize(
+    ("last_exit", "evaluated", "ok"),
+    [
+        ("finished", True, True),
+        ("nonfinite", True, False),  # the last attempt died on NaN: not recovered
+        ("oom", True, True),  # an earlier NaN fixed by a rung does not count
+        (None, False, False),  # no evaluated model: nothing shows it recovered
+        ("nonfinite", False, False),
+    ],
+)
+def test_no_unrecovered_nonfinite(last_exit: str | None, evaluated: bool, ok: bool) -> None:
+    assert no_unrecovered_nonfinite(last_exit, evaluated) is ok
+
+
+@pytest.mark.parametrize(
+    ("started", "evaluated", "status"),
+    [(False, False, "skipped"), (True, True, "partial"), (True, False, "failed")],
+)
+def test_passed_window_status(started: bool, evaluated: bool, status: str) -> None:
+    assert passed_window_status(started, evaluated) == status
+
+
+def test_the_daemons_orphan_stop_goes_straight_to_sigterm() -> None:
+    assert orphan_escalation().waits == (0.0, ORPHAN_TERM_S, KILL_WAIT_S)
+    assert orphan_escalation(5.0).waits == (0.0, 5.0, KILL_WAIT_S)

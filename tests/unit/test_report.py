@@ -53,7 +53,7 @@ def test_successful_two_night_plan(tmp_path: Path) -> None:
     # decision matrix on the last night: 69.4% → resume for 50-100 more epochs
     assert "65-70%, good" in first_screen and "training.epochs=90" in text
     assert "## Conservative vs aggressive" in text
-    assert "**+6.3 pts** (meets the +5 points" in text
+    assert "**+6.3 pts**." in text  # its runbook has no gain criterion: no verdict
     assert "No fallbacks were needed." in text
     # the recipe's expectations beside what the night measured
     assert "| epoch time (min) | 9 – 10 | 9 | inside | recipe |" in text
@@ -131,6 +131,9 @@ def test_night_in_progress_and_single_night_out_file(tmp_path: Path) -> None:
     text = out.read_text()
     assert "⏳ **Night 1 — conservative: RUNNING** — not judged yet" in text
     assert "Still running" in text
+    # no best recorded yet: the newest checkpoint is offered under its own name
+    assert "- newest checkpoint (no best recorded yet): `" in text
+    assert "best checkpoint:" not in text
     assert all(p.parent == out.parent for p in linked_pngs(out))  # plots beside the report
     assert_valid_pngs(out, 4)
     with pytest.raises(ReportError, match="no night 3"):
@@ -200,3 +203,28 @@ def test_an_expectation_outside_its_range_says_which_side() -> None:
     assert verdict(Expectation(measure="final_loss", high=0.3), 0.1) == "inside"
     with pytest.raises(ValueError, match="low or high"):
         Expectation(measure="knn_20")
+
+
+def test_the_gain_over_the_previous_night_is_judged_by_its_recorded_criterion(
+    tmp_path: Path,
+) -> None:
+    """No verdict of its own: the line quotes the night's recorded gain_over_previous_night
+    check, from the criterion in its runbook, and says nothing when there is none."""
+    var = copy("plan-success", tmp_path)
+    assert (
+        "Aggressive − conservative linear probe: **+6.3 pts**.\n" in write_report(var).read_text()
+    )
+    rb = var / "runbook-aggressive.yaml"
+    rb.write_text(
+        rb.read_text().replace(
+            "  should: [",
+            '  should: [{metric: gain_over_previous_night, op: ">=", value: 0.05}, ',
+        )
+    )
+    state = json.loads((var / "state.json").read_text())
+    name = "gain_over_previous_night >= 0.05"
+    check = {"name": name, "level": "should", "passed": False, "value": 0.063, "threshold": 0.05}
+    state["nights"][1]["success"]["checks"].append(check)
+    (var / "state.json").write_text(json.dumps(state))
+    text = write_report(var).read_text()
+    assert "**+6.3 pts** (misses its should criterion of +5 points)." in text

@@ -110,3 +110,48 @@ def test_success_levels_and_relative_checks() -> None:
         evidence=healthy,
     )
     assert s2.level == "stretch" and all(c.passed for c in s2.checks)
+
+
+def test_progress_timeouts_key_and_its_former_spelling() -> None:
+    """``progress:`` names the progress timeouts; a user's runbook that still says
+    ``heartbeat:`` reads the same."""
+    from orchestrator.core.runbook import parse_runbook
+
+    new = parse_runbook({"name": "x", "progress": {"step_timeout_s": 7}}, "new.yaml")
+    old = parse_runbook({"name": "x", "heartbeat": {"step_timeout_s": 7}}, "old.yaml")
+    assert new.progress == old.progress and new.progress.step_timeout_s == 7
+
+
+@pytest.mark.parametrize(
+    ("config", "runbook"),
+    [
+        ("configs/demo_conservative.yaml", "demo"),
+        ("configs/demo_aggressive.yaml", "demo"),
+        ("/abs/overnight_training_conservative.yaml", "conservative"),
+        ("overnight_training_aggressive.yaml", "aggressive"),
+        ("my_aggressive_copy.yaml", "conservative"),  # a name is not matched by substring
+        ("demo_mine.yaml", "conservative"),
+    ],
+)
+def test_runbook_for_a_recipe_is_a_table(config: str, runbook: str) -> None:
+    from orchestrator.policy.runbooks import runbook_name_for
+
+    assert runbook_name_for(config) == runbook
+
+
+def test_every_shipped_recipe_has_its_runbook_in_the_table() -> None:
+    from orchestrator.core.datafiles import shipped_root
+    from orchestrator.policy.runbooks import RUNBOOK_FOR_RECIPE
+
+    shipped = {p.name for p in (shipped_root() / "configs").glob("*.yaml")}
+    assert shipped == set(RUNBOOK_FOR_RECIPE)
+    for name in set(RUNBOOK_FOR_RECIPE.values()):
+        assert (shipped_root() / "runbooks" / f"{name}.yaml").is_file()
+
+
+def test_feature_names_are_one_list() -> None:
+    from typing import get_args
+
+    from orchestrator.core.runbook import FEATURE_KEYS, FeatureName
+
+    assert list(get_args(FeatureName)) == list(FEATURE_KEYS)

@@ -22,8 +22,8 @@ from trainer.events import read_control
 
 ROOT = Path(__file__).resolve().parents[2]
 RB = load_runbook(ROOT / "runbooks/demo.yaml")  # grace 5 s, samples 2 s
-RB.heartbeat.step_timeout_s = 20.0  # timeouts these tests are written against
-RB.heartbeat.startup_timeout_s = RB.heartbeat.slow_phase_timeout_s = 60.0
+RB.progress.step_timeout_s = 20.0  # timeouts these tests are written against
+RB.progress.startup_timeout_s = RB.progress.slow_phase_timeout_s = 60.0
 T0 = 1_000_000.0
 
 

@@ -11,11 +11,18 @@ them.
 
 from __future__ import annotations
 
-import re
 import shlex
 from typing import Any
 
+from orchestrator.core.runbook import Check
 from orchestrator.core.state import RESUMABLE, SuccessCheck
+from orchestrator.policy.next_step import (
+    EXCELLENT_ABOVE,
+    GOOD_FROM,
+    MODERATE_FROM,
+    demo_outcome,
+    probe_band,
+)
 from orchestrator.views.fmt import NA, fmt_pct
 from orchestrator.views.report.facts import NightFacts
 from orchestrator.views.report.markdown import set_args
@@ -46,16 +53,18 @@ def _metric_value(metric: str, value: Any, gain: bool = False) -> str:
     return f"{value:.3g}"
 
 
-def check_text(c: SuccessCheck) -> str:
-    """``✓ linear probe > 55%: 63.1%`` — the check's name made readable, with its value."""
+def check_text(c: SuccessCheck, spec: Check | None = None) -> str:
+    """``✓ linear probe > 55%: 63.1%`` — the check made readable, with its value. ``spec`` is
+    the runbook's criterion the check was judged by (``NightFacts.check_specs``): its metric,
+    operator, threshold and whether it compares a gain; without one (the runbook is gone or
+    changed since), the recorded name as it is."""
     mark = {True: "✓", False: "✗", None: "?"}[c.passed]
-    m = re.fullmatch(r"(\w+)( gain)? ([<>]=?) ([-+\d.eE]+)", c.name.strip())
-    if m:
-        metric, gain, op, thr = m.group(1), bool(m.group(2)), m.group(3), float(m.group(4))
+    if spec is not None and spec.op is not None and spec.value is not None:
+        metric, gain = spec.metric, spec.relative
         label = metric.replace("_", " ").replace("knn ", "kNN k=")
         return (
-            f"{mark} {label}{' gain' if gain else ''} {op} "
-            f"{_metric_value(metric, thr, gain)}: {_metric_value(metric, c.value, gain)}"
+            f"{mark} {label}{' gain' if gain else ''} {spec.op} "
+            f"{_metric_value(metric, spec.value, gain)}: {_metric_value(metric, c.value, gain)}"
         )
     label = c.name.replace("_", " ")
     limit = f" (threshold {c.threshold})" if c.threshold not in (None, True) else ""
@@ -73,7 +82,8 @@ def verdict_line(f: NightFacts) -> str:
             cs = [c for c in n.success.checks if c.level == level]
             if cs:
                 ok = sum(1 for c in cs if c.passed)
-                by_level.append(f"{level} {ok}/{len(cs)} ({'; '.join(check_text(c) for c in cs)})")
+                texts = "; ".join(check_text(c, f.check_specs.get(c.name)) for c in cs)
+                by_level.append(f"{level} {ok}/{len(cs)} ({texts})")
         if by_level:
             head += " — " + " · ".join(by_level)
     elif n.status in RESUMABLE:
@@ -106,17 +116,15 @@ def next_step(f: NightFacts) -> str:
             f" for the random encoder ({100 * gain:+.1f} pts"
             + (f", kNN k=20 {100 * knn_gain:+.1f} pts)" if knn_gain is not None else ")")
         )
-        # The demo's data is a texture task a linear probe on mean-pooled features barely
-        # separates; kNN is the demo's primary measure, so either gain counts as learning.
-        best = max(gain, knn_gain if knn_gain is not None else gain)
-        if best >= 0.05:
+        outcome = demo_outcome(gain, knn_gain)
+        if outcome == "learned":
             return (
                 f"Demo: the encoder learned features the random one lacks ({versus}); the "
                 "pipeline works end to end. Next: `hjepa-night preflight --config "
                 "configs/overnight_training_conservative.yaml`, then `hjepa-night start "
                 "--plan sequential` for the real nights."
             )
-        if best > 0:
+        if outcome == "barely":
             return (
                 f"Demo: barely above the random encoder ({versus}). Train longer "
                 f"(`{cfg} --set training.epochs=<more>`) before reading anything into it."
@@ -125,25 +133,27 @@ def next_step(f: NightFacts) -> str:
             f"Demo: no better than the random encoder ({versus}): debug — check that the "
             "loss falls, feature std stays > 0.05 and the effective rank does not collapse."
         )
-    if lp > 0.70:
+    band = probe_band(lp)
+    ex, good, mod = (f"{100 * t:.0f}" for t in (EXCELLENT_ABOVE, GOOD_FROM, MODERATE_FROM))
+    if band == "excellent":
         return (
-            f"Linear probe {fmt_pct(lp)} (> 70%, excellent): scale to ImageNet-1K from the "
+            f"Linear probe {fmt_pct(lp)} (> {ex}%, excellent): scale to ImageNet-1K from the "
             "aggressive config, 300 epochs with multi-crop (expected 73-78%)."
         )
-    if lp >= 0.65:
+    if band == "good":
         more = (n.epochs_done or f.run.epochs_done or 0) + 50
         return (
-            f"Linear probe {fmt_pct(lp)} (65-70%, good): resume from the best checkpoint for "
-            f"50-100 more epochs (expected 68-73%) — the resume command below with "
+            f"Linear probe {fmt_pct(lp)} ({good}-{ex}%, good): resume from the best checkpoint "
+            f"for 50-100 more epochs (expected 68-73%) — the resume command below with "
             f"`--set training.epochs={more}`."
         )
-    if lp >= 0.60:
+    if band == "moderate":
         return (
-            f"Linear probe {fmt_pct(lp)} (60-65%, moderate): tune the LR and batch size "
+            f"Linear probe {fmt_pct(lp)} ({mod}-{good}%, moderate): tune the LR and batch size "
             "before scaling (expected 65-70%)."
         )
     return (
-        f"Linear probe {fmt_pct(lp)} (< 60%, poor): debug before scaling — check the loss "
+        f"Linear probe {fmt_pct(lp)} (< {mod}%, poor): debug before scaling — check the loss "
         "curve per level, feature std and effective rank, and the fallbacks below."
     )
 

@@ -1,13 +1,23 @@
-"""The morning report's side-by-side table of the nights that ran (conservative vs aggressive).
+"""The morning report's side-by-side table of the nights that ran (conservative vs aggressive),
+and each night's linear probe against the one before it, judged by its own recorded criteria.
 
 lines = side_by_side(facts)   # [] with fewer than two nights that ran
 """
 
 from __future__ import annotations
 
+import itertools
+
 from orchestrator.views.fmt import NA, fmt_dur, fmt_gb, fmt_num, fmt_pct
 from orchestrator.views.report.facts import NightFacts
 from orchestrator.views.report.markdown import md_table
+
+
+def tree_peak(f: NightFacts) -> float | None:
+    """The worker tree's peak as the host ceiling measured it (PSS/USS; RSS where no other)."""
+    peaks = f.run.sample_peaks
+    value = peaks.get("tree_mem", peaks.get("tree_rss"))
+    return float(value) if value is not None else None
 
 
 def side_by_side(facts: list[NightFacts]) -> list[str]:
@@ -34,18 +44,33 @@ def side_by_side(facts: list[NightFacts]) -> list[str]:
         ["attempts / fallbacks"]
         + [f"{len(f.night.attempts)} / {len(f.night.fallbacks)}" for f in ran],
         ["median img/s"] + [fmt_num(f.median_img_s(), ".1f") for f in ran],
-        ["peak worker memory"] + [fmt_gb(f.run.sample_peaks.get("tree_rss")) for f in ran],
+        ["peak worker tree memory"] + [fmt_gb(tree_peak(f)) for f in ran],
     ]
     out = ["## Conservative vs aggressive", ""]
     out += md_table(["", *[f"night {f.night.index + 1}: {f.night.name}" for f in ran]], rows)
-    cons = next((f for f in ran if "conservative" in f.night.name + f.night.config), None)
-    aggr = next((f for f in ran if "aggressive" in f.night.name + f.night.config), None)
-    if cons and aggr and lp(cons) is not None and lp(aggr) is not None:
-        delta = 100 * (lp(aggr) - lp(cons))  # type: ignore[operator]
-        verdict = "meets" if delta >= 5 else "misses"
+    return out + gain_lines(ran)
+
+
+def gain_lines(ran: list[NightFacts]) -> list[str]:
+    """Each night's linear probe against the night before it; the verdict is the night's own
+    recorded ``gain_over_previous_night`` check(s) (its runbook's criteria), none without one."""
+    out = []
+    for prev, later in itertools.pairwise(ran):
+        lp_p = prev.final.linear_probe if prev.final else None
+        lp_l = later.final.linear_probe if later.final else None
+        if lp_p is None or lp_l is None:
+            continue
+        delta = 100 * (lp_l - lp_p)
+        verdicts = []
+        for c in later.night.success.checks if later.night.success else ():
+            spec = later.check_specs.get(c.name)
+            if spec is not None and spec.metric == "gain_over_previous_night" and spec.value:
+                verb = "meets" if c.passed else "misses"
+                verdicts.append(f"{verb} its {c.level} criterion of {100 * spec.value:+.0f} points")
+        said = f" ({'; '.join(verdicts)})" if verdicts else ""
         out += [
-            f"Aggressive − conservative linear probe: **{delta:+.1f} pts** ({verdict} the "
-            "+5 points the aggressive night should add).",
+            f"{later.night.name.capitalize()} − {prev.night.name} linear probe: "
+            f"**{delta:+.1f} pts**{said}.",
             "",
         ]
     return out

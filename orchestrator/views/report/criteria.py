@@ -32,8 +32,9 @@ def criteria_table(f: NightFacts) -> list[str]:
     success = f.night.success
     if success is None:
         return ["Not judged yet (the night has not ended).", ""]
+    verdicts = {True: "pass", False: "FAIL", None: NA}
     rows = [
-        [c.level, check_text(c), {True: "pass", False: "FAIL", None: NA}[c.passed],
+        [c.level, check_text(c, f.check_specs.get(c.name)), verdicts[c.passed],
          evidence_text(c.evidence)]
         for c in success.checks
     ]  # fmt: skip

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from orchestrator.core.fold import num
 from orchestrator.core.runbook import Expectation, RunbookError, load_runbook
+from orchestrator.core.units import GB
 from orchestrator.views.fmt import NA
 from orchestrator.views.report.facts import NightFacts
 from orchestrator.views.report.markdown import md_table
 from orchestrator.views.snapshot import resolve_path
 
-GB = 1024**3
 LABEL = {
     "epoch_minutes": "epoch time (min)",
     "memory_peak_gb": "memory peak (GB)",

@@ -1,7 +1,7 @@
 """What the morning report knows about one night, gathered once: :class:`NightFacts`.
 
     f = NightFacts(Path("var"), state, state.nights[0])
-    f.final, f.base, f.best_checkpoint, f.used_s, f.median_img_s()
+    f.final, f.base, f.best_checkpoint, f.newest_checkpoint, f.used_s, f.median_img_s()
 
 It reads the state file's record of the night, the night's
 :class:`~orchestrator.views.snapshot.RunView` (every attempt's ``events.jsonl`` and
@@ -17,7 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.core.fold import metrics_of
+from orchestrator.core.runbook import Check, RunbookError, load_runbook
 from orchestrator.core.state import Metrics, Night, State
+from orchestrator.policy import forecast
+from orchestrator.policy.runbooks import runbook_name_for
 from orchestrator.views.snapshot import (
     RunView,
     Thresholds,
@@ -31,10 +34,12 @@ from trainer.events_read import read_events
 
 
 def is_demo(state: State, night: Night) -> bool:
+    """A demo night: the demo plan, the demo runbook, or a recipe the policy's table runs under
+    it (:func:`orchestrator.policy.runbooks.runbook_name_for`)."""
     return bool(
         (state.plan and state.plan.name == "demo")
         or Path(night.runbook).stem == "demo"
-        or Path(night.config).stem.startswith("demo")
+        or runbook_name_for(night.config) == "demo"
     )
 
 
@@ -50,13 +55,28 @@ def display_path(state_dir: Path, recorded: str) -> str:
     return recorded
 
 
+def check_specs(runbook: Path | None) -> dict[str, Check]:
+    """The runbook's success criteria by the name the state records for each check (its
+    ``Check.name``); empty when the runbook cannot be read (the report words the bare name)."""
+    if runbook is None:
+        return {}
+    try:
+        rb = load_runbook(runbook)
+    except (RunbookError, OSError):
+        return {}
+    s = rb.success
+    return {c.name: c for c in (*s.must, *s.should, *s.stretch)}
+
+
 class NightFacts:
     """Everything one night's section needs, gathered once."""
 
     def __init__(self, state_dir: Path, state: State, night: Night) -> None:
         self.state_dir, self.state, self.night = state_dir, state, night
         self.run: RunView = read_night_run(state_dir, night)
-        self.th: Thresholds = load_thresholds(resolve_path(state_dir, night.runbook))
+        rb_path = resolve_path(state_dir, night.runbook)
+        self.th: Thresholds = load_thresholds(rb_path)
+        self.check_specs: dict[str, Check] = check_specs(rb_path)
         self.demo = is_demo(state, night)
         self.start = iso_ts(night.started_at)
         self.end = iso_ts(night.ended_at)
@@ -97,12 +117,17 @@ class NightFacts:
 
     @property
     def best_checkpoint(self) -> str | None:
+        """The best checkpoint the night recorded (by the recipe's metric), as a usable path;
+        None when none was recorded (see :attr:`newest_checkpoint`)."""
         recorded = self.night.best_checkpoint
-        if recorded is None and self.run.checkpoints:
-            recorded = self.run.checkpoints[-1].get("path")
-        if recorded is None:
-            return None
-        return display_path(self.state_dir, recorded)
+        return display_path(self.state_dir, recorded) if recorded else None
+
+    @property
+    def newest_checkpoint(self) -> str | None:
+        """The newest checkpoint in the events: what a night with no best recorded yet (still
+        running, or stopped before its first evaluation) offers to resume from."""
+        path = self.run.checkpoints[-1].get("path") if self.run.checkpoints else None
+        return display_path(self.state_dir, str(path)) if path else None
 
     @property
     def resolved_config(self) -> str:
@@ -123,10 +148,13 @@ class NightFacts:
 
     @property
     def pace_s(self) -> float | None:
+        """The pace needed from the window's start: ``policy.forecast.pace_needed`` with none
+        of the planned epochs done (the screen asks the same function from now)."""
         planned = self.night.epochs_planned or self.run.total_epochs
-        if not self.window_s or not planned:
+        if self.window_start is None or self.deadline is None or not planned:
             return None
-        return (self.window_s - 60 * (self.th.final_eval_minutes or 0)) / planned
+        reserve = 60 * (self.th.final_eval_minutes or 0)
+        return forecast.pace_needed(self.deadline, reserve, self.window_start, 0, planned)
 
     def median_img_s(self, attempt: int | None = None) -> float | None:
         vals = sorted(

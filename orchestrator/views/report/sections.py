@@ -202,8 +202,9 @@ def time_and_resources(f: NightFacts) -> list[str]:
         f"{fmt_num(th.final_eval_minutes, 'g')} min",
         f"- forecast error (first forecast − actual end): **{fmt_dur(n.forecast_error_s)}** "
         f"(each forecast: {errors}; positive = finished earlier than forecast)",
-        f"- epoch time: mean of the last 3 {fmt_dur(run.recent_epoch_seconds())}, pace needed "
-        f"{fmt_dur(f.pace_s)}",
+        f"- epoch training time (mean of the last 3 epochs, evaluation and checkpoints not "
+        f"included): {fmt_dur(run.recent_epoch_seconds())}; pace needed from the window's "
+        f"start (all included): {fmt_dur(f.pace_s)}",
         f"- throughput: median {fmt_num(f.median_img_s(), '.1f')} img/s (last attempt "
         f"{fmt_num(f.median_img_s(n.attempts[-1].index) if n.attempts else None, '.1f')})",
         f"- peak memory: worker tree {fmt_gb(peaks.get('tree_mem', peaks.get('tree_rss')))} "
@@ -293,10 +294,13 @@ def metrics_table(f: NightFacts) -> list[str]:
 
 
 def commands(f: NightFacts, stamp: str) -> list[str]:
-    n, ckpt = f.night, f.best_checkpoint
+    n, ckpt, which = f.night, f.best_checkpoint, "best"
+    if ckpt is None and f.newest_checkpoint is not None:
+        ckpt, which = f.newest_checkpoint, "newest"
     base_dir = Path(f.state_dir) / "runs" / n.name
     cfg = shlex.quote(f.resolved_config)
-    out = [f"- best checkpoint: `{ckpt}`" if ckpt else "- no checkpoint was written", ""]
+    said = "best checkpoint" if which == "best" else "newest checkpoint (no best recorded yet)"
+    out = [f"- {said}: `{ckpt}`" if ckpt else "- no checkpoint was written", ""]
     out += [
         "```sh",
         "# rerun the night with what it learned (overrides in force at the end)",
@@ -305,9 +309,9 @@ def commands(f: NightFacts, stamp: str) -> list[str]:
     if ckpt:
         q = shlex.quote(ckpt)
         out += [
-            "# resume training from the best checkpoint (add --set training.epochs=N for more)",
+            f"# resume training from the {which} checkpoint (add --set training.epochs=N for more)",
             f"python -m trainer --config {cfg} --run-dir {base_dir}/resume-{stamp} --resume {q}",
-            "# evaluate the best checkpoint",
+            f"# evaluate the {which} checkpoint",
             f"python -m trainer --config {cfg} --run-dir {base_dir}/eval-{stamp} --resume {q} "
             "--eval-only",
         ]

@@ -176,7 +176,7 @@ def _progress(s: Snapshot) -> RenderableType:
     minutes = per_epoch / 60 if per_epoch else None
     rows.append(
         (
-            "epoch time",
+            "train time",  # per epoch, the last epochs (evaluation and checkpoints apart)
             Text.assemble(
                 styled(
                     f"{fmt_dur(per_epoch)}",
