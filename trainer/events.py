@@ -51,9 +51,8 @@ sleep does not move it). Events from writers without ``mono`` fall back to ``ts`
 |             | keys the checkpoint lacks], optimizer (restored|reset), message             |
 | best        | path (the checkpoint now best, copied to best.pt), metric, value, epoch, step |
 | control     | seq, epochs (new total or null), stop, applied (text)                        |
-| pictures    | path (``pictures.npz``, "" when not drawn), checkpoint, sha256, epoch, step, |
-|             | indices, levels (FPN maps), attention (what the map shows), seconds,         |
-|             | problem ("" or why not drawn): the end-of-run pictures (trainer/pictures.py) |
+| pictures    | path (pictures.npz; ""), checkpoint, sha256, epoch, step, indices, seconds,  |
+|             | problem ("" or why none): trainer/pictures.py                                |
 | fatal       | kind (see FATAL_KINDS), message, feature, epoch, step, rank (of the process |
 |             | that failed; ranks > 0 write only this event)                                |
 | finished    | reason (completed|stopped), epoch, step, seconds                             |
@@ -289,9 +288,6 @@ class Best(_Event):
 
 
 class Pictures(_Event):
-    """The end-of-run pictures of a checkpoint (``trainer/pictures.py``); ``problem`` says why
-    none were drawn."""
-
     type: Literal["pictures"] = "pictures"
     path: str
     checkpoint: str = ""
@@ -299,8 +295,6 @@ class Pictures(_Event):
     epoch: int | None = None
     step: int | None = None
     indices: list[int] = Field(default_factory=list)
-    levels: int = 0
-    attention: str = ""
     seconds: float = 0.0
     problem: str = ""
 

@@ -47,7 +47,6 @@ from trainer.masks import Batch, MaskCollator
 COUNT = 4  # held-out images pictured
 MASK_SEED = 20_251_207  # the masks' fixed stream position: the same masks every night
 PICTURES_FILE = "pictures.npz"
-ATTENTION = "mean attention each patch receives (last block, heads and queries averaged)"
 
 
 def fixed_indices(n: int, count: int = COUNT) -> list[int]:
@@ -213,7 +212,6 @@ def make_pictures(
         "sha256": str(meta.get("sha256") or ""),
         "epoch": meta.get("epoch"),
         "step": meta.get("step"),
-        "attention": ATTENTION,
     }
     try:
         if checkpoint is None:
@@ -230,7 +228,6 @@ def make_pictures(
     return Pictures(
         path=str(path),
         indices=[int(i) for i in arrays["indices"]],
-        levels=int(arrays["fpn"].shape[0]),
         seconds=time.monotonic() - t,
         **base,
     )

@@ -59,5 +59,5 @@ def picture_evidence(ev: dict[str, Any] | None, best: str | None, why: str) -> d
     """The recorded evidence: the arrays' path and what they show, or ``problem`` (why none)."""
     if ev is None:
         return {"path": None, "checkpoint": best, "problem": why or "no pictures were drawn"}
-    keys = ("path", "checkpoint", "epoch", "step", "indices", "levels", "attention", "seconds")
+    keys = ("path", "checkpoint", "epoch", "step", "indices", "seconds")
     return {**{k: ev.get(k) for k in keys}, "checkpoint": best, "problem": ""}

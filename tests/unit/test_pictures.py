@@ -111,7 +111,9 @@ def test_a_checkpoint_is_pictured_and_matched_to_the_nights_best(tmp_path: Path)
     fresh = build_model(load_config(ROOT / "configs" / "demo_aggressive.yaml", [*SMALL,
                                     "experiment.seed=7"]))  # fmt: skip
     ev = P.make_pictures(fresh, cfg, test, torch.device("cpu"), best, tmp_path / "pictures")
-    assert ev.problem == "" and ev.levels == 3 and ev.epoch == 3 and Path(ev.path).is_file()
+    assert ev.problem == "" and ev.epoch == 3 and Path(ev.path).is_file()
+    with np.load(ev.path) as z:
+        assert z["fpn"].shape[0] == 3 and z["indices"].tolist() == ev.indices
     for k, v in model.target_encoder.state_dict().items():  # the checkpoint's weights loaded
         torch.testing.assert_close(fresh.target_encoder.state_dict()[k], v)
     fold = RunFold()
@@ -155,7 +157,7 @@ def test_report_links_readable_pngs_with_captions(tmp_path: Path) -> None:
     var = _with_pictures(
         tmp_path,
         picture_evidence(
-            {"path": str(npz), "epoch": 6, "step": 384, "indices": [0, 8, 16, 24], "levels": 3},
+            {"path": str(npz), "epoch": 6, "step": 384, "indices": [0, 8, 16, 24]},
             "/x/runs/n2/attempt-01/checkpoints/best.pt",
             "",
         ),
