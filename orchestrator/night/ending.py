@@ -187,14 +187,12 @@ class Ending(NightBase):
             elif found is None:
                 view, exit_kind = self.final_worker(str(best), PICTURES, ["--pictures"])
                 found = pictures_of([view], best)
-                problems = [str(ev.get("problem")) for ev in view.pictures if ev.get("problem")]
-                why = "; ".join(problems) or f"the picturing worker ended: {exit_kind}"
+                why = f"the picturing worker ended: {exit_kind}"
         except Exception as exc:  # pictures never fail a night
             found, why = None, f"{type(exc).__name__}: {exc}"
         evidence = picture_evidence(found, best, why)
-        action = (
-            f"pictured {Path(str(best)).name}" if found else f"no pictures: {evidence['problem']}"
-        )
+        problem = evidence["problem"]
+        action = f"no pictures: {problem}" if problem else f"pictured {Path(str(best)).name}"
         self.record(Decision(DecisionKind.CONTINUE, PICTURES, action, evidence), None, PICTURES)
 
     def final_worker(self, checkpoint: str, name: str, flags: list[str]) -> tuple[RunView, str]:

@@ -7,9 +7,9 @@ The worker pictures the best checkpoint it knows at the end of its run (``traine
 its ``best.pt``, else its last checkpoint); the night's best (``history.best_of``) may be
 another one — an earlier attempt's, or none marked — so an event counts only when it names the
 same file or the same bytes (the sha256 in the checkpoint's sidecar: ``best.pt`` is a copy of a
-``ckpt-*.pt``). The ending (:mod:`orchestrator.night.ending`) records the result as a decision
-of kind ``pictures`` whose evidence the morning report reads
-(:mod:`orchestrator.views.report.pictures`).
+``ckpt-*.pt``). A worker that failed to picture the best is believed, not retried. The ending
+(:mod:`orchestrator.night.ending`) records the result as a decision of kind ``pictures`` whose
+evidence the morning report reads (:mod:`orchestrator.views.report.pictures`).
 """
 
 from __future__ import annotations
@@ -43,21 +43,19 @@ def same_checkpoint(ev: dict[str, Any], best: str) -> bool:
 
 
 def pictures_of(views: Iterable[RunView], best: str | None) -> dict[str, Any] | None:
-    """The newest drawn ``pictures`` event of ``best`` among the runs' views, else None."""
+    """The newest ``pictures`` event of ``best`` among the runs' views (drawn, or the worker's
+    reason why not), else None."""
     if not best:
         return None
-    found = [
-        ev
-        for v in views
-        for ev in v.pictures
-        if ev.get("path") and not ev.get("problem") and same_checkpoint(ev, best)
-    ]
+    found = [ev for v in views for ev in v.pictures if same_checkpoint(ev, best)]
     return max(found, key=lambda ev: float(ev.get("ts", 0.0))) if found else None
 
 
 def picture_evidence(ev: dict[str, Any] | None, best: str | None, why: str) -> dict[str, Any]:
-    """The recorded evidence: the arrays' path and what they show, or ``problem`` (why none)."""
-    if ev is None:
-        return {"path": None, "checkpoint": best, "problem": why or "no pictures were drawn"}
+    """The recorded evidence: the arrays' path and what they show, or ``problem`` (the
+    worker's reason, else ``why``)."""
+    if ev is None or ev.get("problem") or not ev.get("path"):
+        problem = (ev or {}).get("problem") or why or "no pictures were drawn"
+        return {"path": None, "checkpoint": best, "problem": problem}
     keys = ("path", "checkpoint", "epoch", "step", "indices", "seconds")
     return {**{k: ev.get(k) for k in keys}, "checkpoint": best, "problem": ""}
