@@ -327,6 +327,11 @@ def test_real_oom_shrinks_micro_batch_keeps_effective_batch(tmp_path: Path) -> N
     o = overrides_of(n)
     assert o["data.batch_size"] * o["training.accumulation_steps"] == 64
     assert o["data.batch_size"] <= 16 and n.status in ("succeeded", "partial")
+    # the last worker pictured the night's best checkpoint at its end: no extra process
+    (pics,) = [d.evidence for d in n.decisions if d.kind == "pictures"]
+    assert pics["problem"] == "" and pics["checkpoint"] == n.best_checkpoint, pics
+    assert Path(pics["path"]).is_file()
+    assert Path(pics["path"]).parent.parent == Path(n.attempts[-1].run_dir)
 
 
 @pytest.mark.slow
