@@ -23,10 +23,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from orchestrator.night.pictures import PICTURES
 from orchestrator.views.report.facts import NightFacts
 from orchestrator.views.snapshot import resolve_path
-
-PICTURES = "pictures"  # the decision kind the ending records
 
 
 def recorded(f: NightFacts) -> dict[str, Any] | None:
