@@ -1,7 +1,7 @@
 """The training worker.
 
     python -m trainer --config configs/demo_conservative.yaml --run-dir var/runs/x
-        [--resume auto|PATH] [--set key.path=value ...] [--eval-only] [--probe N]
+        [--resume auto|PATH] [--set key.path=value ...] [--eval-only] [--pictures] [--probe N]
     python -m trainer --check --config configs/demo_conservative.yaml [--set key.path=value ...]
 
 Writes events to ``RUN_DIR/events.jsonl`` and the resolved config to
@@ -11,6 +11,8 @@ Writes events to ``RUN_DIR/events.jsonl`` and the resolved config to
 missing, 14 crash, 15 no usable checkpoint (or one lacking weights of a module still on).
 
 ``--eval-only`` evaluates the ``--resume`` checkpoint (an ``eval`` event) and exits.
+``--pictures`` pictures the ``--resume`` checkpoint (a ``pictures`` event, ``trainer/pictures.py``)
+and exits; with ``--eval-only``, after the evaluation.
 ``--probe N`` times N optimizer steps after warm-up and prints one JSON line
 ({ms_per_step, steps_per_epoch, epoch_seconds, img_per_s, linear_probe_bound_s, ...});
 nothing is saved.
@@ -60,6 +62,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="override a config key (YAML value), e.g. training.lr=1e-4",
     )
     p.add_argument("--eval-only", action="store_true", help="evaluate the --resume checkpoint")
+    p.add_argument(
+        "--pictures",
+        action="store_true",
+        help="picture the --resume checkpoint (a `pictures` event; with --eval-only: after it)",
+    )
     p.add_argument("--probe", type=int, default=0, metavar="N", help="time N steps and exit")
     p.add_argument(
         "--check",
@@ -171,7 +178,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(result), flush=True)
             code = 0
         else:
-            code = worker.eval_only() if args.eval_only else worker.run()
+            if args.eval_only:
+                code = worker.eval_only(pictures=args.pictures)
+            elif args.pictures:
+                code = worker.pictures_only()
+            else:
+                code = worker.run()
         worker.dist.close()  # every rank waits for rank 0's last checkpoint and evaluation
         return code
     except BaseException as exc:

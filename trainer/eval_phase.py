@@ -5,7 +5,8 @@ Part of :class:`trainer.loop.Worker` (a base class of it). :meth:`EvalPhase.eval
 heartbeats, adds the training objective on held-out images (fixed masks) when
 ``checkpoint.metric`` is ``val_loss``, the contrastive accuracy when ``loss.use_contrastive``
 (:meth:`EvalPhase.contrastive_accuracy`), and saves a mask-overlay PNG when
-``logging.log_images``.
+``logging.log_images``. At the end of a run :meth:`EvalPhase.end_pictures` pictures the run's
+best checkpoint (``trainer/pictures.py``, a ``pictures`` event).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from pathlib import Path
 import torch
 
 from trainer.evaluation import EvalResult, evaluate
-from trainer.events import Eval
+from trainer.events import CHECKPOINT_DIR, Eval
 from trainer.masks import MaskCollator
+from trainer.pictures import make_pictures, mask_overlay, pick_checkpoint
 
 
 class EvalPhase:
@@ -67,6 +69,21 @@ class EvalPhase:
         self.ev.progress(phase="train")
         return res
 
+    def end_pictures(self, final: Path | None) -> None:
+        """The pictures of the run's best checkpoint: ``best.pt`` when this run marked one,
+        else ``final`` (the run's last checkpoint)."""
+        self.picture(*pick_checkpoint(self.run_dir / CHECKPOINT_DIR, final))
+
+    def picture(self, path: Path | None, in_memory: bool) -> None:
+        """Rank 0: the pictures of checkpoint ``path`` (``in_memory``: the model holds its
+        weights) as a ``pictures`` event; a failure is in the event, never raised."""
+        if not self.dist.main:
+            return
+        self.ev.progress(phase="eval")
+        _, test = self.eval_data
+        out = self.run_dir / "pictures"
+        self.ev.emit(make_pictures(self.model, self.cfg, test, self.device, path, out, in_memory))
+
     @torch.no_grad()
     def save_mask_image(self, epoch: int) -> Path:
         """logging.log_images: 8 held-out images with context kept and targets tinted red."""
@@ -79,20 +96,8 @@ class EvalPhase:
         masks = MaskCollator(
             self.cfg.masking, self.cfg.data.image_size, self.cfg.model.patch_size, seed=epoch
         )
-        batch = masks(items)
-        img = batch.images.clone()
-        lo, hi = img.amin(dim=(1, 2, 3), keepdim=True), img.amax(dim=(1, 2, 3), keepdim=True)
-        img = (img - lo) / (hi - lo + 1e-6)
         p = self.cfg.model.patch_size
-        grid = self.cfg.data.image_size // p
-        keep = torch.zeros(len(img), grid * grid)
-        keep.scatter_(1, batch.ctx_idx.cpu(), 1.0)
-        tgt = torch.zeros(len(img), grid * grid)
-        tgt.scatter_(1, batch.tgt_idx.flatten(1).cpu(), 1.0)
-        up = lambda m: m.view(-1, 1, grid, grid).repeat_interleave(p, 2).repeat_interleave(p, 3)  # noqa: E731
-        out = img * (0.25 + 0.75 * up(keep))
-        red = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
-        out = torch.where(up(tgt).bool(), 0.5 * out + 0.5 * red, out)
+        out = mask_overlay(masks(items), p, self.cfg.data.image_size // p)
         path = self.run_dir / "images" / f"masks-e{epoch:04d}.png"
         path.parent.mkdir(exist_ok=True)
         save_image(out, path, nrow=8)

@@ -51,6 +51,8 @@ sleep does not move it). Events from writers without ``mono`` fall back to ``ts`
 |             | keys the checkpoint lacks], optimizer (restored|reset), message             |
 | best        | path (the checkpoint now best, copied to best.pt), metric, value, epoch, step |
 | control     | seq, epochs (new total or null), stop, applied (text)                        |
+| pictures    | path (pictures.npz; ""), checkpoint, sha256, epoch, step, indices, seconds,  |
+|             | problem ("" or why none): trainer/pictures.py                                |
 | fatal       | kind (see FATAL_KINDS), message, feature, epoch, step, rank (of the process |
 |             | that failed; ranks > 0 write only this event)                                |
 | finished    | reason (completed|stopped), epoch, step, seconds                             |
@@ -285,6 +287,18 @@ class Best(_Event):
     step: int
 
 
+class Pictures(_Event):
+    type: Literal["pictures"] = "pictures"
+    path: str
+    checkpoint: str = ""
+    sha256: str = ""
+    epoch: int | None = None
+    step: int | None = None
+    indices: list[int] = Field(default_factory=list)
+    seconds: float = 0.0
+    problem: str = ""
+
+
 class ControlApplied(_Event):
     type: Literal["control"] = "control"
     seq: int
@@ -325,6 +339,7 @@ EVENT_TYPES: dict[str, type[_Event]] = {
         Resumed,
         ResumePartial,
         Best,
+        Pictures,
         ControlApplied,
         Fatal,
         Finished,

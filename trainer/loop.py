@@ -330,6 +330,7 @@ class Worker(TrainState, StepOutcomes, ControlPolling, FaultInjection, EvalPhase
                 and self.cfg.evaluation.eval_at_start
             ):
                 self.evaluate_main(0)
+            final = None  # the last epoch's checkpoint: the end-of-run pictures' fallback
             while self.epoch <= self.total_epochs:
                 self.train_epoch()
                 done = self.epoch
@@ -339,6 +340,7 @@ class Worker(TrainState, StepOutcomes, ControlPolling, FaultInjection, EvalPhase
                     res = self.evaluate_main(done)
                 if last or should_save(done, self.total_epochs, self.cfg.experiment.save_frequency):
                     saved = self.save("final" if last else "epoch")
+                    final = saved.path if last and saved.verified else None
                     if res is not None:
                         self.track_best(res, saved)
                 elif self.save_due():
@@ -358,6 +360,7 @@ class Worker(TrainState, StepOutcomes, ControlPolling, FaultInjection, EvalPhase
                 res = self.evaluate_main(self.epoch)
                 if res is not None:
                     self.track_best(res, saved)
+                self.end_pictures(saved.path if saved.verified else None)  # the night's end
             self.ev.emit(
                 Finished(
                     reason="stopped",
@@ -367,6 +370,7 @@ class Worker(TrainState, StepOutcomes, ControlPolling, FaultInjection, EvalPhase
                 )
             )
             return EXIT_STOPPED
+        self.end_pictures(final)
         self.ev.emit(
             Finished(
                 reason="completed",

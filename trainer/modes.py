@@ -1,12 +1,14 @@
-"""The worker's other modes: ``--eval-only`` (evaluate a checkpoint) and ``--probe N`` (time N
-optimizer steps, and bound the linear probe's cost on this CPU). Part of
-:class:`trainer.loop.Worker` (a base class of it); both use its ``setup``, and with several
-ranks every rank takes part (rank 0 evaluates and reports).
+"""The worker's other modes: ``--eval-only`` (evaluate a checkpoint), ``--pictures`` (picture a
+checkpoint: ``trainer/pictures.py``) and ``--probe N`` (time N optimizer steps, and bound the
+linear probe's cost on this CPU). Part of :class:`trainer.loop.Worker` (a base class of it);
+all use its ``setup``, and with several ranks every rank takes part (rank 0 evaluates, pictures
+and reports).
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from trainer import checkpoints as ckpt
@@ -17,21 +19,37 @@ from trainer.probe import cost_bound_s
 
 
 class OtherModes:
-    """``eval_only`` and ``probe`` for the Worker."""
+    """``eval_only``, ``pictures_only`` and ``probe`` for the Worker."""
 
     setup: Any
     resume: Any
     started: Any
     cfg: Any
 
-    def eval_only(self) -> int:
+    def eval_only(self, pictures: bool = False) -> int:
+        """Evaluate the ``--resume`` checkpoint; ``pictures``: then picture it too."""
+        epoch = self._load_for("--eval-only")
+        self.evaluate_main(epoch)
+        if pictures:
+            self.picture(Path(self.resumed_from), in_memory=True)
+        return self._finished(epoch)
+
+    def pictures_only(self) -> int:
+        """``--pictures``: the pictures of the ``--resume`` checkpoint, nothing else."""
+        epoch = self._load_for("--pictures")
+        self.picture(Path(self.resumed_from), in_memory=True)
+        return self._finished(epoch)
+
+    def _load_for(self, mode: str) -> int:
+        """Set up and load the ``--resume`` checkpoint; the epoch it completed."""
         self.setup()
         if not self.resume_request:
-            raise ckpt.NoCheckpointError("--eval-only needs --resume PATH|auto")
+            raise ckpt.NoCheckpointError(f"{mode} needs --resume PATH|auto")
         self.resume()
         self.started()
-        epoch = self.epoch - 1 if self.samples_in_epoch == 0 else self.epoch
-        self.evaluate_main(epoch)
+        return self.epoch - 1 if self.samples_in_epoch == 0 else self.epoch
+
+    def _finished(self, epoch: int) -> int:
         self.ev.emit(
             Finished(
                 reason="completed", epoch=epoch, step=self.step, seconds=time.monotonic() - self.t0

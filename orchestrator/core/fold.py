@@ -26,7 +26,8 @@ Facts, and what they mean:
 - times: ``epoch_seconds`` (per ``epoch_end``), ``eval_seconds`` (evals after epoch 0: the
   random-init baseline is not part of the training's cost), ``checkpoint_seconds``,
   ``epoch_end_ts`` (the forecast's anchor).
-- results: ``evals``, ``checkpoints``, ``bests`` (``best`` events), each event with its
+- results: ``evals``, ``checkpoints``, ``bests`` (``best`` events), ``pictures`` (the
+  end-of-run pictures, ``trainer/pictures.py``), each event with its
   ``attempt`` added; ``fatal`` (the first: with several ranks, the failing rank's comes before
   the "lost a peer" crashes of the others) / ``finished`` of the newest attempt (a ``started``
   clears them); ``fatals`` of every attempt.
@@ -140,6 +141,7 @@ class RunView:
     sample_peaks: dict[str, int] = field(default_factory=dict)
     swap_first: int | None = None
     health: tuple[dict[str, Any], ...] = ()  # ``health`` events of the newest attempt
+    pictures: tuple[dict[str, Any], ...] = ()  # ``pictures`` events (+ "attempt"), oldest first
 
     @property
     def last_step(self) -> StepPoint | None:
@@ -180,6 +182,7 @@ class RunFold:
                 "eval_seconds",
                 "checkpoint_seconds",
                 "health",
+                "pictures",
             )
         }
         self._v: dict[str, Any] = {"sample_peaks": {}}
@@ -254,6 +257,8 @@ class RunFold:
             lists["bests"].append({**ev, "attempt": attempt})
         elif kind == "health":
             lists["health"].append({**ev, "attempt": attempt})
+        elif kind == "pictures":
+            lists["pictures"].append({**ev, "attempt": attempt})
         elif kind == "control" and isinstance(ev.get("epochs"), int) and ev["epochs"]:
             v["total_epochs"] = ev["epochs"]
         elif kind == "fatal":  # the first one: with several ranks, the others follow from it
@@ -340,6 +345,7 @@ class RunFold:
             sample_peaks=dict(v["sample_peaks"]),
             swap_first=v.get("swap_first"),
             health=tuple(lists["health"]),
+            pictures=tuple(lists["pictures"]),
         )
 
 

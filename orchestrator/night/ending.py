@@ -1,7 +1,8 @@
 """How a night ends: the best checkpoint, the final metrics (a separate evaluation when the last
-checkpoint has none), the verdict against the runbook's success criteria, the forecast errors and
-the status (:func:`orchestrator.policy.recovery.end_status`) — and, when the runner itself
-failed, a recorded ``runner_error`` and an ending all the same.
+checkpoint has none), the pictures of the best checkpoint (:mod:`orchestrator.night.pictures`),
+the verdict against the runbook's success criteria, the forecast errors and the status
+(:func:`orchestrator.policy.recovery.end_status`) — and, when the runner itself failed, a
+recorded ``runner_error`` and an ending all the same.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from orchestrator.core.fold import metrics_of
+from orchestrator.core.fold import RunView, metrics_of
 from orchestrator.core.state import (
     Success,
     parse_iso,
@@ -26,6 +27,7 @@ from orchestrator.night.history import (
     lineage,
     newest,
 )
+from orchestrator.night.pictures import PICTURES, picture_evidence, pictures_of
 from orchestrator.night.supervisor import Supervisor
 from orchestrator.policy import (
     CheckpointRef,
@@ -60,10 +62,13 @@ class Ending(NightBase):
             if int(ev.get("epoch", 0)) > 0
         ]
         final_ev = max(evals, key=lambda p: float(p[0].get("ts", 0)))[0] if evals else None
+        views = [attempt_view(att) for att in n.attempts]
         if top is not None and needs_final_eval(
             int(final_ev["epoch"]) if final_ev else None, top.epoch
         ):
-            final_ev = self.eval_only(top) or final_ev
+            unpictured = top.path == n.best_checkpoint and not pictures_of(views, top.path)
+            final_ev = self.eval_only(top, pictures=unpictured, views=views) or final_ev
+        self.picture_best(views)
         n.final_metrics = metrics_of(final_ev) if final_ev else None
         if n.baseline_metrics is None:  # e.g. epoch 0 ran under a supervisor that died
             zero = [
@@ -150,11 +155,55 @@ class Ending(NightBase):
             ),
         )
 
-    def eval_only(self, ref: CheckpointRef) -> dict[str, Any] | None:
-        """Evaluate a checkpoint that has no eval (the worker died before its final eval)."""
+    def eval_only(
+        self, ref: CheckpointRef, pictures: bool = False, views: list[RunView] | None = None
+    ) -> dict[str, Any] | None:
+        """Evaluate a checkpoint that has no eval (the worker died before its final eval);
+        ``pictures``: picture it in the same process (its view joins ``views``)."""
         if self.sys.wall() >= self.deadline or self.stop.is_set():
             return None
-        run_dir = self.runs / "final-eval"
+        flags = ["--eval-only", "--pictures"] if pictures else ["--eval-only"]
+        view, exit_kind = self.final_worker(ref.path, "final-eval", flags)
+        if views is not None:
+            views.append(view)
+        self.record(
+            Decision(
+                DecisionKind.CONTINUE,
+                "final_eval",
+                f"evaluated {Path(ref.path).name} separately: {exit_kind}",
+                {"checkpoint": ref.path},
+            ),
+            None,
+            kind="eval_only",
+        )
+        return view.evals[-1] if view.evals else None
+
+    def picture_best(self, views: list[RunView]) -> None:
+        """Record the pictures of the night's best checkpoint (a ``pictures`` decision): a
+        worker's, else drawn now by a ``--pictures`` worker while the window lasts; never
+        raises — a failure is recorded as the pictures' problem."""
+        best, why = self.night.best_checkpoint, ""
+        try:
+            found = pictures_of(views, best)
+            if found is None and best is None:
+                why = "the night wrote no checkpoint"
+            elif found is None and (self.sys.wall() >= self.deadline or self.stop.is_set()):
+                why = "not drawn: the night was stopped or had reached its deadline"
+            elif found is None:
+                view, exit_kind = self.final_worker(str(best), PICTURES, ["--pictures"])
+                found = pictures_of([view], best)
+                why = f"the picturing worker ended: {exit_kind}"
+        except Exception as exc:  # pictures never fail a night
+            found, why = None, f"{type(exc).__name__}: {exc}"
+        evidence = picture_evidence(found, best, why)
+        problem = evidence["problem"]
+        action = f"no pictures: {problem}" if problem else f"pictured {Path(str(best)).name}"
+        self.record(Decision(DecisionKind.CONTINUE, PICTURES, action, evidence), None, PICTURES)
+
+    def final_worker(self, checkpoint: str, name: str, flags: list[str]) -> tuple[RunView, str]:
+        """Run one worker process on ``checkpoint`` (``--resume``) with ``flags`` in
+        ``runs/<night>/<name>``, supervised (a hang is killed); its events and exit kind."""
+        run_dir = self.runs / name
         argv = [
             *self.worker_command(alone=True),  # one process evaluates a checkpoint
             "--config",
@@ -162,8 +211,8 @@ class Ending(NightBase):
             "--run-dir",
             str(run_dir),
             "--resume",
-            ref.path,
-            "--eval-only",
+            checkpoint,
+            *flags,
         ]
         for item in self.worker_sets():
             argv += ["--set", item]
@@ -181,15 +230,4 @@ class Ending(NightBase):
         )
         sup.launch()
         out = sup.run()
-        evals = [ev for ev in out.view.evals]
-        self.record(
-            Decision(
-                DecisionKind.CONTINUE,
-                "final_eval",
-                f"evaluated {Path(ref.path).name} separately: {out.exit_kind}",
-                {"checkpoint": ref.path},
-            ),
-            None,
-            kind="eval_only",
-        )
-        return evals[-1] if evals else None
+        return out.view, out.exit_kind

@@ -4,6 +4,7 @@ random encoder (kNN@20 +10 points, probe +5, not collapsed); the report is writt
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,17 @@ def test_morning_report_is_written(demo_run) -> None:
     assert "n1-conservative" in text and "n2-aggressive" in text
     log = Path(demo_run.state_dir, "daemon.log").read_text()
     assert "plan finished" in log and "report written" in log
+    # the pictures of each night's best checkpoint, beside the report (FPN maps: night 2 only)
+    for night, kinds in ((1, ["attention"]), (2, ["attention", "fpn"])):
+        n = demo_run.final["nights"][night - 1]
+        pics = [d for d in n["decisions"] if d["kind"] == "pictures"]
+        assert pics and pics[-1]["evidence"]["problem"] == "", pics
+        section = text.split(f"## Night {night}")[1].split("## Night")[0]
+        names = re.findall(r"!\[[^\]]*\]\(([^)]+-(?:attention|fpn)\.png)\)", section)
+        assert [x.rsplit("-", 1)[1] for x in names] == [f"{k}.png" for k in kinds], section
+        for name in names:
+            assert name.startswith(f"{reports[-1].stem}-n{night}-"), name  # relative, beside it
+            assert (reports[-1].parent / name).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_live_status_screen_in_a_real_terminal(demo_run) -> None:

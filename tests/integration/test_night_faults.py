@@ -243,6 +243,7 @@ def test_a_rung_the_recipe_rejects_is_skipped_and_the_night_goes_on(tmp_path: Pa
     assert len(skipped) == 1 and "data.batch_size" in skipped[0].evidence["error"]
     assert [a.exit_kind for a in n.attempts] == ["oom", "finished"]
     assert n.attempts[-1].overrides["data.batch_size"] == 16
+    assert not (store.dir / "runs" / n.name / "pictures").exists()  # the worker's own count
     from orchestrator.views.report.write import write_report
 
     text = write_report(store.dir).read_text()
@@ -257,6 +258,12 @@ def test_best_checkpoint_is_the_best_by_metric_not_the_newest(
     n = run_fake(store)
     assert n.status == "succeeded", n.reason
     assert n.best_checkpoint is not None and n.best_checkpoint.endswith("ckpt-e0001-s00000004.pt")
+    # the worker pictured its last checkpoint, not the night's best: a --pictures worker did
+    ran = read_events(store.dir / "runs" / n.name / "pictures" / "events.jsonl")
+    assert [ev["checkpoint"] for ev in ran if ev["type"] == "pictures"] == [n.best_checkpoint]
+    (pics,) = [d for d in n.decisions if d.kind == "pictures"]
+    assert pics.evidence["checkpoint"] == n.best_checkpoint
+    assert pics.evidence["problem"] == "the stand-in worker draws none"  # its reason, recorded
 
 
 def test_an_error_inside_the_runner_still_ends_the_night(tmp_path: Path, monkeypatch: Any) -> None:
@@ -325,6 +332,11 @@ def test_real_oom_shrinks_micro_batch_keeps_effective_batch(tmp_path: Path) -> N
     o = overrides_of(n)
     assert o["data.batch_size"] * o["training.accumulation_steps"] == 64
     assert o["data.batch_size"] <= 16 and n.status == "succeeded", n.reason
+    # the last worker pictured the night's best checkpoint at its end: no extra process
+    (pics,) = [d.evidence for d in n.decisions if d.kind == "pictures"]
+    assert pics["problem"] == "" and pics["checkpoint"] == n.best_checkpoint, pics
+    assert Path(pics["path"]).is_file()
+    assert Path(pics["path"]).parent.parent == Path(n.attempts[-1].run_dir)
 
 
 @pytest.mark.slow

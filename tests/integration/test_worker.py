@@ -6,7 +6,9 @@ import json
 import signal
 import subprocess
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -196,9 +198,18 @@ def test_control_stop_with_final_eval(tmp_path):
 def test_eval_only_scores_a_checkpoint(tmp_path):
     assert run_worker(tmp_path / "a", ["training.epochs=1"]).returncode == EXIT_OK
     best = tmp_path / "a" / "checkpoints" / "best.pt"
-    r = run_worker(tmp_path / "b", ["training.epochs=1"], "--resume", str(best), "--eval-only")
+    r = run_worker(
+        tmp_path / "b", ["training.epochs=1"], "--resume", str(best), "--eval-only", "--pictures"
+    )
     assert r.returncode == EXIT_OK, r.stderr
     assert events(tmp_path / "b", "eval")[0]["knn"] == events(tmp_path / "a", "eval")[-1]["knn"]
+    # the end of the run pictured its best checkpoint, and --pictures the one it was given
+    (end,), (again,) = events(tmp_path / "a", "pictures"), events(tmp_path / "b", "pictures")
+    sha = json.loads(Path(f"{best}.json").read_text())["sha256"]
+    assert end["checkpoint"] == again["checkpoint"] == str(best) and not end["problem"]
+    assert end["sha256"] == again["sha256"] == sha and end["indices"] == again["indices"]
+    with np.load(end["path"]) as a, np.load(again["path"]) as b:
+        np.testing.assert_array_equal(a["attention"], b["attention"])  # the same weights
 
 
 def test_config_typo_and_missing_dataset_are_clear(tmp_path):

@@ -15,7 +15,8 @@ First screen: one verdict line per night against its success checks, then the ne
 and every fallback, time against the window and the forecast error, throughput and peak memory,
 the recipe's expectations beside what was measured, the success criteria with the evidence each
 read, final metrics with the gain over the random-initialised encoder, the next step, the best
-checkpoint with the exact commands to resume or evaluate it, and the plots; then both nights
+checkpoint with the exact commands to resume or evaluate it, the plots, and the pictures of the
+best checkpoint (``pictures``: attention, FPN feature norms, masks); then both nights
 side by side when two ran, and the notifications sent. A failed night says what broke, what was
 tried and what to do.
 """
@@ -36,6 +37,7 @@ from orchestrator.views.report.compare import side_by_side
 from orchestrator.views.report.criteria import criteria_table
 from orchestrator.views.report.expected import expected_table
 from orchestrator.views.report.facts import NightFacts
+from orchestrator.views.report.pictures import picture_links
 from orchestrator.views.report.sections import (
     commands,
     fitted,
@@ -87,6 +89,7 @@ def report_text(state_dir: Path, state: State, nights: list[Night], out: Path) -
         lines += ["### Final metrics vs the random-initialised encoder", "", *metrics_table(f)]
         lines += ["### Checkpoint and commands", "", *commands(f, stamp)]
         lines += ["### Plots", "", *plot_links(f, out)]
+        lines += ["### Pictures of the best checkpoint", "", *picture_links(f, out)]
     lines += side_by_side(facts)
     lines += notify_report_lines(state_dir)
     return "\n".join(lines).rstrip() + "\n"
