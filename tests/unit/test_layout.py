@@ -105,7 +105,7 @@ def _policy_rules_outside(path: Path) -> list[str]:
     - a decision's ``kind`` compared with ``"continue"``/``"stop"``/``"stop_for_deadline"``
       (warnings and stop reasons: ``policy.record``);
     - an attempt's ``exit_kind`` compared with ``"nonfinite"`` (``policy.recovery``);
-    - the next-step probe bands as float literals (``policy.next_step``)."""
+    - a value compared with a next-step probe band as a float literal (``policy.next_step``)."""
     found = []
     tree = ast.parse(path.read_text(encoding="utf-8"))
     for node in ast.walk(tree):
@@ -134,13 +134,10 @@ def _policy_rules_outside(path: Path) -> list[str]:
                 found.append(f"{line}: a runbook picked by a name's prefix")
             if attr == "stop_group" and len(args) > 2 and isinstance(args[2], ast.Tuple):
                 found.append(f"{line}: stop timings outside the policy")
-        elif (
-            isinstance(node, ast.Constant)
-            and isinstance(node.value, float)
-            and node.value in PROBE_BANDS
-            and "views" in path.parts
-        ):
-            found.append(f"{line}: a next-step probe band as a literal")
+        if isinstance(node, ast.Compare) and "views" in path.parts:
+            for side in [node.left, *node.comparators]:  # a band compared with, not a size
+                if isinstance(side, ast.Constant) and side.value in PROBE_BANDS:
+                    found.append(f"{line}: a next-step probe band as a literal")
     return found
 
 
