@@ -135,6 +135,7 @@ def _probe(runner: NightBase) -> dict[str, Any] | None:
         row["features"] = []
         row["error"] = cut or f"the probe exited {code}: {tail or 'no output'}"
     else:
+        row["device"] = doc.get("device")
         row.update(record_fields(costs_from_probe(doc, toggles)))
         if cut:
             row["error"] = cut

@@ -291,6 +291,7 @@ def record_fit(state_dir: str | Path, night_config: str, fit: NightFit, target: 
         "window_s": fit.window_s,
     }
     if fit.features:
+        row["device"] = fit.probe.get("device")
         row.update(record_fields(fit.features))
     append_record(state_dir, row)
 
