@@ -17,6 +17,9 @@ failed, 1 otherwise. The checks (upstream's pre-flight list, with numbers from t
   is judged by the runbook's ``display.epoch_minutes`` bands (upstream: 9-12 min go, > 15 min
   investigate) and epochs × epoch time + the final eval against the window: fits → pass; fits
   only after the watchdog's epoch cuts → warn; not even the smallest cut fits → fail.
+- feature costs: at the chosen micro-batch one worker process times each optional feature on
+  and off (``orchestrator/preflight/features.py``); the table is printed and the record goes
+  into ``STATE_DIR/preflight.jsonl`` whether or not ``--apply`` writes the plan.
 
 Here: the command (:func:`cmd_preflight`, the table, ``--apply``) and ``start --fit``
 (:func:`fit_plan`). The orchestrator asks the worker through its
