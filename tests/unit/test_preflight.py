@@ -263,3 +263,28 @@ def test_probes_grow_to_the_device_ceiling_on_a_device_and_the_host_one_on_a_cpu
     fit, why = probes.plan_night(args, cfg, rb, 1800.0)
     assert fit is not None, why
     assert (fit.micro, fit.accum) == (micro, 64 // micro)
+
+
+def test_a_probe_stopped_early_keeps_the_configurations_it_measured() -> None:
+    """The worker prints each configuration as it is measured: a probe cut after the flash
+    variant still gives flash attention's factor; the rest read "not measured"."""
+    from orchestrator.night.start_probe import bound_s
+    from orchestrator.preflight.features import costs_from_probe, probe_doc
+
+    toggles = [("flash_attention", "model.use_flash_attention", True),
+               ("fpn", "model.use_fpn", True)]  # fmt: skip
+    stdout = "\n".join([
+        "loading...",
+        json.dumps({"variant": None, "ms_per_step": 80.0, "memory": {"peak": 3 * GB}}),
+        json.dumps({"variant": "model.use_flash_attention=false", "ms_per_step": 200.0,
+                    "memory": {"peak": 5 * GB}}),
+        '{"variant": "model.use_fpn=false", "ms_per',  # cut mid-line
+    ])  # fmt: skip
+    doc = probe_doc(stdout)
+    assert doc is not None
+    flash, fpn = costs_from_probe(doc, toggles)
+    assert flash.speed_factor == pytest.approx(2.5) and flash.off.peak == 5 * GB
+    assert fpn.speed_factor is None and "cut short" in (fpn.off.error or "")
+    assert probe_doc("no json at all\n") is None  # nothing measured: no document
+    # the night-start probe's bound: 3% of the window, within 20 s .. 2 min
+    assert (bound_s(8 * 60), bound_s(3600), bound_s(8 * 3600)) == (20.0, 108.0, 120.0)
