@@ -12,8 +12,9 @@ each optional feature it turns on switched off, at the night's own micro-batch. 
 appended to ``preflight.jsonl`` with ``"source": "night start"``, whatever came of it, so a
 resumed or restarted night finds it and does not probe again.
 
-Bounded: the probe gets ``bound_s(window)`` (3% of the window, between 20 s and 2 min) and a
-stop request; past either it is stopped (its process group), and the configurations measured
+Bounded: the probe gets ``bound_s(window)`` (5% of the window, between 45 s and 3 min: a few
+seconds on a quiet machine for the demo recipes, but a loaded one needs its torch start-up too)
+and a stop request; past either it is stopped (its process group), and the configurations measured
 by then are kept (the worker prints each as soon as it is measured). Skipped: for a config
 that turns no optional feature on, when a record for the config exists, and when
 ``HJEPA_FEATURE_PROBE=0`` (a machine whose costs are known, and the test suite, which would
@@ -45,8 +46,8 @@ ENV_SWITCH = "HJEPA_FEATURE_PROBE"
 
 
 def bound_s(window_s: float) -> float:
-    """The most the probe may take: 3% of the window, at least 20 s, at most 2 minutes."""
-    return max(20.0, min(120.0, 0.03 * window_s))
+    """The most the probe may take: 5% of the window, at least 45 s, at most 3 minutes."""
+    return max(45.0, min(180.0, 0.05 * window_s))
 
 
 def has_record(state_dir: Path, config: str) -> bool:

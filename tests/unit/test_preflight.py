@@ -286,5 +286,5 @@ def test_a_probe_stopped_early_keeps_the_configurations_it_measured() -> None:
     assert flash.speed_factor == pytest.approx(2.5) and flash.off.peak == 5 * GB
     assert fpn.speed_factor is None and "cut short" in (fpn.off.error or "")
     assert probe_doc("no json at all\n") is None  # nothing measured: no document
-    # the night-start probe's bound: 3% of the window, within 20 s .. 2 min
-    assert (bound_s(8 * 60), bound_s(3600), bound_s(8 * 3600)) == (20.0, 108.0, 120.0)
+    # the night-start probe's bound: 5% of the window, within 45 s .. 3 min
+    assert (bound_s(8 * 60), bound_s(1800), bound_s(8 * 3600)) == (45.0, 90.0, 180.0)
