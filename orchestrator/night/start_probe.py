@@ -137,8 +137,9 @@ def _probe(runner: NightBase) -> dict[str, Any] | None:
         row["error"] = cut or f"the probe exited {code}: {tail or 'no output'}"
     else:
         row["device"] = doc.get("device")
-        row.update(record_fields(costs_from_probe(doc, toggles)))
-        if cut:
+        costs = costs_from_probe(doc, toggles)
+        row.update(record_fields(costs))
+        if cut and any(c.on.error or c.off.error for c in costs):  # not just its exit cut
             row["error"] = cut
     append_record(runner.store.dir, row)
     return row
