@@ -9,7 +9,11 @@ tests, then the other ``slow`` ones (the files that measured longest first), the
 each group in file order. ``--dist worksteal`` (pyproject) gives each process half of that
 list; the first process starts with the shared demo run (tests/e2e/conftest.py, minutes), the
 other with the fast tests, and an idle process takes the tail of the other's queue, so the
-two meet among short tests and end together."""
+two meet among short tests and end together.
+
+The feature probe a night runs at its start (``orchestrator/night/start_probe.py``) is off for
+the suite (``HJEPA_FEATURE_PROBE=0``): it would add a worker start-up to every night. The tests
+of the probe, and the demo plan's end-to-end run, turn it back on."""
 
 import os
 
@@ -18,6 +22,7 @@ import torch
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+os.environ.setdefault("HJEPA_FEATURE_PROBE", "0")
 
 HEAVY_FIRST = (  # slow files by measured time per file on 2 cores, most first
     "tests/integration/test_every_rung.py",

@@ -1,7 +1,8 @@
 """The training worker.
 
     python -m trainer --config configs/demo_conservative.yaml --run-dir var/runs/x
-        [--resume auto|PATH] [--set key.path=value ...] [--eval-only] [--pictures] [--probe N]
+        [--resume auto|PATH] [--set key.path=value ...] [--eval-only] [--pictures]
+        [--probe N [--probe-warmup W] [--probe-variant key.path=value ...]]
     python -m trainer --check --config configs/demo_conservative.yaml [--set key.path=value ...]
 
 Writes events to ``RUN_DIR/events.jsonl`` and the resolved config to
@@ -15,7 +16,9 @@ missing, 14 crash, 15 no usable checkpoint (or one lacking weights of a module s
 and exits; with ``--eval-only``, after the evaluation.
 ``--probe N`` times N optimizer steps after warm-up and prints one JSON line
 ({ms_per_step, steps_per_epoch, epoch_seconds, img_per_s, linear_probe_bound_s, ...});
-nothing is saved.
+nothing is saved. Each ``--probe-variant`` adds one more probe of the config with that one key
+changed, in the same process (``trainer/modes.py``): a line ``{"variant": ..., ...}`` is
+printed as each is measured, and the last line carries them all under ``"variants"``.
 Under the launcher (``python -m trainer.launch``, or torchrun: ``RANK``/``WORLD_SIZE`` in the
 environment) every rank runs this same command; the writer (rank 0 on one node) writes the
 events, the resolved config and the probe's JSON, other ranks write only a ``fatal`` event if
@@ -69,6 +72,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--probe", type=int, default=0, metavar="N", help="time N steps and exit")
     p.add_argument(
+        "--probe-warmup", type=int, default=2, metavar="W", help="--probe: untimed steps first"
+    )
+    p.add_argument(
+        "--probe-variant",
+        dest="probe_variants",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="--probe: also time the config with this one key changed (repeatable)",
+    )
+    p.add_argument(
         "--check",
         action="store_true",
         help="print the device and datasets this config finds, as JSON, and exit",
@@ -81,6 +95,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.fetch and not args.check:
         p.error("--fetch goes with --check")
+    if args.probe_variants and not args.probe:
+        p.error("--probe-variant goes with --probe")
     if not args.check and args.run_dir is None:
         p.error("the following arguments are required: --run-dir")
     return args
@@ -138,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     quiet = ("fatal",) if several else None
     try:
         cfg = load_config(args.config, args.overrides)
+        variants = {
+            item: load_config(args.config, [*args.overrides, item]) for item in args.probe_variants
+        }
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         em = Emitter(run_dir / EVENTS_FILE, only=quiet)
@@ -173,9 +192,13 @@ def main(argv: list[str] | None = None) -> int:
         emitter.start()
     try:
         if args.probe:
-            result = worker.probe(args.probe)
-            if worker.dist.main:
-                print(json.dumps(result), flush=True)
+            if variants:
+                result = worker.probe_variants(
+                    args.probe, variants, args.probe_warmup, lambda doc: _say(worker.dist.main, doc)
+                )
+            else:
+                result = worker.probe(args.probe, args.probe_warmup)
+            _say(worker.dist.main, result)
             code = 0
         else:
             if args.eval_only:
@@ -211,6 +234,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CODE_OF_KIND[kind]
     finally:
         emitter.close()
+
+
+def _say(writer: bool, doc: dict[str, object]) -> None:
+    """One JSON line on stdout, from the writer rank only."""
+    if writer:
+        print(json.dumps(doc), flush=True)
 
 
 if __name__ == "__main__":

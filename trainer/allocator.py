@@ -53,3 +53,25 @@ def keep_freed_memory(device: torch.device) -> bool:
     if device.type != "cpu":
         return False
     return _apply()
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by dropped objects back, so the next measurement in this process
+    starts from a clean slate (the per-feature probe, ``trainer/modes.py``): collect garbage,
+    empty the CUDA/MPS caches and reset CUDA's peak counter, and on glibc trim the heap
+    (``malloc_trim(0)`` returns free pages even with the settings above in force)."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        torch.mps.empty_cache()
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            libc.malloc_trim(0)
+        except (OSError, AttributeError):
+            pass

@@ -83,6 +83,8 @@ class Emitter:
         self._last_progress = time.monotonic()
 
     def start(self) -> None:
+        if self._thread is not None:  # one heartbeat thread (the probe sets up several workers)
+            return
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
         self._thread.start()
 

@@ -3,16 +3,29 @@ checkpoint: ``trainer/pictures.py``) and ``--probe N`` (time N optimizer steps, 
 linear probe's cost on this CPU). Part of :class:`trainer.loop.Worker` (a base class of it);
 all use its ``setup``, and with several ranks every rank takes part (rank 0 evaluates, pictures
 and reports).
+
+``--probe N --probe-variant KEY=VALUE ...`` (the per-feature probe of preflight and of a night's
+start): the config as given and then each variant (the config with that one key changed) are
+timed one after the other in THIS process, each in a fresh worker built from its config, with
+the memory of the previous one released in between (``trainer.allocator.release_freed_memory``:
+CUDA's peak counter is reset, a CPU heap is trimmed, so each reading is that configuration's
+own). One process for all of them saves a Python + torch start-up per variant. Each result is
+reported as soon as it is measured (``report``), so a caller that has to stop the probe early
+still has the ones done. A variant that runs out of memory reads ``{"oom": true}``; one that
+fails otherwise ``{"error": "..."}``; the configuration as given must run (it raises as usual).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from trainer import checkpoints as ckpt
+from trainer.allocator import release_freed_memory
 from trainer.datasets import num_classes
+from trainer.device import is_oom
 from trainer.events import EXIT_OK, Finished
 from trainer.prefetch import DevicePrefetch
 from trainer.probe import cost_bound_s
@@ -25,6 +38,9 @@ class OtherModes:
     resume: Any
     started: Any
     cfg: Any
+    run_dir: Any
+    ev: Any
+    dist: Any
 
     def eval_only(self, pictures: bool = False) -> int:
         """Evaluate the ``--resume`` checkpoint; ``pictures``: then picture it too."""
@@ -57,7 +73,44 @@ class OtherModes:
         )
         return EXIT_OK
 
-    def probe(self, steps: int, warmup: int = 2) -> dict[str, float]:
+    def probe_variants(
+        self,
+        steps: int,
+        variants: dict[str, Any],
+        warmup: int = 2,
+        report: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """:meth:`probe` of this worker's config, then of each config in ``variants`` (a label,
+        e.g. ``"model.use_fpn=false"``, to its Config), each in a fresh worker of this process
+        (see the module docstring); returns the first probe with ``"variants": {label: probe}``.
+        ``report`` gets each result as it is measured (``{"variant": label, ...}``; the
+        config as given has the label ``None``)."""
+        results: dict[str, Any] = {}
+        base: dict[str, Any] = {}
+        for label, cfg in [(None, self.cfg), *variants.items()]:
+            release_freed_memory()
+            worker = type(self)(cfg, self.run_dir, None, self.ev, dist=self.dist)
+            # the first configuration warms up one step more: the process's one-time costs
+            # (thread pools, allocator growth, kernel caches) land there, not in its timing
+            extra = 1 if label is None else 0
+            try:
+                res: dict[str, Any] = worker.probe(steps, warmup + extra)
+            except Exception as exc:
+                if label is None:
+                    raise
+                res = {"oom": True} if is_oom(exc) else {"error": f"{type(exc).__name__}: {exc}"}
+            finally:
+                del worker
+            if report is not None:
+                report({"variant": label, **res})
+            if label is None:
+                base = res
+            else:
+                results[label] = res
+        release_freed_memory()
+        return {**base, "variants": results}
+
+    def probe(self, steps: int, warmup: int = 2) -> dict[str, Any]:
         """Time ``steps`` optimizer steps after ``warmup`` (data loading included)."""
         self.setup()
         self.model.train()

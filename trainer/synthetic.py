@@ -30,6 +30,7 @@ like real images. ``Rendered.offsets`` holds the tiling offset (the main nuisanc
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -108,10 +109,13 @@ def _render_chunk(
     return (img.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
+@functools.lru_cache(maxsize=4)
 def generate(
     num_images: int, num_classes: int, size: int, seed: int, split: str = "train"
 ) -> Rendered:
-    """A balanced split (labels cycle through the classes, then shuffle), deterministic."""
+    """A balanced split (labels cycle through the classes, then shuffle), deterministic.
+    Made once per process and arguments (its datasets only read it): the feature probe builds
+    one worker per configuration in one process (``trainer/modes.py``)."""
     if split not in _SPLITS:
         raise ValueError(f"unknown synthetic split {split!r}; use one of {sorted(_SPLITS)}")
     glyphs = make_glyphs(num_classes, tile_size(size), seed)

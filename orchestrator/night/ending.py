@@ -138,7 +138,8 @@ class Ending(NightBase):
         if fits:
             r = fits[-1]
             source = (
-                f"preflight at micro-batch {r.get('micro')}: {r.get('ms_flash_on')} ms/step "
+                f"{r.get('source', 'preflight')} probe at micro-batch {r.get('micro')}: "
+                f"{r.get('ms_flash_on')} ms/step "
                 f"with flash attention, {r.get('ms_flash_off')} without"
             )
         return NightEvidence(

@@ -60,6 +60,7 @@ from orchestrator.night.history import (
     stop_reason_of,
 )
 from orchestrator.night.recovery import Recovery
+from orchestrator.night.start_probe import probe_at_start
 from orchestrator.policy import (
     Decision,
     DecisionKind,
@@ -124,6 +125,7 @@ class NightRunner(Recovery, Ending):
         n.start()
         self.state.current_night = self.index
         self.save()
+        probe_at_start(self)  # the feature costs, when preflight never measured this config
         while True:
             last = n.attempts[-1] if n.attempts else None
             if last is not None and last.exit_kind is None:

@@ -17,6 +17,9 @@ failed, 1 otherwise. The checks (upstream's pre-flight list, with numbers from t
   is judged by the runbook's ``display.epoch_minutes`` bands (upstream: 9-12 min go, > 15 min
   investigate) and epochs × epoch time + the final eval against the window: fits → pass; fits
   only after the watchdog's epoch cuts → warn; not even the smallest cut fits → fail.
+- feature costs: at the chosen micro-batch one worker process times each optional feature on
+  and off (``orchestrator/preflight/features.py``); the table is printed and the record goes
+  into ``STATE_DIR/preflight.jsonl`` whether or not ``--apply`` writes the plan.
 
 Here: the command (:func:`cmd_preflight`, the table, ``--apply``) and ``start --fit``
 (:func:`fit_plan`). The orchestrator asks the worker through its
@@ -48,12 +51,13 @@ from orchestrator.preflight.checks import (
     worker_facts,
 )
 from orchestrator.preflight.fit import (
+    FIT_LOG,
     ApplyError,
     NightFit,
     apply_overrides,
     record_fit,
 )
-from orchestrator.preflight.table import fit_table
+from orchestrator.preflight.table import features_table, fit_table
 from orchestrator.schedule.plan import project_path
 from trainer.config import ConfigError, load_config
 
@@ -128,6 +132,9 @@ def cmd_preflight(args: argparse.Namespace) -> int:
     fit: NightFit | None = args.fit
     if fit is not None:
         out.print(fit_table(fit, load_config(args.config, list(args.overrides)), _runbook(args)))
+        costs = features_table(fit)
+        if costs is not None:
+            out.print(costs)
     failed = [c.name for c in checks if c.result == "fail"]
     out.print("[red]not ready: " + ", ".join(failed) + "[/]" if failed else "[green]ready[/]")
     if args.apply is not None and fit is not None and not failed:
@@ -141,6 +148,13 @@ def cmd_preflight(args: argparse.Namespace) -> int:
         record_fit(state_dir, args.config, fit, target)
         sets = " ".join(f"{k}={v}" for k, v in fit.overrides().items())
         out.print(f"applied to {target} ({', '.join(names)}): {sets}")
+    elif fit is not None:  # not applied: still the evidence of the feature costs
+        state_dir = Path(getattr(args, "state_dir", "var"))
+        try:
+            record_fit(state_dir, args.config, fit, None)
+            out.print(f"recorded in {state_dir / FIT_LOG} (not applied)")
+        except OSError as exc:
+            out.print(f"[yellow]not recorded: {state_dir / FIT_LOG}: {exc.strerror or exc}[/]")
     return 1 if failed else 0
 
 
@@ -184,6 +198,9 @@ def fit_plan(args: argparse.Namespace) -> str:
         if fit is None:
             raise ApplyError(f"--fit: night {night.name!r}: {why}")
         out.print(fit_table(fit, cfg, rb))
+        costs = features_table(fit)
+        if costs is not None:
+            out.print(costs)
         _apply_night(fitted, night.name, fit.overrides())
         record_fit(args.state_dir, night.config, fit, str(fitted))
     out.print(f"fitted plan: {fitted}")

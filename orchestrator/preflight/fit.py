@@ -23,9 +23,10 @@ Pure planning (no I/O) plus the one place that writes a plan into a plan file or
   ``policy.forecast.planned_night_s``: train time + checkpoints + the baseline and periodic
   evals + the final-eval reserve) fits into ``window - margin × window``, never more than the
   recipe asks (a plan shortens a night; it does not lengthen a recipe) and never fewer than 1.
-- **Flash attention's speed-up**: a recipe with flash attention on is probed once more with it
-  off at the chosen micro-batch; the ratio of the two step times is recorded as
-  ``speedup_vs_no_flash`` (the runbooks' criterion reads it).
+- **What each feature costs**: at the chosen micro-batch one more worker process times the
+  planned config and, one at a time, each optional feature the recipe turns on switched the
+  other way (``orchestrator/preflight/features.py``); flash attention's off/on ratio is
+  recorded as ``speedup_vs_no_flash`` (the runbooks' criterion reads it).
 - **Apply**: ``apply_overrides`` writes ``data.batch_size``, ``training.accumulation_steps``,
   ``training.epochs`` (and ``model.use_gradient_checkpointing: false`` when it was turned off)
   as base overrides of every not-yet-started night that runs the config, in
@@ -45,6 +46,7 @@ from orchestrator.core.runbook import FEATURE_KEYS, MemoryLimits
 from orchestrator.core.units import GB
 from orchestrator.core.userfile import UserFileError, edit_yaml
 from orchestrator.policy import forecast
+from orchestrator.preflight.features import FeatureCost, record_fields
 
 FIT_LOG = "preflight.jsonl"
 
@@ -81,18 +83,15 @@ class NightFit:
     # effective batch fits without it, and it is faster); True = kept (it had to be).
     checkpointing: bool | None = None
     trials_checkpointed: list[BatchTrial] = field(default_factory=list)
-    # Flash attention off at the chosen micro-batch (the recipe's speed-up criterion): its ms
-    # per optimizer step, or None (the recipe does not use flash attention, or it OOMed).
-    flash_off: BatchTrial | None = None
+    # Each optional feature the recipe turns on, on and off at the chosen micro-batch
+    # (``orchestrator/preflight/features.py``); empty when it turns none on.
+    features: list[FeatureCost] = field(default_factory=list)
 
     @property
     def speedup_vs_no_flash(self) -> float | None:
         """Step time with flash attention off over on, at the planned batch (None: unmeasured)."""
-        on = self.probe.get("ms_per_step")
-        off = self.flash_off.ms_per_step if self.flash_off else None
-        if not isinstance(on, int | float) or off is None or on <= 0:
-            return None
-        return off / float(on)
+        flash = next((c for c in self.features if c.feature == "flash_attention"), None)
+        return None if flash is None else flash.speed_factor
 
     def overrides(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -274,13 +273,13 @@ def _apply_state(path: Path, config: str, overrides: dict[str, Any]) -> list[str
     return changed
 
 
-def record_fit(state_dir: str | Path, night_config: str, fit: NightFit, target: str) -> None:
+def record_fit(state_dir: str | Path, night_config: str, fit: NightFit, target: str | None) -> None:
     """Append what preflight planned to ``STATE_DIR/preflight.jsonl`` (the report's source for
-    "planned vs measured")."""
-    d = Path(state_dir)
-    d.mkdir(parents=True, exist_ok=True)
+    "planned vs measured" when ``target`` says where it was applied, and for the feature
+    costs and the flash speed-up either way)."""
     row = {
         "config": night_config,
+        "source": "preflight",
         "applied_to": target,
         "epochs": fit.epochs,
         "micro": fit.micro,
@@ -291,11 +290,16 @@ def record_fit(state_dir: str | Path, night_config: str, fit: NightFit, target: 
         "night_s": round(fit.night_s, 1),
         "window_s": fit.window_s,
     }
-    if fit.flash_off is not None:
-        speedup = fit.speedup_vs_no_flash
-        row["ms_flash_on"] = fit.probe.get("ms_per_step")
-        row["ms_flash_off"] = None if fit.flash_off.oom else fit.flash_off.ms_per_step
-        row["speedup_vs_no_flash"] = None if speedup is None else round(speedup, 3)
+    if fit.features:
+        row["device"] = fit.probe.get("device")
+        row.update(record_fields(fit.features))
+    append_record(state_dir, row)
+
+
+def append_record(state_dir: str | Path, row: dict[str, Any]) -> None:
+    """One row appended to ``STATE_DIR/preflight.jsonl``."""
+    d = Path(state_dir)
+    d.mkdir(parents=True, exist_ok=True)
     with (d / FIT_LOG).open("a", encoding="utf-8") as fh:
         fh.write(json.dumps(row) + "\n")
 

@@ -6,7 +6,9 @@
 processes); :func:`probe_batches` grows the micro-batch over the effective batch's divisors up
 to the device or host ceiling; :func:`plan_night` chooses the micro-batch (and whether gradient
 checkpointing stays on) and fits the epochs into the window (``orchestrator/preflight/fit.py``),
-with one more probe with flash attention off for the speed-up criterion.
+and :func:`probe_features` times, in one more worker process at the chosen micro-batch, the
+planned config and each optional feature switched the other way
+(``orchestrator/preflight/features.py``; flash attention's ratio is the speed-up criterion).
 """
 
 from __future__ import annotations
@@ -18,9 +20,15 @@ from typing import Any
 from orchestrator.core.launcher import rdzv_id, worker_command
 from orchestrator.core.runbook import Runbook
 from orchestrator.preflight.checks import GB, checkpoint_bytes, last_json, run_worker, tail
+from orchestrator.preflight.features import (
+    FeatureCost,
+    costs_from_probe,
+    feature_toggles,
+    peak_bytes,
+    variant_item,
+)
 from orchestrator.preflight.fit import (
     CHECKPOINTING,
-    FLASH,
     BatchTrial,
     NightFit,
     breaks,
@@ -40,9 +48,14 @@ from trainer.events import EXIT_CODE_OF_KIND
 
 
 def run_probe(
-    args: argparse.Namespace, steps: int, extra: list[str] | None = None
+    args: argparse.Namespace,
+    steps: int,
+    extra: list[str] | None = None,
+    variants: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The worker's ``--probe`` JSON line, with ``extra`` ``--set`` items after the user's.
+    """The worker's ``--probe`` JSON line, with ``extra`` ``--set`` items after the user's and
+    each of ``variants`` as a ``--probe-variant`` (timed in the same process, under
+    ``"variants"``).
 
     With several processes on this node (``distributed``) the probe runs under the launcher on
     all of them (a multi-node config probes this node's processes alone: nnodes=1).
@@ -50,6 +63,8 @@ def run_probe(
     RuntimeError with the stderr tail."""
     with tempfile.TemporaryDirectory(prefix="hjepa-preflight-") as run_dir:
         mode = ["--run-dir", run_dir, "--probe", str(steps)]
+        for item in variants or []:
+            mode += ["--probe-variant", item]
         sets = [*args.overrides, *(extra or [])]
         cfg = load_config(args.config, sets)
         here = cfg.distributed.model_copy(update={"nnodes": 1, "node_rank": 0})
@@ -69,15 +84,6 @@ def total_bytes(probe: dict[str, Any]) -> int | None:
     """The device's own memory a probe reports (CUDA, MPS; None on a CPU)."""
     total = (probe.get("memory") or {}).get("total")
     return int(total) if isinstance(total, int | float) and total > 0 else None
-
-
-def peak_bytes(probe: dict[str, Any]) -> int | None:
-    """Peak device memory of a probe (CUDA peak allocated; MPS driver; CPU process RSS)."""
-    mem = probe.get("memory") or {}
-    for key in ("peak", "driver", "allocated"):
-        if isinstance(mem.get(key), int | float):
-            return int(mem[key])
-    return None
 
 
 def probe_batches(
@@ -193,33 +199,36 @@ def plan_night(
         checkpointing=checkpointing,
         trials_checkpointed=trials_c,
     )
-    if cfg.model.use_flash_attention:
-        fit.flash_off = probe_flash_off(args, cfg, micro, checkpointing, status)
+    fit.features = probe_features(args, cfg, micro, checkpointing, status)
     return fit, ""
 
 
-def probe_flash_off(
+def probe_features(
     args: argparse.Namespace,
     cfg: Config,
     micro: int,
     checkpointing: bool | None,
     status: Any = None,
-) -> BatchTrial:
-    """One probe at the chosen micro-batch with flash attention off (the speed-up criterion)."""
-    if status is not None:
-        status.update(f"timing probe: micro-batch {micro} without flash attention...")
+) -> list[FeatureCost]:
+    """Each optional feature the recipe turns on, on and off at the chosen micro-batch: ONE
+    worker process times the planned config and every variant (``trainer/modes.py``). [] when
+    the recipe turns none on."""
     eff = cfg.effective_batch
-    sets = [
-        f"data.batch_size={micro}",
-        f"training.accumulation_steps={eff // micro}",
-        f"{FLASH}=false",
-    ]
+    sets = [f"data.batch_size={micro}", f"training.accumulation_steps={eff // micro}"]
     if checkpointing is False:
         sets.append(f"{CHECKPOINTING}=false")
-    res = run_probe(args, args.probe_steps, sets)
-    if res.get("oom"):
-        return BatchTrial(micro, None, oom=True)
-    return BatchTrial(micro, peak_bytes(res), ms_per_step=float(res["ms_per_step"]))
+    planned = load_config(args.config, [*args.overrides, *sets])
+    toggles = feature_toggles(cfg, planned)
+    if not toggles:
+        return []
+    if status is not None:
+        names = ", ".join(f for f, _, _ in toggles)
+        status.update(f"feature probe at micro-batch {micro}: each of {names} on and off...")
+    items = [variant_item(key, on) for _, key, on in toggles]
+    res = run_probe(args, args.probe_steps, sets, items)
+    if res.get("oom"):  # the planned config itself: the batch probes said it fits
+        res = {"error": "the planned config ran out of memory in the feature probe"}
+    return costs_from_probe(res, toggles)
 
 
 def _at(micro: int | None, probes: dict[str, dict[str, Any]]) -> tuple[int | None, float | None]:

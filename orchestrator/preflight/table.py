@@ -1,4 +1,5 @@
-"""The table ``preflight`` prints: what the recipe asks, what fits here, the projected night."""
+"""The tables ``preflight`` prints: what the recipe asks, what fits here, the projected night;
+and what each optional feature costs at the planned micro-batch."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from rich.table import Table
 
 from orchestrator.core.runbook import Runbook
 from orchestrator.preflight.checks import GB
+from orchestrator.preflight.features import COLUMNS
 from orchestrator.preflight.fit import BatchTrial, NightFit, night_seconds
 from trainer.config import Config
 
@@ -40,19 +42,23 @@ def fit_table(fit: NightFit, cfg: Config, rb: Runbook) -> Table:
     if fit.checkpointing is not None:
         kept = "on (nothing faster fits without it)" if fit.checkpointing else "off (fits without)"
         t.add_row("gradient checkpointing", "on", kept)
-    if fit.flash_off is not None:
-        speedup = fit.speedup_vs_no_flash
-        t.add_row(
-            "flash attention speed-up",
-            "",
-            "N/A (OOM without it)"
-            if speedup is None
-            else f"{speedup:.2f}x ({fit.flash_off.ms_per_step:.0f} ms/step without it)",
-        )
     t.add_row("batch probes (peak)", "", trials_text(fit.trials))
     if fit.trials_checkpointed:
         other = "without" if fit.checkpointing else "with"
         t.add_row(f"probes {other} checkpointing", "", trials_text(fit.trials_checkpointed))
+    return t
+
+
+def features_table(fit: NightFit) -> Table | None:
+    """Step time and peak memory with each optional feature on and off (None: the recipe turns
+    none on). Measured in one worker process at the planned micro-batch."""
+    if not fit.features:
+        return None
+    t = Table(title=f"what each feature costs (micro-batch {fit.micro} x {fit.accum}, measured)")
+    for col in COLUMNS:
+        t.add_column(col)
+    for cost in fit.features:
+        t.add_row(*cost.cells())
     return t
 
 

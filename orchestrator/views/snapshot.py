@@ -85,6 +85,10 @@ class Thresholds:
     feature_variance_warning: float | None = None
     window_hours: float | None = None
     final_eval_minutes: float | None = None
+    # The recipe's expectations (runbook ``expectations``) as (low, high), either None: the
+    # screen shades against these where they exist, else against the display bands above.
+    expected_epoch_minutes: tuple[float | None, float | None] | None = None
+    expected_memory_gb: tuple[float | None, float | None] | None = None
     problem: str | None = None
 
     def device_ceiling_gb(self, total: int | None) -> float | None:
@@ -124,6 +128,24 @@ def _get(obj: Any, *keys: str) -> Any:
     return obj
 
 
+def _expected(rb: Any, measure: str) -> tuple[float | None, float | None] | None:
+    """(low, high) of the runbook's expectation for ``measure`` (None: it has none)."""
+    for e in _get(rb, "expectations") or []:
+        if _get(e, "measure") == measure:
+            return num(_get(e, "low")), num(_get(e, "high"))
+    return None
+
+
+def memory_peak(run: RunView) -> int | None:
+    """The night's memory peak in bytes, the reading its ``memory_peak_gb`` expectation is
+    held to: the largest of the worker tree's peak (PSS where measured, else RSS), the GPU's
+    and the device's."""
+    peaks = run.sample_peaks
+    tree = peaks.get("tree_mem", peaks.get("tree_rss"))
+    vals = [v for v in (tree, peaks.get("gpu_used"), run.device_mem_peak) if v is not None]
+    return max(vals) if vals else None
+
+
 def load_thresholds(path: Path | None) -> Thresholds:
     """Thresholds of a runbook file, read with :func:`orchestrator.core.runbook.load_runbook`
     (plain YAML of the same shape while that module is absent). Never raises: a problem → all
@@ -153,6 +175,8 @@ def load_thresholds(path: Path | None) -> Thresholds:
             feature_variance_warning=n(_get(rb, "display", "feature_variance", "warning")),
             window_hours=n(_get(rb, "window_hours")),
             final_eval_minutes=n(_get(rb, "final_eval_minutes")),
+            expected_epoch_minutes=_expected(rb, "epoch_minutes"),
+            expected_memory_gb=_expected(rb, "memory_peak_gb"),
         )
     except Exception as exc:  # a viewer shows N/A rather than failing
         return Thresholds(problem=f"runbook {path}: {exc}".splitlines()[0][:200])

@@ -47,8 +47,8 @@ ROOT = Path(__file__).resolve().parents[2]
 FINISH_TIMEOUT_S = 2400
 
 
-def cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+def cli(*args: str, timeout: float = 180, **env_extra: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **env_extra)
     return subprocess.run(
         [sys.executable, "-m", "orchestrator.cli", *args],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
@@ -147,7 +147,9 @@ def play_demo(base: Path) -> DemoRun:
     var, s = str(run.state_dir), run.steps
     t0 = time.monotonic()
     try:
-        pid1 = started_pid(cli("start", "--plan", str(plan_file), "--state-dir", var))
+        # as the README runs it: each night probes its features before its first attempt
+        probe = {"HJEPA_FEATURE_PROBE": "1"}
+        pid1 = started_pid(cli("start", "--plan", str(plan_file), "--state-dir", var, **probe))
         run.pids.add(pid1)
         wait_for("night 1 to train past its first checkpoint",
                  lambda: _first_checkpoint_then_training(run.state_dir), 900)  # fmt: skip
@@ -162,7 +164,7 @@ def play_demo(base: Path) -> DemoRun:
         s["epochs_at_kill"] = _epoch_ends(run.state_dir)
         s["killed_at"] = time.monotonic()
 
-        pid2 = started_pid(cli("start", "--plan", str(plan_file), "--state-dir", var))
+        pid2 = started_pid(cli("start", "--plan", str(plan_file), "--state-dir", var, **probe))
         run.pids.add(pid2)
         s["second_start"] = cli("start", "--plan", str(plan_file), "--state-dir", var)
         wait_for(
@@ -180,7 +182,7 @@ def play_demo(base: Path) -> DemoRun:
             a["pid"] for a in s["after_stop"]["nights"][0]["attempts"] if _alive(a["pid"])
         ]
 
-        pid3 = started_pid(cli("start", "--plan", str(plan_file), "--state-dir", var))
+        pid3 = started_pid(cli("start", "--plan", str(plan_file), "--state-dir", var, **probe))
         run.pids.add(pid3)
         wait_for("the plan to finish", lambda: not _alive(pid3), FINISH_TIMEOUT_S, 2.0)
         run.final = snapshot(run.state_dir)

@@ -4,11 +4,13 @@ random encoder (kNN@20 +10 points, probe +5, not collapsed); the report is writt
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 
+from orchestrator.preflight.fit import read_fits
 from trainer.events_read import read_events
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -63,6 +65,19 @@ def test_morning_report_is_written(demo_run) -> None:
     assert reports, "no morning report"
     text = reports[-1].read_text()
     assert "n1-conservative" in text and "n2-aggressive" in text
+    # each night probed its features once at its start (no preflight ran), despite the kill -9,
+    # the stop and the restarts of night 1: the report shows both tables and the difference
+    rows = read_fits(demo_run.state_dir)
+    assert [(r["source"], r["night"]) for r in rows] == [
+        ("night start", "n1-conservative"), ("night start", "n2-aggressive")]  # fmt: skip
+    assert [c["feature"] for c in rows[1]["features"]] == [
+        "flash_attention", "gradient_checkpointing", "fpn", "contrastive"]  # fmt: skip
+    assert all(r["speedup_vs_no_flash"] > 0 for r in rows), rows
+    print("feature probes:", json.dumps(rows))
+    night1, night2 = text.split("## Night 2")
+    assert "### What each feature cost" in night1 and "| flash attention (SDPA) |" in night1
+    assert "| FPN |" in night2 and "| contrastive term |" in night2
+    assert "## Features across the nights" in text and "not what any one feature bought" in text
     log = Path(demo_run.state_dir, "daemon.log").read_text()
     assert "plan finished" in log and "report written" in log
     # the pictures of each night's best checkpoint, beside the report (FPN maps: night 2 only)

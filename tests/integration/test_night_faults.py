@@ -20,6 +20,8 @@ from orchestrator.core.state import Attempt, Night, StateStore, now_iso
 from orchestrator.core.system import System
 from orchestrator.night.run_cmd import new_single_night
 from orchestrator.night.runner import NightRunner, run_night
+from orchestrator.preflight.features import costs_from_record
+from orchestrator.preflight.fit import read_fits
 from tests.workerutil import repair_runbook
 from trainer.events_read import read_events
 
@@ -99,6 +101,57 @@ def test_the_flash_speedup_criterion_reads_preflights_record(
         assert check.evidence["missing"].startswith("not measured")
     else:
         assert "100.0 ms/step with flash attention" in check.evidence["source"]
+
+
+@pytest.mark.parametrize("preflight_row", [False, True])
+def test_a_night_without_a_record_probes_its_features_once_at_start(
+    tmp_path: Path, monkeypatch: Any, preflight_row: bool
+) -> None:
+    """No preflight record for the config: before its first attempt the night runs the feature
+    probe once (one worker process, every optional feature the config turns on) and records it
+    beside preflight's rows; the flash criterion and the report read it. A restarted attempt
+    (the NaN rung) and a resumed night (a stop, then a new runner) do not probe again. With a
+    preflight record the night does not probe at all and the criterion reads preflight's."""
+    monkeypatch.setenv("HJEPA_FEATURE_PROBE", "1")
+    monkeypatch.setenv("FAKE_STEP_S", "0.3")
+    success = yaml.safe_load(DEMO_RB.read_text())["success"]
+    success["should"] = [{"metric": "speedup_vs_no_flash", "op": ">=", "value": 2.0}]
+    store = night(tmp_path, {"training.epochs": 3, "faults.nonfinite_at_step": 5},
+                  rb=runbook(tmp_path, success=success))  # fmt: skip
+    if preflight_row:
+        row = {"config": CONFIG, "source": "preflight", "micro": 64, "ms_flash_on": 100.0,
+               "ms_flash_off": 180.0, "speedup_vs_no_flash": 1.8, "features": []}  # fmt: skip
+        (store.dir / "preflight.jsonl").write_text(json.dumps(row) + "\n")
+    stop = threading.Event()
+    timer = threading.Timer(4.0, stop.set)
+    timer.start()
+    n = run_fake(store, stop)
+    timer.cancel()
+    assert n.status == "stopped", n.reason
+    monkeypatch.setenv("FAKE_STEP_S", "0.05")
+    n = run_fake(store)
+    assert n.status == "succeeded" and n.success is not None, n.reason
+    assert n.fallbacks and n.fallbacks[0].trigger == "nonfinite"  # a restarted attempt
+    rows = read_fits(store.dir)
+    check = next(c for c in n.success.checks if c.name == "speedup_vs_no_flash >= 2")
+    probe_dir = store.dir / "runs" / n.name / "feature-probe"
+    if preflight_row:
+        assert len(rows) == 1 and not probe_dir.exists()
+        assert check.value == 1.8 and check.evidence["source"].startswith("preflight probe")
+        return
+    (row,) = rows  # one probe, however many attempts and runners the night took
+    assert row["source"] == "night start" and row["night"] == n.name and "error" not in row
+    # the demo conservative config turns on flash attention alone; the fixture worker takes
+    # FAKE_FLASH_SPEEDUP times as long without it
+    (cost,) = costs_from_record(row)
+    assert cost.feature == "flash_attention" and cost.speed_factor == pytest.approx(2.5)
+    assert (cost.on.peak, cost.off.peak) == (2**30, int(1.2 * 2**30))
+    assert check.passed and check.value == 2.5
+    assert check.evidence["source"].startswith("night start probe at micro-batch 64")
+    # a config with no optional feature on has nothing to probe
+    bare = night(tmp_path / "bare", {"training.epochs": 1, "model.use_flash_attention": False})
+    assert run_fake(bare).attempts[0].exit_kind == "finished"
+    assert read_fits(bare.dir) == [] and not (bare.dir / "runs" / n.name / "feature-probe").exists()
 
 
 def test_nonfinite_rolls_back_before_the_bad_step(tmp_path: Path) -> None:

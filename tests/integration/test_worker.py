@@ -242,9 +242,21 @@ def test_probe_prints_timing(tmp_path):
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["ms_per_step"] > 0 and out["steps_per_epoch"] == 16
     assert out["linear_probe_bound_s"] > 0  # preflight reserves it in every evaluation
-    r = run_worker(tmp_path / "off", ["evaluation.linear_probe.enabled=false"], "--probe", "1")
+    # with variants: each timed in the same process after the config as given, a line each as
+    # it is measured; one that cannot run (a batch larger than the epoch) is reported, not fatal
+    variants = ["model.use_flash_attention=false", "model.use_fpn=true", "data.batch_size=4096"]
+    extra = [a for v in variants for a in ("--probe-variant", v)]
+    r = run_worker(tmp_path / "off", ["evaluation.linear_probe.enabled=false"], "--probe", "1",
+                   "--probe-warmup", "1", *extra)  # fmt: skip
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout.strip().splitlines()[-1])["linear_probe_bound_s"] == 0.0
+    lines = [json.loads(line) for line in r.stdout.strip().splitlines() if line.startswith("{")]
+    assert [doc.get("variant", "all") for doc in lines] == [None, *variants, "all"]
+    out = lines[-1]
+    assert out["linear_probe_bound_s"] == 0.0
+    for v in variants[:2]:
+        assert out["variants"][v]["ms_per_step"] > 0 and out["variants"][v]["memory"]["allocated"]
+        assert out["variants"][v]["micro_batch"] == 16
+    assert "epoch size" in out["variants"][variants[2]]["error"]
 
 
 def test_sigint_checkpoints_too(tmp_path):

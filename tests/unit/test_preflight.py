@@ -12,6 +12,7 @@ import yaml
 from orchestrator.core.state import Night, State, StateStore
 from orchestrator.preflight import command as preflight
 from orchestrator.preflight import probes
+from orchestrator.preflight.features import costs_from_record
 from orchestrator.preflight.fit import (
     GB,
     ApplyError,
@@ -88,18 +89,32 @@ def test_apply_to_state_touches_pending_nights_only(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_preflight_probes_plans_and_applies(tmp_path: Path, monkeypatch) -> None:
-    """The whole command over a recording probe: grows 32 -> 64, stops at the OOM, applies."""
-    seen: list[list[str]] = []
+def test_preflight_probes_plans_and_applies(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The whole command over a recording probe: grows 32 -> 64, stops at the OOM, applies,
+    then times every feature the recipe turns on, on and off, in one more worker call."""
+    seen: list[tuple[list[str], list[str]]] = []
+    # ms per step and peak GB of each --probe-variant, as a worker would report them
+    variant_cost = {
+        "model.use_flash_attention=false": (1250.0, 1.5),
+        "model.use_gradient_checkpointing=true": (650.0, 0.6),
+        "model.use_fpn=false": (450.0, 0.9),
+        "loss.use_contrastive=false": (300.0, 0.8),
+    }
 
-    def fake_probe(args, steps, extra=None):
-        seen.append(list(extra or []))
+    def fake_probe(args, steps, extra=None, variants=None):
+        seen.append((list(extra or []), list(variants or [])))
         micro = int(extra[0].split("=")[1])
         if micro > 32:
             return {"oom": True}
-        ms = 1250.0 if "model.use_flash_attention=false" in extra else 500.0
-        return {"ms_per_step": ms, "steps_per_epoch": 64, "epoch_seconds": 32.0,
-                "img_per_s": 128.0, "device": "cpu", "memory": {"allocated": GB}}  # fmt: skip
+        doc = {"ms_per_step": 500.0, "steps_per_epoch": 64, "epoch_seconds": 32.0,
+               "img_per_s": 128.0, "device": "cpu", "memory": {"allocated": GB}}  # fmt: skip
+        if variants:
+            doc["variants"] = {
+                v: {"ms_per_step": variant_cost[v][0],
+                    "memory": {"allocated": int(variant_cost[v][1] * GB)}}
+                for v in variants
+            }  # fmt: skip
+        return doc
 
     monkeypatch.setattr(probes, "run_probe", fake_probe)
     plan = tmp_path / "demo.yaml"
@@ -111,12 +126,12 @@ def test_preflight_probes_plans_and_applies(tmp_path: Path, monkeypatch) -> None
     # the demo's aggressive recipe turns gradient checkpointing on: probed without it first,
     # and since its micro-batch fits that way, no probe with it is needed
     off = "model.use_gradient_checkpointing=false"
-    # and the chosen micro-batch once more with flash attention off: the speed-up criterion
-    flash_off = "model.use_flash_attention=false"
-    assert seen == [["data.batch_size=32", "training.accumulation_steps=2", off],
-                    ["data.batch_size=64", "training.accumulation_steps=1", off],
-                    ["data.batch_size=32", "training.accumulation_steps=2", flash_off,
-                     off]]  # fmt: skip
+    # then ONE call at the chosen micro-batch times the plan and each feature switched the
+    # other way: flash, FPN, contrastive off; checkpointing (off in the plan) on
+    assert seen == [(["data.batch_size=32", "training.accumulation_steps=2", off], []),
+                    (["data.batch_size=64", "training.accumulation_steps=1", off], []),
+                    (["data.batch_size=32", "training.accumulation_steps=2", off],
+                     list(variant_cost))]  # fmt: skip
     night = yaml.safe_load(plan.read_text())["nights"][1]
     assert night["overrides"]["data.batch_size"] == 32
     assert night["overrides"]["training.accumulation_steps"] == 2
@@ -127,7 +142,46 @@ def test_preflight_probes_plans_and_applies(tmp_path: Path, monkeypatch) -> None
     assert fits and fits[0]["epochs"] == night["overrides"]["training.epochs"]
     assert (fits[0]["ms_flash_on"], fits[0]["ms_flash_off"]) == (500.0, 1250.0)
     assert fits[0]["speedup_vs_no_flash"] == 2.5
+    costs = {c.feature: c for c in costs_from_record(fits[0])}
+    assert list(costs) == ["flash_attention", "gradient_checkpointing", "fpn", "contrastive"]
+    # checkpointing is off in the plan: its "on" side is the variant, "off" the plan itself
+    ckpt = costs["gradient_checkpointing"]
+    assert not ckpt.planned_on and (ckpt.on.ms_per_step, ckpt.off.ms_per_step) == (650.0, 500.0)
+    assert ckpt.on.peak == int(0.6 * GB) and ckpt.off.peak == GB
+    assert costs["fpn"].speed_factor == pytest.approx(450 / 500)
+    assert costs["contrastive"].off.peak == int(0.8 * GB)
     assert json.dumps(fits[0])
+    # the printed feature table: one row per feature with the factor
+    out = capsys.readouterr().out
+    assert "what each feature costs" in out
+    assert "2.50x" in out and "0.77x" in out and "0.90x" in out and "0.60x" in out
+
+
+def test_preflight_without_apply_still_records_the_feature_costs(
+    tmp_path: Path, monkeypatch
+) -> None:
+    def fake_probe(args, steps, extra=None, variants=None):
+        doc = {"ms_per_step": 400.0, "steps_per_epoch": 64, "epoch_seconds": 25.6,
+               "img_per_s": 160.0, "device": "cpu", "memory": {"allocated": GB}}  # fmt: skip
+        if variants:  # flash attention off runs out of memory here
+            doc["variants"] = {"model.use_flash_attention=false": {"oom": True}}
+        return doc
+
+    monkeypatch.setattr(probes, "run_probe", fake_probe)
+    # the worker's --check document (trainer/check.py's shape) for a CPU with the synthetic set
+    facts = {"ok": True, "device": {"device": "cpu", "type": "cpu"},
+             "datasets": [{"name": "synthetic", "key": "synthetic", "status": "ok",
+                           "description": "4096 generated images"}]}  # fmt: skip
+    monkeypatch.setattr(preflight, "worker_facts", lambda config, overrides: facts)
+    args = argparse.Namespace(config="configs/demo_conservative.yaml", runbook=None,
+                              overrides=[], probe_steps=2, window="5m", margin=0.1, apply=None,
+                              state_dir=str(tmp_path / "var"))  # fmt: skip
+    assert preflight.cmd_preflight(args) == 0
+    (row,) = read_fits(tmp_path / "var")
+    assert row["applied_to"] is None and row["source"] == "preflight"
+    (flash,) = costs_from_record(row)
+    assert flash.feature == "flash_attention" and flash.off.oom and flash.speed_factor is None
+    assert row["speedup_vs_no_flash"] is None and row["ms_flash_off"] is None
 
 
 def test_checkpointing_stays_only_when_it_must_or_is_faster() -> None:
@@ -148,7 +202,7 @@ def test_a_recipe_that_fits_only_smaller_without_checkpointing_takes_the_faster_
     fits. The plan keeps whichever is faster per optimizer step, and says so."""
     seen: list[list[str]] = []
 
-    def fake_probe(args, steps, extra=None):
+    def fake_probe(args, steps, extra=None, variants=None):
         seen.append(list(extra or []))
         m = int(extra[0].split("=")[1])
         off = "model.use_gradient_checkpointing=false" in extra
@@ -193,7 +247,7 @@ def test_eval_reserve_adds_the_linear_probe_bound() -> None:
 def test_probes_grow_to_the_device_ceiling_on_a_device_and_the_host_one_on_a_cpu(
     tmp_path: Path, monkeypatch, memory: dict[str, int], micro: int
 ) -> None:
-    def fake_probe(args, steps, extra=None):
+    def fake_probe(args, steps, extra=None, variants=None):
         m = int(extra[0].split("=")[1])
         peak = {"peak": m * GB} if memory else {"allocated": m * GB}
         return {"ms_per_step": 100.0, "steps_per_epoch": 64, "epoch_seconds": 6.4,
@@ -210,3 +264,28 @@ def test_probes_grow_to_the_device_ceiling_on_a_device_and_the_host_one_on_a_cpu
     fit, why = probes.plan_night(args, cfg, rb, 1800.0)
     assert fit is not None, why
     assert (fit.micro, fit.accum) == (micro, 64 // micro)
+
+
+def test_a_probe_stopped_early_keeps_the_configurations_it_measured() -> None:
+    """The worker prints each configuration as it is measured: a probe cut after the flash
+    variant still gives flash attention's factor; the rest read "not measured"."""
+    from orchestrator.night.start_probe import bound_s
+    from orchestrator.preflight.features import costs_from_probe, probe_doc
+
+    toggles = [("flash_attention", "model.use_flash_attention", True),
+               ("fpn", "model.use_fpn", True)]  # fmt: skip
+    stdout = "\n".join([
+        "loading...",
+        json.dumps({"variant": None, "ms_per_step": 80.0, "memory": {"peak": 3 * GB}}),
+        json.dumps({"variant": "model.use_flash_attention=false", "ms_per_step": 200.0,
+                    "memory": {"peak": 5 * GB}}),
+        '{"variant": "model.use_fpn=false", "ms_per',  # cut mid-line
+    ])  # fmt: skip
+    doc = probe_doc(stdout)
+    assert doc is not None
+    flash, fpn = costs_from_probe(doc, toggles)
+    assert flash.speed_factor == pytest.approx(2.5) and flash.off.peak == 5 * GB
+    assert fpn.speed_factor is None and "cut short" in (fpn.off.error or "")
+    assert probe_doc("no json at all\n") is None  # nothing measured: no document
+    # the night-start probe's bound: 5% of the window, within 45 s .. 3 min
+    assert (bound_s(8 * 60), bound_s(1800), bound_s(8 * 3600)) == (45.0, 90.0, 180.0)

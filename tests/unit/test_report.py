@@ -228,3 +228,58 @@ def test_the_gain_over_the_previous_night_is_judged_by_its_recorded_criterion(
     (var / "state.json").write_text(json.dumps(state))
     text = write_report(var).read_text()
     assert "**+6.3 pts** (misses its should criterion of +5 points)." in text
+
+
+def test_feature_costs_per_night_and_the_nights_difference(tmp_path: Path) -> None:
+    """Each night's feature table from the probe rows in preflight.jsonl (its own night-start
+    row before preflight's), and the two nights' accuracy difference, labelled as the nights'
+    difference and not as any feature's contribution."""
+    var = copy("plan-success", tmp_path)
+    gb = 1024**3
+
+    def side(ms: float | None, peak: float | None = None, **more: object) -> dict:
+        return {"ms_per_step": ms, "peak_bytes": None if peak is None else int(peak * gb), **more}
+
+    rows = [
+        {"config": "configs/overnight_training_conservative.yaml", "source": "preflight",
+         "applied_to": None, "micro": 32, "accum": 1,
+         "features": [{"feature": "flash_attention", "planned_on": True,
+                       "on": side(200.0, 12.0), "off": side(500.0, 15.5)}]},
+        {"config": "configs/overnight_training_aggressive.yaml", "source": "night start",
+         "night": "aggressive", "micro": 16, "accum": 4, "steps": 2, "seconds": 41.5,
+         "features": [
+             {"feature": "flash_attention", "planned_on": True, "on": side(400.0, 18.0),
+              "off": {"oom": True}},
+             {"feature": "gradient_checkpointing", "planned_on": False,
+              "on": side(520.0, 11.0), "off": side(400.0, 18.0)},
+             {"feature": "fpn", "planned_on": True, "on": side(400.0, 18.0),
+              "off": side(380.0, 17.5)},
+             {"feature": "contrastive", "planned_on": True, "on": side(400.0, 18.0),
+              "off": {"error": "not measured (the probe was cut short)"}}],
+         "error": "cut at its 120 s bound"},
+    ]  # fmt: skip
+    (var / "preflight.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = write_report(var).read_text()
+    night1, night2 = text.split("## Night 2")[0], text.split("## Night 2")[1]
+    assert "### What each feature cost" in night1
+    assert "| flash attention (SDPA) | 200 ms | 500 ms | 2.50x | 12.00 GB | 15.50 GB |" in night1
+    assert "preflight probe at micro-batch 32 × accumulation 1" in night1
+    assert "| flash attention (SDPA) | 400 ms | OOM | N/A | 18.00 GB | OOM |" in night2
+    assert "| gradient checkpointing (off in the plan) | 520 ms | 400 ms | 0.77x |" in night2
+    assert "| FPN | 400 ms | 380 ms | 0.95x | 18.00 GB | 17.50 GB |" in night2
+    assert "N/A (not measured (the probe was cut short))" in night2
+    assert "night start probe at micro-batch 16 × accumulation 4, 2 timed steps" in night2
+    assert "The probe did not finish: cut at its 120 s bound" in night2
+    # preflight's plan table is for applied plans only: this row was not applied
+    assert "Planned by preflight" not in text
+    across = text.split("## Features across the nights")[1]
+    assert "| flash attention (SDPA) | on, 2.50x | on |" in across
+    assert "| FPN | off | on, 0.95x |" in across
+    # 69.4% - 63.1% linear probe, kNN@20 66% - 58%, kNN@1 60% - 52%
+    assert "**linear probe +6.3 pts, kNN k=20 +8.0 pts, kNN k=1 +8.0 pts**" in across
+    assert "difference between the two nights as a whole" in across
+    assert "not what any one feature bought" in across
+    # without a probe row: no feature section
+    (var / "preflight.jsonl").unlink()
+    text = write_report(var).read_text()
+    assert "What each feature cost" not in text and "| FPN |" not in text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from orchestrator.views.screen.live import render, run_status
@@ -50,6 +51,38 @@ def test_memory_and_epoch_time_are_coloured_by_the_runbook_thresholds() -> None:
     assert "\x1b[33m20.8 GB" in text  # worker tree RSS: between good 20 and warning 25 GB
     assert "\x1b[32m10m00s" in text  # 10-minute epochs: under the 12-minute "good"
     assert "\x1b[1;31mLATE" in text
+
+
+@pytest.mark.parametrize(
+    ("expectations", "epoch", "peak"),
+    [
+        # 10-minute epochs inside 9-10; the 26.1 GB peak above 16 by more than a quarter
+        ("[{measure: epoch_minutes, low: 9, high: 10}, {measure: memory_peak_gb, low: 12, "
+         "high: 16}]", "\x1b[32m10m00s\x1b[0m (expected 9 – 10 min)",
+         "\x1b[1;31m26.1 GB\x1b[0m (expected 12 – 16 GB)"),
+        # 10 minutes over an 8.5-minute high by less than a quarter: yellow; peak inside
+        ("[{measure: epoch_minutes, high: 8.5}, {measure: memory_peak_gb, high: 30}]",
+         "\x1b[33m10m00s\x1b[0m (expected ≤ 8.5 min)", "\x1b[32m26.1 GB\x1b[0m (expected ≤ 30 GB)"),
+        # faster than the recipe says: unusual, yellow, not red
+        ("[{measure: epoch_minutes, low: 11, high: 12}]", "\x1b[33m10m00s\x1b[0m (expected 11",
+         "26.1 GB"),
+        # no expectation: the display band (good under 12 min) and no shading of the peak
+        ("[]", "\x1b[32m10m00s\x1b[0m   pace", "peak     \x1b[0m\x1b[1;36m \x1b[0m26.1 GB"),
+    ],
+)  # fmt: skip
+def test_epoch_time_and_memory_peak_are_shaded_against_the_recipes_expectations(
+    tmp_path: Path, expectations: str, epoch: str, peak: str
+) -> None:
+    state_dir = tmp_path / "night-running"
+    shutil.copytree(FIXTURES / "night-running", state_dir)
+    rb = state_dir / "runbook-conservative.yaml"
+    text = rb.read_text()
+    start = text.index("expectations:")
+    end = text.index("\n", text.index("final_loss", start))
+    rb.write_text(text[:start] + f"expectations: {expectations}" + text[end:])
+    out = frame(state_dir, styles=True)
+    assert epoch in out
+    assert peak in out
 
 
 def test_fallbacks_are_listed_newest_first_with_their_reason() -> None:

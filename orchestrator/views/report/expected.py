@@ -13,7 +13,7 @@ from orchestrator.core.units import GB
 from orchestrator.views.fmt import NA
 from orchestrator.views.report.facts import NightFacts
 from orchestrator.views.report.markdown import md_table
-from orchestrator.views.snapshot import resolve_path
+from orchestrator.views.snapshot import memory_peak, resolve_path
 
 LABEL = {
     "epoch_minutes": "epoch time (min)",
@@ -34,10 +34,8 @@ def measured(f: NightFacts, measure: str) -> float | None:
         s = run.recent_epoch_seconds()
         return None if s is None else s / 60
     if measure == "memory_peak_gb":
-        peaks = run.sample_peaks
-        tree = peaks.get("tree_mem", peaks.get("tree_rss"))
-        vals = [v for v in (tree, peaks.get("gpu_used"), run.device_mem_peak) if v is not None]
-        return max(vals) / GB if vals else None
+        peak = memory_peak(run)
+        return None if peak is None else peak / GB
     if measure == "final_loss":
         losses = [float(e["mean_loss"]) for e in run.epochs if num(e.get("mean_loss")) is not None]
         return losses[-1] if losses else None

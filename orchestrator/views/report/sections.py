@@ -222,7 +222,7 @@ def fitted(f: NightFacts) -> list[str]:
     """Preflight's plan (``STATE_DIR/preflight.jsonl``) next to what the night measured."""
     n = f.night
     rows = [r for r in read_fits(f.state_dir) if Path(str(r.get("config"))).name
-            == Path(n.config).name]  # fmt: skip
+            == Path(n.config).name and r.get("applied_to") and "epochs" in r]  # fmt: skip
     if not rows:
         return []
     r = rows[-1]

@@ -37,6 +37,7 @@ from orchestrator.views.report.compare import side_by_side
 from orchestrator.views.report.criteria import criteria_table
 from orchestrator.views.report.expected import expected_table
 from orchestrator.views.report.facts import NightFacts
+from orchestrator.views.report.features import between_nights, feature_costs
 from orchestrator.views.report.pictures import picture_links
 from orchestrator.views.report.sections import (
     commands,
@@ -86,11 +87,13 @@ def report_text(state_dir: Path, state: State, nights: list[Night], out: Path) -
         lines += ["### Time, throughput and memory", "", *time_and_resources(f)]
         lines += fitted(f)
         lines += expected_table(f)
+        lines += feature_costs(f)
         lines += ["### Final metrics vs the random-initialised encoder", "", *metrics_table(f)]
         lines += ["### Checkpoint and commands", "", *commands(f, stamp)]
         lines += ["### Plots", "", *plot_links(f, out)]
         lines += ["### Pictures of the best checkpoint", "", *picture_links(f, out)]
     lines += side_by_side(facts)
+    lines += between_nights(facts)
     lines += notify_report_lines(state_dir)
     return "\n".join(lines).rstrip() + "\n"
 

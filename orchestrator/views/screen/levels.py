@@ -2,6 +2,7 @@
 (red), for the full panels and the compact layout alike.
 
     styled(fmt_gb(rss), level_high_bad(rss / GB, th.memory_good_gb, th.memory_warning_gb))
+    styled(fmt_dur(s), level_in_range(s / 60, th.expected_epoch_minutes))  # the recipe's range
 
 A level is None when the reading or a threshold is missing: the text is then shown unstyled.
 """
@@ -32,6 +33,30 @@ def level_low_bad(value: float | None, good: float | None, warning: float | None
     if value is None or good is None or warning is None:
         return None
     return "good" if value > good else "warning" if value > warning else "critical"
+
+
+def level_in_range(
+    value: float | None, expected: tuple[float | None, float | None] | None, slack: float = 0.25
+) -> str | None:
+    """Against the recipe's expected range (low, high): good inside; above ``high`` warning up
+    to ``slack`` over it, critical beyond; below ``low`` warning (unusual, not a danger: a
+    faster epoch or a smaller peak than the recipe's). None when unknown."""
+    if value is None or expected is None:
+        return None
+    low, high = expected
+    if high is not None and value > high:
+        return "warning" if value <= high * (1 + slack) else "critical"
+    if low is not None and value < low:
+        return "warning"
+    return "good"
+
+
+def range_text(expected: tuple[float | None, float | None], unit: str) -> str:
+    """ "9 – 10 min", "≤ 2 GB", "≥ 12 GB"."""
+    low, high = expected
+    if low is not None and high is not None:
+        return f"{low:g} – {high:g} {unit}"
+    return f"≤ {high:g} {unit}" if high is not None else f"≥ {low:g} {unit}"
 
 
 def styled(text: str, level: str | None) -> Text:

@@ -9,11 +9,14 @@ reading renders as "N/A". Colours (``levels``): worker tree memory against
 host ceiling ``ceiling_gb``); device memory against the device ceiling
 (``memory.device_fraction`` of the device's total: warning from 80% of it, critical from 90%;
 "(whole-card usage)" when NVML could not tell the worker's share), or on a CPU against the host
-bands; the "ceiling" row names both ceilings; epoch minutes and grad norm against
-``display.*`` (higher is worse); feature variance against ``display.feature_variance`` (lower
-is worse; the recipe's thresholds are on the variance, not the std); swap growth since the
-attempt's first sample against ``memory.swap_growth_gb`` (warning from half of it); system
-available memory is this screen's own rule: warning under 5 GB, critical under 2 GB.
+bands; the "ceiling" row names both ceilings; epoch minutes and the memory peak against the
+recipe's expected range where the runbook's ``expectations`` give one (``levels.level_in_range``:
+inside green, above it yellow then red, below it yellow), else epoch minutes against
+``display.epoch_minutes``; grad norm against ``display.*`` (higher is worse); feature variance
+against ``display.feature_variance`` (lower is worse; the recipe's thresholds are on the
+variance, not the std); swap growth since the attempt's first sample against
+``memory.swap_growth_gb`` (warning from half of it); system available memory is this screen's
+own rule: warning under 5 GB, critical under 2 GB.
 """
 
 from __future__ import annotations
@@ -39,8 +42,22 @@ from orchestrator.views.fmt import (
     fmt_pct,
     slept_text,
 )
-from orchestrator.views.screen.levels import NIGHT_STYLE, level_high_bad, level_low_bad, styled
-from orchestrator.views.snapshot import GB, Snapshot, device_total, iso_ts
+from orchestrator.views.screen.levels import (
+    NIGHT_STYLE,
+    level_high_bad,
+    level_in_range,
+    level_low_bad,
+    range_text,
+    styled,
+)
+from orchestrator.views.snapshot import (
+    GB,
+    Snapshot,
+    Thresholds,
+    device_total,
+    iso_ts,
+    memory_peak,
+)
 
 BLOCKS = "▁▂▃▄▅▆▇█"
 
@@ -173,15 +190,11 @@ def _progress(s: Snapshot) -> RenderableType:
         bar.add_row(f"epoch {NA} · step {run.step if run.step is not None else NA}")
     rows.append(("progress", bar))
     per_epoch = run.recent_epoch_seconds()
-    minutes = per_epoch / 60 if per_epoch else None
     rows.append(
         (
             "train time",  # per epoch, the last epochs (evaluation and checkpoints apart)
             Text.assemble(
-                styled(
-                    f"{fmt_dur(per_epoch)}",
-                    level_high_bad(minutes, th.epoch_minutes_good, th.epoch_minutes_warning),
-                ),
+                _epoch_cell(per_epoch, th),
                 f"   pace needed {fmt_dur(fc.pace_needed_s)}/epoch" if fc.pace_needed_s else "",
                 f"   elapsed {fmt_dur(s.taken_at - st)}"
                 if (st := iso_ts(n.started_at)) and n.status == "running"
@@ -319,10 +332,33 @@ def _memory(s: Snapshot) -> RenderableType:
     rows.append(("ceiling", host if th.memory_ceiling_gb else NA))
     if device:
         rows.append(("", device))
-    peak = run.sample_peaks.get("tree_rss")
-    if peak is not None:
-        rows.append(("peak", fmt_gb(peak)))
+    peak = memory_peak(run)
+    if peak is not None or th.expected_memory_gb is not None:
+        rows.append(("peak", _expected_cell(fmt_gb(peak), peak and peak / GB,
+                                            th.expected_memory_gb, "GB")))  # fmt: skip
     return Panel(_kv(rows), title="memory", title_align="left")
+
+
+def _epoch_cell(per_epoch: float | None, th: Thresholds) -> Text:
+    """The epoch time, shaded against the recipe's expected range where the runbook has one,
+    else against the ``display.epoch_minutes`` bands."""
+    minutes = per_epoch / 60 if per_epoch else None
+    if th.expected_epoch_minutes is not None:
+        return _expected_cell(fmt_dur(per_epoch), minutes, th.expected_epoch_minutes, "min")
+    return styled(
+        fmt_dur(per_epoch), level_high_bad(minutes, th.epoch_minutes_good, th.epoch_minutes_warning)
+    )
+
+
+def _expected_cell(
+    text: str, value: float | None, expected: tuple[float | None, float | None] | None, unit: str
+) -> Text:
+    """``text`` shaded by :func:`level_in_range`, with the expected range beside it."""
+    if expected is None:
+        return styled(text, None)
+    return Text.assemble(
+        styled(text, level_in_range(value, expected)), f" (expected {range_text(expected, unit)})"
+    )
 
 
 def _eval(s: Snapshot) -> RenderableType:
