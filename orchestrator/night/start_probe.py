@@ -31,6 +31,7 @@ from typing import Any
 from orchestrator.core.state import now_iso, parse_iso
 from orchestrator.night.attempts import NightBase, worker_env
 from orchestrator.night.history import override_args
+from orchestrator.policy.recovery import probe_escalation
 from orchestrator.preflight.features import (
     costs_from_probe,
     feature_toggles,
@@ -113,7 +114,7 @@ def _probe(runner: NightBase) -> dict[str, Any] | None:
             break
         if runner.stop.is_set() or sys_.monotonic() - t0 > limit:
             cut = "stop requested" if runner.stop.is_set() else f"cut at its {limit:.0f} s bound"
-            sys_.stop_group(pid, created, (0.0, 3.0, 5.0))
+            sys_.stop_group(pid, created, probe_escalation().waits)
             code = None
             break
         sys_.sleep(0.2)

@@ -156,6 +156,12 @@ def orphan_escalation(term_s: float = ORPHAN_TERM_S) -> Escalation:
     return Escalation(0.0, term_s, KILL_WAIT_S)
 
 
+def probe_escalation() -> Escalation:
+    """A timing probe cut short: it prints each measurement as it goes and holds nothing to
+    checkpoint, so straight to SIGTERM, SIGKILL after 3 s."""
+    return Escalation(0.0, 3.0, 5.0)
+
+
 def deadline_grace_s(window_s: float, override_s: float | None = None) -> float:
     """Seconds after a night's deadline before the daemon stops a runner still busy."""
     if override_s is not None:

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from rich.text import Text
 
+from orchestrator.views.fmt import fmt_dur
+from orchestrator.views.snapshot import Thresholds
+
 STYLE = {"good": "green", "warning": "yellow", "critical": "bold red", None: ""}
 NIGHT_STYLE = {
     "succeeded": "green",
@@ -61,3 +64,25 @@ def range_text(expected: tuple[float | None, float | None], unit: str) -> str:
 
 def styled(text: str, level: str | None) -> Text:
     return Text(text, style=STYLE[level])
+
+
+def epoch_cell(per_epoch: float | None, th: Thresholds) -> Text:
+    """The epoch time, shaded against the recipe's expected range where the runbook has one,
+    else against the ``display.epoch_minutes`` bands."""
+    minutes = per_epoch / 60 if per_epoch else None
+    if th.expected_epoch_minutes is not None:
+        return expected_cell(fmt_dur(per_epoch), minutes, th.expected_epoch_minutes, "min")
+    return styled(
+        fmt_dur(per_epoch), level_high_bad(minutes, th.epoch_minutes_good, th.epoch_minutes_warning)
+    )
+
+
+def expected_cell(
+    text: str, value: float | None, expected: tuple[float | None, float | None] | None, unit: str
+) -> Text:
+    """``text`` shaded by :func:`level_in_range`, with the expected range beside it."""
+    if expected is None:
+        return styled(text, None)
+    return Text.assemble(
+        styled(text, level_in_range(value, expected)), f" (expected {range_text(expected, unit)})"
+    )

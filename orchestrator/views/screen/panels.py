@@ -44,16 +44,15 @@ from orchestrator.views.fmt import (
 )
 from orchestrator.views.screen.levels import (
     NIGHT_STYLE,
+    epoch_cell,
+    expected_cell,
     level_high_bad,
-    level_in_range,
     level_low_bad,
-    range_text,
     styled,
 )
 from orchestrator.views.snapshot import (
     GB,
     Snapshot,
-    Thresholds,
     device_total,
     iso_ts,
     memory_peak,
@@ -194,7 +193,7 @@ def _progress(s: Snapshot) -> RenderableType:
         (
             "train time",  # per epoch, the last epochs (evaluation and checkpoints apart)
             Text.assemble(
-                _epoch_cell(per_epoch, th),
+                epoch_cell(per_epoch, th),
                 f"   pace needed {fmt_dur(fc.pace_needed_s)}/epoch" if fc.pace_needed_s else "",
                 f"   elapsed {fmt_dur(s.taken_at - st)}"
                 if (st := iso_ts(n.started_at)) and n.status == "running"
@@ -334,31 +333,9 @@ def _memory(s: Snapshot) -> RenderableType:
         rows.append(("", device))
     peak = memory_peak(run)
     if peak is not None or th.expected_memory_gb is not None:
-        rows.append(("peak", _expected_cell(fmt_gb(peak), peak and peak / GB,
+        rows.append(("peak", expected_cell(fmt_gb(peak), peak and peak / GB,
                                             th.expected_memory_gb, "GB")))  # fmt: skip
     return Panel(_kv(rows), title="memory", title_align="left")
-
-
-def _epoch_cell(per_epoch: float | None, th: Thresholds) -> Text:
-    """The epoch time, shaded against the recipe's expected range where the runbook has one,
-    else against the ``display.epoch_minutes`` bands."""
-    minutes = per_epoch / 60 if per_epoch else None
-    if th.expected_epoch_minutes is not None:
-        return _expected_cell(fmt_dur(per_epoch), minutes, th.expected_epoch_minutes, "min")
-    return styled(
-        fmt_dur(per_epoch), level_high_bad(minutes, th.epoch_minutes_good, th.epoch_minutes_warning)
-    )
-
-
-def _expected_cell(
-    text: str, value: float | None, expected: tuple[float | None, float | None] | None, unit: str
-) -> Text:
-    """``text`` shaded by :func:`level_in_range`, with the expected range beside it."""
-    if expected is None:
-        return styled(text, None)
-    return Text.assemble(
-        styled(text, level_in_range(value, expected)), f" (expected {range_text(expected, unit)})"
-    )
 
 
 def _eval(s: Snapshot) -> RenderableType:
