@@ -166,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     if not several:
         write_resolved(cfg, run_dir / RESOLVED_CONFIG_FILE)
 
-    from trainer.loop import Worker  # heavy imports (torch) after the config is known good
+    from trainer import modes  # heavy imports (torch) after the config is known good
+    from trainer.loop import Worker
 
     sinks = []
     if cfg.logging.use_tensorboard:
@@ -193,18 +194,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.probe:
             if variants:
-                result = worker.probe_variants(
-                    args.probe, variants, args.probe_warmup, lambda doc: _say(worker.dist.main, doc)
+                result = modes.probe_variants(
+                    worker,
+                    args.probe,
+                    variants,
+                    args.probe_warmup,
+                    lambda doc: _say(worker.dist.main, doc),
                 )
             else:
-                result = worker.probe(args.probe, args.probe_warmup)
+                result = modes.probe(worker, args.probe, args.probe_warmup)
             _say(worker.dist.main, result)
             code = 0
         else:
             if args.eval_only:
-                code = worker.eval_only(pictures=args.pictures)
+                code = modes.eval_only(worker, pictures=args.pictures)
             elif args.pictures:
-                code = worker.pictures_only()
+                code = modes.pictures_only(worker)
             else:
                 code = worker.run()
         worker.dist.close()  # every rank waits for rank 0's last checkpoint and evaluation
@@ -216,13 +221,14 @@ def main(argv: list[str] | None = None) -> int:
         message = str(exc) if kind == "disk" else f"{type(exc).__name__}: {exc}"
         # The fatal event first: tearing the process group down can block (NCCL with a dead
         # peer) until the supervisor kills the process, and the exit kind must be on disk.
+        epoch, step = worker.where()
         emitter.emit(
             Fatal(
                 kind=kind,
                 message=message,
                 feature=feature,  # type: ignore[arg-type]
-                epoch=getattr(worker, "epoch", None),
-                step=getattr(worker, "step", None),
+                epoch=epoch,
+                step=step,
                 rank=rank,
             )
         )

@@ -1,29 +1,51 @@
 """The worker's evaluation phase: the ``eval`` event, the held-out loss and the mask image.
 
-Part of :class:`trainer.loop.Worker` (a base class of it). :meth:`EvalPhase.evaluate` runs
+:class:`Evaluator` is an object the worker holds; :meth:`Evaluator.evaluate` runs
 ``trainer.evaluation.evaluate`` (kNN, linear probe, feature std, effective rank) with
 heartbeats, adds the training objective on held-out images (fixed masks) when
 ``checkpoint.metric`` is ``val_loss``, the contrastive accuracy when ``loss.use_contrastive``
-(:meth:`EvalPhase.contrastive_accuracy`), and saves a mask-overlay PNG when
-``logging.log_images``. At the end of a run :meth:`EvalPhase.end_pictures` pictures the run's
+(:meth:`Evaluator.contrastive_accuracy`), and saves a mask-overlay PNG when
+``logging.log_images``. At the end of a run :meth:`Evaluator.end_pictures` pictures the run's
 best checkpoint (``trainer/pictures.py``, a ``pictures`` event).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from trainer.config import Config
+from trainer.cpu_threads import CpuThreads
+from trainer.dist import Dist
+from trainer.emitter import Emitter
 from trainer.evaluation import EvalResult, evaluate
 from trainer.events import CHECKPOINT_DIR, Eval
 from trainer.masks import MaskCollator
 from trainer.pictures import make_pictures, mask_overlay, pick_checkpoint
+from trainer.train_state import TrainState
 
 
-class EvalPhase:
-    """Evaluation for the Worker (uses its ``cfg``, ``model``, ``eval_data``, ``device``,
-    ``micro``, ``step``, ``run_dir``, ``dist`` and ``ev``)."""
+class Evaluator:
+    """The worker's evaluations of ``model`` on the held-out ``eval_data`` (owns nothing that
+    changes; reads the micro-batch and step of the :class:`TrainState` it is given)."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        model: Any,
+        eval_data: Any,
+        device: torch.device,
+        dist: Dist,
+        ev: Emitter,
+        run_dir: Path,
+        state: TrainState,
+        cpu_threads: CpuThreads | None = None,
+    ) -> None:
+        self.cfg, self.model, self.eval_data, self.device = cfg, model, eval_data, device
+        self.dist, self.ev, self.run_dir, self.state = dist, ev, run_dir, state
+        self.cpu_threads = cpu_threads  # the thread governor, ticked by the eval heartbeat
 
     def evaluate_main(self, epoch: int) -> EvalResult | None:
         """Rank 0 evaluates (its events are the run's); other ranks wait for it and get None."""
@@ -32,7 +54,7 @@ class EvalPhase:
         return res
 
     def evaluate(self, epoch: int) -> EvalResult:
-        self.ev.progress(phase="eval", epoch=epoch, step=self.step)
+        self.ev.progress(phase="eval", epoch=epoch, step=self.state.step)
 
         def hb() -> None:
             self.ev.progress(phase="eval")
@@ -116,8 +138,9 @@ class EvalPhase:
         )
         was = self.model.training
         self.model.eval()
-        n = min(len(test), 4 * self.micro)
-        size = max(2, min(self.micro, n))
+        micro = self.state.micro
+        n = min(len(test), 4 * micro)
+        size = max(2, min(micro, n))
         hits, total = 0.0, 0
         for i in range(0, n - size + 1, size):
             chunk = [((x, x.flip(-1)), y) for x, y in (test[j] for j in range(i, i + size))]
@@ -145,11 +168,12 @@ class EvalPhase:
         )
         was = self.model.training
         self.model.eval()
-        n = min(len(test), 4 * self.micro)
+        micro = self.state.micro
+        n = min(len(test), 4 * micro)
         items = [test[i] for i in range(n)]
         total, count = 0.0, 0
-        for i in range(0, n - self.micro + 1, self.micro):
-            chunk = items[i : i + self.micro]
+        for i in range(0, n - micro + 1, micro):
+            chunk = items[i : i + micro]
             if self.cfg.loss.use_contrastive:
                 chunk = [((x, x), y) for x, y in chunk]
             batch = masks(chunk).to(self.device)

@@ -16,8 +16,8 @@ Other faults are applied by the training loop: ``nonfinite_at_step`` (the loss �
 finite blow-up of the weights), ``sigkill_at_step`` (rank ``sigkill_rank`` SIGKILLs itself: a
 dead rank) — each one-shot, remembered in ``faults.fired.json`` so a restart from an
 earlier checkpoint passes it — and ``oom_above_micro_batch`` and ``step_delay_s`` (always).
-:class:`FaultInjection` (a base class of :class:`trainer.loop.Worker`) applies them before each
-optimizer step, except ``step_delay_s``, which the loop sleeps after it. With several ranks
+:class:`FaultInjector` (an object the worker holds) applies them before each optimizer step,
+except ``step_delay_s``, which the loop sleeps after it. With several ranks
 every rank applies them, except ``oom_at_step`` with ``oom_rank`` and ``hang_at_step`` with
 ``hang_rank`` (that rank only) and the SIGKILL (``sigkill_rank`` only). Which faults have fired
 is the writer's record (``faults.fired.json`` in its run dir), broadcast to every rank at start
@@ -32,11 +32,17 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from trainer.events import FAULTS_FIRED_FILE, atomic_write_text
+
+if TYPE_CHECKING:  # no import cycle at run time: the model and the step import this module
+    from trainer.config_run import FaultsConfig
+    from trainer.dist import Dist
+    from trainer.emitter import Emitter
+    from trainer.step import TrainStep
 
 _INJECT: dict[str, str | None] = {"feature": None}
 
@@ -137,9 +143,27 @@ def blow_up_weights(model: Any, seed: int, scale: float = 3.0, heads: float = -1
         head.weight.mul_(heads)
 
 
-class FaultInjection:
-    """The step faults for the Worker (uses its ``cfg``, ``micro``, ``run_dir``, ``step_fn``,
-    ``dist``, ``ev`` and keeps ``fired`` and ``_overflow_fault_left``)."""
+class FaultInjector:
+    """The step faults (``faults.*``, test aids) of one attempt. Owns the record of the
+    one-shot faults that have ``fired`` and the overflow steps still to inject; acts on the
+    model and the step function it is given."""
+
+    def __init__(
+        self,
+        faults: FaultsConfig,
+        run_dir: Path,
+        dist: Dist,
+        ev: Emitter,
+        model: Any,
+        step_fn: TrainStep,
+        device: torch.device,
+    ) -> None:
+        self.f, self.run_dir, self.dist, self.ev = faults, run_dir, dist, ev
+        self.model, self.step_fn, self.device = model, step_fn, device
+        self.fired = dist.broadcast(self.load_fired())  # the writer's, on every node
+        f = faults
+        set_injected_feature(f.raise_in_feature if f.raise_in_feature_after_step is None else None)
+        self._overflow_fault_left = 0
 
     def load_fired(self, extra_dir: Path | None = None) -> set[str]:
         fired: set[str] = set()
@@ -150,28 +174,47 @@ class FaultInjection:
         return fired
 
     def carry_fired(self, previous_run_dir: Path) -> None:
-        """A previous attempt's one-shot faults stay fired (the fault "passes" on restart)."""
+        """A previous attempt's one-shot faults stay fired (the fault "passes" on restart);
+        the writer's record is then every rank's: one fault history."""
         self.fired |= self.load_fired(previous_run_dir)
         if self.fired:
             atomic_write_text(self.run_dir / FAULTS_FIRED_FILE, json.dumps(sorted(self.fired)))
+        self.fired = self.dist.broadcast(self.fired)
 
     def mark_fired(self, name: str) -> None:
         """Remember a one-shot fault (merged with the file: another rank may have written it)."""
         self.fired |= self.load_fired() | {name}
         atomic_write_text(self.run_dir / FAULTS_FIRED_FILE, json.dumps(sorted(self.fired)))
 
+    def near(self, nxt: int) -> bool:
+        """A step-addressed fault could fire at this launch: its number must be exact, so the
+        loop settles the step in flight first."""
+        f = self.f
+        aimed = (
+            f.sigkill_at_step,
+            f.oom_at_step,
+            f.nonfinite_at_step,
+            f.grad_overflow_at_step,
+            f.hang_at_step,
+            f.raise_in_feature_after_step,
+            f.collapse_at_step,
+            f.diverge_at_step,
+        )
+        return any(a is not None and a in (nxt - 1, nxt) for a in aimed)
+
     def _injected_oom(self, why: str) -> str:
         """An injected OOM's text, naming the device the worker runs on (not always CUDA)."""
-        dev = getattr(self, "device", None)
+        dev = self.device
         kind = dev.type.upper() if isinstance(dev, torch.device) else "device"
         return f"{kind} out of memory on {dev}. Tried to allocate 2.00 GiB (injected: {why})"
 
-    def inject_faults(self, nxt: int, micro: list[Any]) -> None:
-        f = self.cfg.faults
-        if f.oom_above_micro_batch is not None and self.micro > f.oom_above_micro_batch:
+    def inject(self, nxt: int, micro_batch: int) -> None:
+        """The faults aimed at optimizer step ``nxt`` (and the always-on ones), before it."""
+        f = self.f
+        if f.oom_above_micro_batch is not None and micro_batch > f.oom_above_micro_batch:
             raise torch.OutOfMemoryError(
                 self._injected_oom(
-                    f"micro-batch {self.micro} > faults.oom_above_micro_batch="
+                    f"micro-batch {micro_batch} > faults.oom_above_micro_batch="
                     f"{f.oom_above_micro_batch}"
                 )
             )

@@ -3,21 +3,28 @@
     worker = Worker(cfg, run_dir, resume="auto", emitter=emitter)
     code = worker.run()          # an exit code from trainer.events
 
-Phases are short named methods. :class:`Worker` holds the epoch loop and the worker's modes
-(``run``, ``eval_only``, ``probe``); its parts live beside it, one module each:
+Phases are short named methods. :class:`Worker` holds the epoch loop; ``trainer/modes.py`` has
+its other modes (``eval_only``, ``probe``). It builds a few objects at setup and calls them,
+each owning its part of the attempt and given what it needs by its constructor:
 
-- ``trainer/train_state.py`` (:class:`TrainState`): the position, resume, checkpoint, best, RNG;
-- ``trainer/control_poll.py`` (:class:`ControlPolling`): signals and the control file;
-- ``trainer/faults.py`` (:class:`FaultInjection`): the ``faults.*`` test aids, per step;
-- ``trainer/eval_phase.py`` (:class:`EvalPhase`): the ``eval`` event, val loss, mask image;
-- ``trainer/modes.py`` (:class:`OtherModes`): ``--eval-only`` and ``--probe``;
-- ``trainer/step_outcome.py`` (:class:`StepOutcomes`): a launched step's outcome, read later;
-- ``trainer/dist.py`` (:class:`Dist`): rank and world size under the launcher. With several
+- :class:`~trainer.train_state.TrainState` (``state``): the position, batch shape, schedule in
+  force and best metric — the one thing the others share;
+- :class:`~trainer.checkpointer.Checkpointer` (``checkpointer``): resume, save, best.pt, the
+  checkpoint timer;
+- :class:`~trainer.control_poll.ControlChannel` (``control``): signals and the control file,
+  and every decision the ranks agree on (it exists from ``__init__``: the signal handlers are
+  installed before setup);
+- :class:`~trainer.faults.FaultInjector` (``faults``): the ``faults.*`` test aids, per step;
+- :class:`~trainer.eval_phase.Evaluator` (``evaluator``): the ``eval`` event, val loss, mask
+  image;
+- :class:`~trainer.step_outcome.StepOutcomes` (``outcomes``): a launched step's outcome, read
+  later;
+- :class:`~trainer.dist.Dist` (``dist``): rank and world size under the launcher. With several
   ranks the model trains under DDP, the recipe's batch is shared (``per_rank_batch``): ``eff``
   is the global batch (micro × accumulation × world = data.batch_size × accumulation),
   the position counts global samples, rank 0 alone writes events, checkpoints and evaluates,
   and every decision a rank could take alone (stop, control, a time checkpoint) is agreed in
-  the step's all-reduce (``ControlPolling.sync_*``): no rank acts on what only it has seen.
+  the step's all-reduce (``ControlChannel.sync_*``): no rank acts on what only it has seen.
 
 Signals only set a flag; the loop checkpoints at the next agreed step boundary and exits
 ``EXIT_STOPPED``. The control file is polled at step boundaries (one ``os.stat`` per step).
@@ -27,7 +34,7 @@ Every failure ends in a ``fatal`` event with its kind and the matching exit code
 Contracts kept here:
 - Steps are pipelined: step N+1 is launched before step N's numbers are read; what a step
   meant (applied, skipped for overflow, non-finite) is handled one step late by
-  ``trainer/step_outcome.py`` (:class:`StepOutcomes`), which holds the overflow and logging
+  :class:`StepOutcomes`, which holds the overflow and logging
   contracts. A skipped step still consumes its batch (the data position moves on, so a
   resume replays nothing).
 - The schedule (base total + epoch cuts) travels in every checkpoint. On resume the curve
@@ -47,39 +54,31 @@ from __future__ import annotations
 
 import os
 import time
-from collections import deque
 from pathlib import Path
+from typing import Any
 
 from torch.utils.data import DataLoader
 
-from trainer import checkpoints as ckpt
 from trainer.allocator import keep_freed_memory
+from trainer.checkpointer import Checkpointer
+from trainer.checkpoints import Saved
 from trainer.config import Config, write_resolved
-from trainer.control_poll import ControlPolling
+from trainer.control_poll import ControlChannel
 from trainer.cpu_threads import CpuThreads
 from trainer.data import TrainLoader, build_eval_data, build_train_data
 from trainer.device import memory_readings, select_device, select_precision
 from trainer.dist import Dist, per_rank_batch, wrap_ddp
 from trainer.emitter import Emitter
-from trainer.eval_phase import EvalPhase
-from trainer.events import (
-    CHECKPOINT_DIR,
-    EXIT_OK,
-    EXIT_STOPPED,
-    RESOLVED_CONFIG_FILE,
-    EpochEnd,
-    Finished,
-    Started,
-)
-from trainer.faults import FaultInjection, require_gradients, set_injected_feature
+from trainer.eval_phase import Evaluator
+from trainer.events import EXIT_OK, EXIT_STOPPED, RESOLVED_CONFIG_FILE, EpochEnd, Finished, Started
+from trainer.faults import FaultInjector, require_gradients
 from trainer.health import HealthMonitor
 from trainer.masks import MaskCollator
 from trainer.model import build_model, compile_model
-from trainer.modes import OtherModes
 from trainer.prefetch import DevicePrefetch
 from trainer.schedules import make_schedule, should_eval, should_save
 from trainer.step import TrainStep
-from trainer.step_outcome import InFlight, StepOutcomes
+from trainer.step_outcome import StepOutcomes
 from trainer.train_state import TrainState, seed_everything
 
 
@@ -87,7 +86,11 @@ class StopRequestedError(Exception):
     pass
 
 
-class Worker(TrainState, StepOutcomes, ControlPolling, FaultInjection, EvalPhase, OtherModes):
+class Worker:
+    """One attempt of the worker: builds its parts at setup and runs the epoch loop over them.
+    Owns the config, the device, the model, the step function and the data; its parts own
+    the rest (see the module docstring)."""
+
     def __init__(
         self,
         cfg: Config,
@@ -101,14 +104,15 @@ class Worker(TrainState, StepOutcomes, ControlPolling, FaultInjection, EvalPhase
         self.run_dir = Path(run_dir)
         self.resume_request = resume
         self.ev = emitter
-        self.signal_seen: str | None = None  # set by the signal handlers: this process only
-        self.stop_flag: str | None = None  # an agreed stop (a signal or the control file)
-        self.save_agreed = False  # several ranks: a time checkpoint agreed in the last step
-        self.final_eval_on_stop = False
-        self.control_seq = -1
-        self._control_mtime = 0.0
+        self.control = ControlChannel(self.run_dir, self.dist, emitter)
+        self.resumed_from: str | None = None
+        self._loader_key: tuple[int, int] | None = None
         self.t0 = time.monotonic()
         self.cpu_threads: CpuThreads | None = None  # set in setup on a CPU device
+
+    def on_signal(self, signum: int, frame: Any) -> None:
+        """The signal handler: only a flag (``ControlChannel.on_signal``)."""
+        self.control.on_signal(signum, frame)
 
     # ------------------------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -141,44 +145,56 @@ class Worker(TrainState, StepOutcomes, ControlPolling, FaultInjection, EvalPhase
         self.masks = MaskCollator(
             cfg.masking, cfg.data.image_size, cfg.model.patch_size, seed=cfg.experiment.seed
         )
-        self.epoch_size = self.train_data.epoch_size
-        self.set_batch(
-            *per_rank_batch(cfg.data.batch_size, cfg.training.accumulation_steps, self.dist.world)
+        micro, accum = per_rank_batch(
+            cfg.data.batch_size, cfg.training.accumulation_steps, self.dist.world
         )
-        self.schedule = make_schedule(cfg)
-        self.writer = ckpt.CheckpointWriter(
-            self.run_dir / CHECKPOINT_DIR, cfg.checkpoint.keep_last_k
+        self.state = TrainState(
+            make_schedule(cfg), self.train_data.epoch_size, micro, accum, self.dist.world
         )
-        self.epoch = 1  # epoch in progress (1-based)
-        self.samples_in_epoch = 0
-        self.step = 0  # optimizer steps completed
-        self.best: float | None = None
-        self.resumed_from: str | None = None
-        self.fired = self.dist.broadcast(self.load_fired())  # the writer's, on every node
-        f = cfg.faults
-        set_injected_feature(f.raise_in_feature if f.raise_in_feature_after_step is None else None)
-        self.overflow_steps = 0  # skipped for gradient overflow, this attempt
-        self.overflow_run = 0  # consecutive ones
-        self._overflow_fault_left = 0
-        self.step_times: deque[float] = deque(maxlen=20)
-        self.last_save = time.monotonic()
+        self.faults = FaultInjector(
+            cfg.faults, self.run_dir, self.dist, self.ev, self.model, self.step_fn, self.device
+        )
+        self.checkpointer = Checkpointer(
+            cfg, self.run_dir, self.dist, self.ev, self.model, self.step_fn, self.state, self.faults
+        )
+        self.evaluator = Evaluator(
+            cfg,
+            self.model,
+            self.eval_data,
+            self.device,
+            self.dist,
+            self.ev,
+            self.run_dir,
+            self.state,
+            self.cpu_threads,
+        )
         self.health = HealthMonitor(cfg.logging.health_every_steps, self.ev.emit)
+        self.outcomes = StepOutcomes(
+            cfg,
+            self.state,
+            self.step_fn,
+            self.model,
+            self.health,
+            self.ev,
+            self.dist,
+            self.control,
+            self.mem,
+        )
         if self.cpu_threads is not None:  # the set-up's seconds are the first sample
             self.cpu_threads.decide_now()
 
-    def set_batch(self, micro: int, accum: int) -> None:
-        """Micro-batch and accumulation of ONE rank; ``eff`` is the global batch of a step
-        (micro × accum × world = the recipe's data.batch_size × accumulation_steps)."""
-        self.micro, self.accum = micro, accum
-        self.eff = micro * accum * self.dist.world
-        if self.epoch_size < self.eff:
-            raise ValueError(
-                f"epoch size {self.epoch_size} is smaller than the effective batch {self.eff}"
-            )
-        self.steps_per_epoch = self.epoch_size // self.eff
+    def resume(self) -> None:
+        """The requested checkpoint, if any (``Checkpointer.resume``)."""
+        self.resumed_from = self.checkpointer.resume(self.resume_request)
+
+    def where(self) -> tuple[int | None, int | None]:
+        """(epoch, step) for a ``fatal`` event; (None, None) before setup."""
+        state = getattr(self, "state", None)
+        return (state.epoch, state.step) if state is not None else (None, None)
 
     # ------------------------------------------------------------------------------- events
     def started(self) -> None:
+        st = self.state
         n_total = sum(p.numel() for p in self.model.parameters())
         n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.ev.emit(
@@ -193,18 +209,18 @@ class Worker(TrainState, StepOutcomes, ControlPolling, FaultInjection, EvalPhase
                     **self.model.feature_status(),
                     "photometric": self.train_data.photometric,
                 },
-                micro_batch=self.micro,
-                accum_steps=self.accum,
+                micro_batch=st.micro,
+                accum_steps=st.accum,
                 world_size=self.dist.world,
-                global_batch=self.eff,
-                epochs=self.total_epochs,
-                steps_per_epoch=self.steps_per_epoch,
-                epoch_size=self.epoch_size,
+                global_batch=st.eff,
+                epochs=st.total_epochs,
+                steps_per_epoch=st.steps_per_epoch,
+                epoch_size=st.epoch_size,
                 datasets=dict(self.train_data.sizes)
                 if self.cfg.logging.log_dataset_distribution
                 else {},
-                start_epoch=self.epoch,
-                start_step=self.step,
+                start_epoch=st.epoch,
+                start_step=st.step,
                 resumed_from=self.resumed_from,
             )
         )
@@ -216,8 +232,9 @@ class Worker(TrainState, StepOutcomes, ControlPolling, FaultInjection, EvalPhase
     def loader(self, epoch: int, start: int) -> DataLoader:
         """Epoch ``epoch`` from sample ``start``: one TrainLoader per attempt and batch shape,
         so its workers persist across epochs."""
-        d, key = self.dist, (self.micro, self.accum)
-        if getattr(self, "_loader_key", None) != key:
+        d, st = self.dist, self.state
+        key = (st.micro, st.accum)
+        if self._loader_key != key:
             self._train_loader = TrainLoader(
                 self.cfg,
                 self.train_data,
@@ -225,8 +242,8 @@ class Worker(TrainState, StepOutcomes, ControlPolling, FaultInjection, EvalPhase
                 self.device,
                 d.rank,
                 d.world,
-                self.micro,
-                self.accum,
+                st.micro,
+                st.accum,
             )
             self._loader_key = key
         return self._train_loader.epoch(epoch, start)
@@ -239,143 +256,141 @@ class Worker(TrainState, StepOutcomes, ControlPolling, FaultInjection, EvalPhase
         and only where a decision needs the exact state is the step in flight settled first:
         a checkpoint (by steps or time), a stop, a fault aimed at a step number, the epoch end.
         """
-        cfg, f = self.cfg, self.cfg.faults
-        epoch, start = self.epoch, self.samples_in_epoch
+        cfg, f, st, out = self.cfg, self.cfg.faults, self.state, self.outcomes
+        epoch, start = st.epoch, st.samples_in_epoch
         t_epoch = time.monotonic()
-        self.epoch_losses: list[float] = []
-        self.in_flight: list[InFlight] = []
         self.model.train()
         # "loader" until the first batch of the epoch arrives (workers starting), then "data".
-        self.ev.progress(phase="loader", epoch=epoch, step=self.step)
+        self.ev.progress(phase="loader", epoch=epoch, step=st.step)
         it = DevicePrefetch(iter(self.loader(epoch, start)), self.device)
-        steps_left = (self.epoch_size - start) // self.eff
-        self.t_log, self.n_log = time.monotonic(), 0
+        steps_left = (st.epoch_size - start) // st.eff
+        out.start_epoch()
         every = cfg.checkpoint.every_n_steps
         for i in range(steps_left):
             t_step = time.monotonic()
             if i:
-                self.ev.progress(phase="data", epoch=epoch, step=self.step)
-            micro = [next(it) for _ in range(self.accum)]  # on the device (trainer/prefetch)
+                self.ev.progress(phase="data", epoch=epoch, step=st.step)
+            micro = [next(it) for _ in range(st.accum)]  # on the device (trainer/prefetch)
             self.ev.progress(phase="train")
-            nxt = self.step + 1 + len(self.in_flight)  # if the step in flight is applied
-            if self.in_flight and self.fault_near(nxt):
-                self.settle()
-                nxt = self.step + 1
-            self.inject_faults(nxt, micro)
-            e_float = self.progress()
-            lr, mom = self.schedule.lr_at(e_float), self.schedule.ema_at(e_float)
+            nxt = st.step + 1 + len(out.in_flight)  # if the step in flight is applied
+            if out.in_flight and self.faults.near(nxt):
+                out.settle()
+                nxt = st.step + 1
+            self.faults.inject(nxt, st.micro)
+            e_float = st.progress()
+            lr, mom = st.schedule.lr_at(e_float), st.schedule.ema_at(e_float)
             log_now = nxt == 1 or nxt % cfg.logging.log_frequency == 0
             pending = self.step_fn.launch(
                 micro,
                 lr=lr,
                 momentum=mom,
                 grad_norms=log_now and cfg.logging.log_gradients,
-                extra=self.sync_out() if self.dist.world > 1 else None,
+                extra=self.control.sync_out(self.checkpointer.clock_due())
+                if self.dist.world > 1
+                else None,
             )
             self.step_fn.poison_next = self.step_fn.overflow_next = False
-            self.samples_in_epoch += self.eff  # a skipped step consumes its batch too
+            st.samples_in_epoch += st.eff  # a skipped step consumes its batch too
             if f.step_delay_s:
                 time.sleep(f.step_delay_s)
-            self.settle()  # the previous step, read while this one runs
-            self.in_flight.append(InFlight(pending, lr, mom))
-            self.step_times.append(time.monotonic() - t_step)
-            self.ev.step_s = self.step_s()
-            mid_epoch = self.samples_in_epoch < self.epoch_size
+            out.settle()  # the previous step, read while this one runs
+            out.launched(pending, lr, mom, time.monotonic() - t_step)
+            self.ev.step_s = out.step_s()
+            mid_epoch = st.samples_in_epoch < st.epoch_size
             if mid_epoch and ((every and nxt % every == 0) or self.save_due()):
-                applied = self.settle()
-                if applied and every and self.step % every == 0:
+                applied = out.settle()
+                if applied and every and st.step % every == 0:
                     self.save("steps")
                 elif self.save_due():
                     self.save("time")
             if self.dist.world == 1:
-                self.poll_alone()
+                self.control.poll_alone(st)
             if self.cpu_threads is not None:
                 self.cpu_threads.tick()
-            if self.stop_flag:
-                self.settle()
-                raise StopRequestedError(self.stop_flag)
-        self.settle()
-        losses = self.epoch_losses
+            if self.control.stop_flag:
+                out.settle()
+                raise StopRequestedError(self.control.stop_flag)
+        out.settle()
+        losses = out.epoch_losses
         self.ev.emit(
             EpochEnd(
                 epoch=epoch,
                 seconds=time.monotonic() - t_epoch,
                 steps=len(losses),
-                total_epochs=self.total_epochs,
+                total_epochs=st.total_epochs,
                 mean_loss=sum(losses) / len(losses) if losses else None,
             )
         )
 
     def save_due(self) -> bool:
         """A time checkpoint is due: this process's timer alone; with several ranks the
-        agreement read with the last step (every rank's timer, ``ControlPolling.sync_in``), so
+        agreement read with the last step (every rank's timer, ``ControlChannel.sync_in``), so
         all ranks settle and save at the same step."""
-        return self.clock_due() if self.dist.world == 1 else self.save_agreed
+        if self.dist.world == 1:
+            return self.checkpointer.clock_due()
+        return self.control.save_agreed
 
-    def clock_due(self) -> bool:
-        """This process's timer: ``checkpoint.every_minutes`` since its last save."""
-        minutes = self.cfg.checkpoint.every_minutes
-        return minutes is not None and time.monotonic() - self.last_save >= 60.0 * minutes
+    def save(self, reason: str) -> Saved:
+        """A checkpoint now (``Checkpointer.save``); an agreed time checkpoint is spent."""
+        self.control.saved()
+        return self.checkpointer.save(reason)
 
     # ---------------------------------------------------------------------------------- run
     def run(self) -> int:
         self.setup()
         self.resume()
         self.started()
+        st, control = self.state, self.control
         try:
-            if (
-                self.step == 0
-                and self.samples_in_epoch == 0
-                and self.epoch == 1
-                and self.cfg.evaluation.eval_at_start
-            ):
-                self.evaluate_main(0)
+            if st.at_start() and self.cfg.evaluation.eval_at_start:
+                self.evaluator.evaluate_main(0)
             final = None  # the last epoch's checkpoint: the end-of-run pictures' fallback
-            while self.epoch <= self.total_epochs:
+            while st.epoch <= st.total_epochs:
                 self.train_epoch()
-                done = self.epoch
-                last = done >= self.total_epochs
+                done = st.epoch
+                last = done >= st.total_epochs
                 res = None
-                if should_eval(done, self.total_epochs, self.cfg.evaluation.eval_frequency):
-                    res = self.evaluate_main(done)
-                if last or should_save(done, self.total_epochs, self.cfg.experiment.save_frequency):
+                if should_eval(done, st.total_epochs, self.cfg.evaluation.eval_frequency):
+                    res = self.evaluator.evaluate_main(done)
+                if last or should_save(done, st.total_epochs, self.cfg.experiment.save_frequency):
                     saved = self.save("final" if last else "epoch")
                     final = saved.path if last and saved.verified else None
                     if res is not None:
-                        self.track_best(res, saved)
+                        self.checkpointer.track_best(res, saved)
                 elif self.save_due():
                     saved = self.save("time")
                     if res is not None:
-                        self.track_best(res, saved)
+                        self.checkpointer.track_best(res, saved)
                 if not last:
-                    self.epoch, self.samples_in_epoch = done + 1, 0
+                    st.epoch, st.samples_in_epoch = done + 1, 0
                 else:
                     break
-                self.sync_control()
-                if self.stop_flag:
-                    raise StopRequestedError(self.stop_flag)
+                control.sync_control(st, self.device, self.checkpointer.clock_due())
+                if control.stop_flag:
+                    raise StopRequestedError(control.stop_flag)
         except StopRequestedError:
             saved = self.save("stop")
-            if self.final_eval_on_stop:
-                res = self.evaluate_main(self.epoch)
+            if control.final_eval_on_stop:
+                res = self.evaluator.evaluate_main(st.epoch)
                 if res is not None:
-                    self.track_best(res, saved)
-                self.end_pictures(saved.path if saved.verified else None)  # the night's end
+                    self.checkpointer.track_best(res, saved)
+                # the night's end
+                self.evaluator.end_pictures(saved.path if saved.verified else None)
             self.ev.emit(
                 Finished(
                     reason="stopped",
-                    epoch=self.epoch,
-                    step=self.step,
+                    epoch=st.epoch,
+                    step=st.step,
                     seconds=time.monotonic() - self.t0,
                 )
             )
             return EXIT_STOPPED
-        self.end_pictures(final)
+        self.evaluator.end_pictures(final)
         self.ev.emit(
             Finished(
                 reason="completed",
-                epoch=self.epoch,
-                step=self.step,
+                epoch=st.epoch,
+                step=st.step,
                 seconds=time.monotonic() - self.t0,
             )
         )

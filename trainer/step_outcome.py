@@ -1,4 +1,4 @@
-"""What happens to a step once its numbers arrive: the Worker's step outcomes.
+"""What happens to a step once its numbers arrive: the worker's :class:`StepOutcomes`.
 
 The loop launches step N+1 before it reads step N (``TrainStep.launch``), so what a step
 meant — applied, skipped for a gradient overflow, or a non-finite loss — is handled here, one
@@ -12,20 +12,28 @@ step late and in step order (:meth:`StepOutcomes.settle`). Contracts:
 - ``step`` events every ``logging.log_frequency`` steps (and step 1), img/s over the steps
   since the last one; ``step_s``: the median of the last 20 step durations.
 - With several ranks each outcome carries the decisions agreed in that step's all-reduce
-  (``ControlPolling.sync_in``).
+  (``ControlChannel.sync_in``).
 - A step-addressed fault (a test aid) settles the step in flight first, so it fires at its
-  exact step number (:meth:`StepOutcomes.fault_near`).
+  exact step number (``FaultInjector.near``).
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from trainer.config import Config
+from trainer.control_poll import ControlChannel
+from trainer.dist import Dist
+from trainer.emitter import Emitter
 from trainer.events import Step
-from trainer.step import NonFiniteLossError, PendingStep, StepResult
+from trainer.health import HealthMonitor
+from trainer.step import NonFiniteLossError, PendingStep, StepResult, TrainStep
+from trainer.train_state import TrainState
 
 
 @dataclass
@@ -39,9 +47,43 @@ class InFlight:
 
 
 class StepOutcomes:
-    """Mixin for the Worker (uses its ``cfg``, ``step``, ``epoch``, ``eff``, ``micro``,
-    ``accum``, ``dist``, ``ev``, ``step_fn``, ``step_times``, overflow counters, and keeps
-    ``in_flight``, ``epoch_losses``, ``t_log``, ``n_log``)."""
+    """Reads launched steps and acts on what they meant. Owns the steps in flight, the
+    epoch's losses, the step timings, the overflow counters (this attempt) and the
+    ``step`` event's img/s window; moves ``step`` of the :class:`TrainState` it is given and
+    hands each step's agreement to the :class:`ControlChannel`."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        state: TrainState,
+        step_fn: TrainStep,
+        model: Any,
+        health: HealthMonitor,
+        ev: Emitter,
+        dist: Dist,
+        control: ControlChannel,
+        memory: Callable[[], dict[str, int]],
+    ) -> None:
+        self.cfg, self.state, self.step_fn, self.model = cfg, state, step_fn, model
+        self.health, self.ev, self.dist, self.control = health, ev, dist, control
+        self.memory = memory
+        self.in_flight: list[InFlight] = []
+        self.epoch_losses: list[float] = []
+        self.overflow_steps = 0  # skipped for gradient overflow, this attempt
+        self.overflow_run = 0  # consecutive ones
+        self.step_times: deque[float] = deque(maxlen=20)
+        self.t_log, self.n_log = time.monotonic(), 0
+
+    def start_epoch(self) -> None:
+        """A new epoch: no losses yet, the img/s window restarts."""
+        self.epoch_losses = []
+        self.in_flight = []
+        self.t_log, self.n_log = time.monotonic(), 0
+
+    def launched(self, pending: PendingStep, lr: float, momentum: float, seconds: float) -> None:
+        """A step is in flight; ``seconds`` from its data wait to its launch returning."""
+        self.in_flight.append(InFlight(pending, lr, momentum))
+        self.step_times.append(seconds)
 
     def settle(self) -> bool:
         """Read and handle every step in flight, oldest first; True when the last one handled
@@ -56,7 +98,8 @@ class StepOutcomes:
         """One step's outcome, in step order: a non-finite loss stops the run (the bad step
         itself changed nothing); an overflow is counted (too many in a row stop it);
         otherwise the step counts, and is logged every ``logging.log_frequency`` steps."""
-        nxt = self.step + 1
+        st = self.state
+        nxt = st.step + 1
         if not res.finite:
             raise NonFiniteLossError(
                 f"non-finite loss at step {nxt} (loss={res.loss}, grad_norm={res.grad_norm}); "
@@ -66,34 +109,18 @@ class StepOutcomes:
             self.on_overflow(nxt, res.grad_norm)
         else:
             self.overflow_run = 0
-            self.step = nxt
+            st.step = nxt
             self.epoch_losses.append(res.loss)
-            self.health.after_step(self.epoch, self.step, res.loss, self.model)
-            self.n_log += self.eff
-            self.ev.progress(epoch=self.epoch, step=self.step)
+            self.health.after_step(st.epoch, st.step, res.loss, self.model)
+            self.n_log += st.eff
+            self.ev.progress(epoch=st.epoch, step=st.step)
             if nxt == 1 or nxt % self.cfg.logging.log_frequency == 0:
                 dt = max(time.monotonic() - self.t_log, 1e-9)
                 self.emit_step(res, lr, self.n_log / dt, momentum)
                 self.t_log, self.n_log = time.monotonic(), 0
         if self.dist.world > 1:
-            self.sync_in(res.extra)  # decisions agreed in this step's all-reduce
+            self.control.sync_in(res.extra, st)  # decisions agreed in this step's all-reduce
         return not res.overflow
-
-    def fault_near(self, nxt: int) -> bool:
-        """A step-addressed fault (a test aid) could fire at this launch: its number must be
-        exact, so the step in flight is settled first."""
-        f = self.cfg.faults
-        aimed = (
-            f.sigkill_at_step,
-            f.oom_at_step,
-            f.nonfinite_at_step,
-            f.grad_overflow_at_step,
-            f.hang_at_step,
-            f.raise_in_feature_after_step,
-            f.collapse_at_step,
-            f.diverge_at_step,
-        )
-        return any(a is not None and a in (nxt - 1, nxt) for a in aimed)
 
     def step_s(self) -> float | None:
         """Recent seconds per step: the median of the last 20 (data wait included)."""
@@ -114,8 +141,8 @@ class StepOutcomes:
 
     def emit_step(self, res: Any, lr: float, img_per_s: float, momentum: float) -> None:
         event = Step(
-            epoch=self.epoch,
-            step=self.step,
+            epoch=self.state.epoch,
+            step=self.state.step,
             loss=res.loss,
             loss_levels=res.levels,
             loss_parts=res.parts,
@@ -123,9 +150,9 @@ class StepOutcomes:
             lr=lr,
             ema_momentum=momentum,
             img_per_s=img_per_s,
-            micro_batch=self.micro,
-            accum_steps=self.accum,
-            device_mem=self.mem(),
+            micro_batch=self.state.micro,
+            accum_steps=self.state.accum,
+            device_mem=self.memory(),
             step_s=self.step_s(),
             overflow_steps=self.overflow_steps,
             loss_scale=self.step_fn.loss_scale(),

@@ -234,4 +234,4 @@ def test_phase_is_loader_for_the_first_batch_and_data_after(tmp_path):
     worker.train_epoch()
     em.close()
     assert seen == ["make:loader", "wait:loader", "wait:data", "wait:data", "wait:data"]
-    assert worker.step_s() is not None and len(worker.step_times) == 4
+    assert worker.outcomes.step_s() is not None and len(worker.outcomes.step_times) == 4
