@@ -6,8 +6,8 @@ seam; :meth:`~NightBase.record` writes a decision (and the config keys it change
 file *before* anything acts on it; :meth:`~NightBase.launch` records an attempt, then spawns its
 worker under a :class:`~orchestrator.night.supervisor.Supervisor` wired to the policy, folding
 its events into the night (device, metrics, best checkpoint, epochs, forecasts). The crash
-recovery (:mod:`orchestrator.night.recovery`), the ending (:mod:`orchestrator.night.ending`) and
-the main loop (:mod:`orchestrator.night.runner`) build on it.
+recovery (:mod:`orchestrator.night.recovery`) and the ending (:mod:`orchestrator.night.ending`)
+are objects given it; the main loop (:mod:`orchestrator.night.runner`) builds on it.
 """
 
 from __future__ import annotations
@@ -96,7 +96,6 @@ class NightBase:
         base = n.attempts[0].overrides if n.attempts else n.overrides
         self.base_cfg = load_config(n.config, override_args(base))
         self.runs = store.dir / "runs" / n.name
-        self._reattached: set[int] = set()  # attempts re-attached by this runner (never twice)
 
     @property
     def night(self) -> Night:
@@ -239,11 +238,11 @@ class NightBase:
         self.save()  # recorded before the spawn
         run_dir.mkdir(parents=True, exist_ok=True)
         self._carry_fired_faults(run_dir)
-        sup = self._supervisor(att, argv)
+        sup = self.supervisor(att, argv)
         att.pid = sup.launch()
         att.pid_create_time = self.sys.create_time(att.pid)
         self.save()
-        return self._supervise(att, sup)
+        return self.supervise(att, sup)
 
     def _decide_now(
         self, watch: ClockWatch, att: Attempt, obs: Any, history: NightHistory
@@ -259,7 +258,7 @@ class NightBase:
             self.save()
         return decide(obs, history, self.rb, self.sys.wall(), self.deadline)
 
-    def _supervisor(self, att: Attempt, argv: list[str], already_folded: int = 0) -> Supervisor:
+    def supervisor(self, att: Attempt, argv: list[str], already_folded: int = 0) -> Supervisor:
         """A Supervisor for ``att`` wired to this night: the policy with the night's history,
         its events folded into the state (all but the first ``already_folded``, which a
         previous runner recorded), its decisions recorded before they act."""
@@ -290,7 +289,7 @@ class NightBase:
         sup.on_event, sup.on_decision = on_event, on_decision
         return sup
 
-    def _supervise(self, att: Attempt, sup: Supervisor) -> AttemptOutcome:
+    def supervise(self, att: Attempt, sup: Supervisor) -> AttemptOutcome:
         out = sup.run()
         if out.stop_reason == "daemon":
             self.record(
@@ -303,10 +302,10 @@ class NightBase:
                 att.index,
                 kind="stop",
             )
-        self._close_attempt(att, out.exit_code, out.exit_kind, out.message, out.view)
+        self.close_attempt(att, out.exit_code, out.exit_kind, out.message, out.view)
         return out
 
-    def _close_attempt(
+    def close_attempt(
         self, att: Attempt, code: int | None, kind: str, message: str, view: RunView
     ) -> None:
         att.exit_code, att.exit_kind, att.message = code, kind, message  # type: ignore[assignment]

@@ -3,6 +3,9 @@ checkpoint has none), the pictures of the best checkpoint (:mod:`orchestrator.ni
 the verdict against the runbook's success criteria, the forecast errors and the status
 (:func:`orchestrator.policy.recovery.end_status`) — and, when the runner itself failed, a
 recorded ``runner_error`` and an ending all the same.
+
+:class:`Ending` is an object the night runner holds, given the night's attempts
+(:class:`~orchestrator.night.attempts.NightBase`): it reads the night and records through them.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 from orchestrator.core.fold import RunView, metrics_of
 from orchestrator.core.state import (
+    Night,
     Success,
     parse_iso,
 )
@@ -47,8 +51,20 @@ from orchestrator.policy.recovery import (
 from orchestrator.preflight.fit import read_fits
 
 
-class Ending(NightBase):
-    """The night runner's ending (see the module docstring)."""
+class Ending:
+    """The night runner's ending (see the module docstring). Owns nothing that changes; reads
+    and records through the night's attempts it is given."""
+
+    def __init__(self, night: NightBase) -> None:
+        self.store, self.state, self.index = night.store, night.state, night.index
+        self.rb, self.sys, self.stop, self.runs = night.rb, night.sys, night.stop, night.runs
+        self.deadline, self.base_cfg = night.deadline, night.base_cfg
+        self.save, self.record, self.cfg = night.save, night.record, night.cfg
+        self.worker_command, self.worker_sets = night.worker_command, night.worker_sets
+
+    @property
+    def night(self) -> Night:
+        return self.state.nights[self.index]
 
     def finalise(self, d: Decision) -> None:
         n = self.night

@@ -6,6 +6,9 @@
   (control → TERM → KILL, or straight to TERM when it is silent), then record how it ended
   (the policy's :mod:`orchestrator.policy.recovery` decides each step).
 - :meth:`Recovery.reattach`: supervise such a worker to its end, same attempt and run dir.
+
+:class:`Recovery` is an object the night runner holds, given the night's attempts
+(:class:`~orchestrator.night.attempts.NightBase`): it records, saves and supervises through them.
 """
 
 from __future__ import annotations
@@ -36,8 +39,15 @@ from trainer.events import EVENTS_FILE, Control, write_control
 from trainer.events_read import read_events
 
 
-class Recovery(NightBase):
-    """The night runner's crash recovery (see the module docstring)."""
+class Recovery:
+    """The night runner's crash recovery (see the module docstring). Owns which attempts it
+    re-attached (never twice); acts through the night's attempts it is given."""
+
+    def __init__(self, night: NightBase) -> None:
+        self.sys, self.rb, self.save, self.record = night.sys, night.rb, night.save, night.record
+        self.close_attempt, self.supervise = night.close_attempt, night.supervise
+        self.supervisor = night.supervisor
+        self._reattached: set[int] = set()  # attempts re-attached by this runner (never twice)
 
     def adopt_unrecorded(self, att: Attempt) -> bool:
         """An attempt recorded without a pid: a runner died between recording it and recording
@@ -92,7 +102,7 @@ class Recovery(NightBase):
         self.record(
             Decision(DecisionKind.CONTINUE, "recovered", msg, evidence), att.index, kind="stop"
         )
-        self._close_attempt(att, None, kind, msg, view)
+        self.close_attempt(att, None, kind, msg, view)
 
     def reattach(self, att: Attempt, health: dict[str, Any]) -> AttemptOutcome:
         """Supervise the live, healthy worker of ``att`` to its end (no restart, same attempt
@@ -112,6 +122,6 @@ class Recovery(NightBase):
             idx,
             kind="reattached",
         )
-        sup = self._supervisor(att, [], already_folded=len(read_events(run_dir / EVENTS_FILE)))
+        sup = self.supervisor(att, [], already_folded=len(read_events(run_dir / EVENTS_FILE)))
         sup.attach(att.pid, att.pid_create_time)
-        return self._supervise(att, sup)
+        return self.supervise(att, sup)

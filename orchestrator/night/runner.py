@@ -35,6 +35,7 @@ import contextlib
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from orchestrator.core.awake import SleepGuard
 from orchestrator.core.runbook import (
@@ -47,7 +48,7 @@ from orchestrator.core.state import (
     StateStore,
 )
 from orchestrator.core.system import System
-from orchestrator.night.attempts import FINISHED_KINDS, MAX_RUNG_SKIPS, RUNNER_ERROR
+from orchestrator.night.attempts import FINISHED_KINDS, MAX_RUNG_SKIPS, RUNNER_ERROR, NightBase
 from orchestrator.night.disk import free_old_checkpoints
 from orchestrator.night.ending import Ending
 from orchestrator.night.history import (
@@ -71,9 +72,15 @@ from trainer.config import ConfigError, load_config
 
 
 # ---------------------------------------------------------------------------------------------
-class NightRunner(Recovery, Ending):
+class NightRunner(NightBase):
     """One night from its spec in the state file to its ending; :func:`run_night` is the
-    public entry (see the module docstring)."""
+    public entry (see the module docstring). Holds its crash ``recovery`` and its ``ending``,
+    each given the night's attempts (this object)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.recovery = Recovery(self)
+        self.ending = Ending(self)
 
     # -- main loop ------------------------------------------------------------------------
     def run(self) -> Night:
@@ -108,9 +115,10 @@ class NightRunner(Recovery, Ending):
         with contextlib.suppress(Exception):
             last = n.attempts[-1] if n.attempts else None
             if last is not None and last.exit_kind is None:
-                self.recover(last)
+                self.recovery.recover(last)
         try:
-            self.finalise(Decision(DecisionKind.END_NIGHT, RUNNER_ERROR, reason, reason=reason))
+            end = Decision(DecisionKind.END_NIGHT, RUNNER_ERROR, reason, reason=reason)
+            self.ending.finalise(end)
         except Exception as again:  # the state must still say the night ended, and why
             n.end("failed", f"{reason}; finalising failed too: {type(again).__name__}: {again}")
             if self.state.current_night == self.index:
@@ -129,7 +137,7 @@ class NightRunner(Recovery, Ending):
         while True:
             last = n.attempts[-1] if n.attempts else None
             if last is not None and last.exit_kind is None:
-                if last.pid is None and not self.adopt_unrecorded(last):
+                if last.pid is None and not self.recovery.adopt_unrecorded(last):
                     msg = "never started: the runner stopped between recording and spawning it"
                     self.record(
                         Decision(
@@ -141,9 +149,9 @@ class NightRunner(Recovery, Ending):
                         last.index,
                         kind="stop",
                     )
-                    self._close_attempt(last, None, "stopped", msg, attempt_view(last))
+                    self.close_attempt(last, None, "stopped", msg, attempt_view(last))
                     continue
-                self.recover(last)
+                self.recovery.recover(last)
                 continue
             if last is None:
                 top = newest(lineage(n))
@@ -153,7 +161,7 @@ class NightRunner(Recovery, Ending):
                     return self._stopped()  # the next run decides (no restart after a stop)
                 d = self._pending_restart(last) or self._decide_after(last)
                 if d.kind is DecisionKind.END_NIGHT:
-                    self.finalise(d)
+                    self.ending.finalise(d)
                     return n
                 resume = d.resume_from
                 if d.trigger == "disk":

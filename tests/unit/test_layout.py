@@ -153,11 +153,6 @@ def test_no_module_outside_the_policy_makes_its_decisions() -> None:
     assert not bad, bad
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="NightRunner(Recovery, Ending) and trainer's Worker still inherit mixins; remove this "
-    "marker once they compose objects",
-)
 def test_no_class_has_more_than_one_project_base() -> None:
     """Objects instead of mixins: a class composes the project's objects it needs rather than
     inheriting several of them (library bases such as pydantic's or ``Enum`` do not count)."""
