@@ -93,7 +93,7 @@ def ours_precision(a: argparse.Namespace) -> str:
     import torch
 
     from trainer.config import load_config
-    from trainer.device import select_precision
+    from trainer.runtime.device import select_precision
 
     t = load_config(a.config, ["device=cpu"]).training
     return select_precision(torch.device("cpu"), t.use_amp, t.precision).name

@@ -15,7 +15,7 @@ one after the other in this process:
 - ``1 process``: ``TrainStep`` as the worker builds it alone;
 - ``DDP world 1``: a real process group of one rank (nccl on CUDA, gloo elsewhere; rendezvous
   through MASTER_ADDR/MASTER_PORT, RANK=0, WORLD_SIZE=1), the model under DDP as
-  ``trainer.dist.wrap_ddp`` builds it, and ``Dist`` saying two ranks so every line of the
+  ``trainer.runtime.dist.wrap_ddp`` builds it, and ``Dist`` saying two ranks so every line of the
   multi-rank step runs (``no_sync`` on all but the last micro-batch, the caller's extra numbers,
   the all-reduce of the statistics vector), as the worker's loop passes them.
 
@@ -67,10 +67,10 @@ from bench.peaks import peak_tflops
 from bench.sync_watch import SyncWatch, strict_sync
 from bench.throughput import count_flops, synthetic_steps
 from trainer.config import ConfigError, load_config
-from trainer.device import memory_readings, reset_peak_memory, select_precision, synchronize
-from trainer.dist import Dist, wrap_ddp
-from trainer.model import build_model
-from trainer.step import TrainStep
+from trainer.model.hjepa import build_model
+from trainer.runtime.device import memory_readings, reset_peak_memory, select_precision, synchronize
+from trainer.runtime.dist import Dist, wrap_ddp
+from trainer.train.step import TrainStep
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = [
@@ -78,7 +78,7 @@ RECIPES = [
     ROOT / "configs" / "overnight_training_aggressive.yaml",
 ]
 MODES = ("1 process", "DDP world 1")
-N_EXTRA = 5  # the loop's per-step control numbers (trainer.control_poll.sync_out)
+N_EXTRA = 5  # the loop's per-step control numbers (trainer.train.control.sync_out)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

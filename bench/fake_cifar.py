@@ -2,7 +2,7 @@
 
 Writes random uint8 images in CIFAR-10's python on-disk format (``DIR/cifar-10-batches-py/``:
 ``data_batch_1..5``, ``test_batch``, ``batches.meta``; pickled dicts with ``data`` [n, 3072]
-uint8 rows in CHW order and ``labels``), which ``trainer.datasets`` reads like the real thing.
+uint8 rows in CHW order and ``labels``), which ``trainer.data.datasets`` reads like the real thing.
 For loader throughput where the real dataset is absent (a bare GPU host): same size, same
 decode and augmentation cost, meaningless content. Existing files are left alone.
 """

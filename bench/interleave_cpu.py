@@ -34,11 +34,11 @@ sys.path.insert(0, str(ROOT))
 
 from bench.compare_cpu import REFERENCE  # noqa: E402
 from bench.throughput import synthetic_steps  # noqa: E402
-from trainer.allocator import keep_freed_memory  # noqa: E402
 from trainer.config import load_config  # noqa: E402
-from trainer.device import select_precision  # noqa: E402
-from trainer.model import build_model, compile_model  # noqa: E402
-from trainer.step import TrainStep  # noqa: E402
+from trainer.model.hjepa import build_model, compile_model  # noqa: E402
+from trainer.runtime.allocator import keep_freed_memory  # noqa: E402
+from trainer.runtime.device import select_precision  # noqa: E402
+from trainer.train.step import TrainStep  # noqa: E402
 
 
 def reference_step(ref_dir: Path, batch: int, flash: bool) -> Any:

@@ -5,7 +5,7 @@ More options: [--workers 0 4 ...] [--where host device] [--set k=v ...].
 How many images per second the worker's data pipeline delivers on its own, no training step:
 the real ``TrainLoader`` (transforms, seeded masks, persistent workers, pinning on CUDA) and
 the real prefetcher (side-stream copy on CUDA, and the colour half of the augmentation when it
-runs on the device, ``trainer/photometric.py``), on CIFAR-10 from ``--data`` (its parent of
+runs on the device, ``trainer/data/photometric.py``), on CIFAR-10 from ``--data`` (its parent of
 ``cifar-10-batches-py/``), else fake CIFAR-10 written by bench/fake_cifar.py (random uint8 in
 the real format: the same decode and augmentation cost). One JSON line per (``--where``,
 ``--workers``) pair: ``img_per_s`` and ``worker_ms_per_img`` (host milliseconds one image costs
@@ -30,10 +30,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench.fake_cifar import write_fake_cifar  # noqa: E402
 from trainer.config import load_config  # noqa: E402
-from trainer.data import TrainLoader, build_train_data  # noqa: E402
-from trainer.device import select_device, synchronize  # noqa: E402
-from trainer.masks import MaskCollator  # noqa: E402
-from trainer.prefetch import DevicePrefetch  # noqa: E402
+from trainer.data.masks import MaskCollator  # noqa: E402
+from trainer.data.pipeline import TrainLoader, build_train_data  # noqa: E402
+from trainer.data.prefetch import DevicePrefetch  # noqa: E402
+from trainer.runtime.device import select_device, synchronize  # noqa: E402
 
 CONFIG = ROOT / "configs" / "overnight_training_conservative.yaml"
 _UNTIMED = 2

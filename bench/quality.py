@@ -9,7 +9,7 @@ evaluation, the wall and CPU time, and whether the final score fell back more th
 below the best (a recipe that peaks mid-run).
 
 ``--data DIR`` trains and evaluates on an ImageFolder (``DIR/train/<class>/``,
-``DIR/val/<class>/``; e.g. ``python -m trainer.image_sets digits DIR``) instead of the config's
+``DIR/val/<class>/``; e.g. ``python -m trainer.data.image_sets digits DIR``) instead of the config's
 datasets; the epoch is then ``--epoch-size`` samples (default: the demo's 4096, so a run takes
 the same number of steps as on the demo data). Without ``--data`` the config's datasets are
 used (the demo configs: synthetic glyphs). ``--eval-every`` (default 1) evaluates every epoch

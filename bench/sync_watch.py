@@ -20,7 +20,7 @@ result the host must read from the tensor (``_local_scalar_dense``, ``item``, ``
 for the Python-level reads that never reach the dispatcher on a CPU tensor (``tolist``,
 ``cpu``, ``item``, ``__bool__``/``__float__``/``__int__``).
 
-A read inside ``trainer.step.PendingStep.result`` — the one documented read of the step, one
+A read inside ``trainer.train.step.PendingStep.result`` — the one documented read of the step, one
 step late — is recorded with ``documented=True`` and does not count as a violation of the
 steady state.
 """
@@ -76,7 +76,7 @@ class HostSyncError(RuntimeError):
 @dataclass(frozen=True)
 class Violation:
     op: str  # the aten op or Tensor method (CPU proxy); torch's message (CUDA)
-    where: str  # innermost frame of this repository: "trainer/model.py:212 in update_target"
+    where: str  # innermost frame of this repository: "trainer/model/hjepa.py:212 in update_target"
     documented: bool  # inside PendingStep.result, the step's one documented read
 
 
@@ -90,7 +90,7 @@ def _locate(stack: list[traceback.FrameSummary]) -> tuple[str, bool]:
         and Path(f.filename).resolve() != here
     ]
     documented = any(
-        f.name == "result" and f.filename.endswith(("trainer/step.py", "trainer\\step.py"))
+        f.name == "result" and f.filename.endswith(("trainer/train/step.py", "trainer\\step.py"))
         for f in ours
     )
     if not ours:

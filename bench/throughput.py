@@ -12,16 +12,16 @@ Throughput of the FULL H-JEPA optimizer step on whatever device is present: each
 predictor under the run's autocast, the 3-level loss, VICReg, backward (with gradient
 accumulation), clipping, AdamW (fused, skipping a non-finite step on the device) and the foreach
 EMA update, pipelined as the worker runs it (step N's numbers read after step N+1 is launched).
-``training.compile`` is honoured (trainer.model.compile_model: the first warmup step pays the
+``training.compile`` is honoured (trainer.model.hjepa.compile_model: the first warmup step pays the
 compile, reported as ``first_step_s``), and so is the CPU allocator setting the worker uses
-(trainer.allocator).
+(trainer.runtime.allocator).
 
 Input (``--data``):
 - ``synthetic`` (default): random images through the real ``MaskCollator``; a pool of 4 steps
   is built and moved to the device before timing, so data loading is excluded.
 - ``real``: the configured datasets through the worker's own DataLoader
-  (``trainer.data.TrainLoader``: transforms, seeded masks, ``data.num_workers`` persisting
-  across epochs, pinning on CUDA) and its prefetcher (``trainer.prefetch``: the next batch's
+  (``trainer.data.pipeline.TrainLoader``: transforms, seeded masks, ``data.num_workers`` persisting
+  across epochs, pinning on CUDA) and its prefetcher (``trainer.data.prefetch``: the next batch's
   host → device copy on a side stream on CUDA); each timed step includes waiting for its
   batches.
 
@@ -60,20 +60,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.peaks import peak_tflops
 from bench.scaling import scaling
-from trainer.allocator import keep_freed_memory
 from trainer.config import ConfigError, load_config
-from trainer.data import DataMissingError, TrainLoader, build_train_data
-from trainer.device import (
+from trainer.data.masks import MaskCollator
+from trainer.data.pipeline import DataMissingError, TrainLoader, build_train_data
+from trainer.data.prefetch import DevicePrefetch
+from trainer.model.hjepa import build_model, compile_model
+from trainer.runtime.allocator import keep_freed_memory
+from trainer.runtime.device import (
     memory_readings,
     reset_peak_memory,
     select_device,
     select_precision,
     synchronize,
 )
-from trainer.masks import MaskCollator
-from trainer.model import build_model, compile_model
-from trainer.prefetch import DevicePrefetch
-from trainer.step import TrainStep
+from trainer.train.step import TrainStep
 
 _POOL = 4  # distinct pre-built optimizer steps, cycled through
 
@@ -259,7 +259,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "precision": precision.name,
         "torch": torch.__version__,
         "data": args.data,
-        "photometric": photometric,  # where colour augmentation ran (trainer.photometric)
+        "photometric": photometric,  # where colour augmentation ran (trainer.data.photometric)
         "compile": cfg.training.compile,
         "micro_batch": micro,
         "accum_steps": accum,

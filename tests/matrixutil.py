@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 
 from tests.workerutil import ROOT, env, events
-from trainer import checkpoints as ck
+from trainer.checkpoint import store as ck
 from trainer.events import Control, write_control
 
 CONFIGS = ROOT / "configs"
@@ -287,7 +287,7 @@ def assert_resume_continues(prev: Run, run: Run, ckpt_step: int, same_mode: bool
     before = {e["step"]: e for e in events(prev.run_dir, "step")}
     if _cut_after(prev, ckpt_step):
         # the live cut landed after this checkpoint: the resume re-plans it at the checkpoint's
-        # position (trainer/train_state.py resume_schedule), so the curves differ from there on
+        # position (trainer/train/state.py resume_schedule), so the curves differ from there on
         (total,) = {e["total_epochs"] for e in events(run.run_dir, "epoch_end")} or {None}
         assert total in (None, started["epochs"]), (total, started)
         return

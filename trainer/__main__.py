@@ -12,21 +12,21 @@ Writes events to ``RUN_DIR/events.jsonl`` and the resolved config to
 missing, 14 crash, 15 no usable checkpoint (or one lacking weights of a module still on).
 
 ``--eval-only`` evaluates the ``--resume`` checkpoint (an ``eval`` event) and exits.
-``--pictures`` pictures the ``--resume`` checkpoint (a ``pictures`` event, ``trainer/pictures.py``)
-and exits; with ``--eval-only``, after the evaluation.
+``--pictures`` pictures the ``--resume`` checkpoint (a ``pictures`` event,
+``trainer/eval/pictures.py``) and exits; with ``--eval-only``, after the evaluation.
 ``--probe N`` times N optimizer steps after warm-up and prints one JSON line
 ({ms_per_step, steps_per_epoch, epoch_seconds, img_per_s, linear_probe_bound_s, ...});
 nothing is saved. Each ``--probe-variant`` adds one more probe of the config with that one key
-changed, in the same process (``trainer/modes.py``): a line ``{"variant": ..., ...}`` is
+changed, in the same process (``trainer/train/modes.py``): a line ``{"variant": ..., ...}`` is
 printed as each is measured, and the last line carries them all under ``"variants"``.
 Under the launcher (``python -m trainer.launch``, or torchrun: ``RANK``/``WORLD_SIZE`` in the
 environment) every rank runs this same command; the writer (rank 0 on one node) writes the
 events, the resolved config and the probe's JSON, other ranks write only a ``fatal`` event if
-they fail (``trainer/dist.py``).
+they fail (``trainer/runtime/dist.py``).
 
 ``--check`` (no ``--run-dir``, nothing written) prints one JSON document: the device the config
 resolves to and every training dataset's description or why it is missing; exit 0 when all is
-usable, 1 when not, 2 when the config does not load (``trainer/check.py`` has the shape).
+usable, 1 when not, 2 when the config does not load (``trainer/runtime/check.py`` has the shape).
 ``--check --fetch`` first downloads the missing ``download: true`` datasets (progress on stderr).
 """
 
@@ -41,7 +41,6 @@ import traceback
 from pathlib import Path
 
 from trainer.config import ConfigError, load_config, write_resolved
-from trainer.emitter import Emitter
 from trainer.events import (
     EVENTS_FILE,
     EXIT_CODE_OF_KIND,
@@ -49,6 +48,7 @@ from trainer.events import (
     RESOLVED_CONFIG_FILE,
     Fatal,
 )
+from trainer.runtime.emitter import Emitter
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -104,11 +104,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def classify(exc: BaseException) -> tuple[str, str | None]:
     """Exception → (fatal kind, feature name or None)."""
-    from trainer.checkpoints import DiskFullError, NoCheckpointError
-    from trainer.data import DataMissingError
-    from trainer.device import is_oom
-    from trainer.faults import FeatureError
-    from trainer.step import NonFiniteLossError
+    from trainer.checkpoint.store import DiskFullError, NoCheckpointError
+    from trainer.data.pipeline import DataMissingError
+    from trainer.runtime.device import is_oom
+    from trainer.train.faults import FeatureError
+    from trainer.train.step import NonFiniteLossError
 
     if isinstance(exc, DiskFullError):
         return "disk", None
@@ -128,8 +128,9 @@ def classify(exc: BaseException) -> tuple[str, str | None]:
 
 
 def check_main(args: argparse.Namespace) -> int:
-    """``--check``: one JSON document on stdout (see ``trainer/check.py``), nothing written."""
-    from trainer.check import check, config_failure
+    """``--check``: one JSON document on stdout (see ``trainer/runtime/check.py``), nothing
+    written."""
+    from trainer.runtime.check import check, config_failure
 
     try:
         cfg = load_config(args.config, args.overrides)
@@ -166,12 +167,16 @@ def main(argv: list[str] | None = None) -> int:
     if not several:
         write_resolved(cfg, run_dir / RESOLVED_CONFIG_FILE)
 
-    from trainer import modes  # heavy imports (torch) after the config is known good
-    from trainer.loop import Worker
+    from trainer.train import modes  # heavy imports (torch) after the config is known good
+    from trainer.train.loop import Worker
 
     sinks = []
     if cfg.logging.use_tensorboard:
-        from trainer.tensorboard_log import TensorBoardSink, require_tensorboard, tensorboard_dir
+        from trainer.runtime.tensorboard_log import (
+            TensorBoardSink,
+            require_tensorboard,
+            tensorboard_dir,
+        )
 
         try:
             require_tensorboard()

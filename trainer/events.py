@@ -40,7 +40,7 @@ sleep does not move it). Events from writers without ``mono`` fall back to ``ts`
 | health      | epoch, step, rank, variance, loss_ema, batch, dim: every                     |
 |             | logging.health_every_steps steps, the RankMe and mean per-dimension variance |
 |             | of the last batch's pooled target embeddings, and the loss's moving average  |
-|             | (trainer/health.py; judged by orchestrator/policy/health.py)                |
+|             | (trainer/train/health.py; judged by orchestrator/policy/health.py)                |
 | checkpoint  | path, epoch, step, verified, seconds, reason (epoch|steps|time|stop|final),  |
 |             | problem? (why verification failed). verified: re-read after writing, sha256 |
 |             | matches the sidecar, loads with weights_only; false: older ones not pruned  |
@@ -52,7 +52,7 @@ sleep does not move it). Events from writers without ``mono`` fall back to ``ts`
 | best        | path (the checkpoint now best, copied to best.pt), metric, value, epoch, step |
 | control     | seq, epochs (new total or null), stop, applied (text)                        |
 | pictures    | path (pictures.npz; ""), checkpoint, sha256, epoch, step, indices, seconds,  |
-|             | problem ("" or why none): trainer/pictures.py                                |
+|             | problem ("" or why none): trainer/eval/pictures.py                                |
 | fatal       | kind (see FATAL_KINDS), message, feature, epoch, step, rank (of the process |
 |             | that failed; ranks > 0 write only this event)                                |
 | finished    | reason (completed|stopped), epoch, step, seconds                             |
@@ -125,7 +125,7 @@ EXIT_CODE_OF_KIND: dict[str, int] = {
 KIND_OF_EXIT_CODE: dict[int, str] = {v: k for k, v in EXIT_CODE_OF_KIND.items()}
 
 # Out-of-memory texts, the one list: the worker finds them in an exception's lower-cased message
-# (``trainer.device.is_oom``), the supervisor in a fatal message or stderr tail, where the
+# (``trainer.runtime.device.is_oom``), the supervisor in a fatal message or stderr tail, where the
 # OOM_LOG_PATTERNS regexes count too (``orchestrator.policy.classify``). "Killed" alone never does.
 OOM_TEXTS: tuple[str, ...] = (
     "out of memory",  # CUDA, "CUDA error: out of memory", HIP, XPU, both MPS variants

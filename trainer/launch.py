@@ -20,8 +20,8 @@ things differ from ``python -m torch.distributed.run``, each because the supervi
   request, 10 when one ran out of memory (an OOM on any rank is the group's OOM), 128+N when a
   rank died of signal N — not the "lost a peer" crash of the ranks that outlived it.
 - **Signals.** SIGTERM and SIGINT reach the ranks themselves (they checkpoint at the next step
-  and exit 3, in agreement: ``trainer/dist.py``); the launcher forwards one it receives alone
-  to its ranks and waits for them, instead of tearing them down after 30 s. One that arrives
+  and exit 3, in agreement: ``trainer/runtime/dist.py``); the launcher forwards one it receives
+  alone to its ranks and waits for them, instead of tearing them down after 30 s. One that arrives
   before any rank exists (the rendezvous is still waiting for its nodes) ends the launcher.
 
 ``--nproc-per-node auto`` means one rank per CUDA GPU, else one (torchrun's: one per CPU core

@@ -1,5 +1,5 @@
 """Where the shipped configs, plans and runbooks are, and how a relative path resolves (the
-resolver itself is ``trainer/config_paths.py``, shared with the worker).
+resolver itself is ``trainer/config/paths.py``, shared with the worker).
 
 In a clone they are ``configs/`` and ``runbooks/`` beside the packages; in an installed wheel
 they are package data under ``orchestrator/shipped/`` (pyproject maps the two folders there).
@@ -14,10 +14,10 @@ import argparse
 import shutil
 from pathlib import Path
 
-from trainer.config_paths import PACKAGE_DATA as PACKAGE_DATA
-from trainer.config_paths import PROJECT_ROOT as PROJECT_ROOT
-from trainer.config_paths import resolve_data as resolve_data
-from trainer.config_paths import shipped_root
+from trainer.config.paths import PACKAGE_DATA as PACKAGE_DATA
+from trainer.config.paths import PROJECT_ROOT as PROJECT_ROOT
+from trainer.config.paths import resolve_data as resolve_data
+from trainer.config.paths import shipped_root
 
 KINDS = ("configs", "runbooks")
 

@@ -27,7 +27,7 @@ Facts, and what they mean:
   random-init baseline is not part of the training's cost), ``checkpoint_seconds``,
   ``epoch_end_ts`` (the forecast's anchor).
 - results: ``evals``, ``checkpoints``, ``bests`` (``best`` events), ``pictures`` (the
-  end-of-run pictures, ``trainer/pictures.py``), each event with its
+  end-of-run pictures, ``trainer/eval/pictures.py``), each event with its
   ``attempt`` added; ``fatal`` (the first: with several ranks, the failing rank's comes before
   the "lost a peer" crashes of the others) / ``finished`` of the newest attempt (a ``started``
   clears them); ``fatals`` of every attempt.

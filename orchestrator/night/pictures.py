@@ -3,13 +3,13 @@
     found = pictures_of(views, best)          # the newest ``pictures`` event of ``best``, or None
     ev = picture_evidence(found, best, why)   # what the state records (a ``pictures`` decision)
 
-The worker pictures the best checkpoint it knows at the end of its run (``trainer/pictures.py``:
-its ``best.pt``, else its last checkpoint); the night's best (``history.best_of``) may be
-another one — an earlier attempt's, or none marked — so an event counts only when it names the
-same file or the same bytes (the sha256 in the checkpoint's sidecar: ``best.pt`` is a copy of a
-``ckpt-*.pt``). A worker that failed to picture the best is believed, not retried. The ending
-(:mod:`orchestrator.night.ending`) records the result as a decision of kind ``pictures`` whose
-evidence the morning report reads (:mod:`orchestrator.views.report.pictures`).
+The worker pictures the best checkpoint it knows at the end of its run
+(``trainer/eval/pictures.py``: its ``best.pt``, else its last checkpoint); the night's best
+(``history.best_of``) may be another one — an earlier attempt's, or none marked — so an event counts
+only when it names the same file or the same bytes (the sha256 in the checkpoint's sidecar:
+``best.pt`` is a copy of a ``ckpt-*.pt``). A worker that failed to picture the best is believed, not
+retried. The ending (:mod:`orchestrator.night.ending`) records the result as a decision of kind
+``pictures`` whose evidence the morning report reads (:mod:`orchestrator.views.report.pictures`).
 """
 
 from __future__ import annotations

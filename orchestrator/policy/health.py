@@ -1,8 +1,8 @@
 """Collapse and divergence: the worker's ``health`` points judged against the runbook. Pure.
 
 ``health_fault(points, limits)`` returns a :class:`HealthFault` or None. The points are one
-attempt's ``health`` events (``trainer/health.py``), oldest first: the RankMe effective rank and
-mean per-dimension variance of a training batch's pooled target embeddings, and the training
+attempt's ``health`` events (``trainer/train/health.py``), oldest first: the RankMe effective rank
+and mean per-dimension variance of a training batch's pooled target embeddings, and the training
 loss's moving average. The first ``warmup_points`` of an attempt set no best (a fresh or resumed
 run settles first); after them:
 

@@ -83,7 +83,7 @@ class Observation:
     fatal_feature: str | None = None
     fatal_step: int | None = None  # optimizer steps completed when it failed (bad = this + 1)
     finished_reason: str | None = None  # "completed" | "stopped" from the finished event
-    # this attempt's health points (trainer/health.py), oldest first: collapse and divergence
+    # this attempt's health points (trainer/train/health.py), oldest first: collapse and divergence
     health: tuple[Any, ...] = ()
 
     @property

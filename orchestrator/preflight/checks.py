@@ -5,7 +5,7 @@ fix), and the one way preflight asks the worker something: :func:`run_worker`.
   written, each the weights, EMA target and AdamW moments, estimated from the model sizes).
 - memory: available RAM vs the runbook's expected use (``memory.good_gb``) and ceiling.
 - device and dataset: from the worker's own ``python -m trainer --check`` document
-  (:func:`worker_facts`; its shape is in ``trainer/check.py``), run from the working
+  (:func:`worker_facts`; its shape is in ``trainer/runtime/check.py``), run from the working
   directory as a night runs the worker, so relative data paths resolve the same and torch stays
   out of this process. The device check shows what ``auto`` resolves to (or that the requested
   one exists); the dataset check passes when every training dataset opens, else names the first
@@ -170,7 +170,7 @@ def tail(out: subprocess.CompletedProcess[str], lines: int = 3) -> str:
 
 
 def worker_facts(config: str, overrides: list[str]) -> dict[str, Any]:
-    """The worker's ``--check`` document for the config (see ``trainer/check.py``); when the
+    """The worker's ``--check`` document for the config (see ``trainer/runtime/check.py``); when the
     worker printed none, ``{"ok": False, "error": why}``."""
     try:
         out = run_worker(config, overrides, ["--check"], cwd=Path.cwd())

@@ -11,7 +11,7 @@ contrastive term; only those the recipe turns on are probed, each switched one a
 the planned micro-batch while the others stay as planned. A feature the plan itself turned off
 (preflight drops gradient checkpointing where the batch fits without it) is probed the other
 way round: switched on. The worker measures the planned config and every variant in one
-process (``trainer/modes.py``), so all numbers of one record come from the same conditions.
+process (``trainer/train/modes.py``), so all numbers of one record come from the same conditions.
 
 The speed factor is the step time without the feature over the step time with it: above 1 the
 feature makes the step faster (flash attention's ``speedup_vs_no_flash``, the conservative

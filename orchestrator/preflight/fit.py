@@ -196,7 +196,7 @@ def night_seconds(
 
 def estimate_eval_s(img_per_s: float, eval_images: int, probe_s: float) -> float:
     """Eval cost: forward passes over the eval images (a forward costs about a third of a
-    training step per image) plus the linear probe's fits (``probe_s``: trainer.probe's
+    training step per image) plus the linear probe's fits (``probe_s``: trainer.eval.linear_probe's
     bound for this machine and size)."""
     if img_per_s <= 0:
         return 0.0

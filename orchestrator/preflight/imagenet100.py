@@ -29,7 +29,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainer.config_paths import resolve_data
+from trainer.config.paths import resolve_data
 
 CLASS_LIST = "configs/imagenet100_classes.txt"
 TRAIN_PER_CLASS, VAL_PER_CLASS = 1300, 50

@@ -211,7 +211,7 @@ def probe_features(
     status: Any = None,
 ) -> list[FeatureCost]:
     """Each optional feature the recipe turns on, on and off at the chosen micro-batch: ONE
-    worker process times the planned config and every variant (``trainer/modes.py``). [] when
+    worker process times the planned config and every variant (``trainer/train/modes.py``). [] when
     the recipe turns none on."""
     eff = cfg.effective_batch
     sets = [f"data.batch_size={micro}", f"training.accumulation_steps={eff // micro}"]

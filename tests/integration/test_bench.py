@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from tests.workerutil import TINY as WORKER_TINY
-from trainer.device import cpu_native_bf16
-from trainer.image_sets import write_image_folder
-from trainer.probe import DEFAULT_L2_GRID
+from trainer.data.image_sets import write_image_folder
+from trainer.eval.linear_probe import DEFAULT_L2_GRID
+from trainer.runtime.device import cpu_native_bf16
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -74,7 +74,7 @@ def test_both_recipes_alone_and_under_ddp_with_an_exit_code_that_matches(tmp_pat
         assert r["mfu"] is not None and r["mfu"] > 0
         # the one-step-late read is seen, counted apart, and named where it is
         assert r["documented_reads"] >= STEPS
-        assert all("trainer/step.py" in s and "in result" in s for s in r["documented_sites"])
+        assert all("trainer/train/step.py" in s and "in result" in s for s in r["documented_sites"])
         if r["syncs"]:
             assert r["first_sync"] in r["sync_sites"] and r["error_mode_gate"] != "passed"
         else:

@@ -20,7 +20,7 @@ import yaml
 
 from tests.helpers.fake_datasets import write_cifar10, write_stl10
 from tests.workerutil import DEMO, DEMO_AGGRESSIVE, ROOT, TINY, env
-from trainer import fetch as F
+from trainer.data import fetch as F
 
 
 def _archive(src: Path, folder: str, dest: Path) -> str:

@@ -30,7 +30,7 @@ from tests.workerutil import (
     run_worker,
     wait_for,
 )
-from trainer import checkpoints as ck
+from trainer.checkpoint import store as ck
 from trainer.events import EXIT_OK, EXIT_OOM, EXIT_STOPPED, Control, write_control
 
 pytestmark = pytest.mark.slow

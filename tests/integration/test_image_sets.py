@@ -1,4 +1,5 @@
-"""The real-image set written by ``python -m trainer.image_sets`` loads through the real loaders."""
+"""The real-image set written by ``python -m trainer.data.image_sets`` loads through the real
+loaders."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from torchvision import datasets as tvd
 
 from tests.workerutil import ROOT, env
 from trainer.config import Config
-from trainer.data import build_eval_data, build_train_data
-from trainer.image_sets import write_image_folder
+from trainer.data.image_sets import write_image_folder
+from trainer.data.pipeline import build_eval_data, build_train_data
 
 pytest.importorskip("sklearn")
 
@@ -36,7 +37,7 @@ def make_cfg(root, size=32):
 def test_digits_cli_writes_an_image_folder_that_torchvision_reads(tmp_path):
     out = tmp_path / "digits"
     r = subprocess.run(
-        [sys.executable, "-m", "trainer.image_sets", "digits", str(out)],
+        [sys.executable, "-m", "trainer.data.image_sets", "digits", str(out)],
         capture_output=True,
         text=True,
         env=env(),
@@ -57,7 +58,7 @@ def test_digits_cli_writes_an_image_folder_that_torchvision_reads(tmp_path):
         assert raw.mode == "L" and raw.getextrema()[1] > 200  # ink reaches near white
     # The same command again rewrites the same files; a foreign folder is refused.
     r = subprocess.run(
-        [sys.executable, "-m", "trainer.image_sets", "digits", str(out)],
+        [sys.executable, "-m", "trainer.data.image_sets", "digits", str(out)],
         capture_output=True,
         text=True,
         env=env(),

@@ -71,7 +71,7 @@ def test_builds_links_sorts_val_by_csv_and_counts(tmp_path: Path) -> None:
     assert "val: not 50 per class in 100 class(es)" in r.stdout and f"{CLASSES[7]} 1" in r.stdout
     # the worker's loader reads it, labels in class-list order
     from trainer.config import load_config
-    from trainer.datasets import open_split
+    from trainer.data.datasets import open_split
 
     cfg = load_config(ROOT / "configs" / "overnight_training_aggressive.yaml")
     spec = cfg.data.datasets[0].model_copy(update={"path": str(out)})

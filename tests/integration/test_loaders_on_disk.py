@@ -17,8 +17,8 @@ from tests.helpers.fake_datasets import (
     write_stl10,
 )
 from trainer.config import Config
-from trainer.data import DataMissingError, build_eval_data, build_train_data, describe
-from trainer.datasets import STL10Binary, num_classes
+from trainer.data.datasets import STL10Binary, num_classes
+from trainer.data.pipeline import DataMissingError, build_eval_data, build_train_data, describe
 
 CLASS_LIST = Path(__file__).resolve().parents[2] / "configs" / "imagenet100_classes.txt"
 
@@ -205,8 +205,8 @@ def test_damaged_files_are_a_data_error_naming_the_path(tmp_path):
 def test_loader_workers_persist_across_epochs_and_batches_stay_exact(tmp_path):
     """One TrainLoader per attempt: epoch 2 runs on epoch 1's worker processes, and every
     batch (pixels and masks) equals what a fresh loader gives for that epoch and start."""
-    from trainer.data import TrainLoader, train_loader
-    from trainer.masks import MaskCollator
+    from trainer.data.masks import MaskCollator
+    from trainer.data.pipeline import TrainLoader, train_loader
 
     write_cifar10(tmp_path / "data", n_train=64, n_test=16)
     cfg = make_cfg(

@@ -57,8 +57,9 @@ def test_wheel_installs_and_runs_the_demo_plan_from_an_empty_dir(tmp_path: Path)
     # the aggressive recipe's ImageNet-100 class list resolves from the package too: the
     # worker's --check from the empty dir names the shipped list and counts its 100 classes
     probe = (
-        "import json; from trainer.config import load_config; from trainer.config_paths import "
-        "resolve_data; from trainer.check import dataset_facts; from trainer.datasets import "
+        "import json; from trainer.config import load_config; from trainer.config.paths import "
+        "resolve_data; from trainer.runtime.check import dataset_facts; from trainer.data.datasets "
+        "import "
         "class_list_path, num_classes; "
         "cfg = load_config(resolve_data('configs/overnight_training_aggressive.yaml')); "
         "print(json.dumps({'list': str(class_list_path(cfg.data)), 'n': num_classes("

@@ -24,7 +24,7 @@ from tests.workerutil import (
     wait_for,
     worker_cmd,
 )
-from trainer import checkpoints as ck
+from trainer.checkpoint import store as ck
 from trainer.events import (
     EXIT_DATA,
     EXIT_FEATURE,
@@ -73,7 +73,7 @@ def test_completed_run_honours_the_event_contract(tmp_path):
 @pytest.mark.parametrize(
     "where",
     ["host", "device"],
-    ids=["colour-on-host", "colour-on-device"],  # trainer/photometric.py
+    ids=["colour-on-host", "colour-on-device"],  # trainer/data/photometric.py
 )
 def test_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path, where):
     full, cut = tmp_path / "full", tmp_path / "cut"

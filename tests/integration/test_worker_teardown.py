@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from tests.workerutil import DEMO, TINY, events
-from trainer import dist as dist_mod
 from trainer.__main__ import main
 from trainer.events import EXIT_OOM
+from trainer.runtime import dist as dist_mod
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 

@@ -9,7 +9,7 @@ from bench import peaks
 from bench.fake_cifar import write_fake_cifar
 from bench.gpu_measure import table
 from trainer.config import DataConfig, DatasetSpec
-from trainer.datasets import open_split
+from trainer.data.datasets import open_split
 
 
 def test_fake_cifar_is_read_like_the_real_thing(tmp_path):

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer import checkpoints as ck
+from trainer.checkpoint import store as ck
 
 
 def save_n(tmp_path: Path, n: int, keep: int = 3) -> ck.CheckpointWriter:

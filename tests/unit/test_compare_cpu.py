@@ -9,7 +9,7 @@ import torch
 
 from bench.compare_cpu import ROOT, ours_precision, parse_args, run_reference
 from trainer.config import load_config
-from trainer.device import select_precision
+from trainer.runtime.device import select_precision
 
 FAKE_REFERENCE = """
 import json, os, sys

@@ -1,4 +1,4 @@
-"""The CPU thread governor (trainer/cpu_threads.py): threads fitted to the cores other
+"""The CPU thread governor (trainer/runtime/cpu_threads.py): threads fitted to the cores other
 processes leave free, changed only when two samples agree; the sample itself reads real
 CPU time."""
 
@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from trainer.cpu_threads import CpuSample, CpuThreads, fitted_threads, others_busy_cores
+from trainer.runtime.cpu_threads import CpuSample, CpuThreads, fitted_threads, others_busy_cores
 
 
 @pytest.mark.parametrize(
@@ -103,7 +103,7 @@ def test_a_real_busy_process_elsewhere_is_seen(tmp_path):
     probe = textwrap.dedent(
         """
         import time
-        from trainer.cpu_threads import take_sample, others_busy_cores
+        from trainer.runtime.cpu_threads import take_sample, others_busy_cores
         a = take_sample(); time.sleep(2.0); b = take_sample()
         print(others_busy_cores(a, b))
         """

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import trainer.device as device_mod
+import trainer.runtime.device as device_mod
 from trainer.config import ConfigError
-from trainer.device import (
+from trainer.runtime.device import (
     autocast,
     empty_cache,
     grad_scaler,

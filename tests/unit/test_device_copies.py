@@ -3,7 +3,7 @@ the worker picks is one torch supports there.
 
 ``non_blocking=True`` from pageable (unpinned) host memory is a correctness hazard: the copy
 may still read the pages after the host has dropped the batch and the next collate reused them
-(on MPS: silently corrupted batches). So ``trainer.copies.to_device`` is the one copy, async
+(on MPS: silently corrupted batches). So ``trainer.runtime.copies.to_device`` is the one copy, async
 only from pinned memory to CUDA, and the prefetcher, the evaluation and ``Batch.to`` use it.
 Without a GPU here, the ``meta`` device stands in for "a device that is not CUDA" (MPS): the
 copies are recorded at the dispatcher, where the ``non_blocking`` flag is visible.
@@ -22,10 +22,10 @@ from torch.utils import _foreach_utils as fu
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from tests.unit.test_model_switches import cfg_of, make_batch
-from trainer.copies import copy_is_async, to_device
-from trainer.device import FP16, kernels_for, select_precision
-from trainer.evaluation import extract_features
-from trainer.prefetch import DevicePrefetch
+from trainer.data.prefetch import DevicePrefetch
+from trainer.eval.metrics import extract_features
+from trainer.runtime.copies import copy_is_async, to_device
+from trainer.runtime.device import FP16, kernels_for, select_precision
 
 ROOT = Path(__file__).resolve().parents[2]
 MPS = torch.device("mps")

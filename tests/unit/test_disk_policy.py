@@ -13,7 +13,7 @@ import pytest
 from orchestrator.policy import DecisionKind as K
 from orchestrator.policy import classify_exit, decide
 from tests.unit.test_policy import CONS, DEADLINE, NOW, ended, hist
-from trainer.checkpoints import DiskFullError, as_disk_full
+from trainer.checkpoint.store import DiskFullError, as_disk_full
 from trainer.events import EXIT_CODE_OF_KIND, EXIT_CRASH, FATAL_KINDS, KIND_OF_EXIT_CODE
 
 

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from trainer.config import Config
-from trainer.evaluation import (
+from trainer.eval.metrics import (
     EvalResult,
     effective_rank,
     evaluate,
@@ -73,7 +73,7 @@ def test_knn_chunking_does_not_change_result(monkeypatch):
     train_f, train_y = clusters(600, spread=3.0, seed=0)
     test_f, test_y = clusters(300, spread=3.0, seed=1)
     whole = knn_accuracy(train_f, train_y, test_f, test_y)
-    monkeypatch.setattr("trainer.evaluation._KNN_CHUNK_ELEMENTS", 7 * 600)
+    monkeypatch.setattr("trainer.eval.metrics._KNN_CHUNK_ELEMENTS", 7 * 600)
     assert knn_accuracy(train_f, train_y, test_f, test_y) == whole
 
 

@@ -3,9 +3,9 @@
 import json
 
 import trainer.events as ev
-from trainer.emitter import Emitter
 from trainer.events import EVENT_TYPES, Control, Heartbeat, read_control, write_control
 from trainer.events_read import EventTail, read_events
+from trainer.runtime.emitter import Emitter
 
 
 def _event_classes() -> set[type]:

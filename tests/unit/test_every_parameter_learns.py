@@ -9,9 +9,9 @@ import torch
 
 from tests.matrixutil import RECIPES, SHRINK
 from trainer.config import load_config
-from trainer.faults import GradientlessParameterError, require_gradients
-from trainer.masks import MaskCollator
-from trainer.model import build_model
+from trainer.data.masks import MaskCollator
+from trainer.model.hjepa import build_model
+from trainer.train.faults import GradientlessParameterError, require_gradients
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

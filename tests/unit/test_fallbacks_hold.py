@@ -10,14 +10,14 @@ import pytest
 import torch
 from torch.utils import _foreach_utils as fu
 
-import trainer.device as device_mod
+import trainer.runtime.device as device_mod
 from tests.unit.test_model_switches import cfg_of, make_batch
-from trainer import checkpoints as ck
+from trainer.checkpoint import store as ck
+from trainer.checkpoint.restore import load_model_state, load_optimizer_state, optimizer_param_names
 from trainer.config import ConfigError
-from trainer.device import BF16, FP16, FP32, kernels_for, select_precision
-from trainer.model import build_model
-from trainer.resume import load_model_state, load_optimizer_state, optimizer_param_names
-from trainer.step import TrainStep
+from trainer.model.hjepa import build_model
+from trainer.runtime.device import BF16, FP16, FP32, kernels_for, select_precision
+from trainer.train.step import TrainStep
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")
@@ -214,8 +214,8 @@ def test_a_checkpoint_damaged_on_disk_after_writing_is_unverified(tmp_path, monk
 def test_phase_is_loader_for_the_first_batch_and_data_after(tmp_path):
     from tests.workerutil import DEMO, TINY
     from trainer.config import load_config
-    from trainer.emitter import Emitter
-    from trainer.loop import Worker
+    from trainer.runtime.emitter import Emitter
+    from trainer.train.loop import Worker
 
     cfg = load_config(DEMO, [*TINY, "training.epochs=1", "data.synthetic.num_train=64"])
     em = Emitter(tmp_path / "events.jsonl")

@@ -9,8 +9,8 @@ import torch
 
 from tests.unit.test_model_switches import BASE, cfg_of, make_batch, merge
 from trainer.config import Config
-from trainer.faults import FeatureError, feature_scope
-from trainer.model import build_model
+from trainer.model.hjepa import build_model
+from trainer.train.faults import FeatureError, feature_scope
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -33,10 +33,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench.sync_watch import PY_READS, is_host_read
 from tests.unit.test_model_switches import cfg_of, make_batch
-from trainer.device import FP16, FP32, Precision, kernels_for
-from trainer.dist import Dist, wrap_ddp
-from trainer.model import build_model
-from trainer.step import PendingStep, TrainStep
+from trainer.model.hjepa import build_model
+from trainer.runtime.device import FP16, FP32, Precision, kernels_for
+from trainer.runtime.dist import Dist, wrap_ddp
+from trainer.train.step import PendingStep, TrainStep
 
 CPU = torch.device("cpu")
 aten = torch.ops.aten
@@ -218,7 +218,7 @@ def test_a_tensor_ema_weight_gives_bitwise_the_scalar_result(device):
 def test_on_cuda_the_steady_state_step_never_synchronizes(precision):
     """``torch.cuda.set_sync_debug_mode("error")`` around ``launch()``: any synchronizing CUDA
     call (a device → host read, a blocking copy from pageable memory) raises."""
-    from trainer.device import PRECISIONS
+    from trainer.runtime.device import PRECISIONS
 
     cuda = torch.device("cuda")
     torch.manual_seed(0)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from trainer.config import VICRegCoeffs
-from trainer.losses import (
+from trainer.data.masks import pool_matrices
+from trainer.model.losses import (
     covariance_term,
     level_loss,
     nt_xent,
@@ -16,7 +17,6 @@ from trainer.losses import (
     variance_term,
     vicreg_loss,
 )
-from trainer.masks import pool_matrices
 
 VAR_ONLY = VICRegCoeffs(sim_coeff=0.0, std_coeff=25.0, cov_coeff=0.0)
 

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from trainer.config import MaskingConfig
-from trainer.masks import Batch, MaskCollator
+from trainer.data.masks import Batch, MaskCollator
 
 
 def items(n: int, size: int = 32, two_views: bool = False) -> list:

@@ -18,7 +18,7 @@ from orchestrator.core.runbook import RunbookError, load_runbook, parse_runbook
 from orchestrator.core.system import System
 from orchestrator.views.report.write import write_report
 from orchestrator.views.snapshot import Thresholds
-from trainer.device import device_total_memory, memory_readings
+from trainer.runtime.device import device_total_memory, memory_readings
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "states"

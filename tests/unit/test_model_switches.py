@@ -14,10 +14,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer import faults, vit
 from trainer.config import Config
-from trainer.masks import Batch, MaskCollator
-from trainer.model import HJEPA, LossOutput, build_model
+from trainer.data.masks import Batch, MaskCollator
+from trainer.model import vit
+from trainer.model.hjepa import HJEPA, LossOutput, build_model
+from trainer.train import faults
 
 BASE: dict[str, Any] = {
     "experiment": {"seed": 3},

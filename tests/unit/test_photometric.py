@@ -1,4 +1,4 @@
-"""Colour augmentation on the device (trainer/photometric.py): the same pictures as the host
+"""Colour augmentation on the device (trainer/data/photometric.py): the same pictures as the host
 pipeline from the same seed, each image with its own parameters, and the seams that carry it
 (collate, prefetch, config)."""
 
@@ -12,16 +12,16 @@ import torch
 from PIL import Image
 
 from trainer.config import AugmentationConfig, Config
-from trainer.masks import Batch, MaskCollator
-from trainer.photometric import (
+from trainer.data.masks import Batch, MaskCollator
+from trainer.data.photometric import (
     HostGeometry,
     Photometric,
     apply,
     finish,
     photometric_on_device,
 )
-from trainer.prefetch import DevicePrefetch
-from trainer.transforms import IMAGENET_MEAN, IMAGENET_STD, train_transform
+from trainer.data.prefetch import DevicePrefetch
+from trainer.data.transforms import IMAGENET_MEAN, IMAGENET_STD, train_transform
 
 CPU = torch.device("cpu")
 STD = torch.tensor(IMAGENET_STD).reshape(3, 1, 1)

@@ -20,12 +20,12 @@ from orchestrator.night.pictures import picture_evidence, pictures_of
 from orchestrator.views.report.facts import NightFacts
 from orchestrator.views.report.pictures import picture_links
 from orchestrator.views.report.write import write_report
-from trainer import checkpoints as ckpt
-from trainer import pictures as P
+from trainer.checkpoint import store as ckpt
 from trainer.config import load_config
-from trainer.data import build_eval_data
-from trainer.model import build_model
-from trainer.vit import Block
+from trainer.data.pipeline import build_eval_data
+from trainer.eval import pictures as P
+from trainer.model.hjepa import build_model
+from trainer.model.vit import Block
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "states"

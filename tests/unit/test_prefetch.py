@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.masks import Batch
-from trainer.prefetch import DevicePrefetch
+from trainer.data.masks import Batch
+from trainer.data.prefetch import DevicePrefetch
 
 
 def _batch(i: int) -> Batch:
@@ -65,7 +65,7 @@ def test_one_side_stream_per_process_not_one_per_epoch(monkeypatch):
     """The loop builds a prefetcher per epoch; each used to make its own CUDA stream, and the
     caching allocator keeps a block pool per stream, so every finished epoch left its pool
     reserved. Without a GPU the stream constructor is recorded; the prefetchers are real."""
-    from trainer import prefetch
+    from trainer.data import prefetch
 
     made: list[object] = []
     monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: made.append(device) or object())

@@ -168,7 +168,8 @@ def test_preflight_without_apply_still_records_the_feature_costs(
         return doc
 
     monkeypatch.setattr(probes, "run_probe", fake_probe)
-    # the worker's --check document (trainer/check.py's shape) for a CPU with the synthetic set
+    # the worker's --check document (trainer/runtime/check.py's shape) for a CPU with the synthetic
+    # set
     facts = {"ok": True, "device": {"device": "cpu", "type": "cpu"},
              "datasets": [{"name": "synthetic", "key": "synthetic", "status": "ok",
                            "description": "4096 generated images"}]}  # fmt: skip

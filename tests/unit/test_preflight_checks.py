@@ -87,7 +87,7 @@ def test_preflight_imports_only_the_worker_contracts() -> None:
     mods = out.stdout.split()
     assert "torch" not in mods
     assert {m for m in mods if m not in ("trainer", "trainer.events", "trainer.events_read")} <= {
-        m for m in mods if m == "trainer.config" or m.startswith("trainer.config_")
+        m for m in mods if m == "trainer.config" or m.startswith("trainer.config.")
     }
 
 

@@ -1,5 +1,5 @@
-"""The linear probe (trainer/probe.py): converges to the regularised optimum, chooses its L2 on
-the training split alone, deterministic, scores chance on noise, reports liveness."""
+"""The linear probe (trainer/eval/linear_probe.py): converges to the regularised optimum, chooses
+its L2 on the training split alone, deterministic, scores chance on noise, reports liveness."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from trainer.config import ConfigError, load_config
-from trainer.probe import DEFAULT_L2_GRID, cost_bound_s, fit_probe
+from trainer.eval.linear_probe import DEFAULT_L2_GRID, cost_bound_s, fit_probe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -12,9 +12,9 @@ from orchestrator.core.fold import RunFold
 from orchestrator.core.launcher import launched, launcher_options, worker_command
 from orchestrator.views.fmt import batch_text
 from trainer.config import ConfigError, DistributedConfig, load_config
+from trainer.data.sampling import EpochSampler
 from trainer.launch import root_failure
-from trainer.positional import PositionalSampler, item_seed
-from trainer.sampling import EpochSampler
+from trainer.model.positional import PositionalSampler, item_seed
 
 
 def _positions(rank: int, world: int, micro: int, start: int, count: int) -> list[int]:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.workerutil import TINY, run_worker
-from trainer.checkpoints import CheckpointWriter, NoCheckpointError, resolve
+from trainer.checkpoint.store import CheckpointWriter, NoCheckpointError, resolve
 
 
 def _two(tmp_path: Path) -> tuple[Path, Path]:

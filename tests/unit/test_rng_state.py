@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.train_state import rng_state, set_rng_state
+from trainer.train.state import rng_state, set_rng_state
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from trainer.sampling import EpochSampler, epoch_counts
+from trainer.data.sampling import EpochSampler, epoch_counts
 
 
 def order(**kw):

@@ -5,7 +5,7 @@ import itertools
 import pytest
 
 from trainer.config import load_config
-from trainer.schedules import Cut, Schedule, schedule_from_state, should_eval, should_save
+from trainer.train.schedules import Cut, Schedule, schedule_from_state, should_eval, should_save
 
 S = Schedule(
     lr=1e-3,

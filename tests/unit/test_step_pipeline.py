@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from tests.unit.test_model_switches import cfg_of, make_batch
-from trainer.device import FP16, FP32, kernels_for
-from trainer.model import build_model
-from trainer.step import TrainStep
+from trainer.model.hjepa import build_model
+from trainer.runtime.device import FP16, FP32, kernels_for
+from trainer.train.step import TrainStep
 
 CPU = torch.device("cpu")
 

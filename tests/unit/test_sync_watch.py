@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bench.sync_watch import HostSyncError, SyncWatch, strict_sync
-from trainer.step import PendingStep
+from trainer.train.step import PendingStep
 
 CPU = torch.device("cpu")
 
@@ -40,7 +40,7 @@ def test_the_documented_one_step_late_read_is_counted_apart():
         assert pending.result().loss == 1.0
     assert watch.violations and all(v.documented for v in watch.violations)
     assert watch.undocumented == []
-    assert all(v.where.startswith("trainer/step.py:") for v in watch.violations)
+    assert all(v.where.startswith("trainer/train/step.py:") for v in watch.violations)
 
 
 def test_the_strict_proxy_raises_at_the_first_read():

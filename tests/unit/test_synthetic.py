@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer import synthetic
 from trainer.config import AugmentationConfig, Config
-from trainer.data import build_eval_data, build_train_data
-from trainer.transforms import train_transform
+from trainer.data import synthetic
+from trainer.data.pipeline import build_eval_data, build_train_data
+from trainer.data.transforms import train_transform
 
 
 def knn_accuracy(train_x, train_y, test_x, test_y, k=20, num_classes=10):

@@ -4,7 +4,7 @@
 
 The ending records the pictures as the night's newest ``pictures`` decision
 (:mod:`orchestrator.night.pictures`); its evidence names the worker's ``pictures.npz``
-(``trainer/pictures.py``: fixed held-out images, the masks of the night's masking config from a
+(``trainer/eval/pictures.py``: fixed held-out images, the masks of the night's masking config from a
 fixed seed, the target encoder's last-block attention as the mean attention each patch
 receives, the FPN levels' feature norms). The PNGs (matplotlib, Agg) go beside the report like
 its plots and are linked by relative paths, each with a one-line caption. When there is

@@ -1,0 +1,1 @@
+"""The H-JEPA model: the ViT, positional embeddings, the losses (``hjepa`` builds it)."""
