@@ -103,6 +103,17 @@ def test_the_flash_speedup_criterion_reads_preflights_record(
         assert "100.0 ms/step with flash attention" in check.evidence["source"]
 
 
+def stop_once_training(state_dir: Path, stop: threading.Event) -> None:
+    """Ask the night to stop as soon as its first attempt has trained a step (however long
+    the probe before it took): the stop lands mid-night, never after the night has ended."""
+    while not stop.is_set():
+        for events in state_dir.glob("runs/*/attempt-*/events.jsonl"):
+            if any(e.get("type") == "step" for e in read_events(events)):
+                stop.set()
+                return
+        time.sleep(0.1)
+
+
 @pytest.mark.parametrize("preflight_row", [False, True])
 def test_a_night_without_a_record_probes_its_features_once_at_start(
     tmp_path: Path, monkeypatch: Any, preflight_row: bool
@@ -123,10 +134,11 @@ def test_a_night_without_a_record_probes_its_features_once_at_start(
                "ms_flash_off": 180.0, "speedup_vs_no_flash": 1.8, "features": []}  # fmt: skip
         (store.dir / "preflight.jsonl").write_text(json.dumps(row) + "\n")
     stop = threading.Event()
-    timer = threading.Timer(4.0, stop.set)
-    timer.start()
+    watcher = threading.Thread(target=stop_once_training, args=(store.dir, stop), daemon=True)
+    watcher.start()
     n = run_fake(store, stop)
-    timer.cancel()
+    stop.set()
+    watcher.join()
     assert n.status == "stopped", n.reason
     monkeypatch.setenv("FAKE_STEP_S", "0.05")
     n = run_fake(store)

@@ -3,6 +3,7 @@ prints plain frames instead of a blank screen; a nonsense ``--width`` is refused
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import select
@@ -42,8 +43,20 @@ def test_status_on_a_dumb_terminal_prints_plain_frames(tmp_path: Path) -> None:
         assert b"\x1b[?1049h" not in seen  # no alternate screen on a dumb terminal
     finally:
         os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(10)
+        drain_until_exit(proc, leader, 10)
         os.close(leader)
+
+
+def drain_until_exit(proc: subprocess.Popen, leader: int, timeout_s: float) -> None:
+    """Wait for ``proc`` while reading its terminal: a frame it writes after the test stopped
+    reading (or its goodbye on SIGINT) must not block it on a full pty buffer."""
+    end = time.monotonic() + timeout_s
+    while proc.poll() is None:
+        assert time.monotonic() < end, "status did not exit within 10 s of SIGINT"
+        ready, _, _ = select.select([leader], [], [], 0.2)
+        if ready:
+            with contextlib.suppress(OSError):
+                os.read(leader, 65536)
 
 
 @pytest.mark.parametrize("width", ["-5", "0", "5", "100000"])

@@ -8,11 +8,18 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections import namedtuple
 
 import pytest
 import torch
 
-from trainer.runtime.cpu_threads import CpuSample, CpuThreads, fitted_threads, others_busy_cores
+from trainer.runtime.cpu_threads import (
+    CpuSample,
+    CpuThreads,
+    busy_seconds,
+    fitted_threads,
+    others_busy_cores,
+)
 
 
 @pytest.mark.parametrize(
@@ -30,6 +37,13 @@ from trainer.runtime.cpu_threads import CpuSample, CpuThreads, fitted_threads, o
 )
 def test_fitted_threads(cores, ceiling, others, want):
     assert fitted_threads(cores, ceiling, others) == want
+
+
+def test_busy_time_leaves_out_idle_and_niced_processes_unless_the_worker_is_niced():
+    Times = namedtuple("Times", "user nice system idle iowait irq softirq steal guest guest_nice")
+    t = Times(10.0, 4.0, 2.0, 50.0, 3.0, 0.5, 0.5, 1.0, 6.0, 1.0)
+    assert busy_seconds(t, niced_self=False) == 14.0  # user, system, irq, softirq, steal
+    assert busy_seconds(t, niced_self=True) == 18.0  # its own time is in the nice bucket
 
 
 def test_others_are_the_system_less_this_process_tree():
@@ -118,15 +132,3 @@ def test_a_real_busy_process_elsewhere_is_seen(tmp_path):
         busy.kill()
         busy.wait()
     assert float(out.stdout.strip()) >= 0.7
-
-
-def test_the_first_decision_comes_from_the_set_up_without_a_second_sample():
-    m, applied = Machine(), []
-    m.others = 1.0
-    g = governor(m, applied)
-    m.advance(0.5)
-    assert g.decide_now() is None  # under a second: no reading worth acting on
-    m.advance(2.5)
-    assert g.decide_now() == 1 and applied == [1]
-    m.advance(5.0)
-    assert g.tick() is None  # the next sample is due every_s after the decision

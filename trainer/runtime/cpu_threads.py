@@ -28,6 +28,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import psutil
 import torch
@@ -51,13 +52,19 @@ class CpuSample:
     at: float
 
 
+def busy_seconds(times: Any, niced_self: bool) -> float:
+    """Busy CPU seconds of ``psutil.cpu_times()``: all but idle and iowait (guest time is in
+    user/nice already on Linux), and but the time of niced processes — they yield to the
+    worker, so their cores are its — unless the worker runs niced itself."""
+    skip = ["idle", "iowait", "guest", "guest_nice"] + ([] if niced_self else ["nice"])
+    return float(sum(getattr(times, f) for f in times._fields if f not in skip))
+
+
 def take_sample(clock: Callable[[], float] = time.monotonic) -> CpuSample:
-    """The system's busy CPU seconds (all but idle and iowait) and this process's and its
-    live children's user + system seconds."""
-    t = psutil.cpu_times()
-    busy = sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0)
-    busy -= getattr(t, "guest_nice", 0.0)  # counted in user/nice already on Linux
+    """The system's busy CPU seconds (:func:`busy_seconds`) and this process's and its live
+    children's user + system seconds."""
     me = psutil.Process()
+    busy = busy_seconds(psutil.cpu_times(), niced_self=me.nice() > 0)
     own = 0.0
     for p in [me, *me.children(recursive=True)]:
         try:
