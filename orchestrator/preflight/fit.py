@@ -181,17 +181,8 @@ def fit_epochs(
     return best
 
 
-def night_seconds(
-    epochs: int,
-    epoch_s: float,
-    eval_s: float,
-    eval_every: int,
-    checkpoint_s: float,
-    final_eval_s: float,
-) -> float:
-    """Projected length of a night of ``epochs``: the forecast's cost model
-    (:func:`orchestrator.policy.forecast.planned_night_s`)."""
-    return forecast.planned_night_s(epochs, epoch_s, eval_s, eval_every, checkpoint_s, final_eval_s)
+# Projected length of a night of N epochs: the forecast's cost model, under preflight's name.
+night_seconds = forecast.planned_night_s
 
 
 def estimate_eval_s(img_per_s: float, eval_images: int, probe_s: float) -> float:
