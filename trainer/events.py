@@ -80,6 +80,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = 1
+GB = 1024**3  # memory fields are bytes; a GB as every log, chart, screen and report counts it
 
 EVENTS_FILE = "events.jsonl"
 RESOLVED_CONFIG_FILE = "config.resolved.yaml"

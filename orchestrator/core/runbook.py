@@ -36,20 +36,9 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.core.datafiles import resolve_data, shipped_root
 from trainer.config import Config, ConfigError, format_validation_error, load_raw
+from trainer.config.features import FEATURE_KEYS as FEATURE_KEYS  # the names, once
+from trainer.config.features import FeatureName
 
-# The optional features: runbook name → the config switch. ``FeatureName`` spells the same names
-# for the schema (tests/unit/test_runbook.py keeps the two equal).
-FEATURE_KEYS: dict[str, str] = {
-    "contrastive": "loss.use_contrastive",
-    "fpn": "model.use_fpn",
-    "gradient_checkpointing": "model.use_gradient_checkpointing",
-    "flash_attention": "model.use_flash_attention",
-    "layerscale": "model.use_layerscale",
-    "vicreg": "loss.use_vicreg",
-}
-FeatureName = Literal[
-    "contrastive", "fpn", "gradient_checkpointing", "flash_attention", "layerscale", "vicreg"
-]
 MetricName = Literal[
     "finished_in_window",
     "no_unrecovered_nonfinite",

@@ -1,3 +1,3 @@
-"""Units the orchestrator counts in: one name each."""
+"""Units the orchestrator counts in: one name each, the worker's where its contract has one."""
 
-GB = 1024**3  # bytes in a GB as every screen, report, ceiling and preflight table counts it
+from trainer.events import GB as GB  # bytes in a GB: screens, reports, ceilings, preflight

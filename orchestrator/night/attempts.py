@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.core.datafiles import PROJECT_ROOT
-from orchestrator.core.fold import RunView, metrics_of
+from orchestrator.core.fold import RunView
 from orchestrator.core.launcher import rdzv_id, worker_command
 from orchestrator.core.runbook import (
     Runbook,
@@ -46,6 +46,8 @@ from orchestrator.core.system import System
 from orchestrator.night.history import (
     build_history,
     override_args,
+    record_results,
+    results_of,
 )
 from orchestrator.night.supervisor import AttemptOutcome, Supervisor
 from orchestrator.policy import (
@@ -167,12 +169,8 @@ class NightBase:
         if kind == "started":
             n.device = str(ev.get("device"))
             n.epochs_planned = int(ev.get("epochs", 0)) or n.epochs_planned
-        elif kind == "eval" and int(ev.get("epoch", -1)) == 0 and n.baseline_metrics is None:
-            n.baseline_metrics = metrics_of(ev)
-        elif kind == "eval":
-            n.final_metrics = metrics_of(ev)
-        elif kind == "best":
-            n.best_checkpoint = str(ev.get("path"))
+        elif kind in ("eval", "best"):
+            record_results(n, results_of(n))
         elif kind == "control" and ev.get("epochs"):
             n.epochs_planned = int(ev["epochs"])
         elif kind == "epoch_end":

@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from orchestrator.core.fold import RunView, metrics_of
+from orchestrator.core.fold import RunView
 from orchestrator.core.state import (
     Night,
     Success,
@@ -25,11 +25,12 @@ from orchestrator.core.state import (
 from orchestrator.night.attempts import NightBase, worker_env
 from orchestrator.night.history import (
     attempt_view,
-    best_of,
     build_history,
     config_facts,
     lineage,
     newest,
+    record_results,
+    results_of,
 )
 from orchestrator.night.pictures import PICTURES, picture_evidence, pictures_of
 from orchestrator.night.supervisor import Supervisor
@@ -68,32 +69,17 @@ class Ending:
 
     def finalise(self, d: Decision) -> None:
         n = self.night
-        refs = lineage(n)
-        top = newest(refs)
-        n.best_checkpoint = best_of(n, refs) or (top.path if top else None)
-        evals = [
-            (ev, att)
-            for att in n.attempts
-            for ev in attempt_view(att).evals
-            if int(ev.get("epoch", 0)) > 0
-        ]
-        final_ev = max(evals, key=lambda p: float(p[0].get("ts", 0)))[0] if evals else None
+        found = results_of(n)
+        top = newest(lineage(n))
         views = [attempt_view(att) for att in n.attempts]
-        if top is not None and needs_final_eval(
-            int(final_ev["epoch"]) if final_ev else None, top.epoch
-        ):
-            unpictured = top.path == n.best_checkpoint and not pictures_of(views, top.path)
-            final_ev = self.eval_only(top, pictures=unpictured, views=views) or final_ev
+        final_epoch = int(found.final["epoch"]) if found.final else None
+        if top is not None and needs_final_eval(final_epoch, top.epoch):
+            best = found.best_checkpoint
+            unpictured = top.path == best and not pictures_of(views, top.path)
+            extra = self.eval_only(top, pictures=unpictured, views=views)
+            found = results_of(n, [extra]) if extra else found
+        record_results(n, found)
         self.picture_best(views)
-        n.final_metrics = metrics_of(final_ev) if final_ev else None
-        if n.baseline_metrics is None:  # e.g. epoch 0 ran under a supervisor that died
-            zero = [
-                ev
-                for att in n.attempts
-                for ev in attempt_view(att).evals
-                if int(ev.get("epoch", -1)) == 0
-            ]
-            n.baseline_metrics = metrics_of(zero[0]) if zero else None
         last = n.attempts[-1] if n.attempts else None
         finished_ts = None
         if last is not None:

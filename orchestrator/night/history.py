@@ -3,9 +3,11 @@
 - ``override_args``: overrides → the worker's ``--set`` items; ``config_facts``: a config as the
   policy sees it.
 - ``attempt_view``: one attempt's events, folded (:mod:`orchestrator.core.fold`).
-- ``lineage`` / ``newest`` / ``best_of``: the usable checkpoints of the current lineage (an
-  attempt that resumed from step S abandons every later checkpoint), the newest one, and the
-  best one by the config's metric.
+- ``lineage`` / ``newest``: the usable checkpoints of the current lineage (an attempt that
+  resumed from step S abandons every later checkpoint) and the newest one.
+- ``results_of`` / ``record_results``: the night's baseline, final metrics and best checkpoint
+  by :mod:`orchestrator.policy.results`, gathered from the attempts' events, and recorded on
+  the night.
 - ``build_history``: the :class:`~orchestrator.policy.NightHistory` (rungs taken, features
   disabled, attempts without progress, checkpoints) derived from the state alone; what counts
   as progress and as a warning already given is :mod:`orchestrator.policy.record`'s rule.
@@ -16,10 +18,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator.core.fold import RunFold, RunView, fold_run_dir
+from orchestrator.core.fold import RunFold, RunView, fold_run_dir, metrics_of
 from orchestrator.core.runbook import (
     FEATURE_KEYS,
     Runbook,
@@ -46,6 +49,7 @@ from orchestrator.policy.record import (
     warned,
 )
 from orchestrator.policy.recovery import orphan_health as policy_orphan_health
+from orchestrator.policy.results import BestSeen, NightResults, night_results
 from trainer.config import Config
 
 RUNG_SKIPPED = "rung_skipped"  # a rung whose overrides the recipe's config schema rejects
@@ -79,17 +83,19 @@ def attempt_view(att: Attempt) -> RunView:
     return fold_run_dir(att.run_dir, att.index)
 
 
-def lineage(night: Night) -> list[CheckpointRef]:
-    """Usable checkpoints of the current lineage (see the module docstring), oldest first."""
+def lineage(night: Night, views: Sequence[RunView] | None = None) -> list[CheckpointRef]:
+    """Usable checkpoints of the current lineage (see the module docstring), oldest first;
+    ``views``: the attempts' folded events when the caller has them already."""
     refs: list[CheckpointRef] = []
-    for att in night.attempts:
+    for i, att in enumerate(night.attempts):
         if att.resume_from is None:
             refs = []
         else:
             start = next((r for r in refs if r.path == att.resume_from), None)
             if start is not None:
                 refs = [r for r in refs if r.step <= start.step]
-        for ev in attempt_view(att).checkpoints:
+        view = views[i] if views is not None else attempt_view(att)
+        for ev in view.checkpoints:
             if ev.get("verified", True) and Path(str(ev["path"])).is_file():
                 refs.append(
                     CheckpointRef(
@@ -103,21 +109,27 @@ def newest(refs: list[CheckpointRef]) -> CheckpointRef | None:
     return max(refs, key=lambda r: (r.step, r.ts)) if refs else None
 
 
-def best_of(night: Night, refs: list[CheckpointRef]) -> str | None:
-    """The best checkpoint by the config's ``checkpoint.metric`` among the lineage's usable
-    ones: the newest ``best`` event (the worker compares by metric and mode) whose checkpoint
-    is still in the lineage, else that attempt's ``best.pt`` copy (pruning may have removed the
-    original); None when no attempt reported one."""
-    usable = {r.path for r in refs}
-    for att in reversed(night.attempts):
-        for ev in reversed(attempt_view(att).bests):
-            path = str(ev.get("path"))
-            if path in usable:
-                return path
-            copy = Path(path).parent / "best.pt"
-            if copy.is_file():
-                return str(copy)
-    return None
+def results_of(night: Night, extra_evals: Sequence[dict[str, Any]] = ()) -> NightResults:
+    """The night's results (:func:`orchestrator.policy.results.night_results`) from its
+    attempts' events, plus ``extra_evals`` a separate final-evaluation worker made."""
+    views = [attempt_view(att) for att in night.attempts]
+    bests = []
+    for view in views:
+        for ev in view.bests:
+            copy = Path(str(ev.get("path"))).parent / "best.pt"
+            bests.append(BestSeen(str(ev.get("path")), str(copy) if copy.is_file() else None))
+    evals = [ev for view in views for ev in view.evals] + list(extra_evals)
+    return night_results(evals, bests, lineage(night, views))
+
+
+def record_results(night: Night, found: NightResults) -> None:
+    """Record what :func:`results_of` found on the night (what it did not find stays)."""
+    if found.baseline is not None:
+        night.baseline_metrics = metrics_of(dict(found.baseline))
+    if found.final is not None:
+        night.final_metrics = metrics_of(dict(found.final))
+    if found.best_checkpoint is not None:
+        night.best_checkpoint = found.best_checkpoint
 
 
 def build_history(night: Night, cfg: Config, base_cfg: Config) -> NightHistory:

@@ -5,11 +5,12 @@
 
 The worker pictures the best checkpoint it knows at the end of its run
 (``trainer/eval/pictures.py``: its ``best.pt``, else its last checkpoint); the night's best
-(``history.best_of``) may be another one — an earlier attempt's, or none marked — so an event counts
-only when it names the same file or the same bytes (the sha256 in the checkpoint's sidecar:
-``best.pt`` is a copy of a ``ckpt-*.pt``). A worker that failed to picture the best is believed, not
-retried. The ending (:mod:`orchestrator.night.ending`) records the result as a decision of kind
-``pictures`` whose evidence the morning report reads (:mod:`orchestrator.views.report.pictures`).
+(:mod:`orchestrator.policy.results`) may be another one — an earlier attempt's, or none
+marked — so an event counts only when it names the same file or the same bytes (the sha256
+in the checkpoint's sidecar: ``best.pt`` is a copy of a ``ckpt-*.pt``). A worker that failed to
+picture the best is believed, not retried. The ending (:mod:`orchestrator.night.ending`)
+records the result as a decision of kind ``pictures`` whose evidence the morning report reads
+(:mod:`orchestrator.views.report.pictures`).
 """
 
 from __future__ import annotations

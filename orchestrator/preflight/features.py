@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.core.runbook import FEATURE_KEYS
+from orchestrator.core.units import GB
 from trainer.config import Config
 
 # The features a recipe may switch on for speed, memory or accuracy, in the order they are
@@ -116,7 +117,7 @@ class Measured:
     def peak_text(self) -> str:
         if self.oom:
             return "OOM"
-        return "N/A" if self.peak is None else f"{self.peak / 1024**3:.2f} GB"
+        return "N/A" if self.peak is None else f"{self.peak / GB:.2f} GB"
 
 
 @dataclass(frozen=True)

@@ -41,19 +41,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from orchestrator.core.datafiles import PROJECT_ROOT as PROJECT_ROOT
 from orchestrator.core.datafiles import plan_dirs, resolve_data, shipped_root
 from orchestrator.core.durations import parse_duration, parse_window
-from orchestrator.core.fold import fold_run_dir, metrics_of
 from orchestrator.core.runbook import RunbookError, load_runbook
 from orchestrator.core.state import (
     ENDED,
     DecisionRecord,
-    Metrics,
     Night,
     PlanRecord,
     State,
     now_iso,
     parse_iso,
 )
-from orchestrator.night.history import override_args
+from orchestrator.night.history import override_args, record_results, results_of
 from orchestrator.policy.recovery import learned_overrides, next_night, passed_window_status
 from orchestrator.schedule.notify import NotifySpec
 from trainer.config import ConfigError, format_validation_error, load_config, read_utf8
@@ -323,27 +321,13 @@ def decide_night(state: State, plan: Plan, index: int, now: datetime) -> Decisio
 
 # ------------------------------------------------------------------------------------------
 # windows that passed while nothing ran
-def evaluated_checkpoint(night: Night) -> tuple[str, Metrics] | None:
-    """Newest verified checkpoint whose epoch was evaluated (from the attempts' events)."""
-    best: tuple[int, str, Metrics] | None = None
-    for attempt in night.attempts:
-        run = fold_run_dir(attempt.run_dir, attempt.index)
-        ckpts = {e["epoch"]: e["path"] for e in run.checkpoints if e.get("verified")}
-        for e in run.evals:
-            epoch = e.get("epoch", 0)
-            if epoch in ckpts and epoch > 0 and (best is None or epoch >= best[0]):
-                best = (epoch, ckpts[epoch], metrics_of(e))
-    return None if best is None else (best[1], best[2])
-
-
 def close_night(night: Night, reason: str) -> None:
-    """End a started night that cannot continue: partial with its evaluated checkpoint, else
-    failed."""
-    found = evaluated_checkpoint(night)
-    if found is not None:
-        night.best_checkpoint = night.best_checkpoint or found[0]
-        night.final_metrics = night.final_metrics or found[1]
-    status = passed_window_status(started=True, evaluated_checkpoint=found is not None)
+    """End a started night that cannot continue: partial with its best evaluated checkpoint
+    (:mod:`orchestrator.policy.results`), else failed."""
+    found = results_of(night)
+    record_results(night, found)
+    evaluated = found.best_evaluated and found.final is not None
+    status = passed_window_status(started=True, evaluated_checkpoint=evaluated)
     night.end(status, reason, keep_ended_at=True)  # type: ignore[arg-type]
 
 

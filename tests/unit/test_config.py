@@ -219,3 +219,12 @@ def test_contrastive_off_under_cjepa_is_the_plain_jepa_loss(name):
 def test_overnight_recipes_checkpoint_by_time(name):
     c = load_config(ROOT / "configs" / name).checkpoint
     assert c.every_minutes is not None and c.every_minutes <= 20 and c.keep_last_k >= 6
+
+
+def test_a_fault_in_a_feature_that_does_not_exist_is_an_error_not_a_fault_that_never_fires() -> (
+    None
+):
+    demo = ROOT / "configs" / "demo_conservative.yaml"
+    with pytest.raises(ConfigError, match=r"faults\.raise_in_feature"):
+        load_config(demo, overrides=["faults.raise_in_feature=fpnn"])
+    assert load_config(demo, overrides=["faults.raise_in_feature=fpn"]).faults.raise_in_feature

@@ -217,15 +217,18 @@ def test_passed_windows_become_skipped_partial_or_failed(tmp_path: Path) -> None
     state = build_state(load_plan(path), path, at(10, 15), start_now=True)
     n1, n2, n3 = state.nights
     run1, run3 = tmp_path / "r1", tmp_path / "r3"
+    c1, c2 = str(tmp_path / "c1.pt"), str(tmp_path / "c2.pt")
     _events(
         run1,
         [
-            {"type": "checkpoint", "path": "c1.pt", "epoch": 1, "step": 10, "verified": True},
+            {"type": "checkpoint", "path": c1, "epoch": 1, "step": 10, "verified": True},
             {"type": "eval", "epoch": 1, "knn": {"20": 0.4}, "linear_probe": 0.5,
              "feature_std": 0.2, "effective_rank": 9.0},
-            {"type": "checkpoint", "path": "c2.pt", "epoch": 2, "step": 20, "verified": True},
+            {"type": "checkpoint", "path": c2, "epoch": 2, "step": 20, "verified": True},
         ],
     )  # fmt: skip
+    for c in (c1, c2):
+        Path(c).write_bytes(b"a checkpoint")
     _events(run3, [{"type": "eval", "epoch": 0, "knn": {}, "linear_probe": 0.1,
                     "feature_std": 0.2, "effective_rank": 3.0}])  # fmt: skip
     n1.status = "running"
@@ -235,7 +238,7 @@ def test_passed_windows_become_skipped_partial_or_failed(tmp_path: Path) -> None
     n3.attempts = [Attempt(index=1, run_dir=str(run3))]
     changed = reconcile(state, at(13, 7))
     assert len(changed) == 3
-    assert n1.status == "partial" and n1.best_checkpoint == "c1.pt"  # newest *evaluated*
+    assert n1.status == "partial" and n1.best_checkpoint == c1  # newest *evaluated*
     assert n1.final_metrics and n1.final_metrics.linear_probe == 0.5
     assert n2.status == "skipped" and "passed while no daemon" in (n2.reason or "")
     assert n3.status == "failed"  # started, but only the epoch-0 eval of a random encoder

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from trainer.config.base import Strict
+from trainer.config.features import FeatureName
 
 
 class ExperimentConfig(Strict):
@@ -158,7 +159,7 @@ class FaultsConfig(Strict):
     oom_above_micro_batch: int | None = Field(
         None, ge=1, description="torch.OutOfMemoryError on steps whose micro-batch is larger."
     )
-    raise_in_feature: str | None = Field(
+    raise_in_feature: FeatureName | None = Field(
         None, description="Raise inside this feature (fpn, contrastive, ...) while enabled."
     )
     raise_in_feature_after_step: int | None = Field(

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer.config import Config, ConfigError
+from trainer.config.features import FeatureName
 from trainer.data.masks import Batch
 from trainer.model import losses
 from trainer.model.vit import Predictor, VisionTransformer, gather_tokens, init_weights
@@ -55,7 +56,7 @@ from trainer.train.faults import feature_scope
 # fresh) — no other key may differ (trainer.checkpoint.restore). FPN owns its modules in both
 # encoders and shapes the predictor's input projection and its per-level output heads. The
 # contrastive term has no parameters (NT-Xent on pooled tokens), so switching it off drops nothing.
-FEATURE_KEY_PREFIXES: dict[str, tuple[str, ...]] = {
+FEATURE_KEY_PREFIXES: dict[FeatureName, tuple[str, ...]] = {
     "fpn": ("encoder.fpn.", "target_encoder.fpn.", "predictor.embed.", "predictor.heads."),
 }
 

@@ -30,7 +30,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-GB = 1024**3
+from trainer.events import GB
 
 
 def tensorboard_dir(run_dir: str | Path) -> Path:

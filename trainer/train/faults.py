@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from trainer.config.features import FEATURE_KEYS
 from trainer.events import FAULTS_FIRED_FILE, atomic_write_text
 
 if TYPE_CHECKING:  # no import cycle at run time: the model and the step import this module
@@ -116,6 +117,9 @@ class _FeatureScope:
 
 
 def feature_scope(name: str) -> _FeatureScope:
+    """The scope of the optional feature ``name`` (one of ``trainer.config.features``)."""
+    if name not in FEATURE_KEYS:
+        raise ValueError(f"{name!r} is not an optional feature (trainer/config/features.py)")
     return _FeatureScope(name)
 
 

@@ -5,9 +5,10 @@
 
 It reads the state file's record of the night, the night's
 :class:`~orchestrator.views.snapshot.RunView` (every attempt's ``events.jsonl`` and
-``samples.jsonl``) and its runbook's thresholds. Final and random-init metrics come from the
-state (``final_metrics``, ``baseline_metrics``), else from the last evaluation and the epoch-0
-evaluation in the events.
+``samples.jsonl``) and its runbook's thresholds. Final and random-init metrics and the best
+checkpoint are the night's record (``final_metrics``, ``baseline_metrics``,
+``best_checkpoint``: :mod:`orchestrator.policy.results`, recorded as the night runs and when it
+ends), never recomputed here.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator.core.fold import metrics_of
 from orchestrator.core.runbook import Check, RunbookError, load_runbook
 from orchestrator.core.state import Metrics, Night, State
 from orchestrator.policy import forecast
@@ -85,13 +85,7 @@ class NightFacts:
         last = night.attempts[-1] if night.attempts else None
         self.last_run_dir = resolve_path(state_dir, last.run_dir) if last else None
         self.final: Metrics | None = night.final_metrics
-        if self.final is None and self.run.evals and self.run.evals[-1].get("epoch"):
-            self.final = metrics_of(self.run.evals[-1])
         self.base: Metrics | None = night.baseline_metrics
-        if self.base is None:
-            zero = [e for e in self.run.evals if e.get("epoch") == 0]
-            if zero:
-                self.base = metrics_of(zero[0])
 
     def attempt_events(self, kind: str) -> list[tuple[int, dict[str, Any]]]:
         """(attempt index, event) for every event of ``kind`` in the night's attempts."""
