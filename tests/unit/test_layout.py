@@ -92,6 +92,7 @@ def test_the_orchestrator_type_checks() -> None:
 
 ENDED_SET = {"succeeded", "partial", "failed", "skipped"}
 PROBE_BANDS = {0.70, 0.65, 0.60}
+RESULTS = {"best_checkpoint", "final_metrics", "baseline_metrics"}
 
 
 def _policy_rules_outside(path: Path) -> list[str]:
@@ -105,11 +106,17 @@ def _policy_rules_outside(path: Path) -> list[str]:
     - a decision's ``kind`` compared with ``"continue"``/``"stop"``/``"stop_for_deadline"``
       (warnings and stop reasons: ``policy.record``);
     - an attempt's ``exit_kind`` compared with ``"nonfinite"`` (``policy.recovery``);
-    - a value compared with a next-step probe band as a float literal (``policy.next_step``)."""
+    - a value compared with a next-step probe band as a float literal (``policy.next_step``);
+    - a night's results (``best_checkpoint``, ``final_metrics``, ``baseline_metrics``) assigned
+      anywhere but ``night/history.py``'s ``record_results`` (``policy.results`` picks them)."""
     found = []
     tree = ast.parse(path.read_text(encoding="utf-8"))
     for node in ast.walk(tree):
         line = getattr(node, "lineno", 0)
+        if isinstance(node, ast.Assign | ast.AnnAssign) and path.name != "history.py":
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Attribute) and t.attr in RESULTS for t in targets):
+                found.append(f"{line}: a night's results picked outside policy.results")
         if isinstance(node, ast.Tuple | ast.List | ast.Set):
             values = {e.value for e in node.elts if isinstance(e, ast.Constant)}
             if values == ENDED_SET and len(node.elts) == len(ENDED_SET):
