@@ -33,6 +33,7 @@ from orchestrator.core.state import (
     parse_iso,
 )
 from orchestrator.night.runner import run_night
+from orchestrator.policy.runbooks import runbook_choice
 from trainer.config import ConfigError, load_config
 
 
@@ -239,7 +240,9 @@ def _run_locked(args: Any) -> int:
     )
     from orchestrator.core.awake import power_warnings
 
-    print("\n".join(ready.lines + [f"warning: {w}" for w in power_warnings()]), file=sys.stderr)
+    chosen = [] if args.runbook else [runbook_choice(args.config)]
+    lines = chosen + ready.lines + [f"warning: {w}" for w in power_warnings()]
+    print("\n".join(lines), file=sys.stderr)
     if ready.refusal:
         print(f"error: {ready.refusal}", file=sys.stderr)
         return 2

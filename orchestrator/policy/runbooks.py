@@ -25,3 +25,16 @@ DEFAULT_RUNBOOK = "conservative"
 def runbook_name_for(config_path: str | PurePath) -> str:
     """The runbook's name (``runbooks/<name>.yaml``) for a recipe (see the module docstring)."""
     return RUNBOOK_FOR_RECIPE.get(PurePath(config_path).name, DEFAULT_RUNBOOK)
+
+
+def runbook_choice(config_path: str | PurePath) -> str:
+    """One line saying which runbook a config without ``--runbook`` runs under, and why (a
+    copied or renamed recipe gets the default, which its user should know)."""
+    name = PurePath(config_path).name
+    chosen = runbook_name_for(config_path)
+    if name in RUNBOOK_FOR_RECIPE:
+        return f"runbook: {chosen} (the one written for {name})"
+    return (
+        f"runbook: {chosen} ({name} is not a shipped recipe, so the default: the longest "
+        "timeouts and gentlest ladders; name another with --runbook)"
+    )

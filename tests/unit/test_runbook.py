@@ -139,6 +139,16 @@ def test_runbook_for_a_recipe_is_a_table(config: str, runbook: str) -> None:
     assert runbook_name_for(config) == runbook
 
 
+def test_a_config_without_a_runbook_is_told_which_it_gets_and_why() -> None:
+    from orchestrator.policy.runbooks import runbook_choice
+
+    shipped = runbook_choice("configs/overnight_training_aggressive.yaml")
+    assert shipped == "runbook: aggressive (the one written for overnight_training_aggressive.yaml)"
+    copied = runbook_choice("/home/me/my_aggressive.yaml")
+    assert copied.startswith("runbook: conservative (my_aggressive.yaml is not a shipped recipe")
+    assert "--runbook" in copied
+
+
 def test_every_shipped_recipe_has_its_runbook_in_the_table() -> None:
     from orchestrator.core.datafiles import shipped_root
     from orchestrator.policy.runbooks import RUNBOOK_FOR_RECIPE
