@@ -76,7 +76,9 @@ def test_oom_ladder_keeps_effective_batch(tmp_path: Path) -> None:
     assert (last["data.batch_size"], last["training.accumulation_steps"]) == (16, 4)
     assert "effective batch 64 kept" in n.fallbacks[-1].effect
     assert n.final_metrics is not None and n.baseline_metrics is not None
-    assert n.forecast_error_s is not None and n.success.level in ("must", "should", "stretch")
+    # the fixture's kNN@20 gains 0.2 and its probe 0.08 over two epochs: must and should pass,
+    # stretch (probe +0.15) does not
+    assert n.forecast_error_s is not None and n.success.level == "should"
 
 
 @pytest.mark.parametrize("recorded", [None, 1.6, 2.5])
