@@ -183,7 +183,8 @@ def test_limits_end_the_night_with_the_best_checkpoint(tmp_path: Path) -> None:
     store = night(tmp_path, {"faults.raise_in_feature": "vicreg"}, rb=rb)
     n = run_fake(store)  # vicreg is not in the disable list: the crash repeats
     assert n.status == "failed"
-    assert "no feature left" in (n.reason or "") or "limit" in (n.reason or "")
+    assert [a.exit_kind for a in n.attempts] == ["feature", "feature"]
+    assert (n.reason or "").startswith("attempt limit reached (2/2)"), n.reason
 
 
 def test_missing_dataset_switches_to_fallback(tmp_path: Path, monkeypatch: Any) -> None:
