@@ -212,7 +212,7 @@ def _status_screen_in_tmux(state_dir: Path) -> str | None:
     )
     try:
         screen = ""
-        end = time.monotonic() + 60
+        end = time.monotonic() + 30
         while time.monotonic() < end:  # until the live screen has drawn its numbers
             screen = subprocess.run(
                 ["tmux", "capture-pane", "-p", "-t", session],
