@@ -211,14 +211,19 @@ def _status_screen_in_tmux(state_dir: Path) -> str | None:
         ["tmux", "new-session", "-d", "-s", session, "-x", "150", "-y", "50", cmd], check=True
     )
     try:
-        time.sleep(4.0)
-        out = subprocess.run(
-            ["tmux", "capture-pane", "-p", "-t", session],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return out.stdout
+        screen = ""
+        end = time.monotonic() + 30
+        while time.monotonic() < end:  # until the live screen has drawn its numbers
+            screen = subprocess.run(
+                ["tmux", "capture-pane", "-p", "-t", session],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            if "img/s" in screen:
+                break
+            time.sleep(0.5)
+        return screen
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
 

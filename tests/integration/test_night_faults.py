@@ -76,7 +76,9 @@ def test_oom_ladder_keeps_effective_batch(tmp_path: Path) -> None:
     assert (last["data.batch_size"], last["training.accumulation_steps"]) == (16, 4)
     assert "effective batch 64 kept" in n.fallbacks[-1].effect
     assert n.final_metrics is not None and n.baseline_metrics is not None
-    assert n.forecast_error_s is not None and n.success.level in ("must", "should", "stretch")
+    # the fixture's kNN@20 gains 0.2 and its probe 0.08 over two epochs: must and should pass,
+    # stretch (probe +0.15) does not
+    assert n.forecast_error_s is not None and n.success.level == "should"
 
 
 @pytest.mark.parametrize("recorded", [None, 1.6, 2.5])
@@ -181,7 +183,8 @@ def test_limits_end_the_night_with_the_best_checkpoint(tmp_path: Path) -> None:
     store = night(tmp_path, {"faults.raise_in_feature": "vicreg"}, rb=rb)
     n = run_fake(store)  # vicreg is not in the disable list: the crash repeats
     assert n.status == "failed"
-    assert "no feature left" in (n.reason or "") or "limit" in (n.reason or "")
+    assert [a.exit_kind for a in n.attempts] == ["feature", "feature"]
+    assert (n.reason or "").startswith("attempt limit reached (2/2)"), n.reason
 
 
 def test_missing_dataset_switches_to_fallback(tmp_path: Path, monkeypatch: Any) -> None:

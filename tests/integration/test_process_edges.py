@@ -22,6 +22,7 @@ from orchestrator.core.system import System, process_alive
 from orchestrator.night.runner import NightRunner
 from orchestrator.schedule.daemon import stop_orphan_workers
 from tests.integration.test_night_faults import CONFIG, FAKE, night
+from tests.workerutil import events, wait_for
 
 pytestmark = pytest.mark.slow  # real processes
 
@@ -102,7 +103,7 @@ def test_a_worker_whose_pid_never_reached_the_state_is_found_not_doubled(
         ROOT,
         run_dir / "worker.log",
     )
-    time.sleep(2.0)
+    assert wait_for(lambda: bool(events(run_dir, "step")), 60), "the worker never stepped"
     done = NightRunner(store, 0, threading.Event(), system, None, worker=FAKE).run()
     assert done.status == "succeeded", done.reason
     assert done.attempts[0].pid == pid  # adopted: its pid is now on record

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 from orchestrator.core.runbook import load_runbook
 from orchestrator.core.system import System
 from orchestrator.night.supervisor import SAMPLES_FILE, Supervisor
-from orchestrator.policy import ConfigFacts, NightHistory, decide
+from orchestrator.policy import ConfigFacts, NightHistory, Observation, decide
 
 pytestmark = pytest.mark.slow  # real processes
 
@@ -34,11 +35,21 @@ def history() -> NightHistory:
     )
 
 
+def wall_clock(obs: Observation, deadline: float) -> float:
+    return time.time()
+
+
 def supervise(
-    tmp_path: Path, *sets: str, env: dict[str, str] | None = None, deadline: float | None = None
+    tmp_path: Path,
+    *sets: str,
+    env: dict[str, str] | None = None,
+    now: Callable[[Observation, float], float] = wall_clock,
 ) -> tuple[Any, list[Any]]:
+    """The fixture worker under a real supervisor, with a deadline 10 min away; the policy
+    sees the time ``now(observation, deadline)`` gives (the wall clock unless a test moves
+    it)."""
     system = System()
-    deadline = deadline or time.time() + 600
+    deadline = time.time() + 600
     decisions: list[Any] = []
     argv = [sys.executable, str(FAKE), "--run-dir", str(tmp_path)]
     for s in sets:
@@ -53,7 +64,7 @@ def supervise(
             argv=argv,
             cwd=ROOT,
             deadline=deadline,
-            decide=lambda o: decide(o, history(), RB, time.time(), deadline),
+            decide=lambda o: decide(o, history(), RB, now(o, deadline), deadline),
             on_decision=decisions.append,
             poll_s=0.1,
         )
@@ -106,12 +117,13 @@ def test_nan_worker_reports_the_bad_step(tmp_path: Path) -> None:
 
 
 def test_deadline_stop_ends_evaluated(tmp_path: Path) -> None:
-    # one 8 s epoch, deadline − final-eval reserve in 3 s: nothing to cut, stop with an eval
+    # one 8 s epoch; once it has stepped, the policy's clock reads the deadline less the
+    # final-eval reserve: nothing to cut, stop with an eval
+    def reserve_reached_once_stepping(obs: Observation, deadline: float) -> float:
+        return deadline - RB.final_eval_s if obs.step >= 1 else time.time()
+
     out, decisions = supervise(
-        tmp_path,
-        "training.epochs=1",
-        env={"FAKE_STEP_S": "2"},
-        deadline=time.time() + RB.final_eval_s + 3,
+        tmp_path, "training.epochs=1", env={"FAKE_STEP_S": "2"}, now=reserve_reached_once_stepping
     )
     assert [d.kind.value for d in decisions] == ["stop_for_deadline"]
     assert (out.exit_kind, out.stop_reason) == ("stopped", "deadline")

@@ -33,6 +33,7 @@ from trainer.events import (
     EXIT_OOM,
     EXIT_STOPPED,
     EXIT_USAGE,
+    FAULTS_FIRED_FILE,
     Control,
     write_control,
 )
@@ -160,8 +161,11 @@ def test_feature_fault_only_fires_while_the_feature_is_on(tmp_path):
 def test_hang_stops_progress_and_heartbeats(tmp_path):
     proc = start_worker(tmp_path, ["faults.hang_at_step=4", "evaluation.eval_at_start=false"])
     try:
-        assert wait_for(lambda: any(e["step"] == 3 for e in events(tmp_path, "step")), 120)
-        time.sleep(2.0)
+        # the fault is recorded as fired just before its last heartbeat and the freeze
+        fired = tmp_path / FAULTS_FIRED_FILE
+        assert wait_for(lambda: fired.exists() and "hang" in fired.read_text(), 120)
+        assert events(tmp_path, "step")[-1]["step"] == 3
+        time.sleep(1.0)  # for that heartbeat, and one the heartbeat thread had begun
         n = len(events(tmp_path))
         time.sleep(3.0)  # heartbeat period is 0.5 s: a live worker would have written ~6
         assert len(events(tmp_path)) == n and proc.poll() is None

@@ -105,8 +105,19 @@ def test_cpu_memory_reading_is_process_rss():
     assert readings["allocated"] > 10 * 2**20  # a python process with torch loaded
 
 
-def test_memory_readings_never_raise():
-    assert isinstance(memory_readings(torch.device("meta")), dict)
+def test_memory_readings_never_raise(monkeypatch):
+    """A reading that fails (no CUDA behind a cuda device, psutil refused) is {}, not an error
+    in the middle of training."""
+
+    def refused(*args: object) -> object:
+        raise RuntimeError("cannot read")
+
+    monkeypatch.setattr(torch.cuda, "memory_allocated", refused)
+    assert memory_readings(torch.device("cuda")) == {}
+    import psutil
+
+    monkeypatch.setattr(psutil, "Process", refused)
+    assert memory_readings(CPU) == {}
 
 
 def test_housekeeping_calls_go_to_the_devices_own_backend(monkeypatch):
