@@ -1,6 +1,6 @@
 """The live status screen: ``hjepa-night status [--state-dir var] [--once] [--width N]``.
 
-    run_status(Path("var"), once=False)   # rich Live, one frame a second, Ctrl-C to leave
+    run_status(Path("var"), once=False)   # rich Live, one frame a second, Ctrl-C to leave at once
     console.print(render(SnapshotSource(Path("var")).take(), size=(80, 24)))
 
 ``render`` draws one immutable :class:`~orchestrator.views.snapshot.Snapshot` (gathered off the draw
@@ -14,7 +14,6 @@ line per fact (``compact``).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from rich.console import Console, RenderableType
 
 from orchestrator.views.screen.compact import render_compact
 from orchestrator.views.screen.panels import render_full
+from orchestrator.views.screen.wait import FrameWait
 from orchestrator.views.snapshot import Snapshot, SnapshotSource
 
 COMPACT_BELOW = (110, 40)  # width, height: smaller terminals get the compact layout
@@ -36,17 +36,20 @@ def render(snapshot: Snapshot, size: tuple[int, int] | None = None) -> Renderabl
     return render_full(snapshot)
 
 
-PLAIN_EVERY_S = 15.0
+PLAIN_EVERY_S = 15.0  # the plain frames' period
+LIVE_EVERY_S = 1.0  # the live screen's period
 
 
 def _plain(source: SnapshotSource, console: Console, size: Callable[[], tuple[int, int]]) -> int:
     """A terminal rich cannot drive (TERM=dumb, a pipe, a log file): one plain frame every
     ``PLAIN_EVERY_S`` seconds, printed one after the other, until Ctrl-C."""
     try:
-        while True:
-            console.print(render(source.take(), size()))
-            console.file.flush()
-            time.sleep(PLAIN_EVERY_S)
+        with FrameWait() as wait:
+            while True:
+                console.print(render(source.take(), size()))
+                console.file.flush()
+                if wait(PLAIN_EVERY_S):
+                    return 0
     except KeyboardInterrupt:
         return 0
 
@@ -71,16 +74,21 @@ def run_status(state_dir: Path, once: bool, width: int | None = None) -> int:
         return _plain(source, console, size)
     from rich.live import Live
 
+    # Each frame is drawn by this loop (no refresh thread): Ctrl-C interrupts the one thread
+    # that builds and draws, and leaving never waits for a frame drawn elsewhere.
     try:
-        with Live(
-            render(source.take(), size()),
-            console=console,
-            refresh_per_second=1,
-            screen=console.is_terminal,
-            redirect_stderr=False,
-        ) as live:
-            while True:
-                time.sleep(1.0)
-                live.update(render(source.take(), size()))
+        with (
+            FrameWait() as wait,
+            Live(
+                render(source.take(), size()),
+                console=console,
+                auto_refresh=False,
+                screen=console.is_terminal,
+                redirect_stderr=False,
+            ) as live,
+        ):
+            while not wait(LIVE_EVERY_S):
+                live.update(render(source.take(), size()), refresh=True)
     except KeyboardInterrupt:
-        return 0
+        pass
+    return 0
