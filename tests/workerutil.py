@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import yaml
 
 from trainer.events_read import read_events
@@ -105,3 +109,15 @@ def repair_runbook(folder: Path) -> str:
     path = folder / "repair-runbook.yaml"
     path.write_text(yaml.safe_dump(raw))
     return str(path)
+
+
+@contextmanager
+def session_once(factory: pytest.TempPathFactory, name: str) -> Iterator[Path]:
+    """``name`` in a folder every test process of this session shares, held under an exclusive
+    lock: the first process to get it makes the file, the others find it made (an expensive
+    run done once per session, whichever process needs it first)."""
+    basetemp = factory.getbasetemp()
+    shared = basetemp.parent if os.environ.get("PYTEST_XDIST_WORKER") else basetemp
+    with (shared / f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield shared / name

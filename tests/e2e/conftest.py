@@ -23,7 +23,6 @@ the record (or the failure) instead of playing a second run of several minutes.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import pickle
@@ -41,6 +40,7 @@ import psutil
 import pytest
 import yaml
 
+from tests.workerutil import session_once
 from trainer.events_read import read_events
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,11 +117,7 @@ def _reattached_and_training(state_dir: Path, epochs_at_kill: int) -> bool:
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
     """The one demo run of this session (see the module docstring)."""
-    basetemp = tmp_path_factory.getbasetemp()
-    shared = basetemp.parent if os.environ.get("PYTEST_XDIST_WORKER") else basetemp
-    record = shared / "demo-run.pickle"
-    with (shared / "demo-run.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    with session_once(tmp_path_factory, "demo-run.pickle") as record:
         if not record.exists():
             try:
                 outcome: DemoRun | str = play_demo(tmp_path_factory.mktemp("demo"))

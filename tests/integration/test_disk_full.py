@@ -18,7 +18,6 @@ Never a restart from step 0, never a crash loop.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.workerutil import DEMO, ROOT, TINY, env, repair_runbook, run_worker
+from tests.workerutil import DEMO, ROOT, TINY, env, repair_runbook, run_worker, session_once
 from trainer.checkpoint.store import list_checkpoints, read_sidecar
 
 
@@ -47,11 +46,7 @@ def checkpoint_bytes(tmp_path_factory: pytest.TempPathFactory) -> int:
     (the model, its EMA target and the optimizer's moments: the same at every step); measured
     once per session, the test processes sharing it through a locked file."""
     _need_root_and_tmpfs()
-    basetemp = tmp_path_factory.getbasetemp()
-    shared = basetemp.parent if os.environ.get("PYTEST_XDIST_WORKER") else basetemp
-    record = shared / "disk-full-checkpoint-bytes.txt"
-    with (shared / "disk-full-checkpoint-bytes.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    with session_once(tmp_path_factory, "disk-full-checkpoint-bytes.txt") as record:
         if not record.exists():
             run_dir = tmp_path_factory.mktemp("measure") / "run"
             out = run_worker(run_dir, [*SETS, "training.epochs=1", "data.synthetic.num_train=32"])
