@@ -69,17 +69,17 @@ class Ending:
 
     def finalise(self, d: Decision) -> None:
         n = self.night
-        found = results_of(n)
-        top = newest(lineage(n))
-        views = [attempt_view(att) for att in n.attempts]
+        views = [attempt_view(att) for att in n.attempts]  # each attempt's events, folded once
+        found = results_of(n, views)
+        top = newest(lineage(n, views))
+        pictured = list(views)  # and a final-evaluation worker's, which is no attempt
         final_epoch = int(found.final["epoch"]) if found.final else None
         if top is not None and needs_final_eval(final_epoch, top.epoch):
-            best = found.best_checkpoint
-            unpictured = top.path == best and not pictures_of(views, top.path)
-            extra = self.eval_only(top, pictures=unpictured, views=views)
-            found = results_of(n, [extra]) if extra else found
+            unpictured = top.path == found.best_checkpoint and not pictures_of(views, top.path)
+            extra = self.eval_only(top, pictures=unpictured, views=pictured)
+            found = results_of(n, views, [extra]) if extra else found
         record_results(n, found)
-        self.picture_best(views)
+        self.picture_best(pictured)
         last = n.attempts[-1] if n.attempts else None
         finished_ts = None
         if last is not None:

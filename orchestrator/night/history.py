@@ -109,10 +109,16 @@ def newest(refs: list[CheckpointRef]) -> CheckpointRef | None:
     return max(refs, key=lambda r: (r.step, r.ts)) if refs else None
 
 
-def results_of(night: Night, extra_evals: Sequence[dict[str, Any]] = ()) -> NightResults:
+def results_of(
+    night: Night,
+    views: Sequence[RunView] | None = None,
+    extra_evals: Sequence[dict[str, Any]] = (),
+) -> NightResults:
     """The night's results (:func:`orchestrator.policy.results.night_results`) from its
-    attempts' events, plus ``extra_evals`` a separate final-evaluation worker made."""
-    views = [attempt_view(att) for att in night.attempts]
+    attempts' events (``views``: already folded, one per attempt), plus ``extra_evals`` a
+    separate final-evaluation worker made."""
+    if views is None:
+        views = [attempt_view(att) for att in night.attempts]
     bests = []
     for view in views:
         for ev in view.bests:

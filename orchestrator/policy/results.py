@@ -47,25 +47,20 @@ def night_results(
 ) -> NightResults:
     """The night's results (see the module docstring). ``evals`` and ``bests`` in the order
     the attempts wrote them; ``usable``: the current lineage's checkpoints on disk."""
-    zero = [e for e in evals if int(e.get("epoch", -1)) == 0]
+    baseline = next((e for e in evals if int(e.get("epoch", -1)) == 0), None)
     later = [(float(e.get("ts", 0.0)), i, e) for i, e in enumerate(evals) if epoch_of(e) > 0]
     final = max(later, key=lambda t: (t[0], t[1]))[2] if later else None
     paths = {r.path for r in usable}
     for seen in reversed(bests):
         if seen.path in paths:
-            return NightResults(zero[0] if zero else None, final, seen.path, True)
+            return NightResults(baseline, final, seen.path, True)
         if seen.copy is not None:
-            return NightResults(zero[0] if zero else None, final, seen.copy, True)
+            return NightResults(baseline, final, seen.copy, True)
     evaluated = {epoch_of(e) for e in evals if epoch_of(e) > 0}
     ordered = sorted(usable, key=lambda r: (r.step, r.ts), reverse=True)
     scored = next((r for r in ordered if r.epoch in evaluated), None)
     top = scored or (ordered[0] if ordered else None)
-    return NightResults(
-        zero[0] if zero else None,
-        final,
-        top.path if top else None,
-        scored is not None,
-    )
+    return NightResults(baseline, final, top.path if top else None, scored is not None)
 
 
 def epoch_of(ev: Mapping[str, Any]) -> int:
